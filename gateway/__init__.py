@@ -1,0 +1,3 @@
+"""The gateway: stores events, runs and steps, and leases runs to connected workers."""
+
+from __future__ import annotations

@@ -1,0 +1,66 @@
+"""The gateway's settings: built once by the command line, frozen, handed to the app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protocol.errors import InvalidInput
+
+DEFAULT_DB = "sqlite:///.tether/tether.db"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8288
+    connect_port: int = 8289
+    db: str = DEFAULT_DB
+    signing_keys: list[str] = field(default_factory=list)
+    event_keys: list[str] = field(default_factory=list)
+    dev: bool = False
+    retry_base: float = 10.0
+    heartbeat_interval: float = 5.0
+    log_format: str = "console"
+    log_level: str = "info"
+    max_event_size: int = 512 * 1024
+    max_request_size: int = 3 * 1024 * 1024
+    max_frame_size: int = 8 * 1024 * 1024
+    gateway_id: str = ""
+
+    def check(self) -> None:
+        """Refuse settings that cannot work, saying how to fix them.
+
+        Raises:
+            InvalidInput: with the option to change.
+        """
+        if not self.dev and not self.signing_keys:
+            raise InvalidInput(
+                "a signing key is required: pass --signing-key (or set TETHER_SIGNING_KEY; "
+                "`python -m gateway keys` makes one), or run with --dev for local use without auth"
+            )
+        if self.heartbeat_interval <= 0:
+            raise InvalidInput("--heartbeat-interval must be positive")
+        if self.retry_base < 0:
+            raise InvalidInput("--retry-base must not be negative")
+        db_backend(self.db)
+
+
+def db_backend(url: str) -> tuple[str, str]:
+    """Split a ``--db`` value into (backend, location).
+
+    ``sqlite:///relative/path``, ``sqlite:////absolute/path``, a bare file path, or
+    ``postgresql://user@host/db``.
+
+    Raises:
+        InvalidInput: for any other scheme.
+    """
+    if url.startswith("sqlite:///"):
+        return "sqlite", url[len("sqlite:///"):]
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgres", url
+    if "://" in url:
+        raise InvalidInput(
+            f"--db {url!r}: unknown scheme; use sqlite:///path/to/file.db or postgresql://..."
+        )
+    return "sqlite", str(Path(url))

@@ -1,0 +1,98 @@
+"""The HTTP API (Starlette): routes, authentication, and one mapping from errors to answers.
+
+Every error answer is ``{"error": "what is wrong and what to do"}`` with the status the error
+class names (:mod:`protocol.errors`); unknown routes and methods answer the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from protocol.errors import TetherError
+
+from gateway.engine import Engine
+from gateway.http.events import EventLimits, EventRoutes
+from gateway.http.management import ManagementRoutes
+from gateway.registry import Registry
+from gateway.transport.auth import Authenticator
+
+log = structlog.get_logger("tether.http")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def build_api(
+    *,
+    engine: Engine,
+    registry: Registry,
+    auth: Authenticator,
+    limits: EventLimits,
+    metrics: Callable[[], str],
+    health: Callable[[], dict[str, Any]],
+) -> Starlette:
+    events = EventRoutes(engine, auth, limits)
+    manage = ManagementRoutes(engine, registry)
+
+    def guarded(handler: Handler) -> Handler:
+        async def wrapper(request: Request) -> Response:
+            auth.check_bearer(request.headers.get("authorization"))
+            return await handler(request)
+
+        return wrapper
+
+    async def health_route(request: Request) -> Response:
+        return JSONResponse(health())
+
+    async def metrics_route(request: Request) -> Response:
+        return PlainTextResponse(metrics(), media_type="text/plain; version=0.0.4")
+
+    routes = [
+        Route("/e/{event_key}", events.post, methods=["POST"]),
+        Route("/health", health_route, methods=["GET"]),
+        Route("/metrics", metrics_route, methods=["GET"]),
+        Route("/v1/functions", guarded(manage.functions), methods=["GET"]),
+        Route("/v1/workers", guarded(manage.workers), methods=["GET"]),
+        Route("/v1/runs", guarded(manage.runs), methods=["GET"]),
+        Route("/v1/runs/{run_id}", guarded(manage.run), methods=["GET"]),
+        Route("/v1/events/{event_id}/runs", guarded(manage.event_runs), methods=["GET"]),
+    ]
+
+    async def tether_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, TetherError)
+        if exc.http_status >= 500:
+            log.error("request_failed", path=request.url.path, error=exc.message)
+        elif exc.http_status == 401:
+            log.warning("request_unauthorized", path=request.url.path,
+                        client=request.client.host if request.client else None)
+        return JSONResponse({"error": exc.message}, status_code=exc.http_status)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}; see the HTTP API in README"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return JSONResponse({"error": message}, status_code=exc.status_code)
+
+    async def crash(request: Request, exc: Exception) -> Response:
+        log.error("request_crashed", path=request.url.path, exc_info=exc)
+        return JSONResponse(
+            {"error": f"internal error: {type(exc).__name__}; see the gateway log"},
+            status_code=500,
+        )
+
+    return Starlette(
+        routes=routes,
+        exception_handlers={TetherError: tether_error, HTTPException: http_error,
+                            Exception: crash},
+    )

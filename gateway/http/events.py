@@ -1,0 +1,148 @@
+"""``POST /e/{event_key}``: validate events, match them to functions, store them durably.
+
+All events of a request are checked before anything is stored, and stored in one transaction:
+a request is accepted whole (200 once committed) or refused whole (4xx, nothing stored).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from protocol.errors import InvalidInput, PayloadTooLarge
+from protocol.ids import new_id
+
+from gateway.engine import Engine
+from gateway.store.base import NewEvent
+from gateway.transport.auth import Authenticator
+
+#: Event names under this prefix are the gateway's own (function finished, failed, ...).
+RESERVED_PREFIX = "tether/"
+MAX_NAME = 256
+MAX_ID = 256
+
+
+@dataclass(frozen=True, slots=True)
+class EventLimits:
+    max_event: int = 512 * 1024
+    max_request: int = 3 * 1024 * 1024
+    max_events: int = 5000
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing it as soon as it is over ``limit`` bytes.
+
+    Raises:
+        PayloadTooLarge: by Content-Length, or while streaming a body that lies about it.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(_too_large("request", int(declared), limit, "send fewer events"))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(_too_large("request", size, limit, "send fewer events"))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_events(
+    body: bytes, *, limits: EventLimits, now: float, allow_reserved: bool = False
+) -> list[tuple[NewEvent, dict[str, Any]]]:
+    """Validate a body of one event or an array of events.
+
+    Returns each event ready to store, with its normalised dict (for trigger matching).
+
+    Raises:
+        InvalidInput: the body is not JSON, or an event breaks a rule; says which and why.
+        PayloadTooLarge: an event or the batch is over its limit.
+    """
+    try:
+        raw = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+    items = raw if isinstance(raw, list) else [raw]
+    if len(items) > limits.max_events:
+        raise PayloadTooLarge(
+            f"{len(items)} events in one request, over the {limits.max_events} limit; "
+            "split them into several requests"
+        )
+    out = []
+    for index, item in enumerate(items):
+        where = "event" if not isinstance(raw, list) else f"event {index}"
+        out.append(_event(item, where, limits, now, allow_reserved))
+    return out
+
+
+def _event(
+    item: Any, where: str, limits: EventLimits, now: float, allow_reserved: bool
+) -> tuple[NewEvent, dict[str, Any]]:
+    if not isinstance(item, dict):
+        raise InvalidInput(f"{where}: expected a JSON object, got {_kind(item)}")
+    name = item.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInput(f"{where}: 'name' is required and must be a non-empty string")
+    if len(name) > MAX_NAME:
+        raise InvalidInput(f"{where}: 'name' is longer than {MAX_NAME} characters")
+    if name.startswith(RESERVED_PREFIX) and not allow_reserved:
+        raise InvalidInput(f"{where}: names starting with {RESERVED_PREFIX!r} are reserved")
+    data = item.get("data")
+    if data is None:
+        data = {}
+    elif not isinstance(data, dict):
+        raise InvalidInput(f"{where}: 'data' must be a JSON object, got {_kind(data)}")
+    event_id = item.get("id")
+    if event_id is None or event_id == "":
+        event_id = new_id(now)
+    elif not isinstance(event_id, str) or len(event_id) > MAX_ID:
+        raise InvalidInput(f"{where}: 'id' must be a string of at most {MAX_ID} characters")
+    ts = item.get("ts")
+    if ts is None:
+        ts = int(now * 1000)
+    elif isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
+        raise InvalidInput(f"{where}: 'ts' must be a non-negative integer (milliseconds)")
+    user = item.get("user")
+    if user is not None and not isinstance(user, dict):
+        raise InvalidInput(f"{where}: 'user' must be a JSON object, got {_kind(user)}")
+    event = {"name": name, "data": data, "id": event_id, "ts": ts, "user": user}
+    payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(payload) > limits.max_event:
+        raise PayloadTooLarge(
+            f"{where}: " + _too_large("event", len(payload), limits.max_event,
+                                      "split the event or store large data elsewhere")
+        )
+    return NewEvent(event_id, name, payload), event
+
+
+def _kind(value: Any) -> str:
+    return {list: "an array", str: "a string", int: "a number", float: "a number",
+            bool: "a boolean", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _too_large(what: str, size: int, limit: int, advice: str) -> str:
+    return f"{what} too large: {size / 1024:.0f} KiB > {limit / 1024:.0f} KiB limit ({advice})"
+
+
+class EventRoutes:
+    def __init__(self, engine: Engine, auth: Authenticator, limits: EventLimits) -> None:
+        self.engine = engine
+        self.auth = auth
+        self.limits = limits
+
+    async def post(self, request: Request) -> Response:
+        self.auth.check_event_key(request.path_params["event_key"])
+        body = await read_body(request, self.limits.max_request)
+        parsed = parse_events(body, limits=self.limits, now=self.engine.clock.now())
+        events = []
+        for event, data in parsed:
+            event.runs = self.engine.match(event.name, data)
+            events.append(event)
+        if events:
+            await self.engine.ingest(events)
+        return JSONResponse({"ids": [e.id for e in events], "status": 200})

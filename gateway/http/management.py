@@ -1,0 +1,140 @@
+"""The management API: functions, workers, runs, events' runs. JSON shapes of SPEC §4."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from protocol.errors import InvalidInput, NotFound
+from protocol.messages import ErrorInfo
+
+from gateway.engine import Engine
+from gateway.registry import Registry
+from gateway.runs import RunStatus
+from gateway.store.base import RunRecord, StepRecord
+
+MAX_PAGE = 100
+DEFAULT_PAGE = 20
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 UTC with microseconds, or None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def _value(raw: bytes | None) -> Any:
+    return None if raw is None else json.loads(raw)
+
+
+def _error(error: ErrorInfo | None) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    return {"name": error.name, "message": error.message, "stack": error.stack}
+
+
+def step_json(step: StepRecord) -> dict[str, Any]:
+    return {
+        "id": step.id,
+        "kind": step.kind,
+        "status": step.status,
+        "attempts": step.attempts,
+        "output": _value(step.output),
+        "error": _error(step.error),
+        "started_at": iso(step.started_at),
+        "ended_at": iso(step.ended_at),
+    }
+
+
+def run_json(run: RunRecord) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "function_id": run.function_id,
+        "status": run.status,
+        "output": _value(run.output),
+        "error": _error(run.error),
+        "event_ids": run.event_ids,
+        "attempt": run.attempt,
+        "queued_at": iso(run.queued_at),
+        "started_at": iso(run.started_at),
+        "ended_at": iso(run.ended_at),
+        "steps": [step_json(s) for s in run.steps],
+    }
+
+
+class ManagementRoutes:
+    def __init__(self, engine: Engine, registry: Registry) -> None:
+        self.engine = engine
+        self.registry = registry
+
+    async def functions(self, request: Request) -> Response:
+        data = [
+            {
+                "id": f.id,
+                "app_id": f.app_id,
+                "app_version": f.app_version,
+                "name": f.config.get("name") or f.config["id"],
+                "active": f.active,
+                "triggers": f.config.get("triggers", []),
+                "config": f.config,
+                "updated_at": iso(f.updated_at),
+            }
+            for f in sorted(self.engine.functions.values(), key=lambda f: f.id)
+        ]
+        return JSONResponse({"data": data, "cursor": None})
+
+    async def workers(self, request: Request) -> Response:
+        now = self.engine.clock.monotonic()
+        data = [
+            {
+                "session_id": w.session_id,
+                "instance_id": w.instance_id,
+                "apps": w.apps,
+                "functions": sorted(w.functions),
+                "capacity": w.capacity,
+                "in_flight": len(w.in_flight),
+                "draining": w.draining,
+                "connected_at": iso(w.connected_at),
+                "last_seen_seconds_ago": round(max(0.0, now - w.last_seen), 3),
+            }
+            for w in sorted(self.registry, key=lambda w: w.connected_at)
+        ]
+        return JSONResponse({"data": data, "cursor": None})
+
+    async def run(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        record = await self.engine.store.get_run(run_id)
+        if record is None:
+            raise NotFound(f"no run with id {run_id!r}; list runs with GET /v1/runs")
+        return JSONResponse(run_json(record))
+
+    async def event_runs(self, request: Request) -> Response:
+        event_id = request.path_params["event_id"]
+        runs = await self.engine.store.runs_for_event(event_id)
+        return JSONResponse({"data": [run_json(r) for r in runs], "cursor": None})
+
+    async def runs(self, request: Request) -> Response:
+        q = request.query_params
+        status = q.get("status")
+        if status is not None and status not in {s.value for s in RunStatus}:
+            raise InvalidInput(
+                f"unknown status {status!r}; use one of {', '.join(s.value for s in RunStatus)}"
+            )
+        try:
+            limit = int(q.get("limit", DEFAULT_PAGE))
+        except ValueError:
+            raise InvalidInput("limit must be a whole number") from None
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}")
+        page = await self.engine.store.list_runs(
+            function_id=q.get("function_id"), status=status, limit=limit,
+            cursor=q.get("cursor") or None,
+        )
+        return JSONResponse({"data": [run_json(r) for r in page.runs], "cursor": page.cursor})

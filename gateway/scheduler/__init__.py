@@ -1,0 +1,3 @@
+"""What starts runs and when: triggers, timers, retries."""
+
+from __future__ import annotations

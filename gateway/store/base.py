@@ -1,0 +1,235 @@
+"""The store's interface and the records that cross it.
+
+Writes go through one method, :meth:`Store.write`, which applies a whole :class:`WriteBatch`
+(events, checkpoints, lease changes and claims from many sockets and requests) in **one**
+transaction and reports what happened in a :class:`WriteResult`. That is the group commit the
+gateway's throughput rests on: nothing is acknowledged before its batch is on disk, and one
+fsync covers everything that arrived while the previous batch was being written.
+
+Invariants every backend keeps, inside the batch's transaction:
+
+1. A checkpoint is applied only when its fence equals the run's current fence and the run has
+   not ended. Otherwise it is refused and changes nothing.
+2. A run is leased only from status ``Queued`` and only when ``available_at <= now``; leasing
+   bumps its fence, so every earlier lease's checkpoints are refused from then on.
+3. The first recorded outcome of a step wins: a completed step is never overwritten.
+4. An event id seen within the dedup window stores nothing and starts nothing.
+
+Callers pass ``now``; a store never reads a clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from protocol.manifest import AppManifest
+from protocol.messages import Checkpoint, ErrorInfo, StepMemo
+
+#: An event id is deduplicated for this long (SPEC §4).
+DEDUP_WINDOW = 24 * 3600.0
+
+#: A run whose lease is lost this many times in a row, without progress, fails.
+MAX_LEASE_LOSSES = 10
+
+
+@dataclass(slots=True)
+class NewRun:
+    """A run to create when its event is stored (not when the event is a duplicate)."""
+
+    id: str
+    function_id: str
+
+
+@dataclass(slots=True)
+class NewEvent:
+    """A validated event and the runs it starts."""
+
+    id: str
+    name: str
+    payload: bytes  # the event as JSON: name, data, id, ts, user
+    runs: list[NewRun] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class CheckpointWrite:
+    """A checkpoint from a socket, with the retry time the engine decided for failures."""
+
+    session_id: str
+    message: Checkpoint
+    retry_at: float | None = None
+
+
+@dataclass(slots=True)
+class SessionRelease:
+    """Every run leased on ``session_id`` goes back to the queue.
+
+    ``lost`` counts it against the run's lease-loss limit (the worker vanished); a gateway
+    restart does not.
+    """
+
+    session_id: str
+    reason: str
+    lost: bool = True
+
+
+@dataclass(slots=True)
+class LeaseReturn:
+    """One lease handed back by its worker (rejected, or released while draining)."""
+
+    run_id: str
+    fence: int
+    reason: str
+
+
+@dataclass(slots=True)
+class WorkerSlots:
+    """A connected worker's free capacity, offered to the claim at the end of a batch."""
+
+    session_id: str
+    capacity: int
+    in_flight: int
+    functions: frozenset[str]
+    rank: int = 0  # lower is preferred (newest app version first)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.in_flight
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Everything to apply in one transaction, in this order."""
+
+    now: float
+    events: list[NewEvent] = field(default_factory=list)
+    checkpoints: list[CheckpointWrite] = field(default_factory=list)
+    returns: list[LeaseReturn] = field(default_factory=list)
+    releases: list[SessionRelease] = field(default_factory=list)
+    #: Workers with free slots, and the functions that may have runs ready to lease.
+    claims: list[WorkerSlots] = field(default_factory=list)
+    claim_functions: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.events or self.checkpoints or self.returns or self.releases or self.claims
+        )
+
+
+@dataclass(slots=True)
+class Lease:
+    """A run leased to a worker session, with what the worker needs to replay it."""
+
+    run_id: str
+    fence: int
+    session_id: str
+    function_id: str
+    events: list[bytes]
+    memos: dict[str, StepMemo]
+    attempts: dict[str, int]
+    attempt: int
+    deferred: list[str]
+
+
+@dataclass(slots=True)
+class RunEnded:
+    """A run that reached a final status in this batch."""
+
+    run_id: str
+    function_id: str
+    status: str
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """What a batch did, so the engine can answer everyone who contributed to it."""
+
+    duplicate_events: set[str] = field(default_factory=set)
+    runs_created: int = 0
+    #: index into ``batch.checkpoints`` -> why it was refused
+    refused: dict[int, str] = field(default_factory=dict)
+    leases: list[Lease] = field(default_factory=list)
+    ended: list[RunEnded] = field(default_factory=list)
+    #: functions that gained runs ready to lease in this batch
+    touched_functions: set[str] = field(default_factory=set)
+    #: functions whose queue the claim drained (nothing more is ready for them now)
+    drained_functions: set[str] = field(default_factory=set)
+    #: the earliest ``available_at`` of a queued run still in the future, if any
+    next_wakeup: float | None = None
+
+
+@dataclass(slots=True)
+class FunctionRecord:
+    id: str  # "{app_id}/{fn_id}"
+    app_id: str
+    app_version: str
+    config: dict[str, Any]
+    active: bool
+    updated_at: float
+
+
+@dataclass(slots=True)
+class StepRecord:
+    id: str
+    kind: str
+    status: str
+    attempts: int
+    output: bytes | None
+    error: ErrorInfo | None
+    started_at: float | None
+    ended_at: float | None
+
+
+@dataclass(slots=True)
+class RunRecord:
+    id: str
+    function_id: str
+    status: str
+    fence: int
+    attempt: int
+    event_ids: list[str]
+    output: bytes | None
+    error: ErrorInfo | None
+    queued_at: float
+    started_at: float | None
+    ended_at: float | None
+    available_at: float
+    steps: list[StepRecord] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RunPage:
+    runs: list[RunRecord]
+    cursor: str | None
+
+
+class Store(Protocol):
+    """Durable state of the gateway. Every method is one transaction."""
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def write(self, batch: WriteBatch) -> WriteResult:
+        """Apply ``batch`` atomically and durably (see the module invariants)."""
+        ...
+
+    async def register_app(self, app: AppManifest, *, now: float) -> list[FunctionRecord]:
+        """Store an app's functions; functions the app no longer declares become inactive."""
+        ...
+
+    async def recover(self, *, now: float) -> int:
+        """At start: requeue runs leased by sessions of a gateway that is gone."""
+        ...
+
+    async def functions(self) -> list[FunctionRecord]: ...
+
+    async def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    async def runs_for_event(self, event_id: str) -> list[RunRecord]: ...
+
+    async def list_runs(
+        self, *, function_id: str | None, status: str | None, limit: int, cursor: str | None
+    ) -> RunPage: ...

@@ -1,0 +1,3 @@
+"""The worker socket: server, per-connection pump, handshake authentication."""
+
+from __future__ import annotations

@@ -1,0 +1,263 @@
+"""One worker socket: frames in, frames out. Decisions belong to the session and the engine.
+
+The handshake (challenge, hello + answer, ready) runs under a deadline; then every decoded
+message is checked against the protocol session and handed to the engine. Outgoing messages
+are queued and written by one task, so everything a commit produces for this worker (acks,
+refusals, new leases) leaves in one frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from protocol import messages as m
+from protocol.codec import decode, encode
+from protocol.errors import (
+    AuthError,
+    ExpressionError,
+    InvalidInput,
+    RemoteProtocolError,
+    TetherError,
+)
+from protocol.ids import new_id
+from protocol.messages import PROTOCOL_VERSION
+from protocol.session import Role, Session
+
+from gateway.clock import Clock
+from gateway.engine import Engine
+from gateway.registry import Registry, WorkerEntry
+from gateway.transport.auth import Authenticator
+
+log = structlog.get_logger("tether.transport")
+
+# Close codes: 1000 normal, 1001 going away, 1002 protocol error, 1008 policy (auth),
+# 1011 internal error; 4000+ are ours.
+CLOSE_HEARTBEAT_TIMEOUT = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    gateway_id: str
+    heartbeat_interval: float
+    lease_ttl: float
+    max_frame_in: int  # largest frame we accept from a worker
+    max_frame_out: int  # largest frame we send (the worker accepts at least this)
+    handshake_timeout: float = 10.0
+
+
+class Outbox:
+    """Messages for one socket, written together by one task."""
+
+    def __init__(self, ws: ServerConnection, session: Session, max_frame: int) -> None:
+        self._ws = ws
+        self._session = session
+        self._max_frame = max_frame
+        self._queue: list[m.Message] = []
+        self._ready = asyncio.Event()
+        self._task = asyncio.create_task(self._write(), name="tether-outbox")
+
+    def send(self, message: m.Message) -> None:
+        self._queue.append(self._session.send(message))
+        self._ready.set()
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                batch, self._queue = self._queue, []
+                for frame in _frames(batch, self._max_frame):
+                    await self._ws.send(frame)
+        except ConnectionClosed:
+            pass
+
+    async def flush(self) -> None:
+        """Write what is queued now (before a close)."""
+        if self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                for frame in _frames(batch, self._max_frame):
+                    await self._ws.send(frame)
+            except ConnectionClosed:
+                pass
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+def _frames(batch: Sequence[m.Message], limit: int) -> list[bytes]:
+    """Encode ``batch`` in as few frames as fit under ``limit`` bytes."""
+    if not batch:
+        return []
+    frame = encode(batch)
+    if len(frame) <= limit or len(batch) == 1:
+        return [frame]
+    half = len(batch) // 2
+    return _frames(batch[:half], limit) + _frames(batch[half:], limit)
+
+
+class WorkerConnection:
+    """Serves one worker socket from handshake to close."""
+
+    def __init__(
+        self,
+        ws: ServerConnection,
+        *,
+        engine: Engine,
+        registry: Registry,
+        auth: Authenticator,
+        clock: Clock,
+        settings: ConnectionSettings,
+    ) -> None:
+        self.ws = ws
+        self.engine = engine
+        self.registry = registry
+        self.auth = auth
+        self.clock = clock
+        self.settings = settings
+        self.session = Session(Role.GATEWAY)
+        self.outbox = Outbox(ws, self.session, settings.max_frame_out)
+        self.worker: WorkerEntry | None = None
+        self._gone = False
+        self.log = log.bind(peer=_peer(ws))
+
+    async def serve(self) -> None:
+        try:
+            hello = await asyncio.wait_for(self._handshake(), self.settings.handshake_timeout)
+            await self._register(hello)
+            await self._pump()
+        except TimeoutError:
+            await self._refuse(
+                RemoteProtocolError("no hello within the handshake timeout"), 1002
+            )
+        except RemoteProtocolError as exc:
+            await self._refuse(exc, 1002)
+        except AuthError as exc:
+            await self._refuse(exc, 1008)
+        except (ExpressionError, InvalidInput) as exc:
+            await self._refuse(exc, 1008)
+        except ConnectionClosed as exc:
+            self._disconnected(f"socket closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})")
+        finally:
+            self._disconnected("socket closed")
+            self.outbox.stop()
+
+    async def _handshake(self) -> m.Hello:
+        nonce = os.urandom(32)
+        self.outbox.send(
+            m.Challenge(nonce=nonce, protocol_version=PROTOCOL_VERSION,
+                        gateway_id=self.settings.gateway_id)
+        )
+        hello: m.Hello | None = None
+        while True:
+            for msg in decode(await self.ws.recv(), max_size=self.settings.max_frame_in):
+                self.session.receive(msg)
+                if isinstance(msg, m.Hello):
+                    if msg.protocol_version != PROTOCOL_VERSION:
+                        raise RemoteProtocolError(
+                            f"protocol version {msg.protocol_version} is not supported; "
+                            f"this gateway speaks {PROTOCOL_VERSION}: upgrade tether on the "
+                            "worker or the gateway"
+                        )
+                    hello = msg
+                elif isinstance(msg, m.Answer):
+                    assert hello is not None  # the session allows Answer only after Hello
+                    self.auth.check_worker(nonce, hello.instance_id, msg.mac)
+                    return hello
+
+    async def _register(self, hello: m.Hello) -> None:
+        for app in hello.apps:
+            await self.engine.register_app(app)
+        session_id = new_id(self.clock.now())
+        self.worker = WorkerEntry(
+            session_id=session_id,
+            instance_id=hello.instance_id,
+            capacity=hello.capacity,
+            functions=frozenset(f"{a.id}/{f.id}" for a in hello.apps for f in a.functions),
+            apps={a.id: a.version for a in hello.apps},
+            connected_at=self.clock.now(),
+            send=self.outbox.send,
+            close=self.close,
+            last_seen=self.clock.monotonic(),
+        )
+        self.registry.add(self.worker)
+        self.log = self.log.bind(session_id=session_id, instance_id=hello.instance_id)
+        self.outbox.send(
+            m.Ready(session_id=session_id, heartbeat_interval=self.settings.heartbeat_interval,
+                    lease_ttl=self.settings.lease_ttl, max_frame_size=self.settings.max_frame_in)
+        )
+        self.log.info("worker_connected", apps=sorted(self.worker.apps),
+                      functions=len(self.worker.functions), capacity=hello.capacity)
+        self.engine.worker_ready(self.worker)
+
+    async def _pump(self) -> None:
+        worker = self.worker
+        assert worker is not None
+        engine, session, limit = self.engine, self.session, self.settings.max_frame_in
+        async for frame in self.ws:
+            worker.last_seen = self.clock.monotonic()
+            for msg in decode(frame, max_size=limit):
+                session.receive(msg)
+                if isinstance(msg, (m.StepCompleted, m.StepFailed, m.RunCompleted, m.RunFailed,
+                                    m.RunSuspended, m.LeaseReleased)):
+                    engine.checkpoint(worker, msg)
+                elif isinstance(msg, m.Heartbeat):
+                    self.outbox.send(m.HeartbeatAck())
+                elif isinstance(msg, m.LeaseAccepted):
+                    pass
+                elif isinstance(msg, m.LeaseRejected):
+                    self.log.info("lease_rejected", run_id=msg.run_id, reason=msg.reason)
+                    engine.lease_rejected(worker, msg.run_id, msg.fence, msg.reason)
+                elif isinstance(msg, m.Drain):
+                    worker.draining = True
+                    self.log.info("worker_draining", in_flight=len(worker.in_flight))
+                elif isinstance(msg, m.Error):
+                    self.log.warning("worker_error", code=msg.code, message=msg.message)
+        self._disconnected(f"socket closed ({self.ws.close_code})")
+
+    async def _refuse(self, exc: TetherError, code: int) -> None:
+        """Tell the peer what it did wrong, close its socket, keep serving everyone else."""
+        self.log.warning("worker_refused", code=exc.code, error=exc.message)
+        try:
+            self.outbox.send(m.Error(code=exc.code, message=exc.message))
+        except TetherError:
+            pass
+        await self.outbox.flush()
+        await self.ws.close(code, _reason(exc.message))
+
+    def close(self, code: int, reason: str) -> None:
+        """Drop this worker now (leases go back at once) and close its socket behind it."""
+        self._disconnected(reason)
+        asyncio.ensure_future(self.ws.close(code, _reason(reason)))
+
+    def _disconnected(self, reason: str) -> None:
+        if self._gone:
+            return
+        self._gone = True
+        worker = self.worker
+        if worker is None:
+            return
+        self.registry.remove(worker.session_id)
+        self.log.info("worker_disconnected", reason=reason, in_flight=len(worker.in_flight))
+        self.engine.worker_gone(worker, reason)
+
+
+def _reason(text: str) -> str:
+    """A close reason must fit in 123 bytes of UTF-8."""
+    data = text.encode()
+    return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
+
+
+def _peer(ws: ServerConnection) -> str:
+    try:
+        host, port = ws.remote_address[:2]
+        return f"{host}:{port}"
+    except Exception:  # a socket already gone has no address
+        return "?"

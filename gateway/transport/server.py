@@ -1,0 +1,105 @@
+"""The worker socket server on ``ws://HOST:8289/connect``, and the heartbeat reaper."""
+
+from __future__ import annotations
+
+import asyncio
+from http import HTTPStatus
+
+import structlog
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from protocol.messages import GoAway
+
+from gateway.clock import Clock
+from gateway.engine import Engine
+from gateway.leases import Liveness
+from gateway.registry import Registry
+from gateway.transport.auth import Authenticator
+from gateway.transport.connection import (
+    CLOSE_HEARTBEAT_TIMEOUT,
+    ConnectionSettings,
+    WorkerConnection,
+)
+
+log = structlog.get_logger("tether.transport")
+
+PATH = "/connect"
+
+
+class WorkerServer:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        registry: Registry,
+        auth: Authenticator,
+        clock: Clock,
+        settings: ConnectionSettings,
+    ) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.auth = auth
+        self.clock = clock
+        self.settings = settings
+        self.liveness = Liveness(settings.heartbeat_interval)
+        self._server: Server | None = None
+        self._connections: set[WorkerConnection] = set()
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; return the port (useful when ``port`` is 0)."""
+        self._server = await serve(
+            self._handle,
+            host,
+            port,
+            process_request=self._check_path,
+            compression=None,
+            max_size=self.settings.max_frame_in,
+            ping_interval=None,  # liveness is our own heartbeat, answered on this socket
+            max_queue=64,
+            write_limit=2**20,
+            close_timeout=2,
+        )
+        sockets = list(self._server.sockets)
+        return int(sockets[0].getsockname()[1])
+
+    def _check_path(self, ws: ServerConnection, request: Request) -> Response | None:
+        if request.path.split("?")[0] != PATH:
+            return ws.respond(HTTPStatus.NOT_FOUND, f"workers connect to {PATH}\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        conn = WorkerConnection(
+            ws, engine=self.engine, registry=self.registry, auth=self.auth, clock=self.clock,
+            settings=self.settings,
+        )
+        self._connections.add(conn)
+        try:
+            await conn.serve()
+        finally:
+            self._connections.discard(conn)
+
+    async def reap(self) -> None:
+        """Drop workers that missed their heartbeats; their leases go to others at once."""
+        while True:
+            await self.clock.sleep(self.settings.heartbeat_interval / 2)
+            for worker in self.liveness.expired(self.registry, self.clock.monotonic()):
+                log.warning("worker_heartbeat_missed", session_id=worker.session_id,
+                            instance_id=worker.instance_id, in_flight=len(worker.in_flight))
+                worker.close(CLOSE_HEARTBEAT_TIMEOUT, "no heartbeat for 3 intervals")
+
+    async def go_away(self, reason: str) -> None:
+        """Ask every worker to reconnect elsewhere (the gateway is stopping)."""
+        for conn in list(self._connections):
+            if conn.worker is not None:
+                try:
+                    conn.outbox.send(GoAway(reason=reason))
+                except Exception:  # a socket mid-close cannot take it; it is leaving anyway
+                    pass
+        for conn in list(self._connections):
+            await conn.outbox.flush()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await asyncio.wait_for(self._server.wait_closed(), timeout=5)

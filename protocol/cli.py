@@ -1,0 +1,57 @@
+"""Command-line helpers shared by ``python -m gateway`` and ``python -m worker``.
+
+Every option can also come from a ``TETHER_*`` environment variable, and ``--help`` says which.
+The parsers read the environment once, here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+ENV_PREFIX = "TETHER_"
+
+
+def add_option(
+    parser: argparse.ArgumentParser | Any,
+    *flags: str,
+    env: str,
+    environ: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> None:
+    """``parser.add_argument`` whose default comes from ``TETHER_<env>`` when set.
+
+    For ``action="append"`` options the variable holds a comma-separated list; for
+    ``store_true`` options any of 1/true/yes/on turns it on.
+    """
+    environ = os.environ if environ is None else environ
+    name = ENV_PREFIX + env
+    raw = environ.get(name)
+    if raw is not None and raw != "":
+        action = kwargs.get("action")
+        if action == "append":
+            kwargs["default"] = [v.strip() for v in raw.split(",") if v.strip()]
+        elif action == "store_true":
+            kwargs["default"] = raw.strip().lower() in {"1", "true", "yes", "on"}
+        else:
+            kwargs["default"] = kwargs.get("type", str)(raw)
+    help_text = kwargs.get("help", "")
+    default = kwargs.get("default")
+    shown = "" if default in (None, [], False) or kwargs.get("action") == "append" else (
+        f" (default: {default})" if "%(default)" not in help_text else ""
+    )
+    kwargs["help"] = f"{help_text}{shown} [env: {name}]"
+    parser.add_argument(*flags, **kwargs)
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop where it is installed (it is a dependency on POSIX)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(main)
+    else:
+        uvloop.run(main)

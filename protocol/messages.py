@@ -1,0 +1,332 @@
+"""Every message of the worker socket, as frozen pydantic models joined in one union.
+
+A WebSocket frame carries a list of messages (see :mod:`protocol.codec`), so a busy peer packs
+many checkpoints or leases into one frame. Messages are named for what happened or what is
+asked; their ``type`` tags are snake_case.
+
+The conversation::
+
+    gateway                                worker
+       | ---- Challenge(nonce, version) ---> |
+       | <--- Hello(manifest) + Answer(mac) - |
+       | ---- Ready(session, intervals) ---> |
+       | ---- LeaseGranted(run, fence) ----> |
+       | <--- LeaseAccepted / LeaseRejected - |
+       | <--- StepCompleted / StepFailed ---- |   checkpoints carry a per-socket ``seq``
+       | ---- CheckpointAck(upto=seq) -----> |   sent only once the store has committed
+       | <--- RunCompleted / RunFailed ------ |
+       | <--- Heartbeat ---------------------- |
+       | ---- HeartbeatAck ------------------> |
+       | ---- LeaseRevoked / GoAway --------> |
+       | <--- Drain -------------------------- |
+
+Opaque user values (step outputs, run outputs, events) travel as JSON bytes: the gateway
+stores and forwards them without decoding, and the HTTP API returns them as JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.manifest import AppManifest
+
+#: Bumped on any incompatible change; both sides refuse a peer with another version.
+PROTOCOL_VERSION = 1
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class ErrorInfo(_Message):
+    """An error as it crosses the wire: the exception's class name, message and traceback."""
+
+    name: str
+    message: str
+    stack: str | None = None
+
+
+class StepMemo(_Message):
+    """A step's recorded outcome, replayed instead of re-running the step.
+
+    Exactly one of ``output`` (JSON bytes) and ``error`` is set.
+    """
+
+    output: bytes | None = None
+    error: ErrorInfo | None = None
+
+
+# --- gateway -> worker --------------------------------------------------------------------
+
+
+class Challenge(_Message):
+    """First frame on a new socket: prove you hold the signing key by MACing ``nonce``."""
+
+    type: Literal["challenge"] = "challenge"
+    nonce: bytes
+    protocol_version: int
+    gateway_id: str
+
+
+class Ready(_Message):
+    """The worker is registered; it may now receive leases. Intervals are in seconds."""
+
+    type: Literal["ready"] = "ready"
+    session_id: str
+    heartbeat_interval: float
+    lease_ttl: float
+    max_frame_size: int
+
+
+class HeartbeatAck(_Message):
+    """Answer to every ``Heartbeat``, so the worker knows the gateway still reads its socket."""
+
+    type: Literal["heartbeat_ack"] = "heartbeat_ack"
+
+
+class LeaseGranted(_Message):
+    """``run_id`` is yours until the lease is revoked; echo ``fence`` on every checkpoint.
+
+    ``memos`` are the steps already recorded; ``attempts`` counts the failed attempts of
+    steps that are still to be retried, and ``deferred`` names those whose retry is not due
+    yet (park them); ``attempt`` is the function body's attempt.
+    """
+
+    type: Literal["lease_granted"] = "lease_granted"
+    run_id: str
+    fence: int
+    function_id: str
+    events: list[bytes]
+    memos: dict[str, StepMemo] = Field(default_factory=dict)
+    attempts: dict[str, int] = Field(default_factory=dict)
+    deferred: list[str] = Field(default_factory=list)
+    attempt: int = 0
+
+
+class CheckpointAck(_Message):
+    """Every checkpoint with ``seq <= upto`` on this socket is committed (or was refused)."""
+
+    type: Literal["checkpoint_ack"] = "checkpoint_ack"
+    upto: int
+
+
+class CheckpointRefused(_Message):
+    """The checkpoint ``seq`` was not applied: its lease is no longer current. Stop the run."""
+
+    type: Literal["checkpoint_refused"] = "checkpoint_refused"
+    seq: int
+    run_id: str
+    reason: str
+
+
+class LeaseRevoked(_Message):
+    """The run was taken from you (cancelled, or presumed lost); start no new step of it."""
+
+    type: Literal["lease_revoked"] = "lease_revoked"
+    run_id: str
+    fence: int
+    reason: str
+
+
+class GoAway(_Message):
+    """The gateway is shutting down: finish what you can and reconnect to another gateway."""
+
+    type: Literal["go_away"] = "go_away"
+    reason: str
+
+
+class Error(_Message):
+    """A fatal error for this socket; the sender closes it right after."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+# --- worker -> gateway --------------------------------------------------------------------
+
+
+class Hello(_Message):
+    """Who the worker is and what it serves; ``capacity`` caps the runs leased to it."""
+
+    type: Literal["hello"] = "hello"
+    protocol_version: int
+    instance_id: str = Field(min_length=1, max_length=200)
+    sdk_version: str
+    capacity: int = Field(ge=1, le=100_000)
+    apps: list[AppManifest] = Field(min_length=1, max_length=100)
+
+
+class Answer(_Message):
+    """HMAC-SHA256 of the challenge, keyed with the signing key (which never crosses the wire)."""
+
+    type: Literal["answer"] = "answer"
+    mac: bytes
+
+
+class Heartbeat(_Message):
+    """The worker is alive; ``in_flight`` is how many runs it holds."""
+
+    type: Literal["heartbeat"] = "heartbeat"
+    in_flight: int = 0
+
+
+class LeaseAccepted(_Message):
+    """The worker started the run."""
+
+    type: Literal["lease_accepted"] = "lease_accepted"
+    run_id: str
+    fence: int
+
+
+class LeaseRejected(_Message):
+    """The worker cannot take the run (unknown function, full, draining); lease it elsewhere."""
+
+    type: Literal["lease_rejected"] = "lease_rejected"
+    run_id: str
+    fence: int
+    reason: str
+
+
+class Drain(_Message):
+    """Send no more leases: the worker is shutting down."""
+
+    type: Literal["drain"] = "drain"
+
+
+class _Checkpoint(_Message):
+    """A change to a run's durable state, under the lease ``fence``.
+
+    ``seq`` numbers checkpoints on one socket; the gateway acknowledges them in order.
+    """
+
+    seq: int
+    run_id: str
+    fence: int
+
+
+class StepCompleted(_Checkpoint):
+    """Step ``step_id`` returned ``output`` (JSON bytes) on attempt ``attempt``."""
+
+    type: Literal["step_completed"] = "step_completed"
+    step_id: str
+    attempt: int
+    output: bytes
+    started_at: float
+    ended_at: float
+
+
+class StepFailed(_Checkpoint):
+    """Step ``step_id`` raised. ``final`` means no further attempt: the function sees StepError.
+
+    Otherwise the run parks until the gateway's backoff, or ``retry_after`` seconds, has passed.
+    """
+
+    type: Literal["step_failed"] = "step_failed"
+    step_id: str
+    attempt: int
+    error: ErrorInfo
+    final: bool
+    retry_after: float | None = None
+    started_at: float
+    ended_at: float
+
+
+class RunSuspended(_Checkpoint):
+    """Every live branch of the run is parked on something durable; the lease ends here."""
+
+    type: Literal["run_suspended"] = "run_suspended"
+
+
+class RunCompleted(_Checkpoint):
+    """The function returned ``output`` (JSON bytes)."""
+
+    type: Literal["run_completed"] = "run_completed"
+    output: bytes
+
+
+class RunFailed(_Checkpoint):
+    """The function body raised on ``attempt``; ``final`` means the run fails now."""
+
+    type: Literal["run_failed"] = "run_failed"
+    attempt: int
+    error: ErrorInfo
+    final: bool
+    retry_after: float | None = None
+
+
+class LeaseReleased(_Checkpoint):
+    """The worker hands the run back unfinished (draining); lease it again at once."""
+
+    type: Literal["lease_released"] = "lease_released"
+    reason: str
+
+
+Checkpoint = (
+    StepCompleted | StepFailed | RunSuspended | RunCompleted | RunFailed | LeaseReleased
+)
+
+GatewayMessage = (
+    Challenge
+    | Ready
+    | HeartbeatAck
+    | LeaseGranted
+    | CheckpointAck
+    | CheckpointRefused
+    | LeaseRevoked
+    | GoAway
+    | Error
+)
+
+WorkerMessage = (
+    Hello
+    | Answer
+    | Heartbeat
+    | LeaseAccepted
+    | LeaseRejected
+    | Drain
+    | StepCompleted
+    | StepFailed
+    | RunSuspended
+    | RunCompleted
+    | RunFailed
+    | LeaseReleased
+    | Error
+)
+
+Message = Annotated[
+    Challenge
+    | Ready
+    | HeartbeatAck
+    | LeaseGranted
+    | CheckpointAck
+    | CheckpointRefused
+    | LeaseRevoked
+    | GoAway
+    | Error
+    | Hello
+    | Answer
+    | Heartbeat
+    | LeaseAccepted
+    | LeaseRejected
+    | Drain
+    | StepCompleted
+    | StepFailed
+    | RunSuspended
+    | RunCompleted
+    | RunFailed
+    | LeaseReleased,
+    Field(discriminator="type"),
+]
+
+#: Every ``type`` tag, for error messages that list what is known.
+MESSAGE_TYPES: frozenset[str] = frozenset(
+    cls.model_fields["type"].default
+    for cls in (
+        Challenge, Ready, HeartbeatAck, LeaseGranted, CheckpointAck, CheckpointRefused,
+        LeaseRevoked, GoAway, Error, Hello, Answer, Heartbeat, LeaseAccepted, LeaseRejected,
+        Drain, StepCompleted, StepFailed, RunSuspended, RunCompleted, RunFailed, LeaseReleased,
+    )
+)

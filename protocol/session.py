@@ -1,0 +1,144 @@
+"""The worker socket's state machine, for either end, as data.
+
+Rule 1: every transition lives in the tables below. A message that is not in the table for
+the current state is refused: received, it is the peer's fault (``RemoteProtocolError``, close
+its socket); sent, it is ours (``LocalProtocolError``, a bug).
+
+Rule 2: the session does no I/O and holds no business state. The gateway's and the worker's
+transports call :meth:`Session.receive` on every decoded message and :meth:`Session.send` on
+every message before encoding it, and act on the message themselves.
+
+States, seen from either end::
+
+    NEW --Challenge--> CHALLENGED --Hello--> HELLO_SENT --Answer--> AUTHENTICATING
+        --Ready--> READY --Drain--> DRAINING --Error--> CLOSED
+
+(``HELLO_SENT`` is only passed through when ``Hello`` and ``Answer`` travel separately.)
+"""
+
+from __future__ import annotations
+
+import enum
+
+from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.messages import Message
+
+
+class Role(enum.Enum):
+    GATEWAY = "gateway"
+    WORKER = "worker"
+
+
+class State(enum.Enum):
+    NEW = "new"
+    CHALLENGED = "challenged"
+    HELLO_SENT = "hello_sent"
+    AUTHENTICATING = "authenticating"
+    READY = "ready"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+_CHECKPOINTS = (
+    "step_completed",
+    "step_failed",
+    "run_suspended",
+    "run_completed",
+    "run_failed",
+    "lease_released",
+)
+_LIVE = (State.READY, State.DRAINING)
+
+# What the worker may say, and the state it leads to. ``None`` keeps the state.
+_FROM_WORKER: dict[State, dict[str, State | None]] = {
+    State.CHALLENGED: {"hello": State.HELLO_SENT},
+    State.HELLO_SENT: {"answer": State.AUTHENTICATING},
+    **{
+        s: {
+            "heartbeat": None,
+            "lease_accepted": None,
+            "lease_rejected": None,
+            "drain": State.DRAINING,
+            **{c: None for c in _CHECKPOINTS},
+        }
+        for s in _LIVE
+    },
+}
+
+# What the gateway may say.
+_FROM_GATEWAY: dict[State, dict[str, State | None]] = {
+    State.NEW: {"challenge": State.CHALLENGED},
+    State.AUTHENTICATING: {"ready": State.READY},
+    State.READY: {
+        "heartbeat_ack": None,
+        "lease_granted": None,
+        "checkpoint_ack": None,
+        "checkpoint_refused": None,
+        "lease_revoked": None,
+        "go_away": None,
+    },
+    # A draining worker gets no new leases but still hears about its checkpoints.
+    State.DRAINING: {
+        "heartbeat_ack": None,
+        "checkpoint_ack": None,
+        "checkpoint_refused": None,
+        "lease_revoked": None,
+        "go_away": None,
+    },
+}
+
+
+# Messages a receiver still takes in a state where the sender may no longer send them, because
+# they were already on the wire when the state changed (a lease granted just before a Drain
+# arrived). The receiver answers them (here, with LeaseRejected) instead of failing the socket.
+_IN_FLIGHT: dict[State, dict[str, State | None]] = {State.DRAINING: {"lease_granted": None}}
+
+
+class Session:
+    """One end of one socket. ``role`` is the end this object sits at."""
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+        self.state = State.NEW
+        self._incoming = _FROM_WORKER if role is Role.GATEWAY else _FROM_GATEWAY
+        self._outgoing = _FROM_GATEWAY if role is Role.GATEWAY else _FROM_WORKER
+
+    def receive(self, message: Message) -> None:
+        """Check that the peer may send ``message`` now, and advance the state.
+
+        Raises:
+            RemoteProtocolError: the message is out of place; close the socket.
+        """
+        late = _IN_FLIGHT.get(self.state, {})
+        if message.type in late:
+            self.state = late[message.type] or self.state
+            return
+        self.state = self._advance(self._incoming, message, RemoteProtocolError, "received")
+
+    def send(self, message: Message) -> Message:
+        """Check that we may send ``message`` now, advance the state, and return it.
+
+        Raises:
+            LocalProtocolError: we tried to send something out of place (a bug).
+        """
+        self.state = self._advance(self._outgoing, message, LocalProtocolError, "sent")
+        return message
+
+    @property
+    def accepts_leases(self) -> bool:
+        """True while the gateway may lease runs on this socket."""
+        return self.state is State.READY
+
+    def _advance(
+        self,
+        table: dict[State, dict[str, State | None]],
+        message: Message,
+        error: type[RemoteProtocolError] | type[LocalProtocolError],
+        verb: str,
+    ) -> State:
+        if message.type == "error":
+            return State.CLOSED
+        allowed = table.get(self.state, {})
+        if message.type not in allowed:
+            raise error(f"{message.type!r} {verb} in state {self.state.value!r}")
+        return allowed[message.type] or self.state

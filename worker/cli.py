@@ -1,0 +1,113 @@
+"""``python -m worker MODULE:APP [MODULE:APP ...]``: serve apps until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+
+import structlog
+
+from protocol.cli import add_option, run_loop
+from protocol.logs import configure
+from worker.app import App
+from worker.connection import FatalGatewayError
+from worker.runtime import Worker
+
+log = structlog.get_logger("tether.worker")
+
+DESCRIPTION = """\
+Tether worker: connects out to a gateway over a WebSocket and runs the functions of the given
+apps. Start as many workers as you like; each takes up to --concurrency runs at once.
+
+  python -m worker myapp:app
+  python -m worker myapp:app billing.jobs:app --concurrency 50 \\
+      --gateway ws://gw1:8289/connect --gateway ws://gw2:8289/connect --signing-key KEY
+
+SIGTERM or SIGINT drains: no new runs, running steps get --drain-timeout seconds to finish,
+the rest go back to the gateway for other workers.
+"""
+
+
+def _parser(environ: Mapping[str, str] | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m worker", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("apps", nargs="+", metavar="MODULE:APP",
+                   help="where an App lives, e.g. myapp:app (the module must be importable)")
+    add_option(p, "--gateway", env="GATEWAY_URL", environ=environ, action="append",
+               dest="gateways", default=[], metavar="URL",
+               help="gateway worker socket (default ws://127.0.0.1:8289/connect); repeat "
+               "for several gateways: the worker moves to the next when one goes away")
+    add_option(p, "--concurrency", env="CONCURRENCY", environ=environ, type=int, default=100,
+               help="runs in flight at most")
+    add_option(p, "--instance-id", env="INSTANCE_ID", environ=environ, default=None,
+               help="stable name of this worker in logs and the API (default: hostname-pid)")
+    add_option(p, "--signing-key", env="SIGNING_KEY", environ=environ, default=None,
+               metavar="KEY", help="the gateway's signing key (not needed for a --dev gateway)")
+    add_option(p, "--drain-timeout", env="DRAIN_TIMEOUT", environ=environ, type=float,
+               default=30.0, help="seconds running steps get to finish on shutdown")
+    add_option(p, "--log-format", env="LOG_FORMAT", environ=environ,
+               choices=["console", "json"], default="console", help="log line format")
+    add_option(p, "--log-level", env="LOG_LEVEL", environ=environ,
+               choices=["debug", "info", "warning", "error"], default="info",
+               help="lowest level logged")
+    return p
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:attribute`` and check it is an App.
+
+    Raises:
+        SystemExit: with a message saying what to fix.
+    """
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise SystemExit(f"error: {spec!r} is not MODULE:APP (for example myapp:app)")
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"error: cannot import {module_name!r}: {exc}") from exc
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise SystemExit(f"error: {spec!r} is {type(app).__name__}, not a worker.App")
+    return app
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run the command line; return the process exit code."""
+    args = _parser(environ).parse_args(argv)
+    configure(args.log_format, args.log_level)
+    if args.concurrency < 1:
+        print("error: --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    apps = [load_app(spec) for spec in args.apps]
+    worker = Worker(
+        apps, gateways=args.gateways or ["ws://127.0.0.1:8289/connect"],
+        concurrency=args.concurrency, instance_id=args.instance_id,
+        signing_key=args.signing_key, drain_timeout=args.drain_timeout,
+    )
+    try:
+        run_loop(_serve(worker))
+    except FatalGatewayError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(worker: Worker) -> None:
+    loop = asyncio.get_running_loop()
+    serving = asyncio.create_task(worker.run())
+
+    def stop() -> None:
+        asyncio.ensure_future(worker.drain())
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    await serving

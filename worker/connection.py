@@ -1,0 +1,288 @@
+"""The worker's socket to a gateway: handshake, heartbeats, reconnect forever, in order.
+
+Rule 1: the worker never gives up. Whatever happens to the socket (refused, closed, deaf),
+it reconnects with capped, jittered backoff, moving to the next ``--gateway`` URL each time.
+
+Rule 2: liveness is proven both ways on this socket. The worker sends a heartbeat every
+interval and expects an answer; a gateway that answers nothing for ~2.5 intervals is treated
+as gone (the "looks healthy but is deaf" bug class).
+
+Rule 3: checkpoints survive the socket. Unacknowledged ones are renumbered and sent again,
+first, on the next socket; the gateway treats them idempotently and refuses stale ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from protocol import messages as m
+from protocol.auth import answer
+from protocol.codec import decode, encode
+from protocol.errors import RemoteProtocolError, TetherError
+from protocol.messages import PROTOCOL_VERSION
+from protocol.session import Role, Session
+
+log = structlog.get_logger("tether.worker")
+
+#: Largest frame the worker accepts (a lease carries up to 32 MiB of run state).
+MAX_FRAME_IN = 64 * 1024 * 1024
+#: A frame holds at most this many messages, or about this many bytes (one large step
+#: result may exceed it alone; the gateway accepts a 4 MiB result plus its envelope).
+FRAME_MESSAGES = 512
+FRAME_BYTES = 1024 * 1024
+
+#: Errors after which reconnecting cannot help: the worker's code must change.
+FATAL_CODES = frozenset({"bad_expression", "invalid_input"})
+
+
+class GatewayRefused(TetherError):
+    """The gateway closed the handshake with an error (wrong key, say); try again later."""
+
+    code = "gateway_refused"
+
+
+class FatalGatewayError(GatewayRefused):
+    """The gateway refused this worker's apps for a reason a reconnect cannot fix."""
+
+    code = "fatal"
+
+
+def backoff(attempt: int, rng: random.Random, *, cap: float = 5.0) -> float:
+    """Reconnect delay: 0.1 s doubling to ``cap``, with jitter so workers do not stampede."""
+    delay: float = min(cap, 0.1 * 2.0 ** min(attempt, 10))
+    return delay * (0.5 + rng.random() / 2)
+
+
+class Outbox:
+    """Checkpoints waiting for acknowledgement, and messages waiting for the socket."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.unacked: dict[int, m.Checkpoint] = {}
+        self.queue: list[m.Message] = []
+        self.ready = asyncio.Event()
+        self.drained = asyncio.Event()
+        self.drained.set()
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def emit(self, checkpoint: m.Checkpoint) -> None:
+        self.unacked[checkpoint.seq] = checkpoint
+        self.drained.clear()
+        self.queue.append(checkpoint)
+        self.ready.set()
+
+    def send(self, message: m.Message) -> None:
+        self.queue.append(message)
+        self.ready.set()
+
+    def ack(self, upto: int) -> None:
+        for seq in [s for s in self.unacked if s <= upto]:
+            del self.unacked[seq]
+        if not self.unacked:
+            self.drained.set()
+
+    def renumber(self) -> None:
+        """A new socket: drop what was queued for the old one, resend unacked from seq 1."""
+        old = list(self.unacked.values())
+        self.queue = []
+        self.unacked = {}
+        self.seq = 0
+        for checkpoint in old:
+            self.emit(checkpoint.model_copy(update={"seq": self.next_seq()}))
+        if not old:
+            self.drained.set()
+
+    def take(self) -> list[m.Message]:
+        batch, self.queue = self.queue, []
+        self.ready.clear()
+        return batch
+
+
+class GatewayLink:
+    """Keeps one socket to one of ``urls`` open for as long as the worker runs."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        hello: Callable[[], m.Hello],
+        signing_key: str | None,
+        on_message: Callable[[m.Message], None],
+        on_ready: Callable[[m.Ready], None],
+        on_disconnect: Callable[[str], None],
+        outbox: Outbox,
+        in_flight: Callable[[], int],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.urls = list(urls)
+        self.hello = hello
+        self.signing_key = signing_key
+        self.on_message = on_message
+        self.on_ready = on_ready
+        self.on_disconnect = on_disconnect
+        self.outbox = outbox
+        self.in_flight = in_flight
+        self.rng = rng or random.Random()
+        self.session: Session | None = None
+        self.ws: ClientConnection | None = None
+        self.connected = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect; return only after :meth:`stop`."""
+        failures = 0
+        index = 0
+        while not self._stop.is_set():
+            url = self.urls[index % len(self.urls)]
+            served = False
+            reason = "connection failed"
+            try:
+                async with connect(
+                    url, max_size=MAX_FRAME_IN, compression=None, ping_interval=None,
+                    open_timeout=10, close_timeout=2, max_queue=64, write_limit=2**20,
+                ) as ws:
+                    self.ws = ws
+                    served = await self._serve(ws, url)
+                    reason = f"closed by gateway ({ws.close_code} {ws.close_reason or ''})".strip()
+            except FatalGatewayError:
+                raise
+            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            except (RemoteProtocolError, GatewayRefused) as exc:
+                reason = exc.message
+            except InvalidURI as exc:
+                raise FatalGatewayError(f"--gateway {url!r} is not a WebSocket URL: {exc}") from exc
+            finally:
+                self.ws = None
+                if self.connected.is_set():
+                    self.connected.clear()
+                    self.on_disconnect(reason)
+            if self._stop.is_set():
+                break
+            failures = 0 if served else failures + 1
+            index += 0 if served and len(self.urls) == 1 else 1
+            delay = backoff(failures, self.rng)
+            log.warning("gateway_unreachable" if not served else "gateway_disconnected",
+                        url=url, reason=reason, retry_in=round(delay, 2))
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+
+    async def stop(self, code: int = 1000, reason: str = "worker shutdown") -> None:
+        self._stop.set()
+        self._wake.set()
+        ws = self.ws
+        if ws is not None:
+            await ws.close(code, reason)
+
+    def send(self, message: m.Message) -> None:
+        """Queue ``message`` for the current socket (dropped if there is none)."""
+        if self.session is not None and self.connected.is_set():
+            self.outbox.send(self.session.send(message))
+
+    async def _serve(self, ws: ClientConnection, url: str) -> bool:
+        """One socket's life. Returns True once the handshake got as far as Ready."""
+        session = Session(Role.WORKER)
+        self.session = session
+        challenge = await self._expect(ws, session, m.Challenge)
+        if challenge.protocol_version != PROTOCOL_VERSION:
+            raise FatalGatewayError(
+                f"the gateway at {url} speaks protocol {challenge.protocol_version}, this "
+                f"worker speaks {PROTOCOL_VERSION}: install the same tether version on both"
+            )
+        hello = self.hello()
+        mac = answer(self.signing_key or "", challenge.nonce, hello.instance_id)
+        await ws.send(encode([session.send(hello), session.send(m.Answer(mac=mac))]))
+        ready = await self._expect(ws, session, m.Ready)
+        log.info("gateway_connected", url=url, session_id=ready.session_id,
+                 gateway_id=challenge.gateway_id)
+        self.outbox.renumber()
+        self.connected.set()
+        self.on_ready(ready)
+        writer = asyncio.create_task(self._write(ws, session), name="tether-writer")
+        beats = asyncio.create_task(self._heartbeat(ws, ready.heartbeat_interval),
+                                    name="tether-heartbeat")
+        self._last_heard = asyncio.get_running_loop().time()
+        try:
+            async for frame in ws:
+                self._last_heard = asyncio.get_running_loop().time()
+                for msg in decode(frame, max_size=MAX_FRAME_IN):
+                    session.receive(msg)
+                    if isinstance(msg, m.GoAway):
+                        log.info("gateway_going_away", reason=msg.reason)
+                        await ws.close(1000, "gateway going away")
+                        break
+                    if isinstance(msg, m.Error):
+                        log.error("gateway_error", code=msg.code, message=msg.message)
+                        continue
+                    self.on_message(msg)
+        finally:
+            writer.cancel()
+            beats.cancel()
+            self.session = None
+        return True
+
+    async def _expect(self, ws: ClientConnection, session: Session, kind: type[Any]) -> Any:
+        """Receive the next handshake message, which must be a ``kind``."""
+        frame = await asyncio.wait_for(ws.recv(), timeout=10)
+        for msg in decode(frame, max_size=MAX_FRAME_IN):
+            if isinstance(msg, m.Error):
+                text = f"the gateway refused this worker: {msg.message}"
+                log.error("gateway_refused", code=msg.code, message=msg.message)
+                if msg.code in FATAL_CODES:
+                    raise FatalGatewayError(text)
+                raise GatewayRefused(text)
+            session.receive(msg)
+            if isinstance(msg, kind):
+                return msg
+        raise RemoteProtocolError(f"expected {kind.__name__} during the handshake")
+
+    async def _write(self, ws: ClientConnection, session: Session) -> None:
+        outbox = self.outbox
+        try:
+            while True:
+                await outbox.ready.wait()
+                for chunk in _chunks(outbox.take()):
+                    await ws.send(encode(chunk))
+        except ConnectionClosed:
+            pass
+
+    async def _heartbeat(self, ws: ClientConnection, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            if loop.time() - self._last_heard > interval * 2.5:
+                log.warning("gateway_unresponsive", silent_for=round(loop.time() - self._last_heard, 1))
+                ws.transport.abort()  # deaf gateway: drop the socket and reconnect
+                return
+            self.send(m.Heartbeat(in_flight=self.in_flight()))
+
+
+def _chunks(batch: list[m.Message]) -> list[list[m.Message]]:
+    """Split ``batch`` into frames of at most FRAME_MESSAGES messages and ~FRAME_BYTES."""
+    out: list[list[m.Message]] = []
+    chunk: list[m.Message] = []
+    size = 0
+    for msg in batch:
+        cost = 256 + len(getattr(msg, "output", b"") or b"")
+        if chunk and (len(chunk) >= FRAME_MESSAGES or size + cost > FRAME_BYTES):
+            out.append(chunk)
+            chunk, size = [], 0
+        chunk.append(msg)
+        size += cost
+    if chunk:
+        out.append(chunk)
+    return out

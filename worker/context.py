@@ -1,0 +1,78 @@
+"""``ctx``: what a function receives: its event(s), ids, attempt, steps and a logger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from worker.app import Event
+from worker.runner import RunExecution, current_attempt
+from worker.steps import Step, SyncStep
+
+
+class ReplayAwareLogger:
+    """``ctx.logger``: a structlog logger bound to the run, silent while replaying.
+
+    Code between memoized steps runs again on every replay; its log lines would repeat each
+    time, so they are dropped until the run reaches a step it has not done before.
+    """
+
+    def __init__(self, execution: RunExecution) -> None:
+        self._exec = execution
+        self._log = structlog.get_logger("tether.user").bind(
+            run_id=execution.run_id, function_id=execution.function.id
+        )
+
+    def bind(self, **values: Any) -> ReplayAwareLogger:
+        clone = ReplayAwareLogger.__new__(ReplayAwareLogger)
+        clone._exec, clone._log = self._exec, self._log.bind(**values)
+        return clone
+
+    def _emit(self, level: str, event: str, **kw: Any) -> None:
+        if self._exec.replaying and current_attempt.get() is None:
+            return
+        getattr(self._log, level)(event, **kw)
+
+    def debug(self, event: str, **kw: Any) -> None:
+        self._emit("debug", event, **kw)
+
+    def info(self, event: str, **kw: Any) -> None:
+        self._emit("info", event, **kw)
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self._emit("warning", event, **kw)
+
+    def error(self, event: str, **kw: Any) -> None:
+        self._emit("error", event, **kw)
+
+    def exception(self, event: str, **kw: Any) -> None:
+        self._emit("exception", event, **kw)
+
+
+class Context:
+    """Given to every function call.
+
+    Attributes:
+        event: the triggering event.
+        events: every event of the run (more than one for batches).
+        run_id: this run's id.
+        function_id: ``"{app_id}/{fn_id}"``.
+        step: the step API (awaitable in ``async def`` functions, blocking in ``def`` ones).
+        logger: a structlog logger bound to the run, silent for replayed code.
+    """
+
+    def __init__(self, execution: RunExecution) -> None:
+        self._exec = execution
+        self.events: list[Event] = execution.events
+        self.event: Event = execution.events[0] if execution.events else Event(name="")
+        self.run_id = execution.run_id
+        self.function_id = execution.function.id
+        self.step: Any = Step(execution) if execution.function.is_async else SyncStep(execution)
+        self.logger = ReplayAwareLogger(execution)
+
+    @property
+    def attempt(self) -> int:
+        """0-based attempt of the step running now, or of the function body outside steps."""
+        step_attempt = current_attempt.get()
+        return self._exec.attempt if step_attempt is None else step_attempt

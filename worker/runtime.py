@@ -1,0 +1,200 @@
+"""The worker process: leases in, checkpoints out, up to ``concurrency`` runs at once.
+
+Rule 1: never hold more runs than ``concurrency``; a lease beyond it is rejected, not queued.
+
+Rule 2: an execution is identified by (run id, fence). A run whose old lease was lost may be
+leased to this worker again while the old execution finishes its last step; the two never
+mix, and the old one's late checkpoints are refused by the gateway.
+
+Rule 3 (drain): on SIGTERM, tell the gateway to send nothing more, let running steps finish
+within the drain timeout, hand every run back at its next step boundary (or at the timeout),
+wait for the last acknowledgements, and close normally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import structlog
+
+from protocol import messages as m
+from protocol.messages import PROTOCOL_VERSION
+from worker.app import App, Function
+from worker.connection import GatewayLink, Outbox
+from worker.runner import Limits, RunExecution
+
+log = structlog.get_logger("tether.worker")
+
+SDK_VERSION = "0.1.0"
+
+Key = tuple[str, int]  # (run id, fence)
+
+
+class Worker:
+    """Serves ``apps`` to the gateways at ``gateways`` until drained.
+
+    Args:
+        apps: the apps whose functions this worker runs.
+        gateways: WebSocket URLs; the worker moves to the next one when one goes away.
+        concurrency: runs in flight at most.
+        instance_id: a stable name for this process (default: hostname-pid).
+        signing_key: the gateway's signing key (not needed against ``--dev`` gateways).
+        drain_timeout: seconds running steps get to finish on shutdown.
+    """
+
+    def __init__(
+        self,
+        apps: Sequence[App],
+        *,
+        gateways: Sequence[str] = ("ws://127.0.0.1:8289/connect",),
+        concurrency: int = 100,
+        instance_id: str | None = None,
+        signing_key: str | None = None,
+        drain_timeout: float = 30.0,
+        limits: Limits | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.apps = list(apps)
+        self.functions: dict[str, Function] = {
+            f.id: f for app in self.apps for f in app.functions.values()
+        }
+        self.concurrency = concurrency
+        self.instance_id = instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.drain_timeout = drain_timeout
+        self.limits = limits or Limits()
+        self.executions: dict[Key, RunExecution] = {}
+        self._held = 0  # executions whose lease is still ours (what the gateway counts)
+        self.draining = False
+        self.outbox = Outbox()
+        self.executor = ThreadPoolExecutor(concurrency + 16, thread_name_prefix="tether-step")
+        self.link = GatewayLink(
+            gateways,
+            hello=self._hello,
+            signing_key=signing_key,
+            on_message=self._on_message,
+            on_ready=self._on_ready,
+            on_disconnect=self._on_disconnect,
+            outbox=self.outbox,
+            in_flight=lambda: self._held,
+        )
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until :meth:`drain` (or a fatal refusal from the gateway)."""
+        log.info("worker_starting", instance_id=self.instance_id,
+                 functions=sorted(self.functions), concurrency=self.concurrency)
+        await self.link.run()
+
+    async def drain(self) -> None:
+        """Stop taking work, finish or hand back what is held, then disconnect."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("worker_draining", in_flight=len(self.executions),
+                 timeout=self.drain_timeout)
+        self.link.send(m.Drain())
+        for execution in list(self.executions.values()):
+            execution.drain()
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.drain_timeout)
+        except TimeoutError:
+            for execution in list(self.executions.values()):
+                execution.hand_back_now()
+        if self.link.connected.is_set():
+            try:
+                await asyncio.wait_for(self.outbox.drained.wait(), 5)
+            except TimeoutError:
+                log.warning("drain_unacknowledged", checkpoints=len(self.outbox.unacked))
+        await self.link.stop(1000, "worker shutdown")
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        log.info("worker_stopped")
+
+    def _hello(self) -> m.Hello:
+        return m.Hello(
+            protocol_version=PROTOCOL_VERSION, instance_id=self.instance_id,
+            sdk_version=SDK_VERSION, capacity=self.concurrency,
+            apps=[app.manifest() for app in self.apps],
+        )
+
+    def _on_ready(self, ready: m.Ready) -> None:
+        if self.draining:
+            self.link.send(m.Drain())
+
+    def _on_disconnect(self, reason: str) -> None:
+        # The gateway requeues every lease of a closed socket: none of them is ours now.
+        for execution in list(self.executions.values()):
+            if not execution.lost:
+                execution.lose(f"socket closed: {reason}")
+        self._held = 0
+
+    # --- messages ------------------------------------------------------------------------
+
+    def _on_message(self, msg: m.Message) -> None:
+        if isinstance(msg, m.LeaseGranted):
+            self._on_lease(msg)
+        elif isinstance(msg, m.CheckpointAck):
+            self.outbox.ack(msg.upto)
+        elif isinstance(msg, m.CheckpointRefused):
+            checkpoint = self.outbox.unacked.get(msg.seq)
+            fence = checkpoint.fence if checkpoint is not None else None
+            for key, execution in list(self.executions.items()):
+                if key[0] == msg.run_id and (fence is None or key[1] == fence):
+                    self._lose(execution, f"checkpoint refused: {msg.reason}")
+        elif isinstance(msg, m.LeaseRevoked):
+            revoked = self.executions.get((msg.run_id, msg.fence))
+            if revoked is not None:
+                self._lose(revoked, f"lease revoked: {msg.reason}")
+
+    def _on_lease(self, lease: m.LeaseGranted) -> None:
+        function = self.functions.get(lease.function_id)
+        reason = None
+        if self.draining:
+            reason = "worker draining"
+        elif function is None:
+            reason = f"function {lease.function_id!r} is not served by this worker"
+        elif self._held >= self.concurrency:
+            reason = f"worker at capacity ({self.concurrency})"
+        if reason is not None or function is None:
+            self.link.send(m.LeaseRejected(run_id=lease.run_id, fence=lease.fence,
+                                           reason=reason or ""))
+            return
+        key = (lease.run_id, lease.fence)
+        execution = RunExecution(
+            lease, function, emit=self._emitter(key), executor=self.executor,
+            limits=self.limits, on_end=self._ended,
+        )
+        self.executions[key] = execution
+        self._held += 1
+        self._idle.clear()
+        self.link.send(m.LeaseAccepted(run_id=lease.run_id, fence=lease.fence))
+        execution.start()
+
+    def _emitter(self, key: Key) -> Any:
+        run_id, fence = key
+        outbox = self.outbox
+
+        def emit(kind: type[m._Checkpoint], fields: dict[str, Any]) -> None:
+            outbox.emit(kind(seq=outbox.next_seq(), run_id=run_id, fence=fence, **fields))  # type: ignore[arg-type]
+
+        return emit
+
+    def _lose(self, execution: RunExecution, reason: str) -> None:
+        if not execution.lost and not execution.ended:
+            self._held -= 1
+        execution.lose(reason)
+
+    def _ended(self, execution: RunExecution) -> None:
+        key = (execution.run_id, execution.fence)
+        if self.executions.pop(key, None) is not None and not execution.lost:
+            self._held -= 1
+        if not self.executions:
+            self._idle.set()

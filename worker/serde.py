@@ -1,0 +1,47 @@
+"""User values <-> JSON bytes: step results, function outputs, event data.
+
+JSON, because the gateway returns these values from its HTTP API as they are, and a value
+that survives JSON is a value that replays the same on any worker. A step returns what
+decoding its recorded result gives, on the first run as on every replay.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from protocol.errors import LimitExceeded, NonRetriableError
+
+
+class NotSerializable(NonRetriableError):
+    """A step or function returned a value JSON cannot hold; retrying would not help."""
+
+    code = "not_serializable"
+
+
+def dumps(value: Any, *, what: str, limit: int) -> bytes:
+    """Encode ``value``; ``what`` names it in errors ("step 'charge' result").
+
+    Raises:
+        NotSerializable: the value (or something inside it) is not JSON.
+        LimitExceeded: the encoded value is over ``limit`` bytes.
+    """
+    try:
+        data = json.dumps(value, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise NotSerializable(
+            f"{what} cannot be stored: {exc}; return JSON values (dict, list, str, int, "
+            "float, bool, None), e.g. convert datetimes with .isoformat()"
+        ) from exc
+    if len(data) > limit:
+        raise LimitExceeded(
+            f"{what} is {len(data) / 1024 / 1024:.1f} MiB, over the "
+            f"{limit / 1024 / 1024:.0f} MiB limit; store large data elsewhere and return a "
+            "reference to it"
+        )
+    return data
+
+
+def loads(data: bytes) -> Any:
+    return json.loads(data)
