@@ -1,0 +1,43 @@
+"""Shared fixtures: fake clock, temporary stores, in-process gateways, real process clusters."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.cluster import Cluster
+from gateway.clock import FakeClock
+from gateway.store.sqlite import SQLiteStore
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random(1234)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    """A fresh, migrated store (SQLite now; parametrized over backends as they arrive)."""
+    s = SQLiteStore(tmp_path / "tether.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Real ``python -m gateway`` / ``python -m worker`` processes on loopback."""
+    c = Cluster(tmp_path / "cluster", gateway_args=["--retry-base", "0.05",
+                                                    "--log-format", "json"])
+    try:
+        yield c
+    finally:
+        c.stop()
