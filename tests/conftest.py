@@ -41,3 +41,27 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture
+async def gateway_factory(tmp_path: Path) -> AsyncIterator[object]:
+    """Start in-process gateways on free loopback ports: ``await gateway_factory(**settings)``."""
+    from gateway.app import Gateway
+    from gateway.config import Settings
+
+    started: list[Gateway] = []
+
+    async def make(clock: object = None, **overrides: object) -> Gateway:
+        values: dict[str, object] = {
+            "host": "127.0.0.1", "port": 0, "connect_port": 0, "dev": True,
+            "db": f"sqlite:///{tmp_path / f'gw{len(started)}.db'}", "retry_base": 0.01,
+        }
+        values.update(overrides)
+        gw = Gateway(Settings(**values), clock=clock)  # type: ignore[arg-type]
+        await gw.start()
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in reversed(started):
+        await gw.stop()
