@@ -25,7 +25,7 @@ PYTHON = VENV / "bin" / "python"
 
 def ensure_env(extras: str = "") -> None:
     """Create .venv and install the project (editable) when pyproject.toml changed."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py must explain this on old Pythons
         sys.exit(f"Tether needs Python >= 3.11; this is {sys.version.split()[0]}")
     if not PYTHON.exists():
         print("dev.py: creating .venv", flush=True)

@@ -14,9 +14,6 @@ from typing import Any
 import structlog
 import uvicorn
 
-from protocol.errors import InvalidInput
-from protocol.ids import new_id
-
 from gateway.clock import Clock, SystemClock
 from gateway.config import Settings, db_backend
 from gateway.engine import Engine
@@ -29,6 +26,8 @@ from gateway.store.sqlite import SQLiteStore
 from gateway.transport.auth import Authenticator
 from gateway.transport.connection import ConnectionSettings
 from gateway.transport.server import WorkerServer
+from protocol.errors import InvalidInput
+from protocol.ids import new_id
 
 log = structlog.get_logger("tether.gateway")
 

@@ -11,11 +11,10 @@ from collections.abc import Mapping, Sequence
 
 import structlog
 
+from gateway.config import DEFAULT_DB, Settings, db_backend
 from protocol.cli import add_option, run_loop
 from protocol.errors import InvalidInput
 from protocol.logs import configure
-
-from gateway.config import DEFAULT_DB, Settings, db_backend
 
 log = structlog.get_logger("tether.gateway")
 

@@ -21,11 +21,6 @@ from typing import Any
 
 import structlog
 
-from protocol import messages as m
-from protocol.errors import TetherError
-from protocol.ids import new_id
-from protocol.manifest import AppManifest, FunctionConfig, check_expressions
-
 from gateway.clock import Clock
 from gateway.metrics import Metrics
 from gateway.registry import Registry, WorkerEntry
@@ -42,6 +37,10 @@ from gateway.store.base import (
     WriteBatch,
     WriteResult,
 )
+from protocol import messages as m
+from protocol.errors import TetherError
+from protocol.ids import new_id
+from protocol.manifest import AppManifest, FunctionConfig, check_expressions
 
 log = structlog.get_logger("tether.engine")
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from protocol.messages import Message
-
 from gateway.store.base import WorkerSlots
+from protocol.messages import Message
 
 
 @dataclass(slots=True, eq=False)

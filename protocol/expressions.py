@@ -58,7 +58,9 @@ def evaluate(source: str, variables: dict[str, Any]) -> Any:
     try:
         return program.execute(variables)
     except Exception as exc:  # KeyError for a missing field, TypeError, RuntimeError...
-        raise ExpressionError(f"{source!r} could not be evaluated: {type(exc).__name__}: {exc}") from exc
+        raise ExpressionError(
+            f"{source!r} could not be evaluated: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def matches(source: str | None, variables: dict[str, Any]) -> bool:

@@ -104,7 +104,7 @@ class Batch:
 
 @dataclass(frozen=True, config=_CONFIG)
 class Priority:
-    """``run`` is CEL giving seconds (-600..600) by which a run jumps ahead of, or behind, others."""
+    """``run``: CEL giving seconds (-600..600) by which a run jumps ahead of (or behind) others."""
 
     run: str
 
@@ -200,7 +200,6 @@ __all__ = [
     "AppManifest",
     "Batch",
     "Cancel",
-    "check_expressions",
     "Concurrency",
     "Debounce",
     "FunctionConfig",
@@ -213,4 +212,5 @@ __all__ = [
     "Trigger",
     "TriggerCron",
     "TriggerEvent",
+    "check_expressions",
 ]

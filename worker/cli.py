@@ -105,8 +105,11 @@ async def _serve(worker: Worker) -> None:
     loop = asyncio.get_running_loop()
     serving = asyncio.create_task(worker.run())
 
+    draining: list[asyncio.Task[None]] = []
+
     def stop() -> None:
-        asyncio.ensure_future(worker.drain())
+        if not draining:
+            draining.append(asyncio.create_task(worker.drain()))
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)

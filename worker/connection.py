@@ -14,6 +14,7 @@ first, on the next socket; the gateway treats them idempotently and refuses stal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -176,10 +177,8 @@ class GatewayLink:
             log.warning("gateway_unreachable" if not served else "gateway_disconnected",
                         url=url, reason=reason, retry_in=round(delay, 2))
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
-            except TimeoutError:
-                pass
 
     async def stop(self, code: int = 1000, reason: str = "worker shutdown") -> None:
         self._stop.set()
@@ -265,7 +264,8 @@ class GatewayLink:
         while True:
             await asyncio.sleep(interval)
             if loop.time() - self._last_heard > interval * 2.5:
-                log.warning("gateway_unresponsive", silent_for=round(loop.time() - self._last_heard, 1))
+                silent = round(loop.time() - self._last_heard, 1)
+                log.warning("gateway_unresponsive", silent_for=silent)
                 ws.transport.abort()  # deaf gateway: drop the socket and reconnect
                 return
             self.send(m.Heartbeat(in_flight=self.in_flight()))

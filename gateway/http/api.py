@@ -16,13 +16,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from protocol.errors import TetherError
-
 from gateway.engine import Engine
 from gateway.http.events import EventLimits, EventRoutes
 from gateway.http.management import ManagementRoutes
 from gateway.registry import Registry
 from gateway.transport.auth import Authenticator
+from protocol.errors import TetherError
 
 log = structlog.get_logger("tether.http")
 

@@ -13,12 +13,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from protocol.errors import InvalidInput, PayloadTooLarge
-from protocol.ids import new_id
-
 from gateway.engine import Engine
 from gateway.store.base import NewEvent
 from gateway.transport.auth import Authenticator
+from protocol.errors import InvalidInput, PayloadTooLarge
+from protocol.ids import new_id
 
 #: Event names under this prefix are the gateway's own (function finished, failed, ...).
 RESERVED_PREFIX = "tether/"

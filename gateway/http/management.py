@@ -9,13 +9,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from protocol.errors import InvalidInput, NotFound
-from protocol.messages import ErrorInfo
-
 from gateway.engine import Engine
 from gateway.registry import Registry
 from gateway.runs import RunStatus
 from gateway.store.base import RunRecord, StepRecord
+from protocol.errors import InvalidInput, NotFound
+from protocol.messages import ErrorInfo
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 20

@@ -13,6 +13,7 @@ from typing import Any
 from protocol.expressions import matches
 from protocol.manifest import FunctionConfig, TriggerEvent
 
+
 @dataclass(frozen=True, slots=True)
 class _Listener:
     function_id: str

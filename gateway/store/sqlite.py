@@ -14,17 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from protocol.manifest import AppManifest
-from protocol.messages import (
-    ErrorInfo,
-    LeaseReleased,
-    RunCompleted,
-    RunFailed,
-    RunSuspended,
-    StepCompleted,
-    StepFailed,
-    StepMemo,
-)
 from gateway import dispatch
 from gateway.runs import FINAL_STATUSES, RunStatus, StepStatus
 from gateway.store import migrations
@@ -39,6 +28,17 @@ from gateway.store.base import (
     StepRecord,
     WriteBatch,
     WriteResult,
+)
+from protocol.manifest import AppManifest
+from protocol.messages import (
+    ErrorInfo,
+    LeaseReleased,
+    RunCompleted,
+    RunFailed,
+    RunSuspended,
+    StepCompleted,
+    StepFailed,
+    StepMemo,
 )
 
 T = TypeVar("T")

@@ -9,6 +9,7 @@ refusals, new leases) leaves in one frame.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,10 @@ import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from gateway.clock import Clock
+from gateway.engine import Engine
+from gateway.registry import Registry, WorkerEntry
+from gateway.transport.auth import Authenticator
 from protocol import messages as m
 from protocol.codec import decode, encode
 from protocol.errors import (
@@ -29,11 +34,6 @@ from protocol.errors import (
 from protocol.ids import new_id
 from protocol.messages import PROTOCOL_VERSION
 from protocol.session import Role, Session
-
-from gateway.clock import Clock
-from gateway.engine import Engine
-from gateway.registry import Registry, WorkerEntry
-from gateway.transport.auth import Authenticator
 
 log = structlog.get_logger("tether.transport")
 
@@ -126,6 +126,7 @@ class WorkerConnection:
         self.outbox = Outbox(ws, self.session, settings.max_frame_out)
         self.worker: WorkerEntry | None = None
         self._gone = False
+        self._closing: asyncio.Future[None] | None = None
         self.log = log.bind(peer=_peer(ws))
 
     async def serve(self) -> None:
@@ -225,17 +226,15 @@ class WorkerConnection:
     async def _refuse(self, exc: TetherError, code: int) -> None:
         """Tell the peer what it did wrong, close its socket, keep serving everyone else."""
         self.log.warning("worker_refused", code=exc.code, error=exc.message)
-        try:
+        with contextlib.suppress(TetherError):  # the session may already be closed
             self.outbox.send(m.Error(code=exc.code, message=exc.message))
-        except TetherError:
-            pass
         await self.outbox.flush()
         await self.ws.close(code, _reason(exc.message))
 
     def close(self, code: int, reason: str) -> None:
         """Drop this worker now (leases go back at once) and close its socket behind it."""
         self._disconnected(reason)
-        asyncio.ensure_future(self.ws.close(code, _reason(reason)))
+        self._closing = asyncio.ensure_future(self.ws.close(code, _reason(reason)))
 
     def _disconnected(self, reason: str) -> None:
         if self._gone:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from http import HTTPStatus
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
-
-from protocol.messages import GoAway
 
 from gateway.clock import Clock
 from gateway.engine import Engine
@@ -21,6 +20,7 @@ from gateway.transport.connection import (
     ConnectionSettings,
     WorkerConnection,
 )
+from protocol.messages import GoAway
 
 log = structlog.get_logger("tether.transport")
 
@@ -92,10 +92,9 @@ class WorkerServer:
         """Ask every worker to reconnect elsewhere (the gateway is stopping)."""
         for conn in list(self._connections):
             if conn.worker is not None:
-                try:
+                # A socket mid-close cannot take it; it is leaving anyway.
+                with contextlib.suppress(Exception):
                     conn.outbox.send(GoAway(reason=reason))
-                except Exception:  # a socket mid-close cannot take it; it is leaving anyway
-                    pass
         for conn in list(self._connections):
             await conn.outbox.flush()
 
