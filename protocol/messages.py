@@ -13,6 +13,7 @@ The conversation::
        | ---- LeaseGranted(run, fence) ----> |
        | <--- LeaseAccepted / LeaseRejected - |
        | <--- StepCompleted / StepFailed ---- |   checkpoints carry a per-socket ``seq``
+       | <--- SleepRequested / WaitRequested  |   (and InvokeRequested, EventsSent)
        | ---- CheckpointAck(upto=seq) -----> |   sent only once the store has committed
        | <--- RunCompleted / RunFailed ------ |
        | <--- Heartbeat ---------------------- |
@@ -51,9 +52,12 @@ class ErrorInfo(_Message):
 class StepMemo(_Message):
     """A step's recorded outcome, replayed instead of re-running the step.
 
-    Exactly one of ``output`` (JSON bytes) and ``error`` is set.
+    Exactly one of ``output`` (JSON bytes) and ``error`` is set. ``kind`` is the step method
+    that recorded it (``run``, ``sleep``, ``wait``, ``invoke``, ``send_event``), so a replay
+    that asks for another kind of step under the same id is caught as non-determinism.
     """
 
+    kind: str = "run"
     output: bytes | None = None
     error: ErrorInfo | None = None
 
@@ -234,6 +238,60 @@ class StepFailed(_Checkpoint):
     ended_at: float
 
 
+class SleepRequested(_Checkpoint):
+    """Step ``step_id`` sleeps: for ``duration`` seconds from now, or ``until`` (epoch s).
+
+    Durations are relative so the gateway need not trust the worker's clock; ``until`` comes
+    from ``sleep_until`` and is absolute by nature. The gateway records the step as done when
+    the time comes.
+    """
+
+    type: Literal["sleep_requested"] = "sleep_requested"
+    step_id: str
+    duration: float | None = None
+    until: float | None = None
+
+
+class WaitRequested(_Checkpoint):
+    """Step ``step_id`` waits up to ``timeout`` seconds for an event named ``event``.
+
+    ``if_`` is CEL over ``event`` (the run's trigger) and ``async`` (the candidate event).
+    The step's result is the matching event, or null once the timeout passes.
+    """
+
+    type: Literal["wait_requested"] = "wait_requested"
+    step_id: str
+    event: str
+    timeout: float
+    if_: str | None = None
+
+
+class InvokeRequested(_Checkpoint):
+    """Step ``step_id`` starts a child run of ``function_id`` with ``data`` (JSON bytes).
+
+    The step's result is the child's output; the child's failure, or ``timeout`` seconds
+    passing first, makes it a failed step.
+    """
+
+    type: Literal["invoke_requested"] = "invoke_requested"
+    step_id: str
+    function_id: str
+    data: bytes
+    timeout: float | None = None
+
+
+class EventsSent(_Checkpoint):
+    """Step ``step_id`` sends ``events`` (each the JSON of an event with its id set).
+
+    The events are stored in the same transaction that records the step, so they are sent
+    exactly once however often the run is replayed; the step's result is their ids.
+    """
+
+    type: Literal["events_sent"] = "events_sent"
+    step_id: str
+    events: list[bytes]
+
+
 class RunSuspended(_Checkpoint):
     """Every live branch of the run is parked on something durable; the lease ends here."""
 
@@ -265,7 +323,22 @@ class LeaseReleased(_Checkpoint):
 
 
 Checkpoint = (
-    StepCompleted | StepFailed | RunSuspended | RunCompleted | RunFailed | LeaseReleased
+    StepCompleted
+    | StepFailed
+    | SleepRequested
+    | WaitRequested
+    | InvokeRequested
+    | EventsSent
+    | RunSuspended
+    | RunCompleted
+    | RunFailed
+    | LeaseReleased
+)
+
+#: The checkpoint classes, for ``isinstance`` checks at runtime.
+CHECKPOINT_TYPES: tuple[type[_Checkpoint], ...] = (
+    StepCompleted, StepFailed, SleepRequested, WaitRequested, InvokeRequested, EventsSent,
+    RunSuspended, RunCompleted, RunFailed, LeaseReleased,
 )
 
 GatewayMessage = (
@@ -289,6 +362,10 @@ WorkerMessage = (
     | Drain
     | StepCompleted
     | StepFailed
+    | SleepRequested
+    | WaitRequested
+    | InvokeRequested
+    | EventsSent
     | RunSuspended
     | RunCompleted
     | RunFailed
@@ -314,6 +391,10 @@ Message = Annotated[
     | Drain
     | StepCompleted
     | StepFailed
+    | SleepRequested
+    | WaitRequested
+    | InvokeRequested
+    | EventsSent
     | RunSuspended
     | RunCompleted
     | RunFailed
@@ -327,6 +408,7 @@ MESSAGE_TYPES: frozenset[str] = frozenset(
     for cls in (
         Challenge, Ready, HeartbeatAck, LeaseGranted, CheckpointAck, CheckpointRefused,
         LeaseRevoked, GoAway, Error, Hello, Answer, Heartbeat, LeaseAccepted, LeaseRejected,
-        Drain, StepCompleted, StepFailed, RunSuspended, RunCompleted, RunFailed, LeaseReleased,
+        Drain, StepCompleted, StepFailed, SleepRequested, WaitRequested, InvokeRequested,
+        EventsSent, RunSuspended, RunCompleted, RunFailed, LeaseReleased,
     )
 )

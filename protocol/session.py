@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 
 from protocol.errors import LocalProtocolError, RemoteProtocolError
-from protocol.messages import Message
+from protocol.messages import CHECKPOINT_TYPES, Message
 
 
 class Role(enum.Enum):
@@ -39,14 +39,7 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-_CHECKPOINTS = (
-    "step_completed",
-    "step_failed",
-    "run_suspended",
-    "run_completed",
-    "run_failed",
-    "lease_released",
-)
+_CHECKPOINTS = tuple(cls.model_fields["type"].default for cls in CHECKPOINT_TYPES)
 _LIVE = (State.READY, State.DRAINING)
 
 # What the worker may say, and the state it leads to. ``None`` keeps the state.

@@ -33,7 +33,13 @@ from typing import Any
 import structlog
 
 from protocol import messages as m
-from protocol.errors import NonRetriableError, RetryAfterError, StepError, TetherError
+from protocol.errors import (
+    NonDeterminismError,
+    NonRetriableError,
+    RetryAfterError,
+    StepError,
+    TetherError,
+)
 from worker import serde
 from worker.app import Event, Function
 from worker.interrupts import Abandoned
@@ -236,8 +242,12 @@ class RunExecution:
 
     # --- steps ---------------------------------------------------------------------------
 
-    def begin_step(self, step_id: str) -> NewStep | Replay | Park:
-        """Name the step (suffixing repeats) and decide: replay it, run it, or park."""
+    def begin_step(self, step_id: str, kind: str) -> NewStep | Replay | Park:
+        """Name the step (suffixing repeats) and decide: replay it, run it, or park.
+
+        Raises:
+            NonDeterminismError: the history recorded another kind of step under this id.
+        """
         if self.ended:
             raise Abandoned()
         if not isinstance(step_id, str) or not step_id:
@@ -254,13 +264,34 @@ class RunExecution:
             )
         memo = self.memos.get(sid)
         if memo is not None:
+            if memo.kind != kind:
+                raise NonDeterminismError(
+                    f"step {sid!r} was recorded as step.{memo.kind}() but the function now "
+                    f"calls step.{kind}() under that id; the code changed under a running "
+                    "run: give the new step another id"
+                )
             return Replay(sid, memo)
         if self.lost or self.draining or sid in self.deferred:
             return PARK
         self.replaying = False
+        return NewStep(sid, self.attempts.get(sid, 0))
+
+    def enter(self, step: NewStep) -> None:
+        """The step's code starts running now (the run cannot suspend until it ends)."""
         self._in_flight += 1
         self._idle.clear()
-        return NewStep(sid, self.attempts.get(sid, 0))
+
+    def request(self, step: NewStep, kind: type[m._Checkpoint], fields: dict[str, Any]) -> None:
+        """Ask the gateway for something durable (a sleep, a wait, a child run)."""
+        self._activity += 1
+        self._emit(kind, {"step_id": step.id, **fields})
+
+    def record(self, step: NewStep, kind: str, output: bytes, message: type[m._Checkpoint],
+               fields: dict[str, Any]) -> None:
+        """A step whose result exists at once (send_event): memoize and checkpoint it."""
+        self._activity += 1
+        self.memos[step.id] = m.StepMemo(kind=kind, output=output)
+        self._emit(message, {"step_id": step.id, **fields})
 
     def replay(self, step: Replay) -> Any:
         if step.memo.error is not None:
@@ -288,7 +319,7 @@ class RunExecution:
                 except TetherError as err:
                     exc = err
                 else:
-                    self.memos[step.id] = m.StepMemo(output=output)
+                    self.memos[step.id] = m.StepMemo(kind="run", output=output)
                     self._emit(m.StepCompleted, {
                         "step_id": step.id, "attempt": step.attempt, "output": output,
                         "started_at": started, "ended_at": ended,
@@ -303,7 +334,7 @@ class RunExecution:
                 "retry_after": retry_delay(exc), "started_at": started, "ended_at": ended,
             })
             if final:
-                self.memos[step.id] = m.StepMemo(error=info)
+                self.memos[step.id] = m.StepMemo(kind="run", error=info)
                 raise StepError(step.id, info.name, info.message, info.stack) from exc
             return PARK
         finally:

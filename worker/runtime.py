@@ -72,7 +72,7 @@ class Worker:
         self._held = 0  # executions whose lease is still ours (what the gateway counts)
         self.draining = False
         self.outbox = Outbox()
-        self.executor = ThreadPoolExecutor(concurrency + 16, thread_name_prefix="tether-step")
+        self.executor = ThreadPoolExecutor(concurrency * 2 + 16, thread_name_prefix="tether-step")
         self.link = GatewayLink(
             gateways,
             hello=self._hello,

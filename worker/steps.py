@@ -6,6 +6,11 @@ event loop. Both share the run's rules in :mod:`worker.runner`.
 
 A step id must be unique within a function; a repeated id (a step in a loop) is suffixed by
 call order: ``"fetch"``, ``"fetch:1"``, ``"fetch:2"``...
+
+Steps that need the gateway (sleeps, waits, child runs) *park* the branch that called them:
+the worker tells the gateway what it waits for, and once every branch of the run is parked
+the run is suspended, holding no worker slot, until the gateway leases it again with the
+step's result recorded.
 """
 
 from __future__ import annotations
@@ -15,14 +20,101 @@ import concurrent.futures
 import contextvars
 import functools
 import inspect
+import json
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from protocol import messages as m
+from protocol.durations import Duration, to_seconds
+from protocol.errors import InvalidInput
+from protocol.expressions import check
+from worker import serde
+from worker.app import Event, Function
 from worker.interrupts import Abandoned
 from worker.runner import PARK, NewStep, Replay, RunExecution, current_attempt
 
 T = TypeVar("T")
+
+#: Variables a ``wait_for_event`` filter may read.
+WAIT_VARIABLES = frozenset({"event", "async"})
+RESERVED_PREFIX = "tether/"
+
+
+class _Plans:
+    """What both flavours of the API compute before any waiting: pure bookkeeping."""
+
+    def __init__(self, execution: RunExecution) -> None:
+        self._exec = execution
+
+    def sleep_fields(self, step_id: str, duration: Duration) -> dict[str, Any]:
+        return {"duration": to_seconds(duration, what=f"step.sleep({step_id!r})")}
+
+    def sleep_until_fields(self, step_id: str, when: datetime | float) -> dict[str, Any]:
+        if isinstance(when, datetime):
+            moment = when if when.tzinfo else when.replace(tzinfo=UTC)
+            return {"until": moment.timestamp()}
+        if isinstance(when, (int, float)) and not isinstance(when, bool):
+            return {"until": float(when)}
+        raise InvalidInput(f"step.sleep_until({step_id!r}): expected a datetime or epoch seconds")
+
+    def wait_fields(self, step_id: str, event: str, timeout: Duration, if_: str | None
+                    ) -> dict[str, Any]:
+        if not isinstance(event, str) or not event:
+            raise InvalidInput(f"step.wait_for_event({step_id!r}): event must be a name")
+        if if_ is not None:
+            check(if_, WAIT_VARIABLES, where=f"step.wait_for_event({step_id!r}) if_")
+        seconds = to_seconds(timeout, what=f"step.wait_for_event({step_id!r}) timeout")
+        return {"event": event, "timeout": seconds, "if_": if_}
+
+    def invoke_fields(self, step_id: str, function: Function | str, data: dict[str, Any] | None,
+                      timeout: Duration | None) -> dict[str, Any]:
+        function_id = function.id if isinstance(function, Function) else function
+        if not isinstance(function_id, str) or "/" not in function_id:
+            raise InvalidInput(
+                f"step.invoke({step_id!r}): function must be a Tether function or "
+                f"'app/fn-id', got {function!r}"
+            )
+        payload = serde.dumps(data or {}, what=f"step.invoke({step_id!r}) data",
+                              limit=self._exec.limits.max_step_result)
+        seconds = None if timeout is None else to_seconds(
+            timeout, what=f"step.invoke({step_id!r}) timeout")
+        return {"function_id": function_id, "data": payload, "timeout": seconds}
+
+    def sent_events(self, step: NewStep, events: Event | Sequence[Event]
+                    ) -> tuple[list[str], list[bytes]]:
+        items = [events] if isinstance(events, Event) else list(events)
+        ids, payloads = [], []
+        now_ms = int(time.time() * 1000)
+        for index, event in enumerate(items):
+            if not isinstance(event, Event):
+                raise InvalidInput(f"step.send_event({step.id!r}): expected Event objects")
+            if not event.name or event.name.startswith(RESERVED_PREFIX):
+                raise InvalidInput(
+                    f"step.send_event({step.id!r}): event name {event.name!r} is empty or "
+                    f"reserved ({RESERVED_PREFIX}*)"
+                )
+            # Deterministic ids make a resent checkpoint a duplicate, not a second event.
+            event_id = event.id or f"{self._exec.run_id}-{step.id}-{index}"
+            ids.append(event_id)
+            body = {"name": event.name, "data": event.data, "id": event_id,
+                    "ts": event.ts if event.ts is not None else now_ms, "user": event.user}
+            payloads.append(serde.dumps(body, what=f"step.send_event({step.id!r}) event",
+                                        limit=self._exec.limits.max_step_result))
+        return ids, payloads
+
+
+def _as_event(value: Any) -> Event | None:
+    return None if value is None else Event.from_json(value)
+
+
+def _ignore(value: Any) -> None:
+    return None
+
+
+def _identity(value: Any) -> Any:
+    return value
 
 
 class Step:
@@ -30,6 +122,7 @@ class Step:
 
     def __init__(self, execution: RunExecution) -> None:
         self._exec = execution
+        self._plans = _Plans(execution)
 
     async def run(self, step_id: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` once, durably, and return its (JSON) result.
@@ -42,12 +135,13 @@ class Step:
             StepError: the step failed for good (retries exhausted, or NonRetriableError).
         """
         run = self._exec
-        plan = run.begin_step(step_id)
+        plan = run.begin_step(step_id, "run")
         if isinstance(plan, Replay):
             return run.replay(plan)
         if plan is PARK:
             return await run.park()
         assert isinstance(plan, NewStep)
+        run.enter(plan)
         started = time.time()
         token = current_attempt.set(plan.attempt)
         try:
@@ -72,22 +166,84 @@ class Step:
             return await run.park()
         return outcome
 
+    async def sleep(self, step_id: str, duration: Duration) -> None:
+        """Sleep durably: the run is suspended (no worker held) and resumes after ``duration``."""
+        fields = self._plans.sleep_fields(step_id, duration)
+        await self._durable(step_id, "sleep", m.SleepRequested, fields, _ignore)
+
+    async def sleep_until(self, step_id: str, when: datetime | float) -> None:
+        """Sleep durably until ``when`` (a datetime; naive means UTC; or epoch seconds)."""
+        fields = self._plans.sleep_until_fields(step_id, when)
+        await self._durable(step_id, "sleep", m.SleepRequested, fields, _ignore)
+
+    async def wait_for_event(
+        self, step_id: str, *, event: str, timeout: Duration, if_: str | None = None
+    ) -> Event | None:
+        """Wait for an event named ``event`` (matching ``if_``); None after ``timeout``.
+
+        In ``if_``, ``event`` is this run's triggering event and ``async`` the candidate,
+        e.g. ``"async.data.order_id == event.data.order_id"``.
+        """
+        fields = self._plans.wait_fields(step_id, event, timeout, if_)
+        result: Event | None = await self._durable(
+            step_id, "wait", m.WaitRequested, fields, _as_event)
+        return result
+
+    async def invoke(
+        self, step_id: str, *, function: Function | str, data: dict[str, Any] | None = None,
+        timeout: Duration | None = None,
+    ) -> Any:
+        """Run ``function`` as a child run with ``data`` and return its output.
+
+        Raises:
+            StepError: the child failed, was cancelled, or did not finish within ``timeout``.
+        """
+        fields = self._plans.invoke_fields(step_id, function, data, timeout)
+        return await self._durable(step_id, "invoke", m.InvokeRequested, fields, _identity)
+
+    async def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
+        """Send events exactly once for this run (not again on replay); returns their ids."""
+        run = self._exec
+        plan = run.begin_step(step_id, "send_event")
+        if isinstance(plan, Replay):
+            ids: list[str] = run.replay(plan)
+            return ids
+        if plan is PARK:
+            return await run.park()  # type: ignore[no-any-return]
+        assert isinstance(plan, NewStep)
+        ids, payloads = self._plans.sent_events(plan, events)
+        run.record(plan, "send_event", json.dumps(ids).encode(), m.EventsSent,
+                   {"events": payloads})
+        return ids
+
+    async def _durable(self, step_id: str, kind: str, message: type[m._Checkpoint],
+                       fields: dict[str, Any], decode: Callable[[Any], T]) -> T:
+        run = self._exec
+        plan = run.begin_step(step_id, kind)
+        if isinstance(plan, Replay):
+            return decode(run.replay(plan))
+        if isinstance(plan, NewStep):
+            run.request(plan, message, fields)
+        return await run.park()  # type: ignore[no-any-return]
+
 
 class SyncStep:
     """Durable steps for plain ``def`` functions: the same methods, blocking."""
 
     def __init__(self, execution: RunExecution) -> None:
         self._exec = execution
+        self._async = Step(execution)
 
     def run(self, step_id: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Blocking :meth:`Step.run`. ``fn`` runs on this thread."""
         run = self._exec
-        plan = self._on_loop(_call(run.begin_step, step_id))
+        plan = self._on_loop(_call(run.begin_step, step_id, "run"))
         if isinstance(plan, Replay):
             return self._on_loop(_call(run.replay, plan))  # type: ignore[no-any-return]
         if plan is PARK:
             return self._on_loop(run.park())  # type: ignore[no-any-return]
         assert isinstance(plan, NewStep)
+        self._on_loop(_call(run.enter, plan))
         started = time.time()
         token = current_attempt.set(plan.attempt)
         try:
@@ -105,6 +261,42 @@ class SyncStep:
         if outcome is PARK:
             return self._on_loop(run.park())  # type: ignore[no-any-return]
         return outcome  # type: ignore[no-any-return]
+
+    def sleep(self, step_id: str, duration: Duration) -> None:
+        """Blocking :meth:`Step.sleep`."""
+        self._on_loop(self._async.sleep(step_id, duration))
+
+    def sleep_until(self, step_id: str, when: datetime | float) -> None:
+        """Blocking :meth:`Step.sleep_until`."""
+        self._on_loop(self._async.sleep_until(step_id, when))
+
+    def wait_for_event(
+        self, step_id: str, *, event: str, timeout: Duration, if_: str | None = None
+    ) -> Event | None:
+        """Blocking :meth:`Step.wait_for_event`."""
+        return self._on_loop(self._async.wait_for_event(step_id, event=event, timeout=timeout,
+                                                        if_=if_))
+
+    def invoke(
+        self, step_id: str, *, function: Function | str, data: dict[str, Any] | None = None,
+        timeout: Duration | None = None,
+    ) -> Any:
+        """Blocking :meth:`Step.invoke`."""
+        return self._on_loop(self._async.invoke(step_id, function=function, data=data,
+                                                timeout=timeout))
+
+    def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
+        """Blocking :meth:`Step.send_event`."""
+        return self._on_loop(self._async.send_event(step_id, events))
+
+    def parallel(self, *branches: Callable[[], Any]) -> list[Any]:
+        """Run ``branches`` (callables taking no argument) at once, each on its own thread.
+
+        The ``def`` equivalent of ``asyncio.gather``: each branch may call any step method,
+        each checkpoints on its own, and the run suspends only when every live branch waits
+        on something durable. Returns the results in order; the first exception is raised.
+        """
+        return self._on_loop(_parallel(self._exec, branches))
 
     def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the worker's loop while this thread waits (and counts as idle)."""
@@ -134,3 +326,15 @@ async def _idle_while(run: RunExecution, coro: Coroutine[Any, Any, T]) -> T:
         return await coro
     finally:
         run.threads_active += 1
+
+
+async def _parallel(run: RunExecution, branches: Sequence[Callable[[], Any]]) -> list[Any]:
+    async def branch(fn: Callable[[], Any]) -> Any:
+        run.threads_active += 1
+        try:
+            context = contextvars.copy_context()
+            return await run.loop.run_in_executor(run.executor, context.run, fn)
+        finally:
+            run.threads_active -= 1
+
+    return list(await asyncio.gather(*(branch(b) for b in branches)))

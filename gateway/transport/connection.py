@@ -206,8 +206,7 @@ class WorkerConnection:
             worker.last_seen = self.clock.monotonic()
             for msg in decode(frame, max_size=limit):
                 session.receive(msg)
-                if isinstance(msg, (m.StepCompleted, m.StepFailed, m.RunCompleted, m.RunFailed,
-                                    m.RunSuspended, m.LeaseReleased)):
+                if isinstance(msg, m.CHECKPOINT_TYPES):
                     engine.checkpoint(worker, msg)
                 elif isinstance(msg, m.Heartbeat):
                     self.outbox.send(m.HeartbeatAck())
