@@ -27,11 +27,11 @@ from gateway.registry import Registry, WorkerEntry
 from gateway.runs import retry_at
 from gateway.scheduler.triggers import TriggerIndex
 from gateway.store.base import (
+    CancelRequest,
     CheckpointWrite,
     FunctionRecord,
     LeaseReturn,
     NewEvent,
-    NewRun,
     SessionRelease,
     Store,
     WriteBatch,
@@ -39,7 +39,6 @@ from gateway.store.base import (
 )
 from protocol import messages as m
 from protocol.errors import TetherError
-from protocol.ids import new_id
 from protocol.manifest import AppManifest, FunctionConfig, check_expressions
 
 log = structlog.get_logger("tether.engine")
@@ -76,11 +75,15 @@ class Engine:
         self.metrics = metrics or Metrics()
         self.triggers = TriggerIndex()
         self.functions: dict[str, FunctionRecord] = {}
-        self._batch = WriteBatch(now=0.0)
+        self._batch = self._new_batch()
         self._event_waiters: list[tuple[list[NewEvent], asyncio.Future[set[str]]]] = []
+        self._command_waiters: list[tuple[str, asyncio.Future[Any]]] = []
+        # When the gateway last heard of each leased run: a wait looks back to then.
+        self._seen: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._maybe_ready: set[str] = set()
         self._next_wakeup: float | None = None
+        self._find_wakeup = True  # ask the store once at start
         self._idle = asyncio.Event()
         self._closed = False
 
@@ -121,10 +124,6 @@ class Engine:
 
     # --- inputs --------------------------------------------------------------------------
 
-    def match(self, name: str, event: dict[str, Any]) -> list[NewRun]:
-        """The runs an event starts: one per matching function."""
-        return [NewRun(new_id(), fn) for fn in self.triggers.match(name, event)]
-
     async def ingest(self, events: list[NewEvent]) -> set[str]:
         """Store events and their runs durably; return the ids that were duplicates.
 
@@ -139,13 +138,36 @@ class Engine:
 
     def checkpoint(self, worker: WorkerEntry, message: m.Checkpoint) -> None:
         """Queue a checkpoint for the next commit; it is acknowledged once committed."""
+        now = self.clock.now()
         at: float | None = None
         if isinstance(message, (m.StepFailed, m.RunFailed)):
-            at = retry_at(message, now=self.clock.now(), base=self.retry_base, rng=self.rng)
+            at = retry_at(message, now=now, base=self.retry_base, rng=self.rng)
+        since = self._seen.get(message.run_id, now)
         if isinstance(message, _LEASE_ENDS):
             worker.in_flight.discard(message.run_id)
-        self._batch.checkpoints.append(CheckpointWrite(worker.session_id, message, at))
+            self._seen.pop(message.run_id, None)
+        else:
+            self._seen[message.run_id] = now
+        self._batch.checkpoints.append(CheckpointWrite(worker.session_id, message, at, since))
         self._wake.set()
+
+    async def cancel(self, request: CancelRequest) -> int:
+        """Cancel a run (or a function's runs); returns how many were cancelled."""
+        self._batch.cancels.append(request)
+        count: int = await self._command("cancel")
+        return count
+
+    async def replay(self, run_id: str) -> str | None:
+        """Start a new run of a run's function with the same events; its id, or None."""
+        self._batch.replays.append(run_id)
+        new_run: str | None = await self._command("replay")
+        return new_run
+
+    async def _command(self, kind: str) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._command_waiters.append((kind, future))
+        self._wake.set()
+        return await future
 
     def lease_rejected(self, worker: WorkerEntry, run_id: str, fence: int, reason: str) -> None:
         """The worker would not take a lease: give the run to someone else at once."""
@@ -160,6 +182,8 @@ class Engine:
 
     def worker_gone(self, worker: WorkerEntry, reason: str, *, lost: bool = True) -> None:
         """The worker's socket closed: every lease it held goes back to the queue."""
+        for run_id in worker.in_flight:
+            self._seen.pop(run_id, None)
         worker.in_flight.clear()
         self._batch.releases.append(SessionRelease(worker.session_id, reason, lost))
         self._wake.set()
@@ -177,16 +201,17 @@ class Engine:
                 await self._sleep()
                 self._idle.clear()
                 continue
-            batch, waiters = self._take()
+            batch, waiters, commands = self._take()
             try:
                 result = await self.store.write(batch)
             except Exception as exc:  # the store failed: answer no one with success
                 self.metrics.batches_failed += 1
                 log.error("batch_failed", error=str(exc), exc_info=True)
-                self._fail(batch, waiters, exc)
+                self._fail(batch, waiters, commands, exc)
                 await self.clock.sleep(0.2)
                 continue
             self._deliver(batch, waiters, result)
+            self._answer(commands, result)
 
     async def close(self) -> None:
         """Commit what is pending, then stop the loop."""
@@ -195,7 +220,7 @@ class Engine:
         await self._idle.wait()
 
     def _has_work(self) -> bool:
-        if self._batch:
+        if self._batch or self._find_wakeup:
             return True
         return bool(self._maybe_ready) and bool(self.registry.free_slots())
 
@@ -216,17 +241,31 @@ class Engine:
                 task.cancel()
         if timer.done() and not timer.cancelled():
             self._next_wakeup = None
+            self._find_wakeup = True
             self._maybe_ready.update(self.functions)
 
-    def _take(self) -> tuple[WriteBatch, list[tuple[list[NewEvent], asyncio.Future[set[str]]]]]:
-        batch, self._batch = self._batch, WriteBatch(now=0.0)
+    def _new_batch(self) -> WriteBatch:
+        return WriteBatch(now=0.0, match=self.triggers.match, listens=self.triggers.listens)
+
+    def _take(self) -> tuple[WriteBatch, list[tuple[list[NewEvent], asyncio.Future[set[str]]]],
+                             list[tuple[str, asyncio.Future[Any]]]]:
+        batch, self._batch = self._batch, self._new_batch()
         waiters, self._event_waiters = self._event_waiters, []
+        commands, self._command_waiters = self._command_waiters, []
         batch.now = self.clock.now()
+        batch.find_wakeup, self._find_wakeup = self._find_wakeup, False
         slots = self.registry.free_slots()
         if slots:
             batch.claims = slots
             batch.claim_functions = set(self._maybe_ready)
-        return batch, waiters
+        return batch, waiters, commands
+
+    @staticmethod
+    def _answer(commands: list[tuple[str, asyncio.Future[Any]]], result: WriteResult) -> None:
+        answers = {"cancel": iter(result.cancelled), "replay": iter(result.replayed)}
+        for kind, future in commands:
+            if not future.done():
+                future.set_result(next(answers[kind]))
 
     def _deliver(
         self,
@@ -275,6 +314,7 @@ class Engine:
                 )
                 continue
             worker.in_flight.add(lease.run_id)
+            self._seen[lease.run_id] = batch.now
             worker.send(
                 m.LeaseGranted(
                     run_id=lease.run_id, fence=lease.fence, function_id=lease.function_id,
@@ -284,6 +324,14 @@ class Engine:
             )
         if orphaned:
             self._wake.set()
+
+        for revoked in result.revoked:
+            self._seen.pop(revoked.run_id, None)
+            worker = self.registry.get(revoked.session_id)
+            if worker is not None:
+                worker.in_flight.discard(revoked.run_id)
+                worker.send(m.LeaseRevoked(run_id=revoked.run_id, fence=revoked.fence,
+                                           reason=revoked.reason))
 
         for ended in result.ended:
             if ended.status == "Completed":
@@ -300,18 +348,22 @@ class Engine:
         if not batch and not result.leases:
             # A claim-only round that leased nothing: stop asking until something changes.
             self._maybe_ready.clear()
-        self._next_wakeup = result.next_wakeup
+        if batch.find_wakeup:
+            self._next_wakeup = result.next_wakeup
+        elif result.next_wakeup is not None:
+            self._next_wakeup = min(self._next_wakeup or result.next_wakeup, result.next_wakeup)
 
     def _fail(
         self,
         batch: WriteBatch,
         waiters: list[tuple[list[NewEvent], asyncio.Future[set[str]]]],
+        commands: list[tuple[str, asyncio.Future[Any]]],
         exc: Exception,
     ) -> None:
         error = StoreUnavailable(
             f"the store could not commit ({exc}); nothing was stored, retry the request"
         )
-        for _, future in waiters:
+        for future in [f for _, f in waiters] + [f for _, f in commands]:
             if not future.done():
                 future.set_exception(error)
         # Unacknowledged checkpoints are resent by workers after they reconnect.
@@ -319,6 +371,7 @@ class Engine:
             worker = self.registry.get(session_id)
             if worker is not None:
                 worker.close(1011, "store unavailable; reconnect and resend checkpoints")
+        self._find_wakeup = self._find_wakeup or batch.find_wakeup
         # Releases and returns must not be forgotten: their runs would stay leased.
         self._batch.releases.extend(batch.releases)
         self._batch.returns.extend(batch.returns)

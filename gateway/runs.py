@@ -38,7 +38,10 @@ FINAL_STATUSES = frozenset(
 class StepStatus(enum.StrEnum):
     COMPLETED = "Completed"
     FAILED = "Failed"  # for good: the function saw StepError
-    RETRYING = "Retrying"  # failed, another attempt is due at ``retry_at``
+    RETRYING = "Retrying"  # failed, another attempt is due at ``wake_at``
+    SLEEPING = "Sleeping"  # step.sleep: done at ``wake_at``
+    WAITING = "Waiting"  # step.wait_for_event: an event, or null at ``wake_at``
+    INVOKING = "Invoking"  # step.invoke: the child's outcome, or a timeout at ``wake_at``
 
 
 #: The longest a backoff may grow, whatever the attempt.

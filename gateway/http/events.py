@@ -116,7 +116,7 @@ def _event(
             f"{where}: " + _too_large("event", len(payload), limits.max_event,
                                       "split the event or store large data elsewhere")
         )
-    return NewEvent(event_id, name, payload), event
+    return NewEvent(event_id, name, payload, event), event
 
 
 def _kind(value: Any) -> str:
@@ -138,10 +138,7 @@ class EventRoutes:
         self.auth.check_event_key(request.path_params["event_key"])
         body = await read_body(request, self.limits.max_request)
         parsed = parse_events(body, limits=self.limits, now=self.engine.clock.now())
-        events = []
-        for event, data in parsed:
-            event.runs = self.engine.match(event.name, data)
-            events.append(event)
+        events = [event for event, _ in parsed]
         if events:
             await self.engine.ingest(events)
         return JSONResponse({"ids": [e.id for e in events], "status": 200})

@@ -50,6 +50,10 @@ class TriggerIndex:
                     exact.setdefault(trigger.event, []).append(listener)
         self._exact, self._prefixes = exact, prefixes
 
+    def listens(self, name: str) -> bool:
+        """Does any function trigger on ``name`` (whatever its filter)?"""
+        return name in self._exact or any(name.startswith(p) for p, _ in self._prefixes)
+
     def match(self, name: str, event: dict[str, Any]) -> list[str]:
         """Function ids to start for ``event`` (each at most once, in a stable order)."""
         listeners: Iterable[_Listener] = self._exact.get(name, ())

@@ -20,6 +20,7 @@ Callers pass ``now``; a store never reads a clock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,32 +33,59 @@ DEDUP_WINDOW = 24 * 3600.0
 #: A run whose lease is lost this many times in a row, without progress, fails.
 MAX_LEASE_LOSSES = 10
 
+#: A run's recorded step results may not exceed this (SPEC §5).
+MAX_RUN_STATE = 32 * 1024 * 1024
 
-@dataclass(slots=True)
-class NewRun:
-    """A run to create when its event is stored (not when the event is a duplicate)."""
-
-    id: str
-    function_id: str
+#: Which functions an event starts: ``(name, event as a dict) -> function ids``.
+Matcher = Callable[[str, dict[str, Any]], list[str]]
 
 
 @dataclass(slots=True)
 class NewEvent:
-    """A validated event and the runs it starts."""
+    """A validated event; the store matches it to functions when it stores it."""
 
     id: str
     name: str
     payload: bytes  # the event as JSON: name, data, id, ts, user
-    runs: list[NewRun] = field(default_factory=list)
+    data: dict[str, Any] | None = None  # the parsed payload, when the caller has it
 
 
 @dataclass(slots=True)
 class CheckpointWrite:
-    """A checkpoint from a socket, with the retry time the engine decided for failures."""
+    """A checkpoint from a socket, with what the engine decided about it.
+
+    ``retry_at`` is when a failed step or function may run again; ``since`` is when the
+    gateway last heard of the run before this checkpoint: a wait looks back to events
+    received from then on, so an event that raced the wait is not lost.
+    """
 
     session_id: str
     message: Checkpoint
     retry_at: float | None = None
+    since: float = 0.0
+
+
+@dataclass(slots=True)
+class CancelRequest:
+    """Cancel one run, or (bulk) the runs of a function queued in a time range and matching
+    ``if_`` (CEL over ``event``)."""
+
+    reason: str
+    run_id: str | None = None
+    function_id: str | None = None
+    queued_after: float | None = None
+    queued_before: float | None = None
+    if_: str | None = None
+
+
+@dataclass(slots=True)
+class Revocation:
+    """A lease taken from a worker (its run was cancelled): tell the worker to stop."""
+
+    session_id: str
+    run_id: str
+    fence: int
+    reason: str
 
 
 @dataclass(slots=True)
@@ -106,13 +134,23 @@ class WriteBatch:
     checkpoints: list[CheckpointWrite] = field(default_factory=list)
     returns: list[LeaseReturn] = field(default_factory=list)
     releases: list[SessionRelease] = field(default_factory=list)
+    cancels: list[CancelRequest] = field(default_factory=list)
+    replays: list[str] = field(default_factory=list)  # run ids to start again
     #: Workers with free slots, and the functions that may have runs ready to lease.
     claims: list[WorkerSlots] = field(default_factory=list)
     claim_functions: set[str] = field(default_factory=set)
+    #: Which functions an event starts (the engine's trigger index), and whether any
+    #: function listens for a name at all.
+    match: Matcher = field(default=lambda name, event: [])
+    listens: Callable[[str], bool] = field(default=lambda name: False)
+    #: Search the store for the next due time (the engine's timer fired, so the one it knew
+    #: of is spent). Otherwise the result only reports times this batch set.
+    find_wakeup: bool = False
 
     def __bool__(self) -> bool:
         return bool(
-            self.events or self.checkpoints or self.returns or self.releases or self.claims
+            self.events or self.checkpoints or self.returns or self.releases or self.cancels
+            or self.replays or self.claims
         )
 
 
@@ -154,7 +192,14 @@ class WriteResult:
     touched_functions: set[str] = field(default_factory=set)
     #: functions whose queue the claim drained (nothing more is ready for them now)
     drained_functions: set[str] = field(default_factory=set)
-    #: the earliest ``available_at`` of a queued run still in the future, if any
+    #: leases taken away by cancellations, to revoke on their sockets
+    revoked: list[Revocation] = field(default_factory=list)
+    #: per ``batch.cancels`` entry: how many runs it cancelled
+    cancelled: list[int] = field(default_factory=list)
+    #: per ``batch.replays`` entry: the new run's id (None for an unknown run)
+    replayed: list[str | None] = field(default_factory=list)
+    #: the earliest future time this batch made something due (a run to lease, a deadline),
+    #: or, with ``find_wakeup``, the earliest the store holds
     next_wakeup: float | None = None
 
 
@@ -193,7 +238,8 @@ class RunRecord:
     queued_at: float
     started_at: float | None
     ended_at: float | None
-    available_at: float
+    available_at: float | None
+    parent_run_id: str | None = None
     steps: list[StepRecord] = field(default_factory=list)
 
 

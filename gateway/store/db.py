@@ -1,0 +1,50 @@
+"""Named queries, and the small async interface the shared store logic runs them through.
+
+Each backend keeps its SQL in ``queries/<backend>.sql`` as blocks headed ``-- name: <name>``
+(the procrastinate way): the logic in :mod:`gateway.store.transaction` and
+:mod:`gateway.store.reads` is written once against names, and every backend answers the same
+names. A list argument is an ``IN (...)`` set: each backend passes it its own way.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+_QUERIES = Path(__file__).parent / "queries"
+_HEADER = re.compile(r"^--\s*name:\s*([a-z_0-9]+)\s*$", re.MULTILINE)
+
+Row = tuple[Any, ...]
+
+
+@cache
+def queries(backend: str) -> dict[str, str]:
+    """Every named query of ``backend``, by name."""
+    text = (_QUERIES / f"{backend}.sql").read_text()
+    parts = _HEADER.split(text)
+    named: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        sql = "\n".join(line for line in body.splitlines()
+                        if not line.strip().startswith("--")).strip().rstrip(";")
+        if name in named:
+            raise ValueError(f"query {name!r} is defined twice in {backend}.sql")
+        named[name] = sql
+    return named
+
+
+class Db(Protocol):
+    """One open transaction (or read connection). Rows are tuples, read by position."""
+
+    async def fetch(self, name: str, *args: Any) -> list[Row]: ...
+
+    async def fetchone(self, name: str, *args: Any) -> Row | None: ...
+
+    async def fetchval(self, name: str, *args: Any) -> Any: ...
+
+    async def execute(self, name: str, *args: Any) -> int:
+        """Run a statement; return how many rows it changed."""
+        ...
+
+    async def executemany(self, name: str, rows: list[tuple[Any, ...]]) -> None: ...

@@ -1,0 +1,145 @@
+"""What every SQL backend shares: the store methods, written once over named queries.
+
+A backend supplies two things: :meth:`SqlStore._transaction` (run a coroutine against a
+:class:`~gateway.store.db.Db` inside one transaction) and :meth:`SqlStore._read` (the same on a
+read connection). Everything else, every decision included, lives here and in
+:mod:`gateway.store.transaction`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pydantic import TypeAdapter
+
+from protocol.manifest import AppManifest, FunctionConfig
+
+from gateway.store.base import (
+    FunctionRecord,
+    RunPage,
+    RunRecord,
+    StepRecord,
+    WriteBatch,
+    WriteResult,
+)
+from gateway.store.db import Db, Row
+from gateway.store.transaction import Transaction, error_from_json
+
+T = TypeVar("T")
+
+_CONFIG: TypeAdapter[FunctionConfig] = TypeAdapter(FunctionConfig)
+
+
+class SqlStore:
+    """The :class:`~gateway.store.base.Store` methods over named queries."""
+
+    def __init__(self) -> None:
+        self._configs: dict[str, FunctionConfig | None] = {}
+
+    async def _transaction(self, fn: Callable[[Db], Awaitable[T]]) -> T:
+        raise NotImplementedError
+
+    async def _read(self, fn: Callable[[Db], Awaitable[T]]) -> T:
+        raise NotImplementedError
+
+    # --- writes --------------------------------------------------------------------------
+
+    async def write(self, batch: WriteBatch) -> WriteResult:
+        return await self._transaction(lambda db: Transaction(db, batch, self._config).run())
+
+    async def _config(self, db: Db, function_id: str) -> FunctionConfig | None:
+        """A function's config (None when unknown or inactive), cached per process."""
+        if function_id not in self._configs:
+            raw = await db.fetchval("function_config", function_id)
+            self._configs[function_id] = (
+                None if raw is None else _CONFIG.validate_python(json.loads(raw))
+            )
+        return self._configs[function_id]
+
+    async def register_app(self, app: AppManifest, *, now: float) -> list[FunctionRecord]:
+        async def register(db: Db) -> list[FunctionRecord]:
+            await db.execute("upsert_app", app.id, app.version, now)
+            await db.execute("deactivate_functions", app.id)
+            records = []
+            for fn in app.functions:
+                config = _CONFIG.dump_python(fn, mode="json")
+                full_id = f"{app.id}/{fn.id}"
+                await db.execute("upsert_function", full_id, app.id, json.dumps(config), now)
+                records.append(FunctionRecord(full_id, app.id, app.version, config, True, now))
+            return records
+
+        records = await self._transaction(register)
+        stale = [fid for fid in self._configs if fid.startswith(f"{app.id}/")]
+        for fid in stale:
+            del self._configs[fid]
+        return records
+
+    async def recover(self, *, now: float) -> int:
+        return await self._transaction(lambda db: db.execute("recover_leases", now))
+
+    # --- reads ---------------------------------------------------------------------------
+
+    async def functions(self) -> list[FunctionRecord]:
+        async def read(db: Db) -> list[FunctionRecord]:
+            return [
+                FunctionRecord(fid, app_id, version or "", json.loads(config), bool(active),
+                               updated)
+                for fid, app_id, version, config, active, updated in await db.fetch(
+                    "all_functions")
+            ]
+
+        return await self._read(read)
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        async def read(db: Db) -> RunRecord | None:
+            row = await db.fetchone("get_run", run_id)
+            return None if row is None else await _with_steps(db, _run(row))
+
+        return await self._read(read)
+
+    async def runs_for_event(self, event_id: str) -> list[RunRecord]:
+        async def read(db: Db) -> list[RunRecord]:
+            return [await _with_steps(db, _run(r)) for r in await db.fetch("runs_for_event",
+                                                                            event_id)]
+
+        return await self._read(read)
+
+    async def list_runs(
+        self, *, function_id: str | None, status: str | None, limit: int, cursor: str | None
+    ) -> RunPage:
+        async def read(db: Db) -> RunPage:
+            args: list[Any] = [cursor or "\U0010ffff", limit + 1]
+            name = "list_runs"
+            if function_id is not None and status is not None:
+                name, args = "list_runs_by_function_status", [*args, function_id, status]
+            elif function_id is not None:
+                name, args = "list_runs_by_function", [*args, function_id]
+            elif status is not None:
+                name, args = "list_runs_by_status", [*args, status]
+            rows = await db.fetch(name, *args)
+            runs = [await _with_steps(db, _run(row)) for row in rows[:limit]]
+            return RunPage(runs, runs[-1].id if len(rows) > limit else None)
+
+        return await self._read(read)
+
+
+def _run(row: Row) -> RunRecord:
+    (rid, fn, status, fence, attempt, event_ids, output, error, queued, started, ended,
+     available, parent) = row
+    return RunRecord(
+        rid, fn, status, fence, attempt, json.loads(event_ids),
+        None if output is None else bytes(output), error_from_json(error), queued, started,
+        ended, available, parent,
+    )
+
+
+async def _with_steps(db: Db, run: RunRecord) -> RunRecord:
+    run.steps = [
+        StepRecord(sid, kind, status, attempts, None if output is None else bytes(output),
+                   error_from_json(error), started, ended)
+        for sid, kind, status, attempts, output, error, started, ended in await db.fetch(
+            "run_steps", run.id)
+    ]
+    return run
