@@ -186,3 +186,13 @@ def test_too_many_events_is_checked_before_each_event():
     # The count is refused even when the events themselves are garbage.
     with pytest.raises(PayloadTooLarge):
         parse([1, 2, 3, 4], limits=EventLimits(max_events=3))
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000,
+                                  b'{"name": "a", "data": ' + b'{"x": ' * 100_000 + b"1"
+                                  + b"}" * 100_001])
+def test_deeply_nested_body_is_refused_not_crashed(body):
+    # 200 KB, well under the request limit: a 400, not an internal error.
+    error = refused(body, raw=True)
+    assert type(error) is InvalidInput
+    assert "nested too deeply" in str(error)
