@@ -67,6 +67,8 @@ def parse_events(
         raw = json.loads(body, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidInput("body is not valid JSON: nested too deeply") from exc
     items = raw if isinstance(raw, list) else [raw]
     if len(items) > limits.max_events:
         raise PayloadTooLarge(
