@@ -49,7 +49,8 @@ def test_evaluate():
 
 
 def test_evaluate_missing_field_raises_a_readable_error():
-    with pytest.raises(ExpressionError, match=r"'event\.data\.missing == 1' could not be evaluated"):
+    with pytest.raises(ExpressionError,
+                       match=r"'event\.data\.missing == 1' could not be evaluated"):
         evaluate("event.data.missing == 1", EVENT)
 
 

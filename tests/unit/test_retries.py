@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -72,7 +73,7 @@ def test_seeded_rng_makes_backoff_reproducible():
 
 def test_mean_backoff_grows_exponentially(rng):
     means = [sum(backoff(a, 1.0, rng) for _ in range(200)) / 200 for a in range(5)]
-    for earlier, later in zip(means, means[1:], strict=False):
+    for earlier, later in itertools.pairwise(means):
         assert 1.6 < later / earlier < 2.4
 
 
