@@ -99,7 +99,8 @@ SAMPLES: list[m.Message] = [
 
 def frame(*items: Any) -> bytes:
     """A msgpack frame holding ``items`` as they are, valid or not."""
-    return msgpack.packb(list(items), use_bin_type=True)
+    packed: bytes = msgpack.packb(list(items), use_bin_type=True)
+    return packed
 
 
 def refused(data: bytes | str, **kwargs: Any) -> str:

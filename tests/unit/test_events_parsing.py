@@ -8,13 +8,15 @@ from typing import Any
 import pytest
 
 from gateway.http.events import MAX_NAME, EventLimits, parse_events
+from gateway.store.base import NewEvent
 from protocol.errors import InvalidInput, PayloadTooLarge
 
 NOW = 1_700_000_000.5
 LIMITS = EventLimits()
 
 
-def parse(body: Any, *, limits: EventLimits = LIMITS, raw: bool = False, **kwargs: Any):
+def parse(body: Any, *, limits: EventLimits = LIMITS, raw: bool = False,
+          **kwargs: Any) -> list[tuple[NewEvent, dict[str, Any]]]:
     data = body if raw else json.dumps(body).encode()
     return parse_events(data, limits=limits, now=NOW, **kwargs)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -69,9 +70,9 @@ def test_durations_are_normalised_to_seconds():
         lambda: Throttle(limit=1, period="1m", burst=0),
         lambda: RateLimit(limit=0, period="1m"),
         lambda: Concurrency(limit=0),
-        lambda: Concurrency(limit=1, scope="global"),
+        lambda: Concurrency(limit=1, scope="global"),  # type: ignore[arg-type]
         lambda: Batch(max_size=0, timeout="1s"),
-        lambda: Singleton(mode="queue"),
+        lambda: Singleton(mode="queue"),  # type: ignore[arg-type]
     ],
     ids=["throttle-limit-0", "burst-0", "rate-limit-0", "concurrency-0", "bad-scope",
          "batch-0", "bad-singleton-mode"],
@@ -131,7 +132,7 @@ def test_function_defaults():
 
 
 def test_at_most_ten_triggers():
-    ten = [TriggerEvent(f"e{i}") for i in range(10)]
+    ten: list[TriggerEvent | TriggerCron] = [TriggerEvent(f"e{i}") for i in range(10)]
     assert len(FunctionConfig(id="f", triggers=ten).triggers) == 10
     with pytest.raises(ValidationError, match="at most 10"):
         FunctionConfig(id="f", triggers=[*ten, TriggerCron("* * * * *")])
@@ -161,7 +162,7 @@ def test_at_most_two_concurrency_limits():
 
 
 def test_triggers_are_told_apart_by_their_fields():
-    config = FunctionConfig(id="f", triggers=[{"event": "a/b"}, {"cron": "0 * * * *"}])
+    config = FunctionConfig(id="f", triggers=[{"event": "a/b"}, {"cron": "0 * * * *"}])  # type: ignore[list-item]
     assert isinstance(config.triggers[0], TriggerEvent)
     assert isinstance(config.triggers[1], TriggerCron)
 
@@ -169,7 +170,7 @@ def test_triggers_are_told_apart_by_their_fields():
 # --- check_expressions -----------------------------------------------------------------
 
 
-def _checked(**options) -> None:
+def _checked(**options: Any) -> None:
     check_expressions("shop/f", FunctionConfig(id="f", **options))
 
 

@@ -30,14 +30,14 @@ class Recorder:
     """The ``emit`` callback: builds each real checkpoint message, so its fields are checked."""
 
     def __init__(self) -> None:
-        self.sent: list[m.Message] = []
+        self.sent: list[m._Checkpoint] = []
 
     def __call__(self, kind: type[m._Checkpoint], fields: dict[str, Any]) -> None:
         self.sent.append(kind(seq=len(self.sent) + 1, run_id="run-1", fence=7, **fields))
 
     @property
     def kinds(self) -> list[str]:
-        return [msg.type for msg in self.sent]
+        return [msg.type for msg in self.sent]  # type: ignore[attr-defined]
 
     def of(self, kind: type[m._Checkpoint]) -> list[Any]:
         return [msg for msg in self.sent if isinstance(msg, kind)]

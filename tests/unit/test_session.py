@@ -262,7 +262,7 @@ _ERROR = m.Error(code="bad_frame", message="bye")
 def _sessions_in_every_state() -> list[tuple[str, Pair]]:
     """Pairs driven to each state of the conversation."""
     out = []
-    steps = [
+    steps: list[tuple[str, list[tuple[str, m.Message]]]] = [
         ("new", []),
         ("challenged", [("gateway", CHALLENGE)]),
         ("hello_sent", [("gateway", CHALLENGE), ("worker", HELLO)]),
