@@ -14,6 +14,7 @@ arrive. Statuses are stored as their names, which are also the API's words.
 from __future__ import annotations
 
 import enum
+import math
 import random
 
 from protocol.messages import RunFailed, StepFailed
@@ -67,6 +68,7 @@ def retry_at(
     """When the next attempt after ``failure`` may start; None when the failure is final."""
     if failure.final:
         return None
-    if failure.retry_after is not None:
+    # retry_after comes from the worker; a NaN would be stored as the retry time.
+    if failure.retry_after is not None and not math.isnan(failure.retry_after):
         return now + min(max(failure.retry_after, 0.0), MAX_RETRY_AFTER)
     return now + backoff(failure.attempt, base, rng)

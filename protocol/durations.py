@@ -6,6 +6,7 @@ the gateway can trust the seconds it receives in the manifest.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
@@ -21,7 +22,7 @@ def to_seconds(value: Duration, *, what: str = "duration") -> float:
     """Return ``value`` in seconds.
 
     Raises:
-        InvalidInput: for a negative value, or a string that is not a sequence of
+        InvalidInput: for a negative or non-finite value, or a string that is not a sequence of
             ``<number><unit>`` parts with units ms, s, m, h, d, w.
     """
     if isinstance(value, bool):
@@ -43,4 +44,6 @@ def to_seconds(value: Duration, *, what: str = "duration") -> float:
         raise InvalidInput(f"{what}: expected a duration, got {type(value).__name__}")
     if seconds < 0:
         raise InvalidInput(f"{what}: {value!r} is negative")
+    if not math.isfinite(seconds):
+        raise InvalidInput(f"{what}: {value!r} is not a finite number of seconds")
     return seconds

@@ -95,6 +95,8 @@ class Session:
         self.state = State.NEW
         self._incoming = _FROM_WORKER if role is Role.GATEWAY else _FROM_GATEWAY
         self._outgoing = _FROM_GATEWAY if role is Role.GATEWAY else _FROM_WORKER
+        # Only the worker hears gateway messages that crossed its Drain on the wire.
+        self._late = _IN_FLIGHT if role is Role.WORKER else {}
 
     def receive(self, message: Message) -> None:
         """Check that the peer may send ``message`` now, and advance the state.
@@ -102,7 +104,7 @@ class Session:
         Raises:
             RemoteProtocolError: the message is out of place; close the socket.
         """
-        late = _IN_FLIGHT.get(self.state, {})
+        late = self._late.get(self.state, {})
         if message.type in late:
             self.state = late[message.type] or self.state
             return

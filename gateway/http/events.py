@@ -63,9 +63,11 @@ def parse_events(
         PayloadTooLarge: an event or the batch is over its limit.
     """
     try:
-        raw = json.loads(body)
+        raw = json.loads(body, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidInput("body is not valid JSON: nested too deeply") from exc
     items = raw if isinstance(raw, list) else [raw]
     if len(items) > limits.max_events:
         raise PayloadTooLarge(
@@ -117,6 +119,11 @@ def _event(
                                       "split the event or store large data elsewhere")
         )
     return NewEvent(event_id, name, payload, event), event
+
+
+def _not_json(token: str) -> Any:
+    """Python's json reads NaN and Infinity; JSON (and every other consumer) does not."""
+    raise ValueError(f"{token} is not a JSON value")
 
 
 def _kind(value: Any) -> str:
