@@ -34,7 +34,7 @@ def test_single_object():
                           "ts": 123, "user": {"id": "u1"}}
     assert (event.id, event.name) == ("evt-1", "shop/order.paid")
     assert json.loads(event.payload) == normalised
-    assert event.runs == []
+    assert event.data == normalised
 
 
 def test_array_keeps_order():
