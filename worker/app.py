@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from protocol.errors import InvalidInput, TetherError
 from protocol.manifest import (
     AppManifest,
@@ -59,7 +61,7 @@ class Event:
 
     @classmethod
     def from_json(cls, raw: bytes | dict[str, Any]) -> Event:
-        obj = json.loads(raw) if isinstance(raw, bytes) else raw
+        obj = orjson.loads(raw) if isinstance(raw, bytes) else raw
         return cls(name=obj["name"], data=obj.get("data") or {}, id=obj.get("id"),
                    ts=obj.get("ts"), user=obj.get("user"))
 

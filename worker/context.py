@@ -18,20 +18,20 @@ class ReplayAwareLogger:
     time, so they are dropped until the run reaches a step it has not done before.
     """
 
-    def __init__(self, execution: RunExecution) -> None:
+    def __init__(self, execution: RunExecution, values: dict[str, Any] | None = None) -> None:
         self._exec = execution
-        self._log = structlog.get_logger("tether.user").bind(
-            run_id=execution.run_id, function_id=execution.function.id
-        )
+        self._values = values or {}
+        self._log: Any = None  # bound on first use: most runs never log
 
     def bind(self, **values: Any) -> ReplayAwareLogger:
-        clone = ReplayAwareLogger.__new__(ReplayAwareLogger)
-        clone._exec, clone._log = self._exec, self._log.bind(**values)
-        return clone
+        return ReplayAwareLogger(self._exec, {**self._values, **values})
 
     def _emit(self, level: str, event: str, **kw: Any) -> None:
         if self._exec.replaying and current_attempt.get() is None:
             return
+        if self._log is None:
+            self._log = structlog.get_logger("tether.user").bind(
+                run_id=self._exec.run_id, function_id=self._exec.function.id, **self._values)
         getattr(self._log, level)(event, **kw)
 
     def debug(self, event: str, **kw: Any) -> None:

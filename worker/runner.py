@@ -147,7 +147,14 @@ class RunExecution:
         self._idle.set()
         self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.loop = asyncio.get_running_loop()
-        self.log = log.bind(run_id=self.run_id, function_id=function.id)
+        self._log: Any = None
+
+    @property
+    def log(self) -> Any:
+        """This run's logger, bound on first use (most runs never log)."""
+        if self._log is None:
+            self._log = log.bind(run_id=self.run_id, function_id=self.function.id)
+        return self._log
 
     # --- lifecycle -----------------------------------------------------------------------
 

@@ -2,13 +2,17 @@
 
 JSON, because the gateway returns these values from its HTTP API as they are, and a value
 that survives JSON is a value that replays the same on any worker. A step returns what
-decoding its recorded result gives, on the first run as on every replay.
+decoding its recorded result gives, on the first run as on every replay, so what JSON changes
+is seen at once, not only after a crash: tuples become lists, non-string dict keys strings,
+datetimes, dates, UUIDs and dataclasses their JSON forms (ISO 8601 strings, objects), and
+NaN or infinity null (orjson's conventions).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 from protocol.errors import LimitExceeded, NonRetriableError
 
@@ -27,9 +31,8 @@ def dumps(value: Any, *, what: str, limit: int) -> bytes:
         LimitExceeded: the encoded value is over ``limit`` bytes.
     """
     try:
-        data = json.dumps(value, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False).encode()
-    except (TypeError, ValueError) as exc:
+        data = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
         raise NotSerializable(
             f"{what} cannot be stored: {exc}; return JSON values (dict, list, str, int, "
             "float, bool, None), e.g. convert datetimes with .isoformat()"
@@ -44,4 +47,4 @@ def dumps(value: Any, *, what: str, limit: int) -> bytes:
 
 
 def loads(data: bytes) -> Any:
-    return json.loads(data)
+    return orjson.loads(data)

@@ -20,11 +20,12 @@ import concurrent.futures
 import contextvars
 import functools
 import inspect
-import json
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+
+import orjson
 
 from protocol import messages as m
 from protocol.durations import Duration, to_seconds
@@ -212,7 +213,7 @@ class Step:
             return await run.park()  # type: ignore[no-any-return]
         assert isinstance(plan, NewStep)
         ids, payloads = self._plans.sent_events(plan, events)
-        run.record(plan, "send_event", json.dumps(ids).encode(), m.EventsSent,
+        run.record(plan, "send_event", orjson.dumps(ids), m.EventsSent,
                    {"events": payloads})
         return ids
 

@@ -14,8 +14,6 @@ from typing import Any, TypeVar
 
 from pydantic import TypeAdapter
 
-from protocol.manifest import AppManifest, FunctionConfig
-
 from gateway.store.base import (
     FunctionRecord,
     RunPage,
@@ -26,6 +24,7 @@ from gateway.store.base import (
 )
 from gateway.store.db import Db, Row
 from gateway.store.transaction import Transaction, error_from_json
+from protocol.manifest import AppManifest, FunctionConfig
 
 T = TypeVar("T")
 

@@ -25,10 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import messages as m
-from protocol.expressions import matches
-from protocol.ids import new_id
-from protocol.manifest import FunctionConfig
+import orjson
 
 from gateway import dispatch
 from gateway.runs import FINAL_STATUSES, RunStatus, StepStatus
@@ -46,6 +43,10 @@ from gateway.store.base import (
     WriteResult,
 )
 from gateway.store.db import Db
+from protocol import messages as m
+from protocol.expressions import matches
+from protocol.ids import new_id
+from protocol.manifest import FunctionConfig
 
 #: A run-ending produces system events under these names.
 FINISHED = "tether/function.finished"
@@ -88,6 +89,7 @@ class _Run:
     status: str
     function_id: str
     state_bytes: int
+    parent: tuple[str, str] | None  # (run id, step id) of the run that invoked this one
 
 
 @dataclass(slots=True)
@@ -117,6 +119,7 @@ class Transaction:
         # Trigger payloads of runs created in this batch: a lease of one needs no query.
         self._triggers: dict[str, bytes] = {}
         self._wakeups: list[float] = []
+        self._endings: list[tuple[Any, ...]] = []
 
     async def run(self) -> WriteResult:
         batch = self.batch
@@ -179,7 +182,7 @@ class Transaction:
         by_event = {id(e): seq for seq, e in zip(reserved, fresh, strict=True)}
         for event in fresh:
             seq = by_event[id(event)]
-            data = event.data if event.data is not None else json.loads(event.payload)
+            data = event.data if event.data is not None else orjson.loads(event.payload)
             if len(self.stored) < MAX_EVENTS_PER_BATCH:
                 self.stored.append(_Stored(seq, event.name, event.payload, data))
             if match:
@@ -207,7 +210,7 @@ class Transaction:
             deadline = self.now + float(config.timeouts.start)  # type: ignore[arg-type]
             self._later(deadline)
         self._new_runs.append((
-            run_id, function_id, self.now, json.dumps([e[1] for e in events]), self.now,
+            run_id, function_id, self.now, orjson.dumps([e[1] for e in events]).decode(), self.now,
             parent[0] if parent else None, parent[1] if parent else None, deadline,
         ))
         self._new_links.extend((run_id, i, seq) for i, (seq, _) in enumerate(events))
@@ -246,7 +249,7 @@ class Transaction:
     async def _checkpoints(self) -> None:
         db, now, result = self.db, self.now, self.result
         runs: dict[str, _Run] = {
-            row[0]: _Run(row[1], row[2], row[3], row[4])
+            row[0]: _Run(row[1], row[2], row[3], row[4], (row[5], row[6]) if row[5] else None)
             for row in await db.fetch(
                 "checkpoint_runs", list({c.message.run_id for c in self.batch.checkpoints}))
         }
@@ -292,12 +295,11 @@ class Transaction:
             elif isinstance(msg, m.EventsSent):
                 await self._events_sent(msg)
             elif isinstance(msg, m.RunCompleted):
-                await self.end_run(msg.run_id, RunStatus.COMPLETED, output=msg.output)
-                run.status = RunStatus.COMPLETED
+                await self._finish(msg.run_id, run, RunStatus.COMPLETED, msg.output, None)
             elif isinstance(msg, m.RunFailed):
                 if msg.final:
-                    await self.end_run(msg.run_id, RunStatus.FAILED, error=error_of(msg.error))
-                    run.status = RunStatus.FAILED
+                    await self._finish(msg.run_id, run, RunStatus.FAILED, None,
+                                       error_of(msg.error))
                 else:
                     retry_at = write.retry_at if write.retry_at is not None else now
                     await db.execute("requeue_run", retry_at, msg.attempt + 1,
@@ -313,8 +315,22 @@ class Transaction:
                 run.status = RunStatus.QUEUED
                 self.touched.add(run.function_id)
         await self._flush_steps(steps, growth)
+        if self._endings:
+            await db.executemany("end_run", self._endings)
+            await db.executemany("delete_waits", [(e[4],) for e in self._endings])
+            self._endings = []
         for run_id in suspended:
             await self._suspend(run_id)
+
+    async def _finish(self, run_id: str, run: _Run, status: str, output: bytes | None,
+                      error: str | None) -> None:
+        """:meth:`end_run` for a run that returned or failed, its row written in bulk later."""
+        run.status = status
+        self._endings.append((status, output, error, self.now, run_id))
+        self.result.ended.append(RunEnded(run_id, run.function_id, status))
+        if run.parent is not None:
+            await self._answer_parent(*run.parent, status, output, error)
+        await self._system_events(run_id, run.function_id, status, output, error)
 
     async def _flush_steps(self, steps: list[tuple[Any, ...]], growth: dict[str, int]) -> None:
         if steps:
@@ -385,7 +401,7 @@ class Transaction:
         data = json.loads(msg.data)
         body = {"name": INVOKED, "data": data, "id": event_id, "ts": int(now * 1000),
                 "user": None}
-        payload = json.dumps(body, separators=(",", ":")).encode()
+        payload = orjson.dumps(body)
         (seq,) = await self.ingest([NewEvent(event_id, INVOKED, payload, body)], match=False)
         if seq is None:
             return
@@ -399,7 +415,7 @@ class Transaction:
         for raw in msg.events:
             body = json.loads(raw)
             events.append(NewEvent(str(body["id"]), str(body["name"]), raw, body))
-        ids = json.dumps([e.id for e in events]).encode()
+        ids = orjson.dumps([e.id for e in events])
         if not await self.db.execute("insert_done_step", msg.run_id, msg.step_id, "send_event",
                                      ids, self.now):
             return  # recorded before: the events were stored then
@@ -470,7 +486,7 @@ class Transaction:
             event_id = f"{run_id}-{name.rsplit('.', 1)[1]}"
             body = {"name": name, "data": data, "id": event_id, "ts": int(self.now * 1000),
                     "user": None}
-            events.append(NewEvent(event_id, name, json.dumps(body).encode(), body))
+            events.append(NewEvent(event_id, name, orjson.dumps(body), body))
         await self.ingest(events)
 
     async def _listened(self, name: str) -> bool:
@@ -571,29 +587,32 @@ class Transaction:
         for w in workers:
             for fn in w.functions:
                 served[fn] = served.get(fn, 0) + w.free
-        candidates: list[tuple[float, str, str]] = []
+        candidates: list[tuple[Any, ...]] = []
         for fn in wanted:
             limit = served.get(fn, 0)
             if limit <= 0:
                 continue
+            # Rows come back locked where the backend can lock (PostgreSQL's SKIP LOCKED),
+            # so the fences read here are the ones the update below bumps.
             rows = await db.fetch("ready_runs", fn, now, limit)
             if len(rows) < limit:
                 result.drained_functions.add(fn)
-            candidates.extend((r[0], r[1], r[2]) for r in rows)
+            candidates.extend(rows)
         if not candidates:
             return
         candidates.sort()
-        for run_id, session_id in dispatch.assign(workers, [(c[1], c[2]) for c in candidates]):
-            lease = await self._lease(run_id, session_id)
-            if lease is not None:
-                result.leases.append(lease)
+        by_id = {c[1]: c for c in candidates}
+        assigned = dispatch.assign(workers, [(c[1], c[2]) for c in candidates])
+        await db.executemany("lease_run", [(session_id, now, run_id)
+                                           for run_id, session_id in assigned])
+        for run_id, session_id in assigned:
+            _, _, function_id, fence, attempt, started_at = by_id[run_id]
+            result.leases.append(await self._lease(run_id, session_id, function_id, fence + 1,
+                                                   attempt, started_at is None))
 
-    async def _lease(self, run_id: str, session_id: str) -> Lease | None:
+    async def _lease(self, run_id: str, session_id: str, function_id: str, fence: int,
+                     attempt: int, first: bool) -> Lease:
         db, now = self.db, self.now
-        row = await db.fetchone("lease_run", session_id, now, run_id)
-        if row is None:
-            return None  # taken meanwhile (another gateway), or no longer ready
-        fence, function_id, attempt, started_at, first = row
         if first:
             config = await self._config(db, function_id)
             if config is not None and config.timeouts and config.timeouts.finish is not None:

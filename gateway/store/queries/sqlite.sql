@@ -44,7 +44,7 @@ SELECT payload FROM events WHERE name = ?1 AND received_at >= ?2 ORDER BY seq;
 -- ================================ checkpoints ================================
 
 -- name: checkpoint_runs
-SELECT id, fence, status, function_id, state_bytes FROM runs
+SELECT id, fence, status, function_id, state_bytes, parent_run_id, parent_step_id FROM runs
 WHERE id IN (SELECT value FROM json_each(?1));
 
 -- name: upsert_step
@@ -164,15 +164,14 @@ WHERE id = ?2 AND status IN ('Queued', 'Sleeping', 'Waiting') RETURNING function
 -- =================================== leases ==================================
 
 -- name: ready_runs
-SELECT available_at, id, function_id FROM runs
+SELECT available_at, id, function_id, fence, attempt, started_at FROM runs
 WHERE function_id = ?1 AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= ?2
 ORDER BY available_at LIMIT ?3;
 
 -- name: lease_run
 UPDATE runs SET status = 'Running', fence = fence + 1, session_id = ?1,
     started_at = COALESCE(started_at, ?2)
-WHERE id = ?3 AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= ?2
-RETURNING fence, function_id, attempt, started_at, fence = 1;
+WHERE id = ?3;
 
 -- name: set_deadline
 UPDATE runs SET deadline_at = ?1 WHERE id = ?2;
