@@ -65,3 +65,13 @@ async def gateway_factory(tmp_path: Path) -> AsyncIterator[object]:
     yield make
     for gw in reversed(started):
         await gw.stop()
+
+
+@pytest.fixture
+async def harness(gateway_factory):
+    """An in-process gateway (dev mode, fast retries) with helpers to start workers."""
+    from tests.helpers.inproc import Harness
+
+    h = Harness(await gateway_factory())
+    yield h
+    await h.close()

@@ -61,6 +61,10 @@ def build_api(
         Route("/v1/workers", guarded(manage.workers), methods=["GET"]),
         Route("/v1/runs", guarded(manage.runs), methods=["GET"]),
         Route("/v1/runs/{run_id}", guarded(manage.run), methods=["GET"]),
+        Route("/v1/runs/{run_id}/cancel", guarded(manage.cancel_run), methods=["POST"]),
+        Route("/v1/runs/{run_id}/replay", guarded(manage.replay_run), methods=["POST"]),
+        Route("/v1/functions/{function_id:path}/cancel", guarded(manage.cancel_function),
+              methods=["POST"]),
         Route("/v1/events/{event_id}/runs", guarded(manage.event_runs), methods=["GET"]),
     ]
 

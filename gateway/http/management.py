@@ -12,8 +12,9 @@ from starlette.responses import JSONResponse, Response
 from gateway.engine import Engine
 from gateway.registry import Registry
 from gateway.runs import RunStatus
-from gateway.store.base import RunRecord, StepRecord
+from gateway.store.base import CancelRequest, RunRecord, StepRecord
 from protocol.errors import InvalidInput, NotFound
+from protocol.expressions import check
 from protocol.messages import ErrorInfo
 
 MAX_PAGE = 100
@@ -108,11 +109,55 @@ class ManagementRoutes:
         return JSONResponse({"data": data, "cursor": None})
 
     async def run(self, request: Request) -> Response:
-        run_id = request.path_params["run_id"]
+        return JSONResponse(run_json(await self._known_run(request.path_params["run_id"])))
+
+    async def _known_run(self, run_id: str) -> RunRecord:
         record = await self.engine.store.get_run(run_id)
         if record is None:
             raise NotFound(f"no run with id {run_id!r}; list runs with GET /v1/runs")
-        return JSONResponse(run_json(record))
+        return record
+
+    async def cancel_run(self, request: Request) -> Response:
+        """Cancel one run: its lease is revoked, its waits, timers and child runs go."""
+        run_id = request.path_params["run_id"]
+        await self._known_run(run_id)
+        cancelled = await self.engine.cancel(CancelRequest("cancelled through the API",
+                                                           run_id=run_id))
+        record = await self._known_run(run_id)
+        return JSONResponse({"cancelled": bool(cancelled), "run": run_json(record)})
+
+    async def replay_run(self, request: Request) -> Response:
+        """Start a new run of the same function with the same events."""
+        run_id = request.path_params["run_id"]
+        await self._known_run(run_id)
+        new_id = await self.engine.replay(run_id)
+        if new_id is None:
+            raise InvalidInput(
+                f"run {run_id!r} cannot be replayed: its function is no longer registered"
+            )
+        return JSONResponse({"run_id": new_id, "replay_of": run_id})
+
+    async def cancel_function(self, request: Request) -> Response:
+        """Bulk cancel: the function's live runs queued in a time range, matching a filter.
+
+        Body (all optional): ``{"queued_after": ISO 8601, "queued_before": ISO 8601,
+        "if": CEL over event}``.
+        """
+        function_id = request.path_params["function_id"]
+        if function_id not in self.engine.functions:
+            raise NotFound(f"no function {function_id!r}; see GET /v1/functions")
+        body = await _json_object(request)
+        expression = body.get("if")
+        if expression is not None:
+            if not isinstance(expression, str):
+                raise InvalidInput("'if' must be a CEL expression (a string)")
+            check(expression, {"event"}, where="'if'")
+        count = await self.engine.cancel(CancelRequest(
+            "cancelled in bulk through the API", function_id=function_id,
+            queued_after=_time(body, "queued_after"), queued_before=_time(body, "queued_before"),
+            if_=expression,
+        ))
+        return JSONResponse({"cancelled": count})
 
     async def event_runs(self, request: Request) -> Response:
         event_id = request.path_params["event_id"]
@@ -137,3 +182,32 @@ class ManagementRoutes:
             cursor=q.get("cursor") or None,
         )
         return JSONResponse({"data": [run_json(r) for r in page.runs], "cursor": page.cursor})
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidInput("body must be a JSON object")
+    return body
+
+
+def _time(body: dict[str, Any], key: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    raise InvalidInput(f"{key!r} must be an ISO 8601 time or epoch seconds")
