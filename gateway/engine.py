@@ -220,9 +220,11 @@ class Engine:
         await self._idle.wait()
 
     def _has_work(self) -> bool:
-        if self._batch or self._find_wakeup:
+        if self._batch.has_writes() or self._find_wakeup:
             return True
-        return bool(self._maybe_ready) and bool(self.registry.free_slots())
+        # Runs may be ready for a function that a worker with room serves.
+        return bool(self._maybe_ready) and any(
+            not self._maybe_ready.isdisjoint(w.functions) for w in self.registry.free_slots())
 
     async def _sleep(self) -> None:
         """Wait for new work, or for the next queued run to become available."""
@@ -345,7 +347,7 @@ class Engine:
 
         self._maybe_ready |= result.touched_functions
         self._maybe_ready -= result.drained_functions
-        if not batch and not result.leases:
+        if not batch.has_writes() and not result.leases:
             # A claim-only round that leased nothing: stop asking until something changes.
             self._maybe_ready.clear()
         if batch.find_wakeup:

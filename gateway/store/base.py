@@ -147,10 +147,11 @@ class WriteBatch:
     #: of is spent). Otherwise the result only reports times this batch set.
     find_wakeup: bool = False
 
-    def __bool__(self) -> bool:
+    def has_writes(self) -> bool:
+        """Anything to apply besides looking for runs to lease?"""
         return bool(
             self.events or self.checkpoints or self.returns or self.releases or self.cancels
-            or self.replays or self.claims
+            or self.replays
         )
 
 
