@@ -347,9 +347,14 @@ class Engine:
 
         self._maybe_ready |= result.touched_functions
         self._maybe_ready -= result.drained_functions
-        if not batch.has_writes() and not result.leases:
-            # A claim-only round that leased nothing: stop asking until something changes.
+        if batch.claims and not batch.has_writes() and not result.leases:
+            # Workers had room, yet a claim-only round leased nothing: stop asking until
+            # something changes (a safety net; drained functions leave the set anyway).
             self._maybe_ready.clear()
+        log.debug("batch_committed", events=len(batch.events), checkpoints=len(batch.checkpoints),
+                  leases=len(result.leases), find_wakeup=batch.find_wakeup,
+                  next_wakeup=result.next_wakeup, maybe_ready=sorted(self._maybe_ready),
+                  drained=sorted(result.drained_functions), claims=len(batch.claims))
         if batch.find_wakeup:
             self._next_wakeup = result.next_wakeup
         elif result.next_wakeup is not None:

@@ -324,3 +324,19 @@ async def test_cancelling_a_running_run_revokes_its_lease_and_its_child(world):
     refused = await world.checkpoint(parents, lease, m.StepCompleted, step_id="late",
                                      attempt=0, output=b"1", started_at=0.0, ended_at=0.0)
     assert isinstance(refused, m.CheckpointRefused)
+
+
+async def test_a_run_due_while_every_worker_is_full_is_leased_once_one_has_room(world):
+    worker = world.worker("t/sleepy", capacity=1)
+    await world.send("go.sleep")
+    first = await worker.lease()
+    await world.checkpoint(worker, first, m.SleepRequested, step_id="nap", duration=10.0)
+    await world.checkpoint(worker, first, m.RunSuspended)
+    await world.send("go.sleep")
+    second = await worker.lease()  # the only slot is taken now
+    world.clock.advance(10)  # the first run is due, but there is no room for it
+    await world.settle()
+    assert worker.leases() == []
+    await world.checkpoint(worker, second, m.RunCompleted, output=b"null")
+    again = await worker.lease()
+    assert again.run_id == first.run_id and "nap" in again.memos
