@@ -1,4 +1,4 @@
-"""``python -m bench throughput``: events through a real gateway and workers on loopback; prints figures.
+"""``python -m bench throughput``: events through real gateway and worker processes on loopback.
 
 Two phases against one gateway (SQLite) and ``--workers`` worker processes:
 
