@@ -97,10 +97,11 @@ class E2E:
 
     def wait_workers(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
         """Until ``count`` workers are connected (and serving the e2e app)."""
-        return self.wait(
-            lambda: (lambda ws: ws if len(ws) == count else None)(self.workers_connected()),
+        (workers,) = self.wait(  # a 1-tuple, truthy even when no worker is the answer
+            lambda: (lambda ws: (ws,) if len(ws) == count else None)(self.workers_connected()),
             f"{count} connected worker(s)", timeout,
         )
+        return workers
 
     # --- failures carry the logs ---------------------------------------------------------
 
