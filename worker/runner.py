@@ -111,6 +111,7 @@ class RunExecution:
         executor: Executor,
         limits: Limits,
         on_end: Callable[[RunExecution], None] = lambda execution: None,
+        lease_ok: Callable[[], bool] = lambda: True,
     ) -> None:
         self.lease = lease
         self.run_id = lease.run_id
@@ -127,6 +128,7 @@ class RunExecution:
         self.ended = False
         self._emit = emit
         self._on_end = on_end
+        self._lease_ok = lease_ok
         self.executor = executor
         self.limits = limits
         self._counts: dict[str, int] = {}
@@ -255,6 +257,8 @@ class RunExecution:
         memo = self.memos.get(sid)
         if memo is not None:
             return Replay(sid, memo)
+        if not self.lost and not self._lease_ok():
+            self.lose("the gateway has been silent too long: the lease is presumed revoked")
         if self.lost or self.draining or sid in self.deferred:
             return PARK
         self.replaying = False
