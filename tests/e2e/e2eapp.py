@@ -2,8 +2,9 @@
 
 Every step appends one line, ``KEY STEP PID [EXTRA...]``, to ``ledger.txt`` next to this file
 the moment it starts, so a test can count how many times each step ran and on which worker.
-A *gated* step writes its line and then waits for the file ``go-KEY`` to appear: the test knows
-the step is running (its line is there) and decides when it may finish.
+A *gated* step writes its line and then waits for the file ``go-KEY`` (or ``go-KEY-PID``, for
+one worker only) to appear: the test knows the step is running (its line is there) and decides
+when, and on which worker, it may finish.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def note(*fields: object) -> None:
 
 async def work(key: str, name: str, gated: bool) -> int:
     note(key, name, os.getpid())
-    if gated:
-        go = HERE / f"go-{key}"
-        while not go.exists():
+    if gated:  # open for every worker (go-KEY) or for this one only (go-KEY-PID)
+        gates = (HERE / f"go-{key}", HERE / f"go-{key}-{os.getpid()}")
+        while not any(gate.exists() for gate in gates):
             await asyncio.sleep(0.02)
     return os.getpid()
 

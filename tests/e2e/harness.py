@@ -200,8 +200,9 @@ class E2E:
             f"step {step_id} of {key} started {count}x on {pid_list or 'any worker'}", timeout,
         )
 
-    def open_gate(self, key: str) -> None:
-        (self.workdir / f"go-{key}").touch()
+    def open_gate(self, key: str, pid: int | None = None) -> None:
+        """Let the gated step of ``key`` finish (only in process ``pid``, when given)."""
+        (self.workdir / (f"go-{key}" if pid is None else f"go-{key}-{pid}")).touch()
 
 
 def step(run: dict[str, Any], step_id: str) -> dict[str, Any] | None:
