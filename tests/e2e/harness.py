@@ -26,6 +26,8 @@ T = TypeVar("T")
 APP_SOURCE = Path(__file__).with_name("e2eapp.py")
 APP = "e2eapp:app"
 FINAL = frozenset({"Completed", "Failed", "Cancelled", "Skipped"})
+LEDGER_NAME = "ledger.txt"
+LOGS_MARK = f"----- {LEDGER_NAME} -----"  # ends every dump of the logs
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class E2E:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.workdir = cluster.workdir
-        self.ledger_path = self.workdir / "ledger.txt"
+        self.ledger_path = self.workdir / LEDGER_NAME
         shutil.copy(APP_SOURCE, self.workdir / "e2eapp.py")
         self.headers: dict[str, str] = {}
         self.event_key = "dev"
@@ -110,7 +112,7 @@ class E2E:
         parts = []
         for path in sorted(self.workdir.glob("*.log")):
             parts.append(f"----- {path.name} -----\n{path.read_text(errors='replace')[-12000:]}")
-        parts.append(f"----- ledger.txt -----\n{self._ledger_text()}")
+        parts.append(f"{LOGS_MARK}\n{self._ledger_text()}")
         return "\n".join(parts)
 
     def wait(self, predicate: Callable[[], T], what: str, timeout: float = 20.0) -> T:

@@ -85,10 +85,10 @@ def _freeze_in_step_b(e2e: E2E, key: str) -> tuple[str, Process, Process]:
         # Silent for 3 heartbeat intervals: the gateway drops the worker, and the run goes
         # (fence bumped) to the other worker, which replays a and runs b.
         e2e.wait_started(key, "b", pids=[other.pid])
+        e2e.check(log_events(gw, "worker_heartbeat_missed"), "no heartbeat miss logged")
     except BaseException:
         frozen.signal(signal.SIGCONT)
         raise
-    e2e.check(log_events(gw, "worker_heartbeat_missed"), "no heartbeat miss logged")
     return run_id, frozen, other
 
 
