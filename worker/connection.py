@@ -139,6 +139,8 @@ class GatewayLink:
         self.connected = asyncio.Event()
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
+        self._last_heard = 0.0
+        self._deaf_after: float | None = None  # seconds of gateway silence; set by Ready
 
     async def run(self) -> None:
         """Connect, serve, reconnect; return only after :meth:`stop`."""
@@ -166,7 +168,8 @@ class GatewayLink:
                 raise FatalGatewayError(f"--gateway {url!r} is not a WebSocket URL: {exc}") from exc
             finally:
                 self.ws = None
-                if self.connected.is_set():
+                if self.connected.is_set():  # it got as far as Ready, however it ended
+                    served = True
                     self.connected.clear()
                     self.on_disconnect(reason)
             if self._stop.is_set():
@@ -215,6 +218,7 @@ class GatewayLink:
         beats = asyncio.create_task(self._heartbeat(ws, ready.heartbeat_interval),
                                     name="tether-heartbeat")
         self._last_heard = asyncio.get_running_loop().time()
+        self._deaf_after = ready.heartbeat_interval * 2.5
         try:
             async for frame in ws:
                 self._last_heard = asyncio.get_running_loop().time()
@@ -260,15 +264,28 @@ class GatewayLink:
             pass
 
     async def _heartbeat(self, ws: ClientConnection, interval: float) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
-            if loop.time() - self._last_heard > interval * 2.5:
-                silent = round(loop.time() - self._last_heard, 1)
-                log.warning("gateway_unresponsive", silent_for=silent)
-                ws.transport.abort()  # deaf gateway: drop the socket and reconnect
+            if self.presumed_deaf():
                 return
             self.send(m.Heartbeat(in_flight=self.in_flight()))
+
+    def presumed_deaf(self) -> bool:
+        """Whether the gateway has been silent for too long; if so, drop the socket.
+
+        Also asked before a run starts a new step: after this process was frozen (SIGSTOP,
+        a VM pause), its leases have likely been revoked and their steps done elsewhere, and
+        the step must not start before the heartbeat task has had a chance to notice.
+        """
+        ws = self.ws
+        if ws is None or not self.connected.is_set() or self._deaf_after is None:
+            return False
+        silent = asyncio.get_running_loop().time() - self._last_heard
+        if silent <= self._deaf_after:
+            return False
+        log.warning("gateway_unresponsive", silent_for=round(silent, 1))
+        ws.transport.abort()  # deaf gateway: drop the socket and reconnect
+        return True
 
 
 def _chunks(batch: list[m.Message]) -> list[list[m.Message]]:

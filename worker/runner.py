@@ -117,6 +117,7 @@ class RunExecution:
         executor: Executor,
         limits: Limits,
         on_end: Callable[[RunExecution], None] = lambda execution: None,
+        lease_ok: Callable[[], bool] = lambda: True,
     ) -> None:
         self.lease = lease
         self.run_id = lease.run_id
@@ -133,6 +134,7 @@ class RunExecution:
         self.ended = False
         self._emit = emit
         self._on_end = on_end
+        self._lease_ok = lease_ok
         self.executor = executor
         self.limits = limits
         self._counts: dict[str, int] = {}
@@ -278,6 +280,8 @@ class RunExecution:
                     "run: give the new step another id"
                 )
             return Replay(sid, memo)
+        if not self.lost and not self._lease_ok():
+            self.lose("the gateway has been silent too long: the lease is presumed revoked")
         if self.lost or self.draining or sid in self.deferred:
             return PARK
         self.replaying = False

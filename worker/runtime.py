@@ -171,6 +171,7 @@ class Worker:
         execution = RunExecution(
             lease, function, emit=self._emitter(key), executor=self.executor,
             limits=self.limits, on_end=self._ended,
+            lease_ok=lambda: not self.link.presumed_deaf(),
         )
         self.executions[key] = execution
         self._held += 1
