@@ -33,8 +33,9 @@ DEDUP_WINDOW = 24 * 3600.0
 #: A run whose lease is lost this many times in a row, without progress, fails.
 MAX_LEASE_LOSSES = 10
 
-#: A run's recorded step results may not exceed this (SPEC §5).
+#: A run's recorded step results may not exceed this, nor one step's result (SPEC §5).
 MAX_RUN_STATE = 32 * 1024 * 1024
+MAX_STEP_RESULT = 4 * 1024 * 1024
 
 #: Which functions an event starts: ``(name, event as a dict) -> function ids``.
 Matcher = Callable[[str, dict[str, Any]], list[str]]

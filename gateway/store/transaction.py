@@ -34,6 +34,7 @@ from gateway.store.base import (
     DEDUP_WINDOW,
     MAX_LEASE_LOSSES,
     MAX_RUN_STATE,
+    MAX_STEP_RESULT,
     CancelRequest,
     Lease,
     NewEvent,
@@ -264,7 +265,15 @@ class Transaction:
                 result.refused[index] = refusal
                 continue
             assert run is not None
-            if isinstance(msg, m.StepCompleted):
+            if isinstance(msg, m.StepCompleted) and len(msg.output) > MAX_STEP_RESULT:
+                # The SDK never sends this; a worker that does fails the run, not the gateway.
+                await self._flush_steps(steps, growth)
+                await self.end_run(msg.run_id, RunStatus.FAILED, error=error_json(
+                    "LimitExceeded",
+                    f"step {msg.step_id!r} returned {len(msg.output) / 2**20:.1f} MiB, over the "
+                    f"{MAX_STEP_RESULT / 2**20:.0f} MiB limit"))
+                run.status = RunStatus.FAILED
+            elif isinstance(msg, m.StepCompleted):
                 steps.append((msg.run_id, msg.step_id, "run", StepStatus.COMPLETED,
                               msg.attempt + 1, msg.output, None, None, msg.started_at,
                               msg.ended_at))
