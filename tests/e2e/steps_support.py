@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import textwrap
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 from bench.cluster import Cluster, Process
@@ -172,9 +171,9 @@ class Steps:
         """The run once its status is one of ``statuses``."""
         last: dict[str, Any] = {}
 
-        def reached() -> dict[str, Any] | None:
+        def reached() -> dict[str, Any]:
             last.update(self.run(run_id))
-            return dict(last) if last["status"] in statuses else None
+            return dict(last) if last["status"] in statuses else {}
 
         try:
             return wait_until(reached, timeout=timeout,
@@ -182,8 +181,9 @@ class Steps:
         except AssertionError as exc:
             raise AssertionError(f"{exc}; the run is {last}\n{self.logs()}") from None
 
-    def step_status(self, run_id: str) -> dict[str, str]:
-        return {s["id"]: s["status"] for s in self.run(run_id)["steps"]}
+    def held_runs(self) -> int:
+        """Runs leased to connected workers, as the gateway counts them."""
+        return sum(w["in_flight"] for w in self.cluster.get("/v1/workers")["data"])
 
 
 def steps_fixture(cluster: Cluster) -> Iterator[Steps]:

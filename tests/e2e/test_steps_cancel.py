@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
+from bench.cluster import Cluster
 from tests.e2e.steps_support import Steps, steps_fixture
+
+pytestmark = pytest.mark.e2e
 
 JOBS = '''
 from stepmarks import block, mark
@@ -37,11 +42,11 @@ async def lazy(ctx):
 
 
 @pytest.fixture
-def steps(cluster):
+def steps(cluster: Cluster) -> Iterator[Steps]:
     yield from steps_fixture(cluster)
 
 
-def test_cancel_by_event_and_by_api_while_a_step_runs(steps: Steps):
+def test_cancel_by_event_and_by_api_while_a_step_runs(steps: Steps) -> None:
     worker = steps.start_worker(steps.write_app("jobs", JOBS))
     by_event = steps.run_of(steps.send("job.start", {"id": 1}))["id"]
     by_api = steps.run_of(steps.send("job.start", {"id": 2}))["id"]
@@ -82,7 +87,7 @@ def test_cancel_by_event_and_by_api_while_a_step_runs(steps: Steps):
         steps.check("after" not in {s["id"] for s in run["steps"]}, f"run: {run}")
 
 
-def test_timeouts_start_cancels_a_run_no_worker_picked_up(steps: Steps):
+def test_timeouts_start_cancels_a_run_no_worker_picked_up(steps: Steps) -> None:
     lazy = steps.write_app("lazy", LAZY)
     first = steps.start_worker(lazy)  # registers the function, then leaves
     steps.check(first.stop(timeout=10) == 0, "the worker drained and exited cleanly")

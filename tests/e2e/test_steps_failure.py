@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 
+from bench.cluster import Cluster
 from tests.e2e.steps_support import Steps, steps_fixture
+
+pytestmark = pytest.mark.e2e
 
 DOOMED = '''
 import json
@@ -33,11 +37,11 @@ async def doomed(ctx):
 
 
 @pytest.fixture
-def steps(cluster):
+def steps(cluster: Cluster) -> Iterator[Steps]:
     yield from steps_fixture(cluster)
 
 
-def test_on_failure_runs_once_after_the_last_retry(steps: Steps):
+def test_on_failure_runs_once_after_the_last_retry(steps: Steps) -> None:
     steps.start_worker(steps.write_app("doomed", DOOMED))
     run_id = steps.run_of(steps.send("doomed.start"))["id"]
     failed = steps.wait_status(run_id, "Failed", "Completed")
@@ -45,7 +49,7 @@ def test_on_failure_runs_once_after_the_last_retry(steps: Steps):
     steps.check(steps.marks("attempts") == ["0", "1", "2"],
                 f"attempts: {steps.marks('attempts')}")
 
-    def handled() -> list[dict]:
+    def handled() -> list[dict[str, object]]:
         runs = steps.runs_of_function("doomed/doomed-failure")
         return runs if runs and all(r["status"] == "Completed" for r in runs) else []
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
+from bench.cluster import Cluster
 from tests.e2e.steps_support import Steps, steps_fixture
+
+pytestmark = pytest.mark.e2e
 
 PARENTS = '''
 from stepmarks import mark
@@ -44,11 +49,11 @@ async def double(ctx):
 
 
 @pytest.fixture
-def steps(cluster):
+def steps(cluster: Cluster) -> Iterator[Steps]:
     yield from steps_fixture(cluster)
 
 
-def test_invoke_runs_child_on_the_worker_that_serves_it(steps: Steps):
+def test_invoke_runs_child_on_the_worker_that_serves_it(steps: Steps) -> None:
     kids = steps.start_worker(steps.write_app("kids", KIDS), name="kids")
     steps.start_worker(steps.write_app("parents", PARENTS), name="parents")
     workers = steps.cluster.get("/v1/workers")["data"]

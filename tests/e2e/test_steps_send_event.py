@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
+from bench.cluster import Cluster
 from tests.e2e.steps_support import Steps, steps_fixture
+
+pytestmark = pytest.mark.e2e
 
 FANOUT = '''
 from stepmarks import block
@@ -36,11 +41,11 @@ async def child(ctx):
 
 
 @pytest.fixture
-def steps(cluster):
+def steps(cluster: Cluster) -> Iterator[Steps]:
     yield from steps_fixture(cluster)
 
 
-def test_send_event_not_repeated_after_worker_killed(steps: Steps):
+def test_send_event_not_repeated_after_worker_killed(steps: Steps) -> None:
     steps.start_worker(steps.write_app("fankids", FAN_KIDS), name="kids")
     fanout = steps.write_app("fanout", FANOUT)
     first = steps.start_worker(fanout, name="first")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
+from bench.cluster import Cluster
 from tests.e2e.steps_support import Steps, steps_fixture
+
+pytestmark = pytest.mark.e2e
 
 NAPS = '''
 import asyncio
@@ -52,17 +57,18 @@ def sync_branches(ctx):
 
 
 @pytest.fixture
-def steps(cluster):
+def steps(cluster: Cluster) -> Iterator[Steps]:
     yield from steps_fixture(cluster)
 
 
-def test_sleep_survives_gateway_crash_and_resumes_once(steps: Steps):
+def test_sleep_survives_gateway_crash_and_resumes_once(steps: Steps) -> None:
     app = steps.write_app("naps", NAPS)
     worker = steps.start_worker(app)
     run_id = steps.run_of(steps.send("nap.start"))["id"]
     sleeping = steps.wait_status(run_id, "Sleeping")
     steps.check(steps.count("before") == 1 and steps.count("after") == 0,
                 f"before the crash: {sleeping}")
+    steps.check(steps.held_runs() == 0, "a sleeping run holds no worker slot")
 
     assert steps.cluster.gateway is not None
     steps.cluster.gateway.kill()
@@ -78,7 +84,7 @@ def test_sleep_survives_gateway_crash_and_resumes_once(steps: Steps):
 
 
 @pytest.mark.parametrize("flavour", ["async", "sync"])
-def test_parallel_branch_sleeps_while_other_runs_steps(steps: Steps, flavour: str):
+def test_parallel_branch_sleeps_while_other_runs_steps(steps: Steps, flavour: str) -> None:
     app = steps.write_app("naps", NAPS)
     steps.start_worker(app)
     name, prefix = ("branches", "") if flavour == "async" else ("sync-branches", "sync-")

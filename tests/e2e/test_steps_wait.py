@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
+from bench.cluster import Cluster
 from tests.e2e.steps_support import Steps, steps_fixture
+
+pytestmark = pytest.mark.e2e
 
 ORDERS = '''
 from stepmarks import mark
@@ -25,15 +30,17 @@ async def approve(ctx):
 
 
 @pytest.fixture
-def steps(cluster):
+def steps(cluster: Cluster) -> Iterator[Steps]:
     yield from steps_fixture(cluster)
 
 
-def test_wait_resumed_by_matching_event_and_ended_by_timeout(steps: Steps):
+def test_wait_resumed_by_matching_event_and_ended_by_timeout(steps: Steps) -> None:
     steps.start_worker(steps.write_app("orders", ORDERS))
     patient = steps.run_of(steps.send("order.created", {"x": 1, "timeout": "1m"}))["id"]
     hasty = steps.run_of(steps.send("order.created", {"x": 2, "timeout": "1s"}))["id"]
     steps.wait_status(patient, "Waiting")
+    steps.wait_status(hasty, "Waiting")
+    steps.check(steps.held_runs() == 0, "a waiting run holds no worker slot")
 
     # The event API answers after the commit that offered the event to every wait.
     steps.send("order.approved", {"x": 99, "by": "nobody"})
