@@ -337,5 +337,8 @@ async def _parallel(run: RunExecution, branches: Sequence[Callable[[], Any]]) ->
             return await run.loop.run_in_executor(run.executor, context.run, fn)
         finally:
             run.threads_active -= 1
+            # A settle check that ran while this thread was still counted gave up; the
+            # other branches may all be parked, so the run may be able to suspend now.
+            run._poke()
 
     return list(await asyncio.gather(*(branch(b) for b in branches)))
