@@ -3,7 +3,8 @@
 
     python3 dev.py gateway [GATEWAY OPTIONS]   install, then run the gateway (--dev, SQLite)
     python3 dev.py worker MODULE:APP [...]     install, then run a worker
-    python3 dev.py test [PYTEST OPTIONS]       install with test tools, then run every test
+    python3 dev.py test [PYTEST OPTIONS]       install with test tools (and PostgreSQL if no
+                                               server runs on 127.0.0.1:5432), run every test
     python3 dev.py bench [BENCH OPTIONS]       install, then run the benchmark
 
 Everything goes into ./.venv; re-running skips the install when pyproject.toml is unchanged.
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -45,6 +48,55 @@ def ensure_env(extras: str = "") -> None:
     marker.write_text(digest)
 
 
+PG_CANDIDATES = (
+    "postgresql://postgres@127.0.0.1:5432/postgres",
+    "postgresql://postgres:postgres@127.0.0.1:5432/postgres",
+)
+
+
+def _pg_reachable(url: str) -> bool:
+    probe = ("import asyncio, asyncpg, sys\n"
+             "async def main():\n"
+             "    c = await asyncpg.connect(sys.argv[1], timeout=3)\n"
+             "    await c.close()\n"
+             "asyncio.run(main())\n")
+    return subprocess.run([str(PYTHON), "-c", probe, url], capture_output=True).returncode == 0
+
+
+def ensure_postgres() -> str:
+    """A PostgreSQL server the tests can use: the one on 127.0.0.1:5432, else install one.
+
+    Returns its URL (``TETHER_TEST_PG_URL`` wins when set). The tests create and drop their
+    own throwaway databases on it.
+    """
+    if os.environ.get("TETHER_TEST_PG_URL"):
+        return os.environ["TETHER_TEST_PG_URL"]
+    for url in PG_CANDIDATES:
+        if _pg_reachable(url):
+            return url
+    print("dev.py: no PostgreSQL on 127.0.0.1:5432; starting one", flush=True)
+    if shutil.which("pg_ctlcluster") is None:
+        if shutil.which("apt-get") is None or os.geteuid() != 0:
+            sys.exit("dev.py: PostgreSQL is needed for the tests: install it (Debian: apt-get "
+                     "install postgresql) or set TETHER_TEST_PG_URL")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql"], check=True, env=env)
+    for version in sorted(os.listdir("/etc/postgresql"), reverse=True):
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
+                       check=False)
+        break
+    for _ in range(60):
+        if shutil.which("runuser"):
+            subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-q", "-c",
+                            "ALTER USER postgres PASSWORD 'postgres'"], capture_output=True)
+        for url in PG_CANDIDATES:
+            if _pg_reachable(url):
+                return url
+        time.sleep(1)
+    sys.exit("dev.py: PostgreSQL did not come up on 127.0.0.1:5432")
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(__doc__)
@@ -59,7 +111,8 @@ def main(argv: list[str]) -> int:
         os.execv(PYTHON, [str(PYTHON), "-m", "worker", *rest])
     if command == "test":
         ensure_env("test")
-        return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT)
+        env = {**os.environ, "TETHER_TEST_PG_URL": ensure_postgres()}
+        return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT, env=env)
     if command == "bench":
         ensure_env()
         return subprocess.call([str(PYTHON), "-m", "bench", *rest], cwd=ROOT)

@@ -22,11 +22,11 @@ from gateway.http.events import EventLimits
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store.base import Store
+from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
 from gateway.transport.auth import Authenticator
 from gateway.transport.connection import ConnectionSettings
 from gateway.transport.server import WorkerServer
-from protocol.errors import InvalidInput
 from protocol.ids import new_id
 
 log = structlog.get_logger("tether.gateway")
@@ -38,9 +38,7 @@ def open_store(url: str) -> Store:
     backend, location = db_backend(url)
     if backend == "sqlite":
         return SQLiteStore(location)
-    raise InvalidInput(
-        "PostgreSQL support is not built yet; use the SQLite default (--db sqlite:///path)"
-    )
+    return PostgresStore(location)
 
 
 class Gateway:
@@ -93,6 +91,10 @@ class Gateway:
 
     async def start(self) -> None:
         await self.store.open()
+        await self.store.subscribe(self.gateway_id, self.engine.peer_note)
+        if self.store.shared:
+            await self._keep_alive_once()
+            self._tasks.append(asyncio.create_task(self._keep_alive(), name="tether-peers"))
         await self.engine.load()
         self._tasks.append(asyncio.create_task(self.engine.run(), name="tether-engine"))
         self.connect_port = await self.workers.start(self.settings.host,
@@ -118,6 +120,8 @@ class Gateway:
 
     async def stop(self) -> None:
         log.info("gateway_stopping", workers=len(self.registry))
+        # Workers leaving now lose no lease-loss credit: their runs go to other gateways' workers.
+        self.workers.leaving = True
         await self.workers.go_away("gateway shutting down; reconnect to another gateway")
         if self._http is not None and self._http_loop is not None:
             self._http.should_exit = True
@@ -130,6 +134,21 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store.close()
         log.info("gateway_stopped")
+
+    async def _keep_alive_once(self) -> None:
+        functions = await self.store.keepalive(
+            self.gateway_id, now=self.clock.now(), ttl=self.settings.peer_ttl)
+        if functions:
+            self.engine.peer_note({"functions": sorted(functions)})
+
+    async def _keep_alive(self) -> None:
+        """Beat in the shared store; requeue the leases of gateways that stopped beating."""
+        while True:
+            await self.clock.sleep(self.settings.peer_beat)
+            try:
+                await self._keep_alive_once()
+            except Exception as exc:  # the database may be briefly away: keep beating
+                log.error("keepalive_failed", error=str(exc))
 
     def _health(self) -> dict[str, Any]:
         return {

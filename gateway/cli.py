@@ -128,7 +128,7 @@ def _migrate(db: str) -> int:
         Path(location).parent.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{location}"
     else:
-        url = location.replace("postgresql://", "postgresql+psycopg://", 1)
+        url = migrations.yoyo_url(location)
     applied = migrations.apply(url, backend)
     log.info("migrations_applied", db=db, applied=applied or "none (schema is current)")
     return 0

@@ -27,6 +27,10 @@ class Settings:
     max_request_size: int = 3 * 1024 * 1024
     max_frame_size: int = 8 * 1024 * 1024
     gateway_id: str = ""
+    #: Gateways sharing a database beat this often, and are presumed dead after ``peer_ttl``
+    #: without a beat: their leases are requeued and their timers taken over by others.
+    peer_beat: float = 1.0
+    peer_ttl: float = 5.0
 
     def check(self) -> None:
         """Refuse settings that cannot work, saying how to fix them.

@@ -32,6 +32,7 @@ from gateway.store.base import (
     FunctionRecord,
     LeaseReturn,
     NewEvent,
+    PeerNote,
     SessionRelease,
     Store,
     WriteBatch,
@@ -84,6 +85,7 @@ class Engine:
         self._maybe_ready: set[str] = set()
         self._next_wakeup: float | None = None
         self._find_wakeup = True  # ask the store once at start
+        self._reloading: asyncio.Future[None] | None = None
         self._idle = asyncio.Event()
         self._closed = False
 
@@ -178,6 +180,32 @@ class Engine:
     def worker_ready(self, worker: WorkerEntry) -> None:
         """A worker joined (or has room again): look for runs it can take."""
         self._maybe_ready.update(worker.functions)
+        self._wake.set()
+
+    def peer_note(self, note: PeerNote) -> None:
+        """Another gateway sharing the store committed something that concerns this one."""
+        functions = note.get("functions")
+        if functions:
+            self._maybe_ready.update(functions)
+        wakeup = note.get("wakeup")
+        if isinstance(wakeup, (int, float)):
+            self._next_wakeup = min(self._next_wakeup or wakeup, wakeup)
+        for session_id, run_id, fence in note.get("revoke") or ():
+            worker = self.registry.get(session_id)
+            if worker is not None:
+                self._seen.pop(run_id, None)
+                worker.in_flight.discard(run_id)
+                worker.send(m.LeaseRevoked(run_id=run_id, fence=fence, reason="cancelled"))
+        if note.get("registered"):
+            self._reloading = asyncio.ensure_future(self._reload_functions())
+        self._wake.set()
+
+    async def _reload_functions(self) -> None:
+        """Apps were registered through another gateway: route events to their functions."""
+        records = await self.store.functions()
+        for record in records:
+            self._index(record)
+        self._maybe_ready.update(r.id for r in records if r.active)
         self._wake.set()
 
     def worker_gone(self, worker: WorkerEntry, reason: str, *, lost: bool = True) -> None:

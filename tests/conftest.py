@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from bench.cluster import Cluster
+from gateway.app import open_store
 from gateway.clock import FakeClock
-from gateway.store.sqlite import SQLiteStore
+from gateway.store.base import Store
+from tests.helpers import postgres as pg
 
 
 @pytest.fixture
@@ -23,10 +25,28 @@ def rng() -> random.Random:
     return random.Random(1234)
 
 
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """One throwaway PostgreSQL database for the session (tables emptied between tests)."""
+    url = pg.create_database_sync()
+    yield url
+    pg.drop_database_sync(url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A ``--db`` value for each backend; the PostgreSQL database starts empty."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tether.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    await pg.truncate(url)
+    return url
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    """A fresh, migrated store (SQLite now; parametrized over backends as they arrive)."""
-    s = SQLiteStore(tmp_path / "tether.db")
+async def store(db_url: str) -> AsyncIterator[Store]:
+    """A fresh, migrated store, once per backend."""
+    s = open_store(db_url)
     await s.open()
     yield s
     await s.close()
@@ -44,7 +64,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-async def gateway_factory(tmp_path: Path) -> AsyncIterator[object]:
+async def gateway_factory(tmp_path: Path, db_url: str) -> AsyncIterator[object]:
     """Start in-process gateways on free loopback ports: ``await gateway_factory(**settings)``."""
     from gateway.app import Gateway
     from gateway.config import Settings
@@ -54,7 +74,7 @@ async def gateway_factory(tmp_path: Path) -> AsyncIterator[object]:
     async def make(clock: object = None, **overrides: object) -> Gateway:
         values: dict[str, object] = {
             "host": "127.0.0.1", "port": 0, "connect_port": 0, "dev": True,
-            "db": f"sqlite:///{tmp_path / f'gw{len(started)}.db'}", "retry_base": 0.01,
+            "db": db_url, "retry_base": 0.01,
         }
         values.update(overrides)
         gw = Gateway(Settings(**values), clock=clock)  # type: ignore[arg-type]

@@ -251,8 +251,18 @@ class RunPage:
     cursor: str | None
 
 
+#: What one gateway tells the others sharing its store, after a commit (see ``subscribe``):
+#: ``functions`` with runs ready now, ``wakeup`` (a time something became due), ``revoke``
+#: ([session, run, fence] of leases held through other gateways), ``registered`` (apps changed).
+PeerNote = dict[str, Any]
+
+
 class Store(Protocol):
     """Durable state of the gateway. Every method is one transaction."""
+
+    #: True when several gateways may share this store: they keep each other alive and
+    #: informed through :meth:`keepalive` and :meth:`subscribe`.
+    shared: bool
 
     async def open(self) -> None:
         """Connect and apply pending migrations."""
@@ -270,6 +280,16 @@ class Store(Protocol):
 
     async def recover(self, *, now: float) -> int:
         """At start: requeue runs leased by sessions of a gateway that is gone."""
+        ...
+
+    async def keepalive(self, gateway_id: str, *, now: float, ttl: float) -> set[str]:
+        """Record that this gateway is alive; requeue the leases of gateways silent for longer
+        than ``ttl`` (exactly one live gateway does each). Returns functions with runs requeued.
+        """
+        ...
+
+    async def subscribe(self, gateway_id: str, callback: Callable[[PeerNote], None]) -> None:
+        """From now on, call ``callback`` with what other gateways publish after their commits."""
         ...
 
     async def functions(self) -> list[FunctionRecord]: ...

@@ -16,6 +16,7 @@ from pydantic import TypeAdapter
 
 from gateway.store.base import (
     FunctionRecord,
+    PeerNote,
     RunPage,
     RunRecord,
     StepRecord,
@@ -34,8 +35,11 @@ _CONFIG: TypeAdapter[FunctionConfig] = TypeAdapter(FunctionConfig)
 class SqlStore:
     """The :class:`~gateway.store.base.Store` methods over named queries."""
 
+    shared = False
+
     def __init__(self) -> None:
         self._configs: dict[str, FunctionConfig | None] = {}
+        self.gateway_id = ""
 
     async def _transaction(self, fn: Callable[[Db], Awaitable[T]]) -> T:
         raise NotImplementedError
@@ -46,7 +50,25 @@ class SqlStore:
     # --- writes --------------------------------------------------------------------------
 
     async def write(self, batch: WriteBatch) -> WriteResult:
-        return await self._transaction(lambda db: Transaction(db, batch, self._config).run())
+        async def apply(db: Db) -> WriteResult:
+            result = await Transaction(db, batch, self._config).run()
+            await self._publish(db, result, registered=False)
+            return result
+
+        return await self._transaction(apply)
+
+    async def _publish(self, db: Db, result: WriteResult | None, *, registered: bool) -> None:
+        """Tell other gateways what this transaction changed (nothing to do for one gateway)."""
+
+    async def keepalive(self, gateway_id: str, *, now: float, ttl: float) -> set[str]:
+        return set()
+
+    async def subscribe(self, gateway_id: str, callback: Callable[[PeerNote], None]) -> None:
+        self.gateway_id = gateway_id
+
+    def forget_configs(self) -> None:
+        """Functions were registered elsewhere: read their configs again when needed."""
+        self._configs.clear()
 
     async def _config(self, db: Db, function_id: str) -> FunctionConfig | None:
         """A function's config (None when unknown or inactive), cached per process."""
@@ -67,6 +89,7 @@ class SqlStore:
                 full_id = f"{app.id}/{fn.id}"
                 await db.execute("upsert_function", full_id, app.id, json.dumps(config), now)
                 records.append(FunctionRecord(full_id, app.id, app.version, config, True, now))
+            await self._publish(db, None, registered=True)
             return records
 
         records = await self._transaction(register)
@@ -74,9 +97,6 @@ class SqlStore:
         for fid in stale:
             del self._configs[fid]
         return records
-
-    async def recover(self, *, now: float) -> int:
-        return await self._transaction(lambda db: db.execute("recover_leases", now))
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -109,7 +129,8 @@ class SqlStore:
         self, *, function_id: str | None, status: str | None, limit: int, cursor: str | None
     ) -> RunPage:
         async def read(db: Db) -> RunPage:
-            args: list[Any] = [cursor or "\U0010ffff", limit + 1]
+            # Run ids are ULIDs (0-9, A-Z): "Z" * 27 sorts after every one of them.
+            args: list[Any] = [cursor or "Z" * 27, limit + 1]
             name = "list_runs"
             if function_id is not None and status is not None:
                 name, args = "list_runs_by_function_status", [*args, function_id, status]

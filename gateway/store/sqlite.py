@@ -106,6 +106,10 @@ class SQLiteStore(SqlStore):
                 thread.stop()
         self._writer = self._reader = None
 
+    async def recover(self, *, now: float) -> int:
+        # One gateway owns a SQLite file: every lease in it died with the previous process.
+        return await self._transaction(lambda db: db.execute("recover_leases", now))
+
     async def _transaction(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         thread = self._writer
         assert thread is not None and thread.db is not None, "store is not open"

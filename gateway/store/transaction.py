@@ -176,6 +176,11 @@ class Transaction:
             else:
                 seen.add(event.id)
                 fresh.append(event)
+        if not fresh:
+            return [None] * len(events)
+        # Share each name's lock: a wait stored for the name meanwhile waits for this to
+        # commit, then looks back and sees these events (see _wait_requested).
+        await db.fetch("lock_event_names", sorted({e.name for e in fresh}))
         reserved = [row[0] for row in await db.fetch("reserve_event_seqs", len(fresh))]
         await db.executemany("insert_event", [
             (seq, e.id, e.name, e.payload, now) for seq, e in zip(reserved, fresh, strict=True)
@@ -372,6 +377,9 @@ class Transaction:
         if not await db.execute("insert_pending_step", msg.run_id, msg.step_id, "wait",
                                 StepStatus.WAITING, now + msg.timeout, now, None):
             return  # already waiting (a replay asked again): keep the first wait
+        # Exclusively: writers storing events of this name (elsewhere) finish first, so the
+        # look-back below sees them; later ones see this wait when they match.
+        await db.execute("lock_event_name_for_wait", msg.event)
         trigger = await db.fetchval("run_trigger", msg.run_id)
         trigger_data = json.loads(trigger) if trigger else {}
         await self._insert_wait(msg.run_id, msg.step_id, "wait", msg.event, msg.if_,
@@ -534,7 +542,11 @@ class Transaction:
                                error=error_json("Timeout", f"cancelled: {reason}"))
 
     async def _release(self, session_id: str, reason: str, lost: bool) -> None:
-        for run_id, function_id, losses in await self.db.fetch("session_runs", session_id):
+        await self.release_runs(await self.db.fetch("session_runs", session_id), reason, lost)
+
+    async def release_runs(self, rows: list[Any], reason: str, lost: bool) -> None:
+        """Requeue leased runs ``(id, function id, lease losses)`` whose holder is gone."""
+        for run_id, function_id, losses in rows:
             losses += 1 if lost else 0
             if losses >= MAX_LEASE_LOSSES:
                 await self.db.execute("set_lease_losses", losses, run_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -115,6 +115,7 @@ class WorkerConnection:
         auth: Authenticator,
         clock: Clock,
         settings: ConnectionSettings,
+        leaving: Callable[[], bool] = lambda: False,
     ) -> None:
         self.ws = ws
         self.engine = engine
@@ -122,6 +123,7 @@ class WorkerConnection:
         self.auth = auth
         self.clock = clock
         self.settings = settings
+        self._leaving = leaving
         self.session = Session(Role.GATEWAY)
         self.outbox = Outbox(ws, self.session, settings.max_frame_out)
         self.worker: WorkerEntry | None = None
@@ -176,7 +178,8 @@ class WorkerConnection:
     async def _register(self, hello: m.Hello) -> None:
         for app in hello.apps:
             await self.engine.register_app(app)
-        session_id = new_id(self.clock.now())
+        # "{gateway}.{session}": a gateway's leases can be found (and requeued) by prefix.
+        session_id = f"{self.settings.gateway_id}.{new_id(self.clock.now())}"
         self.worker = WorkerEntry(
             session_id=session_id,
             instance_id=hello.instance_id,
@@ -244,7 +247,7 @@ class WorkerConnection:
             return
         self.registry.remove(worker.session_id)
         self.log.info("worker_disconnected", reason=reason, in_flight=len(worker.in_flight))
-        self.engine.worker_gone(worker, reason)
+        self.engine.worker_gone(worker, reason, lost=not self._leaving())
 
 
 def _reason(text: str) -> str:

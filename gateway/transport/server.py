@@ -45,6 +45,8 @@ class WorkerServer:
         self.liveness = Liveness(settings.heartbeat_interval)
         self._server: Server | None = None
         self._connections: set[WorkerConnection] = set()
+        #: Set while the gateway stops: workers that disconnect now are not presumed lost.
+        self.leaving = False
 
     async def start(self, host: str, port: int) -> int:
         """Listen; return the port (useful when ``port`` is 0)."""
@@ -71,7 +73,7 @@ class WorkerServer:
     async def _handle(self, ws: ServerConnection) -> None:
         conn = WorkerConnection(
             ws, engine=self.engine, registry=self.registry, auth=self.auth, clock=self.clock,
-            settings=self.settings,
+            settings=self.settings, leaving=lambda: self.leaving,
         )
         self._connections.add(conn)
         try:

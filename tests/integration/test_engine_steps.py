@@ -17,7 +17,6 @@ from gateway.clock import FakeClock
 from gateway.engine import Engine
 from gateway.registry import Registry, WorkerEntry
 from gateway.store.base import CancelRequest, NewEvent
-from gateway.store.sqlite import SQLiteStore
 from protocol import messages as m
 from protocol.manifest import AppManifest, FunctionConfig, Timeouts, TriggerEvent
 
@@ -116,10 +115,8 @@ def fn(fid: str, *triggers: str, **options) -> FunctionConfig:
 
 
 @pytest.fixture
-async def world(tmp_path) -> AsyncIterator[World]:
+async def world(store) -> AsyncIterator[World]:
     clock = FakeClock()
-    store = SQLiteStore(tmp_path / "t.db")
-    await store.open()
     registry = Registry()
     engine = Engine(store, registry, clock, retry_base=1.0)
     await engine.register_app(AppManifest(id="t", functions=[
@@ -134,7 +131,6 @@ async def world(tmp_path) -> AsyncIterator[World]:
     yield World(engine, clock, registry)
     await engine.close()
     await asyncio.wait_for(task, BOUND)
-    await store.close()
 
 
 async def test_a_sleep_is_leased_again_only_when_due(world):

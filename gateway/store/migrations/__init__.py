@@ -13,6 +13,14 @@ from yoyo import get_backend, read_migrations
 _HERE = Path(__file__).parent
 
 
+def yoyo_url(url: str) -> str:
+    """A PostgreSQL URL as yoyo wants it (it connects through psycopg 3)."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme):]
+    return url
+
+
 def apply(url: str, backend: str) -> list[str]:
     """Apply every pending migration for ``backend`` ("sqlite" or "postgres") at ``url``.
 

@@ -12,6 +12,13 @@ SELECT id FROM events WHERE id IN (SELECT value FROM json_each(?1)) AND received
 WITH RECURSIVE n(x) AS (SELECT 1 WHERE ?1 > 0 UNION ALL SELECT x + 1 FROM n WHERE x < ?1)
 SELECT (SELECT COALESCE(MAX(seq), 0) FROM events) + x FROM n;
 
+-- name: lock_event_names
+-- One writer owns a SQLite file: matching events and waits is serialized already.
+SELECT 1 WHERE ?1 IS NOT NULL;
+
+-- name: lock_event_name_for_wait
+SELECT 1 WHERE ?1 IS NOT NULL;
+
 -- name: insert_event
 INSERT INTO events (seq, id, name, payload, received_at) VALUES (?1, ?2, ?3, ?4, ?5);
 

@@ -1,0 +1,181 @@
+"""The PostgreSQL store (asyncpg): the store of several gateways sharing one database.
+
+The same transaction logic as SQLite's runs here over ``queries/postgres.sql``. What makes
+several gateways safe is PostgreSQL's, not ours: claims lock the rows they take and skip rows
+another gateway holds (``FOR UPDATE SKIP LOCKED``), so no run is leased twice; checkpoints
+lock the runs they change; a wait and the events that may match it take an advisory lock on
+the event name, shared by event writers and exclusive for the wait, so neither misses the
+other. Gateways keep each other alive through the ``gateways`` table (the leases of a gateway
+that stops beating are requeued by exactly one other) and informed through ``LISTEN/NOTIFY``
+(runs ready, wake-up times, leases to revoke, apps registered), so no gateway polls.
+
+A transaction that PostgreSQL aborts for a deadlock or a serialization failure is retried from
+the start; nothing of it was kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+import orjson
+import structlog
+
+from gateway.store import migrations
+from gateway.store.base import PeerNote, WriteBatch, WriteResult
+from gateway.store.db import Db, Row, queries
+from gateway.store.sql import SqlStore
+from gateway.store.transaction import Transaction
+
+log = structlog.get_logger("tether.store")
+
+T = TypeVar("T")
+
+CHANNEL = "tether"
+#: NOTIFY payloads must stay under 8000 bytes: revocations go in chunks of this many.
+_REVOKE_CHUNK = 100
+_RETRIES = 8
+_RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError,
+              asyncpg.exceptions.SerializationError)
+
+
+class PgDb:
+    """:class:`~gateway.store.db.Db` over one asyncpg connection."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.sql = queries("postgres")
+
+    async def fetch(self, name: str, *args: Any) -> list[Row]:
+        return [tuple(r) for r in await self.conn.fetch(self.sql[name], *_args(args))]
+
+    async def fetchone(self, name: str, *args: Any) -> Row | None:
+        row = await self.conn.fetchrow(self.sql[name], *_args(args))
+        return None if row is None else tuple(row)
+
+    async def fetchval(self, name: str, *args: Any) -> Any:
+        return await self.conn.fetchval(self.sql[name], *_args(args))
+
+    async def execute(self, name: str, *args: Any) -> int:
+        status: str = await self.conn.execute(self.sql[name], *_args(args))
+        tail = status.rsplit(" ", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    async def executemany(self, name: str, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            await self.conn.executemany(self.sql[name], rows)
+
+
+def _args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(list(a) if isinstance(a, (tuple, set)) else a for a in args)
+
+
+class PostgresStore(SqlStore):
+    """See :class:`gateway.store.base.Store`; ``url`` is ``postgresql://user@host/db``."""
+
+    shared = True
+
+    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+        super().__init__()
+        self.url = url
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._callback: Callable[[PeerNote], None] | None = None
+
+    async def open(self) -> None:
+        await asyncio.to_thread(migrations.apply, migrations.yoyo_url(self.url), "postgres")
+        self._pool = await asyncpg.create_pool(self.url, min_size=2, max_size=self.pool_size)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _transaction(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        pool = self._pool
+        assert pool is not None, "store is not open"
+        for attempt in range(_RETRIES):
+            try:
+                async with pool.acquire() as conn, conn.transaction():
+                    return await fn(PgDb(conn))
+            except _RETRYABLE as exc:
+                if attempt == _RETRIES - 1:
+                    raise
+                log.info("transaction_retried", reason=type(exc).__name__, attempt=attempt + 1)
+                await asyncio.sleep(0.005 * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _read(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        pool = self._pool
+        assert pool is not None, "store is not open"
+        async with pool.acquire() as conn:
+            return await fn(PgDb(conn))
+
+    async def recover(self, *, now: float) -> int:
+        # Leases of gateways that died are requeued by keepalive(), once they are overdue.
+        return 0
+
+    # --- gateways keeping each other alive and informed ----------------------------------
+
+    async def keepalive(self, gateway_id: str, *, now: float, ttl: float) -> set[str]:
+        async def beat(db: Db) -> set[str]:
+            await db.execute("gateway_beat", gateway_id, now)
+            touched: set[str] = set()
+            for (dead,) in await db.fetch("dead_gateways", now - ttl, gateway_id):
+                txn = Transaction(db, WriteBatch(now=now), self._config)
+                rows = await db.fetch("gateway_runs", f"{dead}.", f"{dead}/")
+                await txn.release_runs(rows, f"gateway {dead} stopped responding", lost=True)
+                await db.execute("delete_gateway", dead)
+                log.warning("gateway_presumed_dead", gateway_id=dead, leases_requeued=len(rows))
+                touched |= txn.touched
+            if touched:
+                await self._notify(db, {"functions": sorted(touched)})
+            return touched
+
+        return await self._transaction(beat)
+
+    async def subscribe(self, gateway_id: str, callback: Callable[[PeerNote], None]) -> None:
+        self.gateway_id = gateway_id
+        self._callback = callback
+        self._listener = await asyncpg.connect(self.url)
+        await self._listener.add_listener(CHANNEL, self._heard)
+
+    def _heard(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        try:
+            note = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            log.warning("peer_note_unreadable", payload=payload[:200])
+            return
+        if note.get("from") == self.gateway_id:
+            return
+        if note.get("registered"):
+            self.forget_configs()
+        if self._callback is not None:
+            self._callback(note)
+
+    async def _publish(self, db: Db, result: WriteResult | None, *, registered: bool) -> None:
+        if registered:
+            await self._notify(db, {"registered": True})
+            return
+        assert result is not None
+        note: dict[str, Any] = {}
+        if result.touched_functions:
+            note["functions"] = sorted(result.touched_functions)
+        if result.next_wakeup is not None:
+            note["wakeup"] = result.next_wakeup
+        mine = f"{self.gateway_id}."
+        revoke = [[r.session_id, r.run_id, r.fence] for r in result.revoked
+                  if not r.session_id.startswith(mine)]
+        if note or revoke:
+            await self._notify(db, {**note, "revoke": revoke[:_REVOKE_CHUNK]})
+            for start in range(_REVOKE_CHUNK, len(revoke), _REVOKE_CHUNK):
+                await self._notify(db, {"revoke": revoke[start:start + _REVOKE_CHUNK]})
+
+    async def _notify(self, db: Db, note: dict[str, Any]) -> None:
+        await db.fetchval("notify", orjson.dumps({"from": self.gateway_id, **note}).decode())

@@ -1,0 +1,286 @@
+-- Named queries for the PostgreSQL store. Parameters are positional ($1, $2...); a list
+-- parameter arrives as an array. Every query here has a twin of the same name and meaning in
+-- sqlite.sql. Rows a transaction will change are locked as they are read (FOR UPDATE), and
+-- claims skip rows another gateway holds (SKIP LOCKED), so no run is leased twice.
+
+-- ============================== events and runs ==============================
+
+-- name: recent_event_ids
+SELECT id FROM events WHERE id = ANY($1::text[]) AND received_at > $2;
+
+-- name: reserve_event_seqs
+SELECT nextval('events_seq_seq') FROM generate_series(1, $1::int);
+
+-- name: lock_event_names
+-- Ingesting events of these names: share the name's lock, so that a wait being stored for
+-- one of them (which takes it exclusively) sees these events or is seen by them.
+SELECT pg_advisory_xact_lock_shared(hashtext(n)) FROM unnest($1::text[]) AS n ORDER BY n;
+
+-- name: lock_event_name_for_wait
+SELECT pg_advisory_xact_lock(hashtext($1));
+
+-- name: insert_event
+INSERT INTO events (seq, id, name, payload, received_at) VALUES ($1, $2, $3, $4, $5);
+
+-- name: insert_run
+INSERT INTO runs (id, function_id, status, available_at, event_ids, queued_at, parent_run_id,
+                  parent_step_id, deadline_at)
+VALUES ($1, $2, 'Queued', $3, $4, $5, $6, $7, $8);
+
+-- name: insert_run_event
+INSERT INTO run_events (run_id, position, event_seq) VALUES ($1, $2, $3);
+
+-- name: run_for_replay
+SELECT function_id FROM runs WHERE id = $1;
+
+-- name: run_event_rows
+SELECT e.seq, e.id, e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
+WHERE re.run_id = $1 ORDER BY re.position;
+
+-- name: run_event_payloads
+SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
+WHERE re.run_id = $1 ORDER BY re.position;
+
+-- name: run_trigger
+SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
+WHERE re.run_id = $1 AND re.position = 0;
+
+-- name: events_since
+SELECT payload FROM events WHERE name = $1 AND received_at >= $2 ORDER BY seq;
+
+-- ================================ checkpoints ================================
+
+-- name: checkpoint_runs
+SELECT id, fence, status, function_id, state_bytes, parent_run_id, parent_step_id FROM runs
+WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE;
+
+-- name: upsert_step
+INSERT INTO steps (run_id, step_id, kind, status, attempts, output, error, wake_at, started_at,
+                   ended_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (run_id, step_id) DO UPDATE SET
+    status = excluded.status, attempts = excluded.attempts, output = excluded.output,
+    error = excluded.error, wake_at = excluded.wake_at, ended_at = excluded.ended_at
+WHERE steps.status NOT IN ('Completed', 'Failed');
+
+-- name: insert_pending_step
+INSERT INTO steps (run_id, step_id, kind, status, attempts, wake_at, started_at, child_run_id)
+VALUES ($1, $2, $3, $4, 1, $5, $6, $7)
+ON CONFLICT (run_id, step_id) DO NOTHING;
+
+-- name: insert_done_step
+INSERT INTO steps (run_id, step_id, kind, status, attempts, output, started_at, ended_at)
+VALUES ($1, $2, $3, 'Completed', 1, $4, $5, $5)
+ON CONFLICT (run_id, step_id) DO NOTHING;
+
+-- name: resolve_step
+UPDATE steps SET status = $1, output = $2, error = $3, ended_at = $4, wake_at = NULL
+WHERE run_id = $5 AND step_id = $6 AND status IN ('Sleeping', 'Waiting', 'Invoking');
+
+-- name: set_step_child
+UPDATE steps SET child_run_id = $1 WHERE run_id = $2 AND step_id = $3;
+
+-- name: run_progressed
+UPDATE runs SET state_bytes = state_bytes + $1, lease_losses = 0 WHERE id = $2;
+
+-- name: requeue_run
+UPDATE runs SET status = 'Queued', session_id = NULL, available_at = $1,
+    attempt = COALESCE($2, attempt), error = COALESCE($3, error)
+WHERE id = $4;
+
+-- name: pending_steps
+SELECT status, MIN(wake_at) FROM steps
+WHERE run_id = $1 AND status IN ('Retrying', 'Sleeping', 'Waiting', 'Invoking')
+GROUP BY status;
+
+-- name: suspend_run
+UPDATE runs SET status = $1, available_at = $2, session_id = NULL
+WHERE id = $3 AND status NOT IN ('Completed', 'Failed', 'Cancelled', 'Skipped')
+RETURNING function_id;
+
+-- ============================ endings and commands ============================
+
+-- name: run_for_end
+SELECT function_id, session_id, fence, parent_run_id, parent_step_id, status
+FROM runs WHERE id = $1 FOR UPDATE;
+
+-- name: end_run
+UPDATE runs SET status = $1, output = $2, error = $3, ended_at = $4, session_id = NULL,
+    available_at = NULL, deadline_at = NULL
+WHERE id = $5;
+
+-- name: live_children
+SELECT id FROM runs WHERE parent_run_id = $1
+AND status NOT IN ('Completed', 'Failed', 'Cancelled', 'Skipped');
+
+-- name: live_runs_of
+SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
+              WHERE re.run_id = r.id AND re.position = 0)
+FROM runs r WHERE r.function_id = $1 AND r.queued_at >= $2 AND r.queued_at < $3
+AND r.status NOT IN ('Completed', 'Failed', 'Cancelled', 'Skipped');
+
+-- name: due_deadlines
+SELECT id, started_at FROM runs WHERE deadline_at <= $1 FOR UPDATE SKIP LOCKED;
+
+-- name: session_runs
+SELECT id, function_id, lease_losses FROM runs WHERE session_id = $1 AND status = 'Running'
+FOR UPDATE;
+
+-- name: set_lease_losses
+UPDATE runs SET lease_losses = $1 WHERE id = $2;
+
+-- name: release_run
+UPDATE runs SET status = 'Queued', session_id = NULL, available_at = $1, lease_losses = $2
+WHERE id = $3;
+
+-- name: return_lease
+UPDATE runs SET status = 'Queued', session_id = NULL, available_at = $1
+WHERE id = $2 AND fence = $3 AND status = 'Running' RETURNING function_id;
+
+-- =================================== waits ===================================
+
+-- name: insert_wait
+INSERT INTO waits (run_id, step_id, kind, event_name, if_, match_path, match_key, trigger,
+                   expires_at, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (run_id, step_id) DO NOTHING;
+
+-- name: has_waits
+SELECT 1 FROM waits WHERE event_name = $1 LIMIT 1;
+
+-- name: wait_paths
+-- The distinct paths waits on an event name are indexed by: a skip-scan, one index seek per
+-- path, so 10,000 waits on one name and path cost one seek, not a scan.
+WITH RECURSIVE p(path) AS (
+    SELECT MIN(match_path) FROM waits WHERE event_name = $1
+    UNION ALL
+    SELECT (SELECT MIN(match_path) FROM waits WHERE event_name = $1 AND match_path > p.path)
+    FROM p WHERE p.path IS NOT NULL
+)
+SELECT path FROM p WHERE path IS NOT NULL;
+
+-- name: waits_for
+SELECT run_id, step_id, kind, if_, trigger, expires_at FROM waits
+WHERE event_name = $1 AND match_path = $2 AND match_key = $3 ORDER BY created_at;
+
+-- name: delete_wait
+DELETE FROM waits WHERE run_id = $1 AND step_id = $2;
+
+-- name: delete_waits
+DELETE FROM waits WHERE run_id = $1;
+
+-- name: wake_run
+UPDATE runs SET status = 'Queued', available_at = $1
+WHERE id = $2 AND status IN ('Queued', 'Sleeping', 'Waiting') RETURNING function_id;
+
+-- =================================== leases ==================================
+
+-- name: ready_runs
+SELECT available_at, id, function_id, fence, attempt, started_at FROM runs
+WHERE function_id = $1 AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= $2
+ORDER BY available_at LIMIT $3 FOR UPDATE SKIP LOCKED;
+
+-- name: lease_run
+UPDATE runs SET status = 'Running', fence = fence + 1, session_id = $1,
+    started_at = COALESCE(started_at, $2)
+WHERE id = $3;
+
+-- name: set_deadline
+UPDATE runs SET deadline_at = $1 WHERE id = $2;
+
+-- name: due_steps
+SELECT step_id, status FROM steps
+WHERE run_id = $1 AND status IN ('Sleeping', 'Waiting', 'Invoking') AND wake_at <= $2;
+
+-- name: run_steps_for_lease
+SELECT step_id, kind, status, output, error, attempts, wake_at FROM steps WHERE run_id = $1;
+
+-- name: next_ready
+-- The earliest future time a run of a function becomes ready (one index seek).
+SELECT MIN(available_at) FROM runs
+WHERE function_id = $1 AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at > $2;
+
+-- name: next_deadline
+SELECT MIN(deadline_at) FROM runs WHERE deadline_at > $1;
+
+-- name: all_function_ids
+SELECT id FROM functions;
+
+-- ================================ registration ===============================
+
+-- name: upsert_app
+INSERT INTO apps (id, version, registered_at) VALUES ($1, $2, $3)
+ON CONFLICT (id) DO UPDATE SET version = excluded.version,
+    registered_at = excluded.registered_at;
+
+-- name: deactivate_functions
+UPDATE functions SET active = 0 WHERE app_id = $1;
+
+-- name: upsert_function
+INSERT INTO functions (id, app_id, config, active, updated_at) VALUES ($1, $2, $3, 1, $4)
+ON CONFLICT (id) DO UPDATE SET config = excluded.config, active = 1,
+    updated_at = excluded.updated_at;
+
+-- name: function_config
+SELECT config FROM functions WHERE id = $1 AND active = 1;
+
+-- =================================== reads ===================================
+
+-- name: all_functions
+SELECT f.id, f.app_id, a.version, f.config, f.active, f.updated_at
+FROM functions f LEFT JOIN apps a ON a.id = f.app_id ORDER BY f.id;
+
+-- name: get_run
+SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued_at,
+       started_at, ended_at, available_at, parent_run_id
+FROM runs WHERE id = $1;
+
+-- name: run_steps
+SELECT step_id, kind, status, attempts, output, error, started_at, ended_at
+FROM steps WHERE run_id = $1 ORDER BY started_at, step_id;
+
+-- name: runs_for_event
+SELECT r.id, r.function_id, r.status, r.fence, r.attempt, r.event_ids, r.output, r.error,
+       r.queued_at, r.started_at, r.ended_at, r.available_at, r.parent_run_id
+FROM events e JOIN run_events re ON re.event_seq = e.seq JOIN runs r ON r.id = re.run_id
+WHERE e.id = $1 ORDER BY r.id;
+
+-- name: list_runs
+SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued_at,
+       started_at, ended_at, available_at, parent_run_id
+FROM runs WHERE id < $1 ORDER BY id DESC LIMIT $2;
+
+-- name: list_runs_by_function
+SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued_at,
+       started_at, ended_at, available_at, parent_run_id
+FROM runs WHERE function_id = $3 AND id < $1 ORDER BY id DESC LIMIT $2;
+
+-- name: list_runs_by_status
+SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued_at,
+       started_at, ended_at, available_at, parent_run_id
+FROM runs WHERE status = $3 AND id < $1 ORDER BY id DESC LIMIT $2;
+
+-- name: list_runs_by_function_status
+SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued_at,
+       started_at, ended_at, available_at, parent_run_id
+FROM runs WHERE function_id = $3 AND status = $4 AND id < $1 ORDER BY id DESC LIMIT $2;
+
+-- ============================ gateways (PostgreSQL only) =======================
+
+-- name: gateway_beat
+INSERT INTO gateways (id, started_at, heartbeat_at) VALUES ($1, $2, $2)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at;
+
+-- name: dead_gateways
+SELECT id FROM gateways WHERE heartbeat_at < $1 AND id <> $2 FOR UPDATE SKIP LOCKED;
+
+-- name: gateway_runs
+-- Runs leased by the sessions of one gateway: session ids are "{gateway id}.{session}".
+SELECT id, function_id, lease_losses FROM runs
+WHERE session_id >= $1 AND session_id < $2 AND status = 'Running' FOR UPDATE;
+
+-- name: delete_gateway
+DELETE FROM gateways WHERE id = $1;
+
+-- name: notify
+SELECT pg_notify('tether', $1);
