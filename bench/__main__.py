@@ -3,6 +3,7 @@
     throughput   events -> 3-step runs through a gateway and workers: steps/s, latencies
     waits        cost of matching one event against 10,000 runs waiting for events
     sleeps       10,000 concurrent 1 s sleeps: how late they wake (p50/p99)
+    scale        throughput on SQLite, and on PostgreSQL with 1, 2 and 3 gateways
     all          every benchmark with its default options
 
 ``python -m bench NAME --help`` lists a benchmark's options. With no name: throughput.
@@ -12,9 +13,10 @@ from __future__ import annotations
 
 import sys
 
-from bench import sleeps, throughput, waits
+from bench import scale, sleeps, throughput, waits
 
-BENCHMARKS = {"throughput": throughput.main, "waits": waits.main, "sleeps": sleeps.main}
+BENCHMARKS = {"throughput": throughput.main, "waits": waits.main, "sleeps": sleeps.main,
+              "scale": scale.main}
 
 
 def main(argv: list[str]) -> int:

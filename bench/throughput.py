@@ -1,31 +1,47 @@
 """``python -m bench throughput``: events through real gateway and worker processes on loopback.
 
-Two phases against one gateway (SQLite) and ``--workers`` worker processes:
+Two phases against ``--gateways`` gateways (SQLite, or PostgreSQL with ``--db postgres``) and
+``--workers`` worker processes per gateway:
 
 * light load: ``--light`` events sent one at a time, ``--gap`` apart: event -> run start and
   event -> run completed latency when nothing queues;
-* throughput: ``--events`` events posted in batches of ``--batch`` by ``--senders`` threads as
-  fast as they are accepted: events/s, durable steps/s and the same latencies under load.
+* throughput: ``--events`` events posted in batches of ``--batch`` by ``--senders`` threads (to
+  the gateways in turn) as fast as they are accepted: events/s, durable steps/s and the same
+  latencies under load.
 
 Latencies run from the moment the client sent the event to the first step's start (on the
 worker) and to the commit batch that recorded the run's completion (on the gateway). The
-gateway's peak RSS is its VmHWM at the end.
+gateways' peak RSS is their VmHWM at the end. PostgreSQL runs use a throwaway database on the
+server at ``TETHER_BENCH_PG_URL`` (default: postgres on 127.0.0.1:5432), dropped afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sqlite3
 import statistics
 import sys
 import tempfile
 import threading
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.cluster import Cluster
 
 STEPS_PER_RUN = 3
+PG_SERVER = os.environ.get("TETHER_BENCH_PG_URL",
+                           "postgresql://postgres@127.0.0.1:5432/postgres")
+
+_LATENCY_SQL = (
+    "SELECT e.id, r.ended_at, (SELECT MIN(s.started_at) FROM steps s WHERE s.run_id = r.id) "
+    "FROM events e JOIN run_events re ON re.event_seq = e.seq JOIN runs r ON r.id = re.run_id "
+    "WHERE r.status = 'Completed'"
+)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -48,11 +64,13 @@ def _completed(cluster: Cluster) -> int:
     return 0
 
 
-def _wait_completed(cluster: Cluster, target: int, timeout: float) -> None:
+def _wait_completed(clusters: Cluster | list[Cluster], target: int, timeout: float) -> None:
+    """Until the gateways together have completed ``target`` runs (polling their metrics)."""
+    group = clusters if isinstance(clusters, list) else [clusters]
     deadline = time.monotonic() + timeout
     last, last_change = -1, time.monotonic()
     while True:
-        done = _completed(cluster)
+        done = sum(_completed(c) for c in group)
         if done >= target:
             return
         if done != last:
@@ -62,113 +80,184 @@ def _wait_completed(cluster: Cluster, target: int, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def _latencies(db: Path, sent: dict[str, float]) -> tuple[list[float], list[float]]:
+class Database:
+    """The benchmark's database: a SQLite file, or a throwaway PostgreSQL database."""
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        self.kind = kind
+        if kind == "sqlite":
+            self.path = workdir / "tether.db"
+            self.url = f"sqlite:///{self.path}"
+        else:
+            self.name = f"tether_bench_{uuid.uuid4().hex[:8]}"
+            self.url = PG_SERVER.rsplit("/", 1)[0] + "/" + self.name
+            self._admin(f'CREATE DATABASE "{self.name}"')
+
+    def _admin(self, sql: str) -> None:
+        import asyncpg
+
+        async def run() -> None:
+            conn = await asyncpg.connect(PG_SERVER)
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        if self.kind == "sqlite":
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                return conn.execute(sql).fetchall()
+            finally:
+                conn.close()
+        import asyncpg
+
+        async def run() -> list[tuple[Any, ...]]:
+            conn = await asyncpg.connect(self.url)
+            try:
+                return [tuple(r) for r in await conn.fetch(sql)]
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
+    def drop(self) -> None:
+        if self.kind == "postgres":
+            self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+@dataclass
+class Figures:
+    light_start: list[float]
+    light_end: list[float]
+    events_per_s: float
+    steps_per_s: float
+    load_start: list[float]
+    load_end: list[float]
+    peak_rss_mib: float
+
+
+def _latencies(db: Database, sent: dict[str, float]) -> tuple[list[float], list[float]]:
     """(event -> first step start, event -> run ended) in seconds, per run."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     starts, ends = [], []
-    rows = conn.execute(
-        "SELECT e.id, r.ended_at, (SELECT MIN(s.started_at) FROM steps s WHERE s.run_id = r.id) "
-        "FROM events e JOIN run_events re ON re.event_seq = e.seq JOIN runs r ON r.id = re.run_id "
-        "WHERE r.status = 'Completed'"
-    )
-    for event_id, ended, started in rows:
+    for event_id, ended, started in db.rows(_LATENCY_SQL):
         t0 = sent.get(event_id)
         if t0 is None:
             continue
         ends.append(ended - t0)
         if started is not None:
             starts.append(started - t0)
-    conn.close()
     return starts, ends
 
 
-def _ms(values: list[float]) -> str:
+def ms(values: list[float]) -> str:
     if not values:
         return "n/a"
     return (f"p50 {statistics.median(values) * 1000:.2f} ms, "
             f"p99 {_percentile(values, 0.99) * 1000:.2f} ms")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench throughput", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--events", type=int, default=20000, help="events in the throughput phase")
-    p.add_argument("--batch", type=int, default=500, help="events per POST")
-    p.add_argument("--senders", type=int, default=2, help="threads posting events")
-    p.add_argument("--workers", type=int, default=1, help="worker processes")
-    p.add_argument("--concurrency", type=int, default=1000, help="--concurrency per worker")
-    p.add_argument("--light", type=int, default=300, help="events in the light-load phase")
-    p.add_argument("--gap", type=float, default=0.01, help="seconds between light-load events")
-    args = p.parse_args(argv)
-
+def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
+            concurrency: int = 1000, events: int = 20000, batch: int = 500, senders: int = 2,
+            light: int = 300, gap: float = 0.01, progress: bool = True) -> Figures:
+    """Run both phases once and return the figures."""
     with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
-        cluster = Cluster(Path(tmp), gateway_args=["--log-level", "warning"])
-        db = Path(tmp) / "tether.db"
+        workdir = Path(tmp)
+        db = Database(db_kind, workdir)
+        group = [Cluster(workdir / f"gw{i}", db=db.url, gateway_args=["--log-level", "warning"])
+                 for i in range(gateways)]
         try:
-            cluster.start_gateway()
-            for i in range(args.workers):
-                cluster.start_worker("bench.app:app", args=(
-                    "--concurrency", str(args.concurrency), "--log-level", "warning"),
-                    name=f"worker{i}")
-            _wait_workers(cluster, args.workers)
-            print(f"gateway + {args.workers} worker(s) on loopback, SQLite WAL "
-                  f"synchronous=FULL, {STEPS_PER_RUN}-step function", flush=True)
+            for cluster in group:
+                cluster.start_gateway()
+            urls = [c.connect_url for c in group]
+            for i, cluster in enumerate(group):
+                for j in range(workers):
+                    others = [u for u in urls if u != cluster.connect_url]
+                    cluster.start_worker("bench.app:app", name=f"worker{i}-{j}", args=(
+                        *(a for u in others for a in ("--gateway", u)),
+                        "--concurrency", str(concurrency), "--log-level", "warning"))
+            for cluster in group:
+                _wait_workers(cluster, workers)
+            if progress:
+                print(f"{gateways} gateway(s) on {db_kind}, {workers} worker(s) each, "
+                      f"{STEPS_PER_RUN}-step function", flush=True)
 
-            # Phase 1: light load.
             sent: dict[str, float] = {}
-            for i in range(args.light):
+            for i in range(light):
                 t0 = time.time()
-                (event_id,) = cluster.send({"name": "bench/go", "data": {"i": i}})
+                (event_id,) = group[i % gateways].send({"name": "bench/go", "data": {"i": i}})
                 sent[event_id] = t0
-                time.sleep(args.gap)
-            _wait_completed(cluster, args.light, timeout=60)
-            starts, ends = _latencies(db, sent)
-            print(f"light load ({args.light} events, one every {args.gap * 1000:.0f} ms):")
-            print(f"  event -> run start      {_ms(starts)}")
-            print(f"  event -> run completed  {_ms(ends)}", flush=True)
+                time.sleep(gap)
+            _wait_completed(group, light, timeout=60)
+            light_start, light_end = _latencies(db, sent)
 
-            # Phase 2: throughput.
             heavy: dict[str, float] = {}
             lock = threading.Lock()
             batches = [
                 [{"name": "bench/go", "data": {"i": i}}
-                 for i in range(start, min(start + args.batch, args.events))]
-                for start in range(0, args.events, args.batch)
+                 for i in range(start, min(start + batch, events))]
+                for start in range(0, events, batch)
             ]
 
-            def sender(mine: list[list[dict[str, object]]]) -> None:
-                for batch in mine:
+            def sender(index: int, mine: list[list[dict[str, object]]]) -> None:
+                for k, chunk in enumerate(mine):
                     t0 = time.time()
-                    ids = cluster.send(batch)
+                    ids = group[(index + k) % gateways].send(chunk)
                     with lock:
                         for event_id in ids:
                             heavy[event_id] = t0
 
-            threads = [threading.Thread(target=sender, args=(batches[i::args.senders],))
-                       for i in range(args.senders)]
+            threads = [threading.Thread(target=sender, args=(i, batches[i::senders]))
+                       for i in range(senders)]
             began = time.time()
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             intake = time.time() - began
-            _wait_completed(cluster, args.light + args.events, timeout=600)
-            starts, ends = _latencies(db, heavy)
-            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-            last_end = conn.execute("SELECT MAX(ended_at) FROM runs").fetchone()[0]
-            conn.close()
+            _wait_completed(group, light + events, timeout=900)
+            load_start, load_end = _latencies(db, heavy)
+            last_end = db.rows("SELECT MAX(ended_at) FROM runs")[0][0]
             elapsed = last_end - began
-            rss = cluster.gateway.peak_rss_kib() if cluster.gateway else 0
-            print(f"throughput ({args.events} events in batches of {args.batch}, "
-                  f"{args.senders} senders):")
-            print(f"  events/s accepted       {args.events / intake:,.0f}")
-            print(f"  runs/s completed        {args.events / elapsed:,.0f}")
-            print(f"  durable steps/s         {args.events * STEPS_PER_RUN / elapsed:,.0f}")
-            print(f"  event -> run start      {_ms(starts)}")
-            print(f"  event -> run completed  {_ms(ends)}")
-            print(f"  gateway peak RSS        {rss / 1024:.0f} MiB", flush=True)
+            rss = max(c.gateway.peak_rss_kib() for c in group if c.gateway) / 1024
+            return Figures(light_start, light_end, events / intake,
+                           events * STEPS_PER_RUN / elapsed, load_start, load_end, rss)
         finally:
-            cluster.stop()
+            for cluster in group:
+                cluster.stop()
+            db.drop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench throughput", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    p.add_argument("--gateways", type=int, default=1, help="gateways (PostgreSQL for > 1)")
+    p.add_argument("--events", type=int, default=20000, help="events in the throughput phase")
+    p.add_argument("--batch", type=int, default=500, help="events per POST")
+    p.add_argument("--senders", type=int, default=2, help="threads posting events")
+    p.add_argument("--workers", type=int, default=1, help="worker processes per gateway")
+    p.add_argument("--concurrency", type=int, default=1000, help="--concurrency per worker")
+    p.add_argument("--light", type=int, default=300, help="events in the light-load phase")
+    p.add_argument("--gap", type=float, default=0.01, help="seconds between light-load events")
+    args = p.parse_args(argv)
+    if args.gateways > 1 and args.db == "sqlite":
+        p.error("several gateways need a shared database: add --db postgres")
+    f = measure(db_kind=args.db, gateways=args.gateways, workers=args.workers,
+                concurrency=args.concurrency, events=args.events, batch=args.batch,
+                senders=args.senders, light=args.light, gap=args.gap)
+    print(f"light load ({args.light} events, one every {args.gap * 1000:.0f} ms):")
+    print(f"  event -> run start      {ms(f.light_start)}")
+    print(f"  event -> run completed  {ms(f.light_end)}")
+    print(f"throughput ({args.events} events in batches of {args.batch}, "
+          f"{args.senders} senders):")
+    print(f"  events/s accepted       {f.events_per_s:,.0f}")
+    print(f"  durable steps/s         {f.steps_per_s:,.0f}")
+    print(f"  event -> run start      {ms(f.load_start)}")
+    print(f"  event -> run completed  {ms(f.load_end)}")
+    print(f"  gateway peak RSS        {f.peak_rss_mib:.0f} MiB", flush=True)
     return 0
 
 
