@@ -27,7 +27,7 @@ stores and forwards them without decoding, and the HTTP API returns them as JSON
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -336,10 +336,7 @@ Checkpoint = (
 )
 
 #: The checkpoint classes, for ``isinstance`` checks at runtime.
-CHECKPOINT_TYPES: tuple[type[_Checkpoint], ...] = (
-    StepCompleted, StepFailed, SleepRequested, WaitRequested, InvokeRequested, EventsSent,
-    RunSuspended, RunCompleted, RunFailed, LeaseReleased,
-)
+CHECKPOINT_TYPES: tuple[type[_Checkpoint], ...] = get_args(Checkpoint)
 
 GatewayMessage = (
     Challenge
@@ -373,42 +370,10 @@ WorkerMessage = (
     | Error
 )
 
-Message = Annotated[
-    Challenge
-    | Ready
-    | HeartbeatAck
-    | LeaseGranted
-    | CheckpointAck
-    | CheckpointRefused
-    | LeaseRevoked
-    | GoAway
-    | Error
-    | Hello
-    | Answer
-    | Heartbeat
-    | LeaseAccepted
-    | LeaseRejected
-    | Drain
-    | StepCompleted
-    | StepFailed
-    | SleepRequested
-    | WaitRequested
-    | InvokeRequested
-    | EventsSent
-    | RunSuspended
-    | RunCompleted
-    | RunFailed
-    | LeaseReleased,
-    Field(discriminator="type"),
-]
+#: Any message, either way; decoding picks the class by its ``type`` tag.
+Message = Annotated[GatewayMessage | WorkerMessage, Field(discriminator="type")]
 
 #: Every ``type`` tag, for error messages that list what is known.
 MESSAGE_TYPES: frozenset[str] = frozenset(
-    cls.model_fields["type"].default
-    for cls in (
-        Challenge, Ready, HeartbeatAck, LeaseGranted, CheckpointAck, CheckpointRefused,
-        LeaseRevoked, GoAway, Error, Hello, Answer, Heartbeat, LeaseAccepted, LeaseRejected,
-        Drain, StepCompleted, StepFailed, SleepRequested, WaitRequested, InvokeRequested,
-        EventsSent, RunSuspended, RunCompleted, RunFailed, LeaseReleased,
-    )
+    cls.model_fields["type"].default for cls in get_args(GatewayMessage | WorkerMessage)
 )
