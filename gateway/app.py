@@ -123,6 +123,8 @@ class Gateway:
         # Workers leaving now lose no lease-loss credit: their runs go to other gateways' workers.
         self.workers.leaving = True
         await self.workers.go_away("gateway shutting down; reconnect to another gateway")
+        # Their leases are released as they leave; give them a moment to, then drop the rest.
+        await self.workers.gone(timeout=5)
         if self._http is not None and self._http_loop is not None:
             self._http.should_exit = True
             await self._http_loop

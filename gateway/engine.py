@@ -20,6 +20,7 @@ import random
 from typing import Any
 
 import structlog
+from pydantic import TypeAdapter
 
 from gateway.clock import Clock
 from gateway.metrics import Metrics
@@ -43,6 +44,8 @@ from protocol.errors import TetherError
 from protocol.manifest import AppManifest, FunctionConfig, check_expressions
 
 log = structlog.get_logger("tether.engine")
+
+_CONFIG: TypeAdapter[FunctionConfig] = TypeAdapter(FunctionConfig)
 
 #: Checkpoints after which the worker no longer holds the run.
 _LEASE_ENDS = (m.RunCompleted, m.RunFailed, m.RunSuspended, m.LeaseReleased)
@@ -114,6 +117,9 @@ class Engine:
         """
         for fn in app.functions:
             check_expressions(f"{app.id}/{fn.id}", fn)
+        known = self._registered(app)
+        if known is not None:
+            return known  # every worker of a deployment says the same: write it once
         records = await self.store.register_app(app, now=self.clock.now())
         active = {r.id for r in records}
         for stale in [f for f in self.functions.values() if f.app_id == app.id]:
@@ -123,6 +129,18 @@ class Engine:
         for record in records:
             self._index(record)
         return records
+
+    def _registered(self, app: AppManifest) -> list[FunctionRecord] | None:
+        """The app's records if it is registered exactly so already, else None."""
+        mine = {f.id: f for f in self.functions.values() if f.app_id == app.id and f.active}
+        records = []
+        for fn in app.functions:
+            record = mine.pop(f"{app.id}/{fn.id}", None)
+            if (record is None or record.app_version != app.version
+                    or record.config != _CONFIG.dump_python(fn, mode="json")):
+                return None
+            records.append(record)
+        return None if mine else records
 
     # --- inputs --------------------------------------------------------------------------
 

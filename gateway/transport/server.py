@@ -45,6 +45,8 @@ class WorkerServer:
         self.liveness = Liveness(settings.heartbeat_interval)
         self._server: Server | None = None
         self._connections: set[WorkerConnection] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
         #: Set while the gateway stops: workers that disconnect now are not presumed lost.
         self.leaving = False
 
@@ -76,10 +78,13 @@ class WorkerServer:
             settings=self.settings, leaving=lambda: self.leaving,
         )
         self._connections.add(conn)
+        self._empty.clear()
         try:
             await conn.serve()
         finally:
             self._connections.discard(conn)
+            if not self._connections:
+                self._empty.set()
 
     async def reap(self) -> None:
         """Drop workers that missed their heartbeats; their leases go to others at once."""
@@ -99,6 +104,13 @@ class WorkerServer:
                     conn.outbox.send(GoAway(reason=reason))
         for conn in list(self._connections):
             await conn.outbox.flush()
+
+    async def gone(self, timeout: float) -> None:
+        """Until every worker has disconnected, or ``timeout`` seconds; then close the rest."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._empty.wait(), timeout)
+        for conn in list(self._connections):
+            conn.close(1001, "gateway shutting down")
 
     async def close(self) -> None:
         if self._server is not None:
