@@ -11,13 +11,15 @@ timings. Every wait is a bounded poll; failures carry every process's log.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import textwrap
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,6 +71,39 @@ async def gated(run_id, step_id, gate, limit=60.0):
 '''
 
 
+#: The load app: ``three`` runs steps a, b, c (sleeping ``data.nap`` seconds before c, when
+#: given); ``hold`` runs the same steps with b waiting for the gate ``hold``. Each returns
+#: its steps' results, so a run's output names the executions that were acknowledged.
+LOAD_APP = '''
+from gwledger import gated, note
+from worker import App, TriggerEvent
+
+app = App("load")
+
+
+async def step(run_id, step_id):
+    return note(run_id, step_id)
+
+
+@app.function(id="three", trigger=TriggerEvent("load.run"), retries=2)
+async def three(ctx):
+    done = [await ctx.step.run("a", step, ctx.run_id, "a"),
+            await ctx.step.run("b", step, ctx.run_id, "b")]
+    if ctx.event.data.get("nap"):
+        await ctx.step.sleep("nap", ctx.event.data["nap"])
+    done.append(await ctx.step.run("c", step, ctx.run_id, "c"))
+    return done
+
+
+@app.function(id="hold", trigger=TriggerEvent("load.hold"), retries=2)
+async def hold(ctx):
+    return [await ctx.step.run("a", step, ctx.run_id, "a"),
+            await ctx.step.run("b", gated, ctx.run_id, "b", "hold"),
+            await ctx.step.run("c", step, ctx.run_id, "c")]
+'''
+LOAD_STEPS = ("a", "b", "c")
+
+
 @dataclass(frozen=True)
 class Execution:
     """One ledger line: step ``step`` of run ``run_id`` started in process ``pid``."""
@@ -83,6 +118,17 @@ class Execution:
     def result(self) -> str:
         """What the step returned (and what the run's memo holds if it was acknowledged)."""
         return f"{self.pid}:{self.nonce}"
+
+
+@dataclass
+class Reruns:
+    """Steps of completed runs executed more than once, judged by what was acknowledged."""
+
+    missing: list[tuple[str, str]] = field(default_factory=list)
+    #: Ran again after an acknowledged execution: a broken guarantee.
+    acknowledged: list[tuple[str, str, list[Execution], str]] = field(default_factory=list)
+    #: Ran again after executions that were never acknowledged: allowed by the contract.
+    unacknowledged: list[tuple[str, str, list[Execution], str]] = field(default_factory=list)
 
 
 def run_sync(coro: Any) -> Any:
@@ -208,6 +254,36 @@ class Fleet:
             grouped[(e.run_id, e.step)].append(e)
         return grouped
 
+    def reruns(self, runs: Sequence[tuple[str, bytes]], steps: Sequence[str] = LOAD_STEPS
+               ) -> Reruns:
+        """Compare the ledger with ``(run id, output)`` of completed runs of the load app.
+
+        A run's output holds, per step, the result of the first execution whose checkpoint
+        was committed (acknowledged): an execution after it re-ran an acknowledged step;
+        executions before it were never acknowledged (refused, or lost with a gateway).
+        """
+        executions = self.executions()
+        out = Reruns()
+        for run_id, output in runs:
+            for step_id, result in zip(steps, json.loads(output), strict=True):
+                ran = executions.get((run_id, step_id), [])
+                if not ran:
+                    out.missing.append((run_id, step_id))
+                elif ran[-1].result != result:
+                    out.acknowledged.append((run_id, step_id, ran, result))
+                elif len(ran) > 1:
+                    out.unacknowledged.append((run_id, step_id, ran, result))
+        return out
+
+    def check_no_acknowledged_rerun(self, runs: Sequence[tuple[str, bytes]]) -> Reruns:
+        """Fail, with the evidence, if a step never ran or ran again after its ack."""
+        reruns = self.reruns(runs)
+        self.check(not reruns.missing, f"steps never executed: {reruns.missing[:20]}")
+        self.check(not reruns.acknowledged, "acknowledged steps ran again:\n" + "\n".join(
+            f"{run_id} {step_id}: executions {ran}, acknowledged {result}, refusals "
+            f"{self.refusals(run_id)}" for run_id, step_id, ran, result in reruns.acknowledged))
+        return reruns
+
     def open_gate(self, gate: str) -> None:
         (self.app_dir / "gates" / gate).touch()
 
@@ -237,6 +313,48 @@ class Fleet:
         """``assert condition``, with every log attached to the failure."""
         if not condition:
             raise AssertionError(f"{message}\n{self.logs()}")
+
+
+class Sender(threading.Thread):
+    """Sends events in batches, round-robin over the fleet's gateways, paced.
+
+    A batch that a gateway does not answer (it was killed or stopped) goes to the next
+    gateway with the same event ids: if the first had committed it, the ids are deduplicated.
+    """
+
+    def __init__(self, fleet: Fleet, events: list[dict[str, Any]], *, batch: int,
+                 pace: float) -> None:
+        super().__init__(daemon=True)
+        self.fleet = fleet
+        self.events = events
+        self.batch = batch
+        self.pace = pace
+        self.sent = 0
+        self.failures: list[str] = []
+        self.error: str | None = None
+
+    def run(self) -> None:
+        clusters = self.fleet.clusters
+        for k, start in enumerate(range(0, len(self.events), self.batch)):
+            batch = self.events[start:start + self.batch]
+            for attempt in range(len(clusters)):
+                cluster = clusters[(k + attempt) % len(clusters)]
+                try:
+                    cluster.send(batch)
+                    break
+                except (OSError, RuntimeError) as exc:
+                    self.failures.append(f"batch {k} to {cluster.api}: {exc!r}")
+            else:
+                self.error = f"no gateway took batch {k}: {self.failures[-3:]}"
+                return
+            self.sent += len(batch)
+            time.sleep(self.pace)  # pacing the load, not waiting for an outcome
+
+    def finish(self, timeout: float = 30.0) -> None:
+        """Wait for the last batch; fail if one could not be sent at all."""
+        self.join(timeout=bound(timeout))
+        self.fleet.check(not self.is_alive() and self.error is None,
+                         f"sending failed: {self.error}; {self.failures}")
 
 
 def fleet_fixture(root: Path, gateways: int) -> Iterator[Fleet]:

@@ -10,49 +10,18 @@ may run twice, and the sleepers wake once, on the surviving gateways.
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bench.cluster import Process
-from tests.e2e.gateways_support import Fleet, fleet_fixture
+from tests.e2e.gateways_support import LOAD_APP, Fleet, Sender, fleet_fixture
 from tests.e2e.harness import log_events
 from tests.helpers.waiting import bound
 
 pytestmark = pytest.mark.e2e
-
-LOAD = '''
-from gwledger import gated, note
-from worker import App, TriggerEvent
-
-app = App("load")
-
-
-async def step(run_id, step_id):
-    return note(run_id, step_id)
-
-
-@app.function(id="three", trigger=TriggerEvent("load.run"), retries=2)
-async def three(ctx):
-    done = [await ctx.step.run("a", step, ctx.run_id, "a"),
-            await ctx.step.run("b", step, ctx.run_id, "b")]
-    if ctx.event.data.get("nap"):
-        await ctx.step.sleep("nap", ctx.event.data["nap"])
-    done.append(await ctx.step.run("c", step, ctx.run_id, "c"))
-    return done
-
-
-@app.function(id="hold", trigger=TriggerEvent("load.hold"), retries=2)
-async def hold(ctx):
-    return [await ctx.step.run("a", step, ctx.run_id, "a"),
-            await ctx.step.run("b", gated, ctx.run_id, "b", "hold"),
-            await ctx.step.run("c", step, ctx.run_id, "c")]
-'''
 
 RUNS = 2000
 #: Runs whose step b waits for the test: some are surely in flight on the victim's workers.
@@ -62,7 +31,6 @@ BATCH = 50
 PACE = 0.06
 NAP_EVERY = 8  # one run in eight sleeps
 NAP = 2.5  # seconds
-STEPS = ("a", "b", "c")
 #: Gateways sharing a database beat every second and are presumed dead after 5 s of silence
 #: (gateway.config.Settings.peer_beat / peer_ttl): a dead gateway's leases go back then.
 PEER_TAKEOVER = 5.0 + 1.0
@@ -74,39 +42,6 @@ VICTIM = 0
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
     yield from fleet_fixture(tmp_path / "fleet", gateways=3)
-
-
-class Sender(threading.Thread):
-    """Sends the events in batches, round-robin over the gateways, paced.
-
-    A batch that a gateway does not answer (it was killed) goes to the next gateway with the
-    same event ids: if the dead one had committed it, the ids are deduplicated.
-    """
-
-    def __init__(self, fleet: Fleet, events: list[dict[str, Any]]) -> None:
-        super().__init__(daemon=True)
-        self.fleet = fleet
-        self.events = events
-        self.sent = 0
-        self.failures: list[str] = []
-        self.error: str | None = None
-
-    def run(self) -> None:
-        clusters = self.fleet.clusters
-        for k, start in enumerate(range(0, len(self.events), BATCH)):
-            batch = self.events[start:start + BATCH]
-            for attempt in range(len(clusters)):
-                cluster = clusters[(k + attempt) % len(clusters)]
-                try:
-                    cluster.send(batch)
-                    break
-                except (OSError, RuntimeError) as exc:
-                    self.failures.append(f"batch {k} to {cluster.api}: {exc!r}")
-            else:
-                self.error = f"no gateway took batch {k}: {self.failures[-3:]}"
-                return
-            self.sent += len(batch)
-            time.sleep(PACE)
 
 
 def _progress(fleet: Fleet, late: float) -> tuple[int, int]:
@@ -126,7 +61,7 @@ def _lost(worker: Process) -> set[str]:
 
 def test_three_gateways_one_killed_mid_load_every_run_completes_once(fleet: Fleet) -> None:
     fleet.start_gateways()
-    spec = fleet.write_app("loadapp", LOAD)
+    spec = fleet.write_app("loadapp", LOAD_APP)
     workers = [fleet.start_worker(spec, list(order), "--concurrency", "50", name=f"worker{i}")
                for i, order in enumerate(ORDERS)]
     for index in range(len(fleet.clusters)):
@@ -149,7 +84,7 @@ def test_three_gateways_one_killed_mid_load_every_run_completes_once(fleet: Flee
     events = [{"name": "load.run", "id": f"load-{n}",
                "data": {"n": n, **({"nap": NAP} if n % NAP_EVERY == 0 else {})}}
               for n in range(RUNS)]
-    sender = Sender(fleet, events)
+    sender = Sender(fleet, events, batch=BATCH, pace=PACE)
     sender.start()
 
     # Mid-load: events still coming, runs done, runs asleep well past the kill, and runs
@@ -168,9 +103,7 @@ def test_three_gateways_one_killed_mid_load_every_run_completes_once(fleet: Flee
     victim.kill()
     fleet.open_gate("hold")
 
-    sender.join(timeout=bound(30))
-    fleet.check(not sender.is_alive() and sender.error is None,
-                f"sending failed: {sender.error}; {sender.failures}")
+    sender.finish()
 
     def finished() -> bool:
         counts = dict(fleet.sql("SELECT status, count(*) FROM runs GROUP BY status"))
@@ -184,24 +117,8 @@ def test_three_gateways_one_killed_mid_load_every_run_completes_once(fleet: Flee
                 f"{len(runs)} runs, not completed: {not_completed[:20]}")
 
     # --- no acknowledged step ran twice --------------------------------------------------
+    reruns = fleet.check_no_acknowledged_rerun([(r[0], r[2]) for r in runs])
     executions = fleet.executions()
-    missing, bugs, allowed = [], [], []
-    for run_id, _, output, _ in runs:
-        for step_id, result in zip(STEPS, json.loads(output), strict=True):
-            ran = executions.get((run_id, step_id), [])
-            if not ran:
-                missing.append((run_id, step_id))
-            elif len(ran) > 1:
-                # The memo holds the result of the first execution whose checkpoint was
-                # committed (acknowledged): an execution after it re-ran an acknowledged step.
-                # Earlier ones were never acknowledged (refused, or lost with their gateway),
-                # which the contract allows.
-                (allowed if ran[-1].result == result else bugs).append(
-                    (run_id, step_id, ran, result))
-    fleet.check(not missing, f"steps never executed: {missing[:20]}")
-    fleet.check(not bugs, "acknowledged steps ran again:\n" + "\n".join(
-        f"{run_id} {step_id}: executions {ran}, acknowledged {result}, refusals "
-        f"{fleet.refusals(run_id)}" for run_id, step_id, ran, result in bugs))
 
     # --- sleepers wake once, on the surviving gateways -----------------------------------
     fleet.check(asleep, "no run was asleep at the kill")
@@ -227,8 +144,8 @@ def test_three_gateways_one_killed_mid_load_every_run_completes_once(fleet: Flee
     print(f"\nkilled gateway {victim_id} with {len(lost)} runs in flight on its workers, "
           f"{len(asleep)} asleep; {presumed[0]['leases_requeued']} leases requeued; its runs "
           f"done {takeover:.1f}s after the kill, the last run {last:.1f}s after; "
-          f"{len(allowed)} unacknowledged step(s) ran again; {len(sender.failures)} batch "
-          "send(s) failed over")
+          f"{len(reruns.unacknowledged)} unacknowledged step(s) ran again; "
+          f"{len(sender.failures)} batch send(s) failed over")
     fleet.check(takeover <= bound(PEER_TAKEOVER + 4.0),
                 f"the victim's runs completed {takeover:.1f}s after the kill")
     fleet.check(last <= bound(PEER_TAKEOVER + 6.0),
