@@ -134,6 +134,7 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.leave(self.gateway_id)
         await self.store.close()
         log.info("gateway_stopped")
 

@@ -140,6 +140,9 @@ class PostgresStore(SqlStore):
 
         return await self._transaction(beat)
 
+    async def leave(self, gateway_id: str) -> None:
+        await self._transaction(lambda db: db.execute("delete_gateway", gateway_id))
+
     async def subscribe(self, gateway_id: str, callback: Callable[[PeerNote], None]) -> None:
         self.gateway_id = gateway_id
         self._callback = callback

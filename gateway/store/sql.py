@@ -66,6 +66,9 @@ class SqlStore:
     async def subscribe(self, gateway_id: str, callback: Callable[[PeerNote], None]) -> None:
         self.gateway_id = gateway_id
 
+    async def leave(self, gateway_id: str) -> None:
+        return None
+
     def forget_configs(self) -> None:
         """Functions were registered elsewhere: read their configs again when needed."""
         self._configs.clear()

@@ -624,6 +624,11 @@ class Transaction:
         candidates.sort()
         by_id = {c[1]: c for c in candidates}
         assigned = dispatch.assign(workers, [(c[1], c[2]) for c in candidates])
+        if len(assigned) < len(candidates):
+            # Ready runs read (and locked) but not leased: another gateway that skipped them
+            # may believe their function has nothing ready. Say it has.
+            taken = {run_id for run_id, _ in assigned}
+            self.touched.update(c[2] for c in candidates if c[1] not in taken)
         await db.executemany("lease_run", [(session_id, now, run_id)
                                            for run_id, session_id in assigned])
         for run_id, session_id in assigned:
