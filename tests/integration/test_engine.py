@@ -192,7 +192,7 @@ async def test_a_worker_is_never_leased_more_than_its_capacity(harness):
 
 async def test_a_step_retry_is_not_leased_before_its_backoff(harness):
     worker = harness.connect("w1", capacity=5)
-    (ev,) = await harness.post()
+    await harness.post()
     (lease,) = worker.leases
     run_id = lease.run_id
     harness.checkpoint(worker, m.StepFailed, run_id=run_id, fence=lease.fence, step_id="a",
