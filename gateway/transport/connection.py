@@ -27,6 +27,7 @@ from protocol.errors import (
     TetherError,
 )
 from protocol.ids import new_id
+from protocol.manifest import check_expressions
 from protocol.messages import PROTOCOL_VERSION
 from protocol.session import Role, Session
 
@@ -173,6 +174,10 @@ class WorkerConnection:
                     return hello
 
     async def _register(self, hello: m.Hello) -> None:
+        # Check every app before storing any: a refused hello must register nothing.
+        for app in hello.apps:
+            for fn in app.functions:
+                check_expressions(f"{app.id}/{fn.id}", fn)
         for app in hello.apps:
             await self.engine.register_app(app)
         session_id = new_id(self.clock.now())
