@@ -418,3 +418,56 @@ async def test_a_run_that_loses_its_worker_ten_times_fails(gw, http):
     assert lease.run_id == (await run_of(http, next_event))["id"]
     assert (await http.get(f"/v1/runs/{run_id}")).json()["status"] == "Failed"
 
+
+
+# --- values no store can hold ----------------------------------------------------------------
+
+
+def _checkpoint(kind: str, run_id: str, fence: int, fields: dict) -> dict:
+    base = {"type": kind, "seq": 1, "run_id": run_id, "fence": fence}
+    step = {"step_id": "a", "attempt": 0, "started_at": 1.0, "ended_at": 2.0}
+    error = {"name": "E", "message": "m", "stack": None}
+    extra = {
+        "step_completed": {**step, "output": b"1"},
+        "step_failed": {**step, "error": error, "final": False, "retry_after": None},
+        "run_failed": {"attempt": 0, "error": error, "final": False, "retry_after": None},
+        "lease_rejected": {"reason": "full"},
+    }[kind]
+    if kind == "lease_rejected":
+        del base["seq"]
+    return {**base, **extra, **fields}
+
+
+UNSTORABLE = {
+    "a NaN retry_after": ("run_failed", {"retry_after": float("nan")}),
+    "a NaN step retry_after": ("step_failed", {"retry_after": float("nan")}),
+    "an infinite step time": ("step_completed", {"started_at": float("inf")}),
+    "a NaN step time": ("step_completed", {"ended_at": float("nan")}),
+    "an attempt over 64 bits": ("step_completed", {"attempt": 2**64 - 1}),
+    "a fence over 64 bits": ("lease_rejected", {"fence": 2**63}),
+}
+
+
+@pytest.mark.parametrize("what", sorted(UNSTORABLE))
+async def test_a_checkpoint_no_store_can_hold_is_a_bad_frame(gateway_factory, what):
+    # The system clock: when a batch fails, the engine pauses on its clock before going on.
+    gw = await gateway_factory()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as http:
+        await _unstorable(gw, http, *UNSTORABLE[what])
+
+
+async def _unstorable(gw, http, kind: str, fields: dict) -> None:
+    worker = await RawWorker.ready_on(gw.connect_port)
+    await post_event(http)
+    lease = await worker.expect(m.LeaseGranted)
+    await worker.send_raw(msgpack.packb([_checkpoint(kind, lease.run_id, lease.fence, fields)]))
+
+    error = await worker.expect(m.Error)
+    code, _ = await worker.wait_closed()
+    assert error.code == "bad_frame"
+    assert code == 1002
+    r = await http.get(f"/v1/runs/{lease.run_id}")
+    assert r.status_code == 200
+    assert r.json()["steps"] == []
+    assert "tether_batches_failed_total 0\n" in (await http.get("/metrics")).text
+    await serves_a_good_worker(gw)
