@@ -64,8 +64,8 @@ def parse_events(
         PayloadTooLarge: an event or the batch is over its limit.
     """
     try:
-        raw = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        raw = json.loads(body, parse_constant=_not_json)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidInput(f"body is not valid JSON: {exc}") from exc
     items = raw if isinstance(raw, list) else [raw]
     if len(items) > limits.max_events:
@@ -111,13 +111,21 @@ def _event(
     if user is not None and not isinstance(user, dict):
         raise InvalidInput(f"{where}: 'user' must be a JSON object, got {_kind(user)}")
     event = {"name": name, "data": data, "id": event_id, "ts": ts, "user": user}
-    payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+    except (UnicodeEncodeError, RecursionError) as exc:
+        raise InvalidInput(f"{where}: cannot be stored as JSON text: {exc}") from exc
     if len(payload) > limits.max_event:
         raise PayloadTooLarge(
             f"{where}: " + _too_large("event", len(payload), limits.max_event,
                                       "split the event or store large data elsewhere")
         )
     return NewEvent(event_id, name, payload), event
+
+
+def _not_json(constant: str) -> Any:
+    """``NaN`` and ``Infinity`` are accepted by Python's parser, but they are not JSON."""
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def _kind(value: Any) -> str:
