@@ -99,7 +99,10 @@ class Gateway:
         self.connect_port = await self.workers.start(self.settings.host,
                                                      self.settings.connect_port)
         self._tasks.append(asyncio.create_task(self.workers.reap(), name="tether-reaper"))
-        sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
+        # and without it every response waits out the peer's delayed ACK (~40 ms).
+        sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET,
+                             socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.host, self.settings.port))
         self.http_port = sock.getsockname()[1]
