@@ -144,13 +144,13 @@ class Engine:
         if isinstance(message, (m.StepFailed, m.RunFailed)):
             at = retry_at(message, now=self.clock.now(), base=self.retry_base, rng=self.rng)
         if isinstance(message, _LEASE_ENDS):
-            worker.in_flight.discard(message.run_id)
+            worker.drop(message.run_id, message.fence)
         self._batch.checkpoints.append(CheckpointWrite(worker.session_id, message, at))
         self._wake.set()
 
     def lease_rejected(self, worker: WorkerEntry, run_id: str, fence: int, reason: str) -> None:
         """The worker would not take a lease: give the run to someone else at once."""
-        worker.in_flight.discard(run_id)
+        worker.drop(run_id, fence)
         self._batch.returns.append(LeaseReturn(run_id, fence, reason))
         self._wake.set()
 
@@ -257,7 +257,7 @@ class Engine:
                             session_id=write.session_id, kind=msg.type, reason=reason)
                 worker = self.registry.get(write.session_id)
                 if worker is not None:
-                    worker.in_flight.discard(msg.run_id)
+                    worker.drop(msg.run_id, msg.fence)
                     worker.send(m.CheckpointRefused(seq=msg.seq, run_id=msg.run_id,
                                                     reason=reason))
         for session_id, upto in acks.items():
@@ -275,7 +275,7 @@ class Engine:
                     LeaseReturn(lease.run_id, lease.fence, "worker left before the lease")
                 )
                 continue
-            worker.in_flight.add(lease.run_id)
+            worker.in_flight[lease.run_id] = lease.fence
             worker.send(
                 m.LeaseGranted(
                     run_id=lease.run_id, fence=lease.fence, function_id=lease.function_id,
