@@ -305,3 +305,34 @@ async def test_ingest_returns_the_duplicates(harness):
     stored = [r.id for e in ("ev-1", "ev-2", "ev-3") for r in await harness.store.runs_for_event(e)]
     assert len(stored) == 3
     assert sorted(lease.run_id for lease in worker.leases) == sorted(stored)
+
+
+@pytest.mark.parametrize("stale", ["run_completed", "step_refused", "lease_rejected"])
+async def test_a_stale_message_does_not_free_the_slot_of_the_current_lease(harness, stale):
+    w1 = harness.connect("w1", capacity=1)
+    await harness.post()
+    (old,) = w1.leases
+    harness.disconnect(w1)
+    back = harness.connect("w1-again", capacity=1)  # the same worker, on a new socket
+    await until(lambda: back.leases, "the run leased again")
+    (current,) = back.leases
+    assert (current.run_id, current.fence) == (old.run_id, old.fence + 1)
+
+    # The old execution's last words arrive on the new socket: all about the old fence.
+    harness.seq = 0
+    if stale == "run_completed":
+        harness.checkpoint(back, m.RunCompleted, run_id=old.run_id, fence=old.fence,
+                           output=b"1")
+    elif stale == "step_refused":
+        harness.checkpoint(back, m.StepCompleted, **step_completed(old.run_id, old.fence, "a"))
+    else:
+        harness.engine.lease_rejected(back.entry, old.run_id, old.fence, "late")
+    await harness.settle()
+    assert len(back.of(m.CheckpointRefused)) == (0 if stale == "lease_rejected" else 1)
+
+    # The worker still holds the current lease: it has no room for another run.
+    await harness.post()
+    await harness.settle()
+    assert len(back.leases) == 1
+    run = await harness.store.get_run(current.run_id)
+    assert (run.status, run.fence) == ("Running", current.fence)
