@@ -224,12 +224,20 @@ class WorkerConnection:
                     worker.draining = True
                     self.log.info("worker_draining", in_flight=len(worker.in_flight))
                 elif isinstance(msg, m.Error):
+                    # The worker's last word (the session is closed now): drop it at once,
+                    # before the engine sends it anything more.
                     self.log.warning("worker_error", code=msg.code, message=msg.message)
+                    self._disconnected(f"worker error: {msg.code}")
+                    return
         self._disconnected(f"socket closed ({self.ws.close_code})")
 
     async def _refuse(self, exc: TetherError, code: int) -> None:
         """Tell the peer what it did wrong, close its socket, keep serving everyone else."""
         self.log.warning("worker_refused", code=exc.code, error=exc.message)
+        # Out of the registry before the Error closes the session: a commit that lands while
+        # the socket closes must not send this worker acks or leases (the session would refuse
+        # them, and the engine with it).
+        self._disconnected(f"refused: {exc.code}")
         try:
             self.outbox.send(m.Error(code=exc.code, message=exc.message))
         except TetherError:
