@@ -7,6 +7,7 @@ from serving the next worker), heartbeats, and fencing end to end.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import httpx
@@ -18,7 +19,7 @@ from gateway.clock import FakeClock
 from protocol import messages as m
 from protocol.auth import answer
 from protocol.manifest import AppManifest, FunctionConfig, TriggerEvent
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import bound, eventually
 from tests.integration.raw_worker import (
     EVENT,
     FUNCTION,
@@ -471,3 +472,52 @@ async def _unstorable(gw, http, kind: str, fields: dict) -> None:
     assert r.json()["steps"] == []
     assert "tether_batches_failed_total 0\n" in (await http.get("/metrics")).text
     await serves_a_good_worker(gw)
+
+
+# --- a socket on its way out never stops the engine ------------------------------------------
+
+
+async def gateway_still_commits(http) -> None:
+    """An event is still accepted: the engine, which every socket shares, is alive."""
+    r = await asyncio.wait_for(http.post("/e/dev", json={"name": "still.alive"}), bound(5))
+    assert r.status_code == 200
+
+
+async def test_a_refused_worker_s_acks_do_not_stop_the_gateway(gw, http):
+    worker = await RawWorker.ready_on(gw.connect_port)
+    await post_event(http)
+    lease = await worker.expect(m.LeaseGranted)
+    # The worker stops reading, so the gateway's closing handshake waits on it, while the
+    # checkpoint sent just before the bad frame commits and is acknowledged.
+    worker.ws.transport.pause_reading()
+    await worker.send(worker.step_completed(lease.run_id, lease.fence))
+    await worker.send_raw(b"\xc1")
+
+    await gateway_still_commits(http)
+    run = await run_of_id(http, lease.run_id, lambda run: run["steps"])
+    assert [s["id"] for s in run["steps"]] == ["a"]
+    worker.ws.transport.resume_reading()
+    await worker.wait_closed()
+    await serves_a_good_worker(gw)
+
+
+async def test_a_worker_that_sends_an_error_is_done(gw, http):
+    worker = await RawWorker.ready_on(gw.connect_port)
+    await worker.send(m.Error(code="internal_error", message="worker is broken"))
+    code, _ = await worker.wait_closed()
+    assert code is not None
+
+    # Its session is over: the next run goes to a worker that can take it.
+    event_id = await post_event(http)
+    await gateway_still_commits(http)
+    other = await RawWorker.ready_on(gw.connect_port, instance_id="healthy")
+    lease = await other.expect(m.LeaseGranted)
+    assert lease.run_id == (await run_of(http, event_id))["id"]
+
+
+async def run_of_id(http, run_id: str, ready) -> dict:
+    async def check():
+        run = (await http.get(f"/v1/runs/{run_id}")).json()
+        return run if ready(run) else None
+
+    return await eventually(check, timeout=5, what=f"run {run_id}")
