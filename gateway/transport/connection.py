@@ -157,7 +157,10 @@ class WorkerConnection:
                         gateway_id=self.settings.gateway_id)
         )
         hello: m.Hello | None = None
-        while True:
+        answered = False
+        while not answered:
+            # Every message of the frame goes through the session, also those after the
+            # Answer: nothing may follow it before Ready.
             for msg in decode(await self.ws.recv(), max_size=self.settings.max_frame_in):
                 self.session.receive(msg)
                 if isinstance(msg, m.Hello):
@@ -171,7 +174,9 @@ class WorkerConnection:
                 elif isinstance(msg, m.Answer):
                     assert hello is not None  # the session allows Answer only after Hello
                     self.auth.check_worker(nonce, hello.instance_id, msg.mac)
-                    return hello
+                    answered = True
+        assert hello is not None
+        return hello
 
     async def _register(self, hello: m.Hello) -> None:
         # Check every app before storing any: a refused hello must register nothing.
