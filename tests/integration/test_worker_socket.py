@@ -155,6 +155,26 @@ async def test_a_protocol_version_mismatch_is_refused(gw, http):
     await serves_a_good_worker(gw)
 
 
+async def test_hello_and_answer_may_travel_apart(gateway_factory):
+    gw = await gateway_factory(dev=False, signing_keys=[KEY])
+    worker = await RawWorker.open(gw.connect_port)
+    await worker.send(hello("apart"))
+    await worker.send(m.Answer(mac=answer(KEY, worker.challenge.nonce, "apart")))
+    assert (await worker.expect(m.Ready)).session_id
+
+
+async def test_nothing_may_follow_the_answer_before_ready(gw, http):
+    worker = await RawWorker.open(gw.connect_port)
+    await worker.send(hello(), m.Answer(mac=b""), m.Heartbeat())
+    error = await worker.expect(m.Error)
+    code, _ = await worker.wait_closed()
+    assert error.code == "bad_frame"
+    assert "heartbeat" in error.message
+    assert code == 1002
+    assert worker.of(m.Ready) == []
+    assert (await http.get("/v1/workers")).json()["data"] == []
+
+
 # --- misbehaving peers -----------------------------------------------------------------------
 
 _STEP = {"type": "step_completed", "seq": 1, "run_id": "r", "fence": 1, "step_id": "a",
