@@ -48,8 +48,8 @@ class RawWorker:
         self.ws = ws
         self.received: list[m.Message] = []  # everything, in order
         self._unread: list[m.Message] = []
-        self.challenge: m.Challenge | None = None
-        self.ready: m.Ready | None = None
+        self._challenge: m.Challenge | None = None
+        self._ready: m.Ready | None = None
         self.seq = 0
 
     @classmethod
@@ -57,7 +57,7 @@ class RawWorker:
         ws = await connect(f"ws://127.0.0.1:{port}/connect", ping_interval=None,
                            compression=None, max_size=None, close_timeout=1)
         worker = cls(ws)
-        worker.challenge = await worker.expect(m.Challenge)
+        worker._challenge = await worker.expect(m.Challenge)
         return worker
 
     @classmethod
@@ -68,12 +68,21 @@ class RawWorker:
         return worker
 
     async def handshake(self, *, key: str | None = None, **hello_args: Any) -> m.Ready:
-        assert self.challenge is not None
         greeting = hello(**hello_args)
         mac = answer(key or "", self.challenge.nonce, greeting.instance_id)
         await self.send(greeting, m.Answer(mac=mac))
-        self.ready = await self.expect(m.Ready)
-        return self.ready
+        self._ready = await self.expect(m.Ready)
+        return self._ready
+
+    @property
+    def challenge(self) -> m.Challenge:
+        assert self._challenge is not None, "no challenge received"
+        return self._challenge
+
+    @property
+    def ready(self) -> m.Ready:
+        assert self._ready is not None, "no handshake done"
+        return self._ready
 
     async def send(self, *messages: m.Message) -> None:
         await self.ws.send(encode(list(messages)))

@@ -10,18 +10,22 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import pytest
 
 from gateway.clock import FakeClock
 from gateway.engine import Engine
 from gateway.registry import Registry, WorkerEntry
-from gateway.store.base import NewEvent, WriteBatch, WriteResult
+from gateway.store.base import NewEvent, Store, WriteBatch, WriteResult
 from protocol import messages as m
 from protocol.ids import new_id
 from protocol.manifest import AppManifest, FunctionConfig, TriggerEvent
 from tests.helpers.waiting import bound, eventually
+
+T = TypeVar("T")
 
 FN = "app/fn"
 RETRY_BASE = 10.0  # backoff after a first failure: 5..10 s
@@ -30,16 +34,16 @@ RETRY_BASE = 10.0  # backoff after a first failure: 5..10 s
 class CommitLog:
     """Wraps the store to record which leases were committed, and nothing else."""
 
-    def __init__(self, store) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
         self.committed_leases: set[tuple[str, int]] = set()
 
     async def write(self, batch: WriteBatch) -> WriteResult:
-        result = await self._store.write(batch)
+        result: WriteResult = await self._store.write(batch)
         self.committed_leases.update((lease.run_id, lease.fence) for lease in result.leases)
         return result
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
 
@@ -48,7 +52,7 @@ class FakeWorker:
     entry: WorkerEntry
     sent: list[m.Message] = field(default_factory=list)
 
-    def of(self, kind: type) -> list:
+    def of(self, kind: type[T]) -> list[T]:
         return [msg for msg in self.sent if isinstance(msg, kind)]
 
     @property
@@ -109,19 +113,19 @@ class Harness:
             self.engine.worker_ready(worker)
         await asyncio.wait_for(self.engine.ingest([self.event(name="barrier")]), bound(5))
 
-    def checkpoint(self, worker: FakeWorker, cls: type, **fields) -> int:
+    def checkpoint(self, worker: FakeWorker, cls: type[Any], **fields: Any) -> int:
         self.seq += 1
         self.engine.checkpoint(worker.entry, cls(seq=self.seq, **fields))
         return self.seq
 
 
-def step_completed(run_id: str, fence: int, step: str, output: bytes = b'"ok"') -> dict:
+def step_completed(run_id: str, fence: int, step: str, output: bytes = b'"ok"') -> dict[str, Any]:
     return dict(run_id=run_id, fence=fence, step_id=step, attempt=0, output=output,
                 started_at=1.0, ended_at=2.0)
 
 
-async def until(predicate, what: str):
-    async def check():
+async def until(predicate: Callable[[], T], what: str) -> T:
+    async def check() -> T:
         return predicate()
 
     return await eventually(check, timeout=5, what=what)

@@ -9,12 +9,15 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from gateway.app import Gateway
 from protocol import messages as m
 from tests.helpers.waiting import bound, eventually
 from tests.integration.raw_worker import EVENT, FUNCTION, RawWorker
@@ -49,10 +52,11 @@ async def registered(gw):
     await worker.close()
 
 
-async def runs(http, **params) -> list[dict]:
+async def runs(http: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
     r = await http.get("/v1/runs", params={"limit": 100, **params})
     assert r.status_code == 200, r.text
-    return r.json()["data"]
+    data: list[dict[str, Any]] = r.json()["data"]
+    return data
 
 
 def metric(text: str, name: str) -> float:
@@ -60,7 +64,7 @@ def metric(text: str, name: str) -> float:
     return float(value)
 
 
-async def assert_nothing_stored(http) -> None:
+async def assert_nothing_stored(http: httpx.AsyncClient) -> None:
     assert await runs(http) == []
     assert await runs(http, function_id=FUNCTION) == []
     metrics = (await http.get("/metrics")).text
@@ -68,7 +72,7 @@ async def assert_nothing_stored(http) -> None:
     assert metric(metrics, "runs_created_total") == 0
 
 
-def event(**fields) -> dict:
+def event(**fields: Any) -> dict[str, Any]:
     return {"name": EVENT, **fields}
 
 
@@ -146,7 +150,7 @@ async def test_an_oversize_request_is_413(http, registered):
 async def test_an_oversize_chunked_request_is_413(http, registered):
     chunk = (b" " * (64 * KIB - 1)) + b"\n"
 
-    async def body():
+    async def body() -> AsyncIterator[bytes]:
         yield b'[{"name": "raw/go"},'
         for _ in range(4 * MIB // len(chunk)):
             yield chunk
@@ -161,7 +165,7 @@ async def test_an_oversize_chunked_request_is_413(http, registered):
     await assert_nothing_stored(http)
 
 
-async def raw_post(gw, head: str, body: bytes) -> tuple[int, bytes]:
+async def raw_post(gw: Gateway, head: str, body: bytes) -> tuple[int, bytes]:
     """Send a hand-made request on a fresh connection; return the status and the body."""
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.http_port)
     try:
@@ -385,7 +389,7 @@ async def shop(gw):
     app = App("shop")
     flaky_calls: list[int] = []
 
-    async def fetch() -> dict:
+    async def fetch() -> dict[str, int]:
         return {"n": 1}
 
     def flaky() -> str:
@@ -427,7 +431,7 @@ async def shop(gw):
     await asyncio.wait_for(task, bound(10))
 
 
-async def finished_run(http, name: str) -> dict:
+async def finished_run(http: httpx.AsyncClient, name: str) -> dict[str, Any]:
     r = await http.post(f"/e/{EVENT_KEY}", json={"name": name, "data": {"cart": 3}})
     (event_id,) = r.json()["ids"]
 
@@ -437,9 +441,9 @@ async def finished_run(http, name: str) -> dict:
 
     run = await eventually(ended, timeout=10, what=f"the run of {name} to end")
     assert run["event_ids"] == [event_id]
-    single = (await http.get(f"/v1/runs/{run['id']}")).json()
+    single: dict[str, Any] = (await http.get(f"/v1/runs/{run['id']}")).json()
     assert single == run
-    return run
+    return single
 
 
 async def test_a_completed_run_has_the_shape_of_the_spec(http, shop):

@@ -21,6 +21,7 @@ from gateway.store.base import (
     NewRun,
     RunEnded,
     SessionRelease,
+    Store,
     WorkerSlots,
     WriteBatch,
     WriteResult,
@@ -91,21 +92,23 @@ def cp(message: Checkpoint, retry_at: float | None = None, session: str = "s1") 
     return CheckpointWrite(session, message, retry_at)
 
 
-async def create_runs(store, count: int = 1, function_id: str = FN, now: float = T0) -> list[str]:
+async def create_runs(store: Store, count: int = 1, function_id: str = FN,
+                      now: float = T0) -> list[str]:
     events = [event(None, function_id) for _ in range(count)]
     result = await store.write(WriteBatch(now=now, events=events))
     assert result.runs_created == count
     return [e.runs[0].id for e in events]
 
 
-async def claim(store, now: float, *workers: WorkerSlots,
+async def claim(store: Store, now: float, *workers: WorkerSlots,
                 functions: tuple[str, ...] = (FN, OTHER)) -> WriteResult:
-    return await store.write(
+    result: WriteResult = await store.write(
         WriteBatch(now=now, claims=list(workers) or [slots()], claim_functions=set(functions))
     )
+    return result
 
 
-async def lease_one(store, run_id: str, now: float = T0, session: str = "s1") -> Lease:
+async def lease_one(store: Store, run_id: str, now: float = T0, session: str = "s1") -> Lease:
     """Lease ``run_id`` (the only ready run of its function) and return the lease."""
     result = await claim(store, now, slots(session, capacity=1))
     (lease,) = result.leases
@@ -113,14 +116,15 @@ async def lease_one(store, run_id: str, now: float = T0, session: str = "s1") ->
     return lease
 
 
-async def checkpoint(store, now: float, *writes: CheckpointWrite) -> WriteResult:
-    return await store.write(WriteBatch(now=now, checkpoints=list(writes)))
+async def checkpoint(store: Store, now: float, *writes: CheckpointWrite) -> WriteResult:
+    result: WriteResult = await store.write(WriteBatch(now=now, checkpoints=list(writes)))
+    return result
 
 
-async def status(store, run_id: str) -> str:
+async def status(store: Store, run_id: str) -> str:
     run = await store.get_run(run_id)
     assert run is not None
-    return run.status
+    return str(run.status)
 
 
 # --- events and runs -------------------------------------------------------------------------
@@ -487,7 +491,8 @@ async def test_release_requeues_only_that_sessions_runs(store):
     assert again.fence == by_session["s1"].fence + 1
 
 
-async def lose(store, run_id: str, times: int, now: float, *, lost: bool = True) -> WriteResult:
+async def lose(store: Store, run_id: str, times: int, now: float, *,
+               lost: bool = True) -> WriteResult:
     """Lease the run and lose its worker, ``times`` times; returns the last release result."""
     result = WriteResult()
     for i in range(times):
@@ -648,7 +653,7 @@ async def test_touched_functions_name_functions_that_gained_ready_runs(store):
     assert (run.status, run.available_at) == ("Queued", T0 + 2)
 
 
-async def lease_one_of(store, run_id: str, function_id: str, now: float = T0) -> Lease:
+async def lease_one_of(store: Store, run_id: str, function_id: str, now: float = T0) -> Lease:
     result = await claim(store, now, slots(capacity=1, functions=(function_id,)))
     (lease,) = result.leases
     assert lease.run_id == run_id

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import msgpack
 import pytest
 from structlog.testing import capture_logs
 
+from gateway.app import Gateway
 from gateway.clock import FakeClock
 from protocol import messages as m
 from protocol.auth import answer
@@ -49,7 +52,7 @@ async def http(gw):
         yield client
 
 
-async def serves_a_good_worker(gw, key: str | None = None) -> None:
+async def serves_a_good_worker(gw: Gateway, key: str | None = None) -> None:
     """The gateway still completes a handshake and answers a heartbeat."""
     worker = await RawWorker.ready_on(gw.connect_port, key=key, instance_id="well-behaved")
     await worker.send(m.Heartbeat(in_flight=0))
@@ -57,19 +60,21 @@ async def serves_a_good_worker(gw, key: str | None = None) -> None:
     await worker.close()
 
 
-async def post_event(http, data: dict | None = None) -> str:
+async def post_event(http: httpx.AsyncClient, data: dict[str, Any] | None = None) -> str:
     r = await http.post("/e/dev", json={"name": EVENT, "data": data or {}})
     assert r.status_code == 200, r.text
     (event_id,) = r.json()["ids"]
-    return event_id
+    return str(event_id)
 
 
-async def run_of(http, event_id: str) -> dict:
+async def run_of(http: httpx.AsyncClient, event_id: str) -> dict[str, Any]:
     async def one_run():
         runs = (await http.get(f"/v1/events/{event_id}/runs")).json()["data"]
         return runs[0] if runs else None
 
-    return await eventually(one_run, timeout=5, what=f"the run of event {event_id}")
+    run: dict[str, Any] = await eventually(one_run, timeout=5,
+                                           what=f"the run of event {event_id}")
+    return run
 
 
 # --- handshake -------------------------------------------------------------------------------
@@ -444,11 +449,11 @@ async def test_a_run_that_loses_its_worker_ten_times_fails(gw, http):
 # --- values no store can hold ----------------------------------------------------------------
 
 
-def _checkpoint(kind: str, run_id: str, fence: int, fields: dict) -> dict:
-    base = {"type": kind, "seq": 1, "run_id": run_id, "fence": fence}
-    step = {"step_id": "a", "attempt": 0, "started_at": 1.0, "ended_at": 2.0}
+def _checkpoint(kind: str, run_id: str, fence: int, fields: dict[str, Any]) -> dict[str, Any]:
+    base: dict[str, Any] = {"type": kind, "seq": 1, "run_id": run_id, "fence": fence}
+    step: dict[str, Any] = {"step_id": "a", "attempt": 0, "started_at": 1.0, "ended_at": 2.0}
     error = {"name": "E", "message": "m", "stack": None}
-    extra = {
+    extra: dict[str, Any] = {
         "step_completed": {**step, "output": b"1"},
         "step_failed": {**step, "error": error, "final": False, "retry_after": None},
         "run_failed": {"attempt": 0, "error": error, "final": False, "retry_after": None},
@@ -459,7 +464,7 @@ def _checkpoint(kind: str, run_id: str, fence: int, fields: dict) -> dict:
     return {**base, **extra, **fields}
 
 
-UNSTORABLE = {
+UNSTORABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "a NaN retry_after": ("run_failed", {"retry_after": float("nan")}),
     "a NaN step retry_after": ("step_failed", {"retry_after": float("nan")}),
     "an infinite step time": ("step_completed", {"started_at": float("inf")}),
@@ -474,10 +479,12 @@ async def test_a_checkpoint_no_store_can_hold_is_a_bad_frame(gateway_factory, wh
     # The system clock: when a batch fails, the engine pauses on its clock before going on.
     gw = await gateway_factory()
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as http:
-        await _unstorable(gw, http, *UNSTORABLE[what])
+        kind, fields = UNSTORABLE[what]
+        await _unstorable(gw, http, kind, fields)
 
 
-async def _unstorable(gw, http, kind: str, fields: dict) -> None:
+async def _unstorable(gw: Gateway, http: httpx.AsyncClient, kind: str,
+                      fields: dict[str, Any]) -> None:
     worker = await RawWorker.ready_on(gw.connect_port)
     await post_event(http)
     lease = await worker.expect(m.LeaseGranted)
@@ -497,7 +504,7 @@ async def _unstorable(gw, http, kind: str, fields: dict) -> None:
 # --- a socket on its way out never stops the engine ------------------------------------------
 
 
-async def gateway_still_commits(http) -> None:
+async def gateway_still_commits(http: httpx.AsyncClient) -> None:
     """An event is still accepted: the engine, which every socket shares, is alive."""
     r = await asyncio.wait_for(http.post("/e/dev", json={"name": "still.alive"}), bound(5))
     assert r.status_code == 200
@@ -535,7 +542,8 @@ async def test_a_worker_that_sends_an_error_is_done(gw, http):
     assert lease.run_id == (await run_of(http, event_id))["id"]
 
 
-async def run_of_id(http, run_id: str, ready) -> dict:
+async def run_of_id(http: httpx.AsyncClient, run_id: str,
+                    ready: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
     async def check():
         run = (await http.get(f"/v1/runs/{run_id}")).json()
         return run if ready(run) else None
