@@ -298,8 +298,10 @@ class Engine:
 
         self._maybe_ready |= result.touched_functions
         self._maybe_ready -= result.drained_functions
-        if not batch and not result.leases:
+        claim_only = not (batch.events or batch.checkpoints or batch.returns or batch.releases)
+        if claim_only and not result.leases:
             # A claim-only round that leased nothing: stop asking until something changes.
+            # (``bool(batch)`` counts the claims, so it cannot tell such a round apart.)
             self._maybe_ready.clear()
         self._next_wakeup = result.next_wakeup
 
