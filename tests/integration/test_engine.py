@@ -70,7 +70,8 @@ class Harness:
     #: leases sent before the transaction that made them had committed (must stay empty)
     uncommitted: list[m.LeaseGranted] = field(default_factory=list)
 
-    def connect(self, session_id: str, capacity: int = 10) -> FakeWorker:
+    def connect(self, session_id: str, capacity: int = 10,
+                functions: frozenset[str] = frozenset({FN})) -> FakeWorker:
         worker = FakeWorker(entry=None)  # type: ignore[arg-type]
 
         def send(msg: m.Message) -> None:
@@ -82,7 +83,7 @@ class Harness:
 
         worker.entry = WorkerEntry(
             session_id=session_id, instance_id=f"instance-{session_id}", capacity=capacity,
-            functions=frozenset({FN}), apps={"app": "1"}, connected_at=self.clock.now(),
+            functions=functions, apps={"app": "1"}, connected_at=self.clock.now(),
             send=send, close=lambda code, reason: None, last_seen=self.clock.monotonic(),
         )
         self.registry.add(worker.entry)
@@ -143,7 +144,8 @@ async def harness(store, fake_clock):
     task = asyncio.create_task(engine.run())
     harness = Harness(engine, registry, fake_clock, log)
     yield harness
-    assert not task.done(), f"the engine's loop ended: {task.exception()!r}"
+    if task.done():  # only a test that closed the engine may have ended its loop
+        assert task.exception() is None, f"the engine's loop crashed: {task.exception()!r}"
     await asyncio.wait_for(engine.close(), bound(5))
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -346,3 +348,19 @@ async def test_a_stale_message_does_not_free_the_slot_of_the_current_lease(harne
     assert len(back.leases) == 1
     run = await harness.store.get_run(current.run_id)
     assert (run.status, run.fence) == ("Running", current.fence)
+
+
+async def test_a_run_no_free_worker_serves_leaves_the_engine_idle(harness):
+    busy = harness.connect("busy", capacity=1)
+    await harness.post()
+    assert len(busy.leases) == 1
+    harness.connect("other", capacity=5, functions=frozenset({"app/other"}))
+    await harness.post()  # only "busy" serves it, and it is full: the run waits
+    await harness.settle()
+
+    # Nothing can be leased until something changes: the engine has nothing to do, so it
+    # stops at once when asked (a loop that keeps asking the store would never stop).
+    await asyncio.wait_for(harness.engine.close(), bound(5))
+    queued = await harness.store.list_runs(function_id=FN, status="Queued", limit=10,
+                                           cursor=None)
+    assert len(queued.runs) == 1

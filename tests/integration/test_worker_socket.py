@@ -414,6 +414,28 @@ async def test_a_silent_worker_s_lease_moves_on(gw, http, clock):
     assert (run["status"], run["output"]) == ("Running", None)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "SPEC §5 says a checkpoint from a revoked lease is refused; the store (invariant 1 of "
+    "gateway/store/base.py) refuses it only once the run is leased again, so until then a "
+    "revoked worker's resent checkpoints still advance the run. No second worker can hold it "
+    "meanwhile, so this may be intended; the SPEC and the store disagree."))
+async def test_a_revoked_lease_s_checkpoint_is_refused_before_the_run_is_leased_again(gw, http):
+    a = await RawWorker.ready_on(gw.connect_port, instance_id="a")
+    event_id = await post_event(http)
+    lease = await a.expect(m.LeaseGranted)
+    await a.close()  # its lease is revoked; no other worker is there to take the run
+
+    await run_of_id(http, lease.run_id, lambda run: run["status"] == "Queued")
+    back = await RawWorker.open(gw.connect_port)
+    await back.handshake(instance_id="a", apps=[app_manifest("elsewhere")])  # serves other work
+    stale = back.step_completed(lease.run_id, lease.fence, "a", b'"after revocation"')
+    await back.send(stale)
+    ack = await back.expect(m.CheckpointAck)
+    assert ack.upto == stale.seq
+    assert [r.seq for r in back.of(m.CheckpointRefused)] == [stale.seq]
+    assert (await run_of(http, event_id))["steps"] == []
+
+
 async def test_a_run_that_loses_its_worker_ten_times_fails(gw, http):
     worker = await RawWorker.ready_on(gw.connect_port, instance_id="crashy-0")
     event_id = await post_event(http)
