@@ -100,7 +100,10 @@ class Gateway:
         self.connect_port = await self.workers.start(self.settings.host,
                                                      self.settings.connect_port)
         self._tasks.append(asyncio.create_task(self.workers.reap(), name="tether-reaper"))
-        sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
+        # and without it every response waits out the peer's delayed ACK (~40 ms).
+        sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET,
+                             socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.host, self.settings.port))
         self.http_port = sock.getsockname()[1]
@@ -124,7 +127,7 @@ class Gateway:
         self.workers.leaving = True
         await self.workers.go_away("gateway shutting down; reconnect to another gateway")
         # Their leases are released as they leave; give them a moment to, then drop the rest.
-        await self.workers.gone(timeout=5)
+        await self.workers.gone(timeout=self.settings.go_away_grace)
         if self._http is not None and self._http_loop is not None:
             self._http.should_exit = True
             await self._http_loop

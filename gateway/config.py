@@ -31,6 +31,8 @@ class Settings:
     #: without a beat: their leases are requeued and their timers taken over by others.
     peer_beat: float = 1.0
     peer_ttl: float = 5.0
+    #: On stop, how long workers told to go away get to disconnect by themselves.
+    go_away_grace: float = 5.0
 
     def check(self) -> None:
         """Refuse settings that cannot work, saying how to fix them.

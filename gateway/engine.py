@@ -164,7 +164,7 @@ class Engine:
             at = retry_at(message, now=now, base=self.retry_base, rng=self.rng)
         since = self._seen.get(message.run_id, now)
         if isinstance(message, _LEASE_ENDS):
-            worker.in_flight.discard(message.run_id)
+            worker.drop(message.run_id, message.fence)
             self._seen.pop(message.run_id, None)
         else:
             self._seen[message.run_id] = now
@@ -191,7 +191,7 @@ class Engine:
 
     def lease_rejected(self, worker: WorkerEntry, run_id: str, fence: int, reason: str) -> None:
         """The worker would not take a lease: give the run to someone else at once."""
-        worker.in_flight.discard(run_id)
+        worker.drop(run_id, fence)
         self._batch.returns.append(LeaseReturn(run_id, fence, reason))
         self._wake.set()
 
@@ -212,7 +212,7 @@ class Engine:
             worker = self.registry.get(session_id)
             if worker is not None:
                 self._seen.pop(run_id, None)
-                worker.in_flight.discard(run_id)
+                worker.drop(run_id, fence)
                 worker.send(m.LeaseRevoked(run_id=run_id, fence=fence, reason="cancelled"))
         if note.get("registered"):
             self._reloading = asyncio.ensure_future(self._reload_functions())
@@ -343,7 +343,7 @@ class Engine:
                             session_id=write.session_id, kind=msg.type, reason=reason)
                 worker = self.registry.get(write.session_id)
                 if worker is not None:
-                    worker.in_flight.discard(msg.run_id)
+                    worker.drop(msg.run_id, msg.fence)
                     worker.send(m.CheckpointRefused(seq=msg.seq, run_id=msg.run_id,
                                                     reason=reason))
         for session_id, upto in acks.items():
@@ -361,7 +361,7 @@ class Engine:
                     LeaseReturn(lease.run_id, lease.fence, "worker left before the lease")
                 )
                 continue
-            worker.in_flight.add(lease.run_id)
+            worker.in_flight[lease.run_id] = lease.fence
             self._seen[lease.run_id] = batch.now
             worker.send(
                 m.LeaseGranted(
@@ -377,7 +377,7 @@ class Engine:
             self._seen.pop(revoked.run_id, None)
             worker = self.registry.get(revoked.session_id)
             if worker is not None:
-                worker.in_flight.discard(revoked.run_id)
+                worker.drop(revoked.run_id, revoked.fence)
                 worker.send(m.LeaseRevoked(run_id=revoked.run_id, fence=revoked.fence,
                                            reason=revoked.reason))
 

@@ -25,10 +25,16 @@ class WorkerEntry:
     connected_at: float
     send: Callable[[Message], None]  # queue a message on this worker's socket
     close: Callable[[int, str], None]  # close this worker's socket with a code and reason
-    in_flight: set[str] = field(default_factory=set)  # run ids leased to it
+    in_flight: dict[str, int] = field(default_factory=dict)  # run id -> fence of its lease
     draining: bool = False
     last_seen: float = 0.0  # monotonic
     rank: int = 0
+
+    def drop(self, run_id: str, fence: int) -> None:
+        """The lease (run_id, fence) ended: free its slot, unless the run is held under a newer
+        fence (a stale message about an older lease of the same run frees nothing)."""
+        if self.in_flight.get(run_id) == fence:
+            del self.in_flight[run_id]
 
 
 class Registry:

@@ -37,8 +37,13 @@ from protocol.manifest import AppManifest
 PROTOCOL_VERSION = 1
 
 
+#: Sequence numbers, fences and attempts: small enough for any database integer column.
+Count = Annotated[int, Field(ge=0, le=2**53)]
+
+
 class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # NaN and infinity are no time or delay: refused at the socket, never stored.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ErrorInfo(_Message):
@@ -100,27 +105,27 @@ class LeaseGranted(_Message):
 
     type: Literal["lease_granted"] = "lease_granted"
     run_id: str
-    fence: int
+    fence: Count
     function_id: str
     events: list[bytes]
     memos: dict[str, StepMemo] = Field(default_factory=dict)
     attempts: dict[str, int] = Field(default_factory=dict)
     deferred: list[str] = Field(default_factory=list)
-    attempt: int = 0
+    attempt: Count = 0
 
 
 class CheckpointAck(_Message):
     """Every checkpoint with ``seq <= upto`` on this socket is committed (or was refused)."""
 
     type: Literal["checkpoint_ack"] = "checkpoint_ack"
-    upto: int
+    upto: Count
 
 
 class CheckpointRefused(_Message):
     """The checkpoint ``seq`` was not applied: its lease is no longer current. Stop the run."""
 
     type: Literal["checkpoint_refused"] = "checkpoint_refused"
-    seq: int
+    seq: Count
     run_id: str
     reason: str
 
@@ -130,7 +135,7 @@ class LeaseRevoked(_Message):
 
     type: Literal["lease_revoked"] = "lease_revoked"
     run_id: str
-    fence: int
+    fence: Count
     reason: str
 
 
@@ -174,7 +179,7 @@ class Heartbeat(_Message):
     """The worker is alive; ``in_flight`` is how many runs it holds."""
 
     type: Literal["heartbeat"] = "heartbeat"
-    in_flight: int = 0
+    in_flight: Count = 0
 
 
 class LeaseAccepted(_Message):
@@ -182,7 +187,7 @@ class LeaseAccepted(_Message):
 
     type: Literal["lease_accepted"] = "lease_accepted"
     run_id: str
-    fence: int
+    fence: Count
 
 
 class LeaseRejected(_Message):
@@ -190,7 +195,7 @@ class LeaseRejected(_Message):
 
     type: Literal["lease_rejected"] = "lease_rejected"
     run_id: str
-    fence: int
+    fence: Count
     reason: str
 
 
@@ -206,9 +211,9 @@ class _Checkpoint(_Message):
     ``seq`` numbers checkpoints on one socket; the gateway acknowledges them in order.
     """
 
-    seq: int
+    seq: Count
     run_id: str
-    fence: int
+    fence: Count
 
 
 class StepCompleted(_Checkpoint):
@@ -216,7 +221,7 @@ class StepCompleted(_Checkpoint):
 
     type: Literal["step_completed"] = "step_completed"
     step_id: str
-    attempt: int
+    attempt: Count
     output: bytes
     started_at: float
     ended_at: float
@@ -230,7 +235,7 @@ class StepFailed(_Checkpoint):
 
     type: Literal["step_failed"] = "step_failed"
     step_id: str
-    attempt: int
+    attempt: Count
     error: ErrorInfo
     final: bool
     retry_after: float | None = None
@@ -309,7 +314,7 @@ class RunFailed(_Checkpoint):
     """The function body raised on ``attempt``; ``final`` means the run fails now."""
 
     type: Literal["run_failed"] = "run_failed"
-    attempt: int
+    attempt: Count
     error: ErrorInfo
     final: bool
     retry_after: float | None = None

@@ -74,7 +74,7 @@ async def gateway_factory(tmp_path: Path, db_url: str) -> AsyncIterator[object]:
     async def make(clock: object = None, **overrides: object) -> Gateway:
         values: dict[str, object] = {
             "host": "127.0.0.1", "port": 0, "connect_port": 0, "dev": True,
-            "db": db_url, "retry_base": 0.01,
+            "db": db_url, "retry_base": 0.01, "go_away_grace": 0.5,
         }
         values.update(overrides)
         gw = Gateway(Settings(**values), clock=clock)  # type: ignore[arg-type]

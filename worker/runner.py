@@ -92,6 +92,10 @@ def error_info(exc: BaseException) -> m.ErrorInfo:
     return m.ErrorInfo(name=name, message=message or name, stack=stack)
 
 
+#: The gateway waits at most this long after a RetryAfterError (and the wire takes no infinity).
+MAX_RETRY_AFTER = 24 * 3600.0
+
+
 def retry_delay(exc: BaseException) -> float | None:
     """The delay a RetryAfterError asks for, in seconds from now."""
     if not isinstance(exc, RetryAfterError):
@@ -99,10 +103,12 @@ def retry_delay(exc: BaseException) -> float | None:
     after = exc.retry_after
     if isinstance(after, datetime):
         when = after if after.tzinfo else after.replace(tzinfo=UTC)
-        return max(0.0, (when - datetime.now(UTC)).total_seconds())
-    if isinstance(after, timedelta):
-        return max(0.0, after.total_seconds())
-    return max(0.0, float(after))
+        delay = (when - datetime.now(UTC)).total_seconds()
+    elif isinstance(after, timedelta):
+        delay = after.total_seconds()
+    else:
+        delay = float(after)
+    return min(max(0.0, delay), MAX_RETRY_AFTER)  # also maps NaN to 0
 
 
 class RunExecution:

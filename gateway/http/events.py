@@ -110,7 +110,10 @@ def _event(
     if user is not None and not isinstance(user, dict):
         raise InvalidInput(f"{where}: 'user' must be a JSON object, got {_kind(user)}")
     event = {"name": name, "data": data, "id": event_id, "ts": ts, "user": user}
-    payload = orjson.dumps(event)
+    try:
+        payload = orjson.dumps(event)
+    except (TypeError, orjson.JSONEncodeError) as exc:  # e.g. a string with lone surrogates
+        raise InvalidInput(f"{where}: cannot be stored as JSON text: {exc}") from exc
     if len(payload) > limits.max_event:
         raise PayloadTooLarge(
             f"{where}: " + _too_large("event", len(payload), limits.max_event,

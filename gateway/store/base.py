@@ -10,8 +10,10 @@ Invariants every backend keeps, inside the batch's transaction:
 
 1. A checkpoint is applied only when its fence equals the run's current fence and the run has
    not ended. Otherwise it is refused and changes nothing.
-2. A run is leased only from status ``Queued`` and only when ``available_at <= now``; leasing
-   bumps its fence, so every earlier lease's checkpoints are refused from then on.
+2. A run is leased only when ready (``Queued``, ``Sleeping`` or ``Waiting``) and
+   ``available_at <= now``. Leasing bumps its fence, and so does revoking a lease (its worker
+   vanished, its gateway died, it was handed back): from then on the earlier lease's
+   checkpoints are refused.
 3. The first recorded outcome of a step wins: a completed step is never overwritten.
 4. An event id seen within the dedup window stores nothing and starts nothing.
 

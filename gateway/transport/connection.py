@@ -32,6 +32,7 @@ from protocol.errors import (
     TetherError,
 )
 from protocol.ids import new_id
+from protocol.manifest import check_expressions
 from protocol.messages import PROTOCOL_VERSION
 from protocol.session import Role, Session
 
@@ -159,7 +160,10 @@ class WorkerConnection:
                         gateway_id=self.settings.gateway_id)
         )
         hello: m.Hello | None = None
-        while True:
+        answered = False
+        while not answered:
+            # Every message of the frame goes through the session, also those after the
+            # Answer: nothing may follow it before Ready.
             for msg in decode(await self.ws.recv(), max_size=self.settings.max_frame_in):
                 self.session.receive(msg)
                 if isinstance(msg, m.Hello):
@@ -173,9 +177,15 @@ class WorkerConnection:
                 elif isinstance(msg, m.Answer):
                     assert hello is not None  # the session allows Answer only after Hello
                     self.auth.check_worker(nonce, hello.instance_id, msg.mac)
-                    return hello
+                    answered = True
+        assert hello is not None
+        return hello
 
     async def _register(self, hello: m.Hello) -> None:
+        # Check every app before storing any: a refused hello must register nothing.
+        for app in hello.apps:
+            for fn in app.functions:
+                check_expressions(f"{app.id}/{fn.id}", fn)
         for app in hello.apps:
             await self.engine.register_app(app)
         # "{gateway}.{session}": a gateway's leases can be found (and requeued) by prefix.
@@ -222,12 +232,20 @@ class WorkerConnection:
                     worker.draining = True
                     self.log.info("worker_draining", in_flight=len(worker.in_flight))
                 elif isinstance(msg, m.Error):
+                    # The worker's last word (the session is closed now): drop it at once,
+                    # before the engine sends it anything more.
                     self.log.warning("worker_error", code=msg.code, message=msg.message)
+                    self._disconnected(f"worker error: {msg.code}")
+                    return
         self._disconnected(f"socket closed ({self.ws.close_code})")
 
     async def _refuse(self, exc: TetherError, code: int) -> None:
         """Tell the peer what it did wrong, close its socket, keep serving everyone else."""
         self.log.warning("worker_refused", code=exc.code, error=exc.message)
+        # Out of the registry before the Error closes the session: a commit that lands while
+        # the socket closes must not send this worker acks or leases (the session would refuse
+        # them, and the engine with it).
+        self._disconnected(f"refused: {exc.code}")
         with contextlib.suppress(TetherError):  # the session may already be closed
             self.outbox.send(m.Error(code=exc.code, message=exc.message))
         await self.outbox.flush()

@@ -130,11 +130,13 @@ FOR UPDATE;
 UPDATE runs SET lease_losses = $1 WHERE id = $2;
 
 -- name: release_run
-UPDATE runs SET status = 'Queued', session_id = NULL, available_at = $1, lease_losses = $2
+-- A revoked lease: bump the fence now, so its holder's late checkpoints are refused.
+UPDATE runs SET status = 'Queued', session_id = NULL, available_at = $1, lease_losses = $2,
+    fence = fence + 1
 WHERE id = $3;
 
 -- name: return_lease
-UPDATE runs SET status = 'Queued', session_id = NULL, available_at = $1
+UPDATE runs SET status = 'Queued', session_id = NULL, available_at = $1, fence = fence + 1
 WHERE id = $2 AND fence = $3 AND status = 'Running' RETURNING function_id;
 
 -- =================================== waits ===================================
