@@ -830,7 +830,8 @@ async def test_a_silent_gateway_s_leases_are_requeued_by_one_live_gateway(store)
     run = await store.get_run(run_id)
     assert (run.status, run.available_at) == ("Queued", T0 + 10)
     # The dead gateway's late checkpoint is refused: its lease was revoked.
-    refused = await checkpoint(store, T0 + 12, cp(step_done(run_id, lease.fence), session="gw-a.s1"))
+    late = cp(step_done(run_id, lease.fence), session="gw-a.s1")
+    refused = await checkpoint(store, T0 + 12, late)
     assert refused.refused
     again = await claim(store, T0 + 12, slots(session="gw-b.s2"))
     assert [lease.run_id for lease in again.leases] == [run_id]
