@@ -329,10 +329,6 @@ class Engine:
         metrics.checkpoints_committed += len(batch.checkpoints) - len(result.refused)
         metrics.checkpoints_refused += len(result.refused)
         metrics.leases_granted += len(result.leases)
-        for events, future in waiters:
-            if not future.done():
-                future.set_result({e.id for e in events} & result.duplicate_events)
-
         acks: dict[str, int] = {}
         for index, write in enumerate(batch.checkpoints):
             msg = write.message
@@ -373,6 +369,11 @@ class Engine:
         if orphaned:
             self._wake.set()
 
+        # Answer HTTP senders after the workers: what the loop runs first is the frames.
+        for events, future in waiters:
+            if not future.done():
+                future.set_result({e.id for e in events} & result.duplicate_events)
+
         for revoked in result.revoked:
             self._seen.pop(revoked.run_id, None)
             worker = self.registry.get(revoked.session_id)
@@ -397,10 +398,6 @@ class Engine:
             # Workers had room, yet a claim-only round leased nothing: stop asking until
             # something changes (a safety net; drained functions leave the set anyway).
             self._maybe_ready.clear()
-        log.debug("batch_committed", events=len(batch.events), checkpoints=len(batch.checkpoints),
-                  leases=len(result.leases), find_wakeup=batch.find_wakeup,
-                  next_wakeup=result.next_wakeup, maybe_ready=sorted(self._maybe_ready),
-                  drained=sorted(result.drained_functions), claims=len(batch.claims))
         if batch.find_wakeup:
             self._next_wakeup = result.next_wakeup
         elif result.next_wakeup is not None:

@@ -1,7 +1,7 @@
 """The embedded default store: SQLite in WAL mode with ``synchronous=FULL``.
 
-One connection writes, on its own thread (with its own event loop, so the shared async store
-logic runs there unchanged), one batch per transaction. Another thread reads for the HTTP API
+One connection writes, on its own thread (the shared async store logic is driven there
+synchronously: nothing it awaits suspends), one batch per transaction. Another thread reads for the HTTP API
 (WAL lets readers run beside the writer). The gateway's event loop never blocks on disk.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,21 +52,32 @@ class SQLiteDb:
 
 
 class _DbThread:
-    """A thread with its own event loop and one sqlite3 connection."""
+    """One thread and one sqlite3 connection; store coroutines run to completion on it.
+
+    The shared store logic is async, but nothing it awaits on SQLite ever suspends (every
+    ``SQLiteDb`` call returns at once), so a coroutine is driven by a single ``send``: no event
+    loop in the thread, one hand-off each way.
+    """
 
     def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-        self.thread.start()
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix=name)
         self.db: SQLiteDb | None = None
 
     async def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+        return await asyncio.get_running_loop().run_in_executor(self.pool, _drive, coro)
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
+        self.pool.shutdown(wait=True)
+
+
+def _drive(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    coro.close()
+    raise RuntimeError("a SQLite store coroutine awaited something that suspends")
 
 
 class SQLiteStore(SqlStore):
