@@ -1,8 +1,9 @@
 """The embedded default store: SQLite in WAL mode with ``synchronous=FULL``.
 
 One connection writes, on its own thread (the shared async store logic is driven there
-synchronously: nothing it awaits suspends), one batch per transaction. Another thread reads for the HTTP API
-(WAL lets readers run beside the writer). The gateway's event loop never blocks on disk.
+synchronously: nothing it awaits suspends), one batch per transaction. Another thread reads
+for the HTTP API (WAL lets readers run beside the writer). The gateway's event loop never
+blocks on disk.
 """
 
 from __future__ import annotations
