@@ -368,9 +368,12 @@ class RunExecution:
         raise Abandoned()  # pragma: no cover - the future only ever fails with Abandoned
 
     def _poke(self) -> None:
-        """Something changed: check, once the loop has gone quiet, whether to suspend."""
+        """Something changed: check, once the loop has gone quiet, whether to suspend.
+
+        Only a run with a parked branch can suspend; for the others this costs nothing.
+        """
         self._activity += 1
-        if self._settling is None or self._settling.done():
+        if self._parks and (self._settling is None or self._settling.done()):
             self._settling = self.loop.create_task(self._settle())
 
     async def _settle(self) -> None:

@@ -106,6 +106,19 @@ class _Plans:
         return ids, payloads
 
 
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """``inspect.iscoroutinefunction``, remembered: the same callables run step after step."""
+    try:
+        return _is_async_cached(fn)
+    except TypeError:  # an unhashable callable
+        return inspect.iscoroutinefunction(fn)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_async_cached(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn)
+
+
 def _as_event(value: Any) -> Event | None:
     return None if value is None else Event.from_json(value)
 
@@ -146,7 +159,7 @@ class Step:
         started = time.time()
         token = current_attempt.set(plan.attempt)
         try:
-            if inspect.iscoroutinefunction(fn):
+            if _is_async(fn):
                 result = await fn(*args, **kwargs)
             else:
                 context = contextvars.copy_context()
