@@ -356,23 +356,7 @@ GatewayMessage = (
 )
 
 WorkerMessage = (
-    Hello
-    | Answer
-    | Heartbeat
-    | LeaseAccepted
-    | LeaseRejected
-    | Drain
-    | StepCompleted
-    | StepFailed
-    | SleepRequested
-    | WaitRequested
-    | InvokeRequested
-    | EventsSent
-    | RunSuspended
-    | RunCompleted
-    | RunFailed
-    | LeaseReleased
-    | Error
+    Hello | Answer | Heartbeat | LeaseAccepted | LeaseRejected | Drain | Checkpoint | Error
 )
 
 #: Any message, either way; decoding picks the class by its ``type`` tag.

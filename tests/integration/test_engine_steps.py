@@ -92,6 +92,19 @@ class World:
         ack = await worker.next((m.CheckpointAck, m.CheckpointRefused))
         return ack
 
+    async def invoking(self, function_id: str = "t/child", data: bytes = b"{}",
+                       timeout: float | None = None, *, suspend: bool = True
+                       ) -> tuple[FakeWorker, FakeWorker, m.LeaseGranted]:
+        """A parent run (leased) that has invoked ``function_id``: (parents, children, lease)."""
+        parents, children = self.worker("t/parent"), self.worker("t/child")
+        await self.send("go.parent")
+        lease = await parents.lease()
+        await self.checkpoint(parents, lease, m.InvokeRequested, step_id="kid",
+                              function_id=function_id, data=data, timeout=timeout)
+        if suspend:
+            await self.checkpoint(parents, lease, m.RunSuspended)
+        return parents, children, lease
+
     async def run(self, run_id: str) -> dict:
         record = await self.engine.store.get_run(run_id)
         assert record is not None
@@ -237,13 +250,7 @@ async def test_an_event_from_before_the_lease_does_not_match(world):
 
 
 async def test_invoke_starts_a_child_and_resumes_the_parent_with_its_output(world):
-    parents = world.worker("t/parent")
-    children = world.worker("t/child")
-    await world.send("go.parent")
-    lease = await parents.lease()
-    await world.checkpoint(parents, lease, m.InvokeRequested, step_id="kid",
-                           function_id="t/child", data=b'{"n": 3}', timeout=None)
-    await world.checkpoint(parents, lease, m.RunSuspended)
+    parents, children, _ = await world.invoking(data=b'{"n": 3}')
     child = await children.lease()
     assert orjson.loads(child.events[0])["data"] == {"n": 3}
     await world.checkpoint(children, child, m.RunCompleted, output=b"6")
@@ -252,13 +259,7 @@ async def test_invoke_starts_a_child_and_resumes_the_parent_with_its_output(worl
 
 
 async def test_a_failed_child_fails_the_invoke_step(world):
-    parents = world.worker("t/parent")
-    children = world.worker("t/child")
-    await world.send("go.parent")
-    lease = await parents.lease()
-    await world.checkpoint(parents, lease, m.InvokeRequested, step_id="kid",
-                           function_id="t/child", data=b"{}", timeout=None)
-    await world.checkpoint(parents, lease, m.RunSuspended)
+    parents, children, _ = await world.invoking()
     child = await children.lease()
     await world.checkpoint(children, child, m.RunFailed, attempt=0, final=True,
                            error=m.ErrorInfo(name="ValueError", message="bad"))
@@ -268,24 +269,14 @@ async def test_a_failed_child_fails_the_invoke_step(world):
 
 
 async def test_an_invoke_times_out(world):
-    parents = world.worker("t/parent")
-    await world.send("go.parent")
-    lease = await parents.lease()
-    await world.checkpoint(parents, lease, m.InvokeRequested, step_id="kid",
-                           function_id="t/child", data=b"{}", timeout=10.0)
-    await world.checkpoint(parents, lease, m.RunSuspended)
+    parents, _, _ = await world.invoking(timeout=10.0)
     world.clock.advance(10)
     again = await parents.lease()
     assert again.memos["kid"].error.name == "InvokeTimeout"
 
 
 async def test_invoking_an_unknown_function_fails_the_step_at_once(world):
-    parents = world.worker("t/parent")
-    await world.send("go.parent")
-    lease = await parents.lease()
-    await world.checkpoint(parents, lease, m.InvokeRequested, step_id="kid",
-                           function_id="t/nope", data=b"{}", timeout=None)
-    await world.checkpoint(parents, lease, m.RunSuspended)
+    parents, _, _ = await world.invoking("t/nope")
     again = await parents.lease()
     assert again.memos["kid"].error.name == "FunctionNotFound"
 
@@ -303,12 +294,7 @@ async def test_timeouts_start_cancels_a_run_nobody_took(world):
 
 
 async def test_cancelling_a_running_run_revokes_its_lease_and_its_child(world):
-    parents = world.worker("t/parent")
-    children = world.worker("t/child")
-    await world.send("go.parent")
-    lease = await parents.lease()
-    await world.checkpoint(parents, lease, m.InvokeRequested, step_id="kid",
-                           function_id="t/child", data=b"{}", timeout=None)
+    parents, children, lease = await world.invoking(suspend=False)
     child = await children.lease()
     count = await world.engine.cancel(CancelRequest("test", run_id=lease.run_id))
     assert count == 1
