@@ -21,7 +21,7 @@ from gateway.http.api import build_api
 from gateway.http.events import EventLimits
 from gateway.metrics import Metrics
 from gateway.registry import Registry
-from gateway.store.base import Store
+from gateway.store.base import Limits, Store
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
 from gateway.transport.auth import Authenticator
@@ -62,6 +62,7 @@ class Gateway:
         self.engine = Engine(
             self.store, self.registry, self.clock, retry_base=settings.retry_base, rng=rng,
             metrics=self.metrics,
+            limits=Limits(settings.max_steps, settings.max_step_result, settings.max_run_state),
         )
         self.auth = Authenticator(
             dev=settings.dev, signing_keys=settings.signing_keys, event_keys=settings.event_keys
@@ -72,7 +73,9 @@ class Gateway:
                 gateway_id=self.gateway_id,
                 heartbeat_interval=settings.heartbeat_interval,
                 lease_ttl=settings.heartbeat_interval * 3,
-                max_frame_in=settings.max_frame_size,
+                max_steps=settings.max_steps,
+                max_step_result=settings.max_step_result,
+                max_frame_in=max(settings.max_frame_size, settings.max_step_result + 2**20),
                 max_frame_out=max(settings.max_frame_size, 64 * 1024 * 1024),
             ),
         )

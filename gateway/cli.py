@@ -66,6 +66,12 @@ def _serve_parser(environ: Mapping[str, str] | None) -> argparse.ArgumentParser:
                default=512 * 1024, help="largest event accepted, in bytes")
     add_option(run, "--max-request-size", env="MAX_REQUEST_SIZE", environ=environ, type=int,
                default=3 * 1024 * 1024, help="largest POST /e body accepted, in bytes")
+    add_option(run, "--max-steps", env="MAX_STEPS", environ=environ, type=int, default=1000,
+               help="steps a run may take (workers enforce it)")
+    add_option(run, "--max-step-result", env="MAX_STEP_RESULT", environ=environ, type=int,
+               default=4 * 1024 * 1024, help="largest step result or run output, in bytes")
+    add_option(run, "--max-run-state", env="MAX_RUN_STATE", environ=environ, type=int,
+               default=32 * 1024 * 1024, help="largest total of a run's step results, in bytes")
     logs = p.add_argument_group("logging")
     add_option(logs, "--log-format", env="LOG_FORMAT", environ=environ,
                choices=["console", "json"], default="console", help="log line format")
@@ -82,6 +88,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         retry_base=args.retry_base, heartbeat_interval=args.heartbeat_interval,
         log_format=args.log_format, log_level=args.log_level,
         max_event_size=args.max_event_size, max_request_size=args.max_request_size,
+        max_steps=args.max_steps, max_step_result=args.max_step_result,
+        max_run_state=args.max_run_state,
     )
 
 

@@ -26,6 +26,9 @@ class Settings:
     max_event_size: int = 512 * 1024
     max_request_size: int = 3 * 1024 * 1024
     max_frame_size: int = 8 * 1024 * 1024
+    max_steps: int = 1000
+    max_step_result: int = 4 * 1024 * 1024
+    max_run_state: int = 32 * 1024 * 1024
     gateway_id: str = ""
     #: Gateways sharing a database beat this often, and are presumed dead after ``peer_ttl``
     #: without a beat: their leases are requeued and their timers taken over by others.
@@ -49,6 +52,9 @@ class Settings:
             raise InvalidInput("--heartbeat-interval must be positive")
         if self.retry_base < 0:
             raise InvalidInput("--retry-base must not be negative")
+        if min(self.max_steps, self.max_step_result, self.max_run_state) < 1:
+            raise InvalidInput("--max-steps, --max-step-result and --max-run-state must be "
+                               "positive")
         db_backend(self.db)
 
 

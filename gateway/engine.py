@@ -32,6 +32,7 @@ from gateway.store.base import (
     CheckpointWrite,
     FunctionRecord,
     LeaseReturn,
+    Limits,
     NewEvent,
     PeerNote,
     SessionRelease,
@@ -70,6 +71,7 @@ class Engine:
         retry_base: float,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -77,6 +79,7 @@ class Engine:
         self.retry_base = retry_base
         self.rng = rng or random.Random()
         self.metrics = metrics or Metrics()
+        self.limits = limits or Limits()
         self.triggers = TriggerIndex()
         self.functions: dict[str, FunctionRecord] = {}
         self._batch = self._new_batch()
@@ -293,7 +296,8 @@ class Engine:
             self._maybe_ready.update(self.functions)
 
     def _new_batch(self) -> WriteBatch:
-        return WriteBatch(now=0.0, match=self.triggers.match, listens=self.triggers.listens)
+        return WriteBatch(now=0.0, match=self.triggers.match, listens=self.triggers.listens,
+                          limits=self.limits)
 
     def _take(self) -> tuple[WriteBatch, list[tuple[list[NewEvent], asyncio.Future[set[str]]]],
                              list[tuple[str, asyncio.Future[Any]]]]:

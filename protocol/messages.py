@@ -80,13 +80,19 @@ class Challenge(_Message):
 
 
 class Ready(_Message):
-    """The worker is registered; it may now receive leases. Intervals are in seconds."""
+    """The worker is registered; it may now receive leases. Intervals are in seconds.
+
+    The limits are the gateway's (SPEC §5, configurable there): the worker enforces them
+    before it sends anything, with a clear error in the run.
+    """
 
     type: Literal["ready"] = "ready"
     session_id: str
     heartbeat_interval: float
     lease_ttl: float
     max_frame_size: int
+    max_steps: int = Field(default=1000, ge=1)
+    max_step_result: int = Field(default=4 * 1024 * 1024, ge=1)
 
 
 class HeartbeatAck(_Message):

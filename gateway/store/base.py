@@ -35,9 +35,17 @@ DEDUP_WINDOW = 24 * 3600.0
 #: A run whose lease is lost this many times in a row, without progress, fails.
 MAX_LEASE_LOSSES = 10
 
-#: A run's recorded step results may not exceed this, nor one step's result (SPEC §5).
-MAX_RUN_STATE = 32 * 1024 * 1024
-MAX_STEP_RESULT = 4 * 1024 * 1024
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """SPEC §5's limits, as the gateway enforces them (``--max-*`` options).
+
+    Workers learn ``max_steps`` and ``max_step_result`` from ``Ready`` and enforce them before
+    anything is sent; the store enforces the result and state sizes again on what arrives.
+    """
+
+    max_steps: int = 1000
+    max_step_result: int = 4 * 1024 * 1024
+    max_run_state: int = 32 * 1024 * 1024
 
 #: Which functions an event starts: ``(name, event as a dict) -> function ids``.
 Matcher = Callable[[str, dict[str, Any]], list[str]]
@@ -146,6 +154,7 @@ class WriteBatch:
     #: function listens for a name at all.
     match: Matcher = field(default=lambda name, event: [])
     listens: Callable[[str], bool] = field(default=lambda name: False)
+    limits: Limits = field(default_factory=Limits)
     #: Search the store for the next due time (the engine's timer fired, so the one it knew
     #: of is spent). Otherwise the result only reports times this batch set.
     find_wakeup: bool = False

@@ -33,8 +33,6 @@ from gateway.scheduler.waits import MISSING, NO_INDEX, index_for, key_at
 from gateway.store.base import (
     DEDUP_WINDOW,
     MAX_LEASE_LOSSES,
-    MAX_RUN_STATE,
-    MAX_STEP_RESULT,
     CancelRequest,
     Lease,
     NewEvent,
@@ -254,6 +252,7 @@ class Transaction:
 
     async def _checkpoints(self) -> None:
         db, now, result = self.db, self.now, self.result
+        limits = self.batch.limits
         runs: dict[str, _Run] = {
             row[0]: _Run(row[1], row[2], row[3], row[4], (row[5], row[6]) if row[5] else None)
             for row in await db.fetch(
@@ -270,13 +269,13 @@ class Transaction:
                 result.refused[index] = refusal
                 continue
             assert run is not None
-            if isinstance(msg, m.StepCompleted) and len(msg.output) > MAX_STEP_RESULT:
+            if isinstance(msg, m.StepCompleted) and len(msg.output) > limits.max_step_result:
                 # The SDK never sends this; a worker that does fails the run, not the gateway.
                 await self._flush_steps(steps, growth)
                 await self.end_run(msg.run_id, RunStatus.FAILED, error=error_json(
                     "LimitExceeded",
                     f"step {msg.step_id!r} returned {len(msg.output) / 2**20:.1f} MiB, over the "
-                    f"{MAX_STEP_RESULT / 2**20:.0f} MiB limit"))
+                    f"{limits.max_step_result / 2**20:.0f} MiB limit"))
                 run.status = RunStatus.FAILED
             elif isinstance(msg, m.StepCompleted):
                 steps.append((msg.run_id, msg.step_id, "run", StepStatus.COMPLETED,
@@ -284,13 +283,13 @@ class Transaction:
                               msg.ended_at))
                 growth[msg.run_id] = growth.get(msg.run_id, 0) + len(msg.output)
                 run.state_bytes += len(msg.output)
-                if run.state_bytes > MAX_RUN_STATE:
+                if run.state_bytes > limits.max_run_state:
                     await self._flush_steps(steps, growth)
                     await self.end_run(msg.run_id, RunStatus.FAILED, error=error_json(
                         "LimitExceeded",
                         f"the run's recorded state is {run.state_bytes / 2**20:.1f} MiB, over "
-                        f"the {MAX_RUN_STATE / 2**20:.0f} MiB limit; keep large data outside "
-                        "step results"))
+                        f"the {limits.max_run_state / 2**20:.0f} MiB limit; keep large data "
+                        "outside step results"))
                     run.status = RunStatus.FAILED
             elif isinstance(msg, m.StepFailed):
                 status = StepStatus.FAILED if msg.final else StepStatus.RETRYING

@@ -50,6 +50,8 @@ class ConnectionSettings:
     lease_ttl: float
     max_frame_in: int  # largest frame we accept from a worker
     max_frame_out: int  # largest frame we send (the worker accepts at least this)
+    max_steps: int = 1000
+    max_step_result: int = 4 * 1024 * 1024
     handshake_timeout: float = 10.0
 
 
@@ -205,7 +207,9 @@ class WorkerConnection:
         self.log = self.log.bind(session_id=session_id, instance_id=hello.instance_id)
         self.outbox.send(
             m.Ready(session_id=session_id, heartbeat_interval=self.settings.heartbeat_interval,
-                    lease_ttl=self.settings.lease_ttl, max_frame_size=self.settings.max_frame_in)
+                    lease_ttl=self.settings.lease_ttl, max_frame_size=self.settings.max_frame_in,
+                    max_steps=self.settings.max_steps,
+                    max_step_result=self.settings.max_step_result)
         )
         self.log.info("worker_connected", apps=sorted(self.worker.apps),
                       functions=len(self.worker.functions), capacity=hello.capacity)

@@ -220,3 +220,30 @@ async def test_on_failure_runs_after_last_retry(harness):
     assert handled[0]["run_id"] == run["id"]
     assert handled[0]["function_id"] == "t/doomed"
     assert handled[0]["error"]["message"] == "always"
+
+
+async def test_workers_enforce_the_gateway_s_limits(gateway_factory):
+    from tests.helpers.inproc import Harness
+
+    harness = Harness(await gateway_factory(max_steps=3, max_step_result=2000))
+    app = App("t")
+
+    @app.function(trigger=TriggerEvent("many"), retries=0)
+    async def many(ctx):
+        for i in range(5):
+            await ctx.step.run("s", lambda: i)
+
+    @app.function(trigger=TriggerEvent("big"), retries=0)
+    async def big(ctx):
+        return await ctx.step.run("blob", lambda: "x" * 5000)
+
+    try:
+        await harness.start_worker([app])
+        many_id, big_id = await harness.send({"name": "many"}, {"name": "big"})
+        ran_many = await harness.wait_status((await harness.run_of(many_id))["id"], "Failed")
+        assert "more than 3 steps" in ran_many["error"]["message"]
+        ran_big = await harness.wait_status((await harness.run_of(big_id))["id"], "Failed")
+        assert "limit" in ran_big["error"]["message"]
+        assert ran_big["steps"][0]["error"]["name"] == "LimitExceeded"
+    finally:
+        await harness.close()

@@ -17,6 +17,7 @@ from gateway.store.base import (
     CheckpointWrite,
     Lease,
     LeaseReturn,
+    Limits,
     NewEvent,
     RunEnded,
     SessionRelease,
@@ -835,3 +836,36 @@ async def test_a_silent_gateway_s_leases_are_requeued_by_one_live_gateway(store)
     assert refused.refused
     again = await claim(store, T0 + 12, slots(session="gw-b.s2"))
     assert [lease.run_id for lease in again.leases] == [run_id]
+
+
+# --- limits (SPEC §5) ------------------------------------------------------------------------
+
+
+async def test_a_step_result_over_the_limit_fails_the_run(store):
+    (run_id,) = await create_runs(store)
+    lease = await lease_one(store, run_id)
+    big = b'"' + b"x" * 2000 + b'"'
+    result = await store.write(batch(now=T0 + 1, limits=Limits(max_step_result=1000),
+                                     checkpoints=[cp(step_done(run_id, lease.fence, "big", big))]))
+    assert [e.status for e in result.ended] == ["Failed"]
+    run = await store.get_run(run_id)
+    assert run.error.name == "LimitExceeded" and "'big'" in run.error.message
+    assert run.steps == []  # nothing of the oversize result was kept
+
+
+async def test_a_run_whose_recorded_state_grows_over_the_limit_fails(store):
+    (run_id,) = await create_runs(store)
+    lease = await lease_one(store, run_id)
+    chunk = b'"' + b"x" * 400 + b'"'
+    limits = Limits(max_run_state=1000)
+    first = await store.write(batch(now=T0 + 1, limits=limits, checkpoints=[
+        cp(step_done(run_id, lease.fence, "a", chunk)),
+        cp(step_done(run_id, lease.fence, "b", chunk))]))
+    assert first.ended == []
+    second = await store.write(batch(now=T0 + 2, limits=limits, checkpoints=[
+        cp(step_done(run_id, lease.fence, "c", chunk)),
+        cp(step_done(run_id, lease.fence, "d", chunk))]))
+    assert [e.status for e in second.ended] == ["Failed"]
+    assert second.refused == {1: "run already Failed"}  # nothing more is recorded
+    run = await store.get_run(run_id)
+    assert run.error.name == "LimitExceeded" and "MiB limit" in run.error.message
