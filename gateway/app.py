@@ -75,8 +75,8 @@ class Gateway:
                 lease_ttl=settings.heartbeat_interval * 3,
                 max_steps=settings.max_steps,
                 max_step_result=settings.max_step_result,
-                max_frame_in=max(settings.max_frame_size, settings.max_step_result + 2**20),
-                max_frame_out=max(settings.max_frame_size, 64 * 1024 * 1024),
+                max_frame_in=settings.frame_limit,
+                max_frame_out=max(settings.frame_limit, 64 * 1024 * 1024),
             ),
         )
         self.api = build_api(

@@ -25,7 +25,8 @@ class Settings:
     log_level: str = "info"
     max_event_size: int = 512 * 1024
     max_request_size: int = 3 * 1024 * 1024
-    max_frame_size: int = 8 * 1024 * 1024
+    #: Largest frame a worker may send; by default 8 MiB, or a step result plus 1 MiB.
+    max_frame_size: int | None = None
     max_steps: int = 1000
     max_step_result: int = 4 * 1024 * 1024
     max_run_state: int = 32 * 1024 * 1024
@@ -36,6 +37,12 @@ class Settings:
     peer_ttl: float = 5.0
     #: On stop, how long workers told to go away get to disconnect by themselves.
     go_away_grace: float = 5.0
+
+    @property
+    def frame_limit(self) -> int:
+        if self.max_frame_size is not None:
+            return self.max_frame_size
+        return max(8 * 1024 * 1024, self.max_step_result + 1024 * 1024)
 
     def check(self) -> None:
         """Refuse settings that cannot work, saying how to fix them.

@@ -231,7 +231,7 @@ async def test_workers_enforce_the_gateway_s_limits(gateway_factory):
     @app.function(trigger=TriggerEvent("many"), retries=0)
     async def many(ctx):
         for i in range(5):
-            await ctx.step.run("s", lambda: i)
+            await ctx.step.run("s", lambda n=i: n)
 
     @app.function(trigger=TriggerEvent("big"), retries=0)
     async def big(ctx):

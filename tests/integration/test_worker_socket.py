@@ -93,7 +93,7 @@ async def test_handshake_in_dev_mode(gw, http):
     assert ready.session_id
     assert ready.heartbeat_interval == HEARTBEAT
     assert ready.lease_ttl == 3 * HEARTBEAT
-    assert ready.max_frame_size == gw.settings.max_frame_size
+    assert ready.max_frame_size == gw.settings.frame_limit
     (listed,) = (await http.get("/v1/workers")).json()["data"]
     assert (listed["session_id"], listed["instance_id"], listed["capacity"]) == (
         ready.session_id, "dev-1", 7)
