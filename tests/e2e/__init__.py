@@ -1,0 +1,3 @@
+"""e2e tests."""
+
+from __future__ import annotations

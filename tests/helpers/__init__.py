@@ -1,0 +1,3 @@
+"""Helpers the tests share: waiting under a bound, in-process gateways, PostgreSQL databases."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""integration tests."""
+
+from __future__ import annotations

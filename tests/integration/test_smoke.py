@@ -1,3 +1,5 @@
+"""The smallest end-to-end check in one process: three steps, each run once."""
+
 from __future__ import annotations
 
 import asyncio

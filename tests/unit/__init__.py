@@ -1,0 +1,3 @@
+"""unit tests."""
+
+from __future__ import annotations
