@@ -124,6 +124,8 @@ class PostgresStore(SqlStore):
     # --- gateways keeping each other alive and informed ----------------------------------
 
     async def keepalive(self, gateway_id: str, *, now: float, ttl: float) -> set[str]:
+        await self._keep_listening()
+
         async def beat(db: Db) -> set[str]:
             await db.execute("gateway_beat", gateway_id, now)
             touched: set[str] = set()
@@ -148,6 +150,19 @@ class PostgresStore(SqlStore):
         self._callback = callback
         self._listener = await asyncpg.connect(self.url)
         await self._listener.add_listener(CHANNEL, self._heard)
+
+    async def _keep_listening(self) -> None:
+        """Listen again if the listening connection died (the database restarted, say).
+
+        Notes sent meanwhile were lost, so the gateway is told to look at everything afresh.
+        """
+        if self._callback is None or (self._listener is not None
+                                      and not self._listener.is_closed()):
+            return
+        log.warning("peer_listener_reconnecting")
+        await self.subscribe(self.gateway_id, self._callback)
+        self.forget_configs()
+        self._callback({"registered": True, "wakeup": 0.0})
 
     def _heard(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         try:

@@ -869,3 +869,43 @@ async def test_a_run_whose_recorded_state_grows_over_the_limit_fails(store):
     assert second.refused == {1: "run already Failed"}  # nothing more is recorded
     run = await store.get_run(run_id)
     assert run.error.name == "LimitExceeded" and "MiB limit" in run.error.message
+
+
+async def test_a_gateway_that_lost_its_listener_listens_again(store, db_url):
+    if not store.shared:
+        pytest.skip("one gateway: nothing to listen to")
+    import asyncio
+
+    import asyncpg
+
+    from gateway.app import open_store
+    from tests.helpers.waiting import eventually
+
+    heard: list[dict] = []
+    other = open_store(db_url)
+    await other.open()
+    try:
+        await other.subscribe("gw-b", heard.append)
+        await store.subscribe("gw-a", lambda note: None)
+        pid = other._listener.get_server_pid()
+        admin = await asyncpg.connect(db_url)
+        try:
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await admin.close()
+        await eventually(lambda: _closed(other), what="the listener to notice it is gone")
+        await other.keepalive("gw-b", now=T0, ttl=5)
+        assert {"registered": True, "wakeup": 0.0} in heard  # told to look afresh
+        heard.clear()
+        await create_runs(store, 1)  # gw-a commits new runs: gw-b hears of them again
+        async def heard_functions() -> set[str]:
+            return {fn for note in heard for fn in note.get("functions", ())}
+
+        assert FN in await eventually(heard_functions, what="a note from the other gateway")
+    finally:
+        await other.close()
+        await asyncio.sleep(0)
+
+
+async def _closed(store) -> bool:
+    return store._listener.is_closed()
