@@ -65,7 +65,8 @@ class Gateway:
             limits=Limits(settings.max_steps, settings.max_step_result, settings.max_run_state),
         )
         self.auth = Authenticator(
-            dev=settings.dev, signing_keys=settings.signing_keys, event_keys=settings.event_keys
+            dev=settings.dev, signing_keys=settings.signing_keys, event_keys=settings.event_keys,
+            api_keys=settings.api_keys,
         )
         self.workers = WorkerServer(
             engine=self.engine, registry=self.registry, auth=self.auth, clock=self.clock,

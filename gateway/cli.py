@@ -54,6 +54,10 @@ def _serve_parser(environ: Mapping[str, str] | None) -> argparse.ArgumentParser:
     add_option(sec, "--event-key", env="EVENT_KEY", environ=environ, action="append",
                dest="event_keys", default=[], metavar="KEY",
                help="key accepted on POST /e/KEY; repeatable")
+    add_option(sec, "--api-key", env="API_KEY", environ=environ, action="append",
+               dest="api_keys", default=[], metavar="KEY",
+               help="extra bearer token for the management API (the signing key works too); "
+               "repeatable")
     add_option(sec, "--dev", env="DEV", environ=environ, action="store_true", default=False,
                help="local development: no signing key, any event key, open management API")
     run = p.add_argument_group("runs")
@@ -84,7 +88,8 @@ def _serve_parser(environ: Mapping[str, str] | None) -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings(
         host=args.host, port=args.port, connect_port=args.connect_port, db=args.db,
-        signing_keys=args.signing_keys, event_keys=args.event_keys, dev=args.dev,
+        signing_keys=args.signing_keys, event_keys=args.event_keys, api_keys=args.api_keys,
+        dev=args.dev,
         retry_base=args.retry_base, heartbeat_interval=args.heartbeat_interval,
         log_format=args.log_format, log_level=args.log_level,
         max_event_size=args.max_event_size, max_request_size=args.max_request_size,

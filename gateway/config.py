@@ -18,6 +18,7 @@ class Settings:
     db: str = DEFAULT_DB
     signing_keys: list[str] = field(default_factory=list)
     event_keys: list[str] = field(default_factory=list)
+    api_keys: list[str] = field(default_factory=list)
     dev: bool = False
     retry_base: float = 10.0
     heartbeat_interval: float = 5.0

@@ -13,10 +13,12 @@ from protocol.errors import AuthError
 
 
 class Authenticator:
-    def __init__(self, *, dev: bool, signing_keys: list[str], event_keys: list[str]) -> None:
+    def __init__(self, *, dev: bool, signing_keys: list[str], event_keys: list[str],
+                 api_keys: list[str] | None = None) -> None:
         self.dev = dev
         self.signing_keys = signing_keys
         self.event_keys = event_keys
+        self.api_keys = api_keys or []
 
     def check_worker(self, nonce: bytes, instance_id: str, mac: bytes) -> None:
         """Raises AuthError unless ``mac`` proves the worker holds a signing key."""
@@ -39,13 +41,15 @@ class Authenticator:
             )
 
     def check_bearer(self, header: str | None) -> None:
-        """Raises AuthError unless ``header`` is ``Bearer <signing key>`` (open in --dev)."""
+        """Raises AuthError unless ``header`` is ``Bearer <signing or API key>`` (open in --dev)."""
         if self.dev:
             return
         scheme, _, token = (header or "").partition(" ")
-        if scheme.lower() != "bearer" or not _known(token.strip(), self.signing_keys):
+        if scheme.lower() != "bearer" or not _known(token.strip(),
+                                                    self.signing_keys + self.api_keys):
             raise AuthError(
-                "missing or wrong credentials; send 'Authorization: Bearer <signing key>'"
+                "missing or wrong credentials; send 'Authorization: Bearer <signing key or "
+                "API key>'"
             )
 
 

@@ -507,3 +507,20 @@ async def test_a_retry_after_of_forever_parks_the_run_for_a_day(http, shop):
     assert step["error"]["name"] == "RetryAfterError"
     assert len((await http.get("/v1/workers")).json()["data"]) == 1
     assert metric((await http.get("/metrics")).text, "batches_failed_total") == 0
+
+
+async def test_an_api_key_opens_the_management_api_but_not_the_worker_socket(gateway_factory):
+    gw = await gateway_factory(dev=False, signing_keys=[KEY], event_keys=[EVENT_KEY],
+                               api_keys=["ops-key"])
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as client:
+        r = await client.get("/v1/runs", headers={"authorization": "Bearer ops-key"})
+        assert r.status_code == 200
+        r = await client.get("/v1/runs", headers={"authorization": "Bearer ops-keyx"})
+        assert r.status_code == 401
+    # A worker answering the challenge with the API key is refused: only signing keys serve.
+    from protocol import auth as proof
+    from protocol.errors import AuthError
+
+    with pytest.raises(AuthError):
+        gw.auth.check_worker(b"nonce", "w", proof.answer("ops-key", b"nonce", "w"))
+    gw.auth.check_worker(b"nonce", "w", proof.answer(KEY, b"nonce", "w"))
