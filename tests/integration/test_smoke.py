@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
-import httpx
-
-from worker import App, TriggerEvent, Worker
+from worker import App, TriggerEvent
 
 
-async def test_three_steps_complete_in_process(gateway_factory):
-    gw = await gateway_factory()
+async def test_three_steps_complete_in_process(harness):
     app = App("t")
     calls: list[str] = []
 
@@ -25,18 +20,9 @@ async def test_three_steps_complete_in_process(gateway_factory):
         c = await ctx.step.run("c", step, "c")
         return [a, b, c]
 
-    w = Worker([app], gateways=[f"ws://127.0.0.1:{gw.connect_port}/connect"])
-    task = asyncio.create_task(w.run())
-    await asyncio.wait_for(w.link.connected.wait(), 5)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as http:
-        r = await http.post("/e/dev", json={"name": "go"})
-        (event_id,) = r.json()["ids"]
-        for _ in range(500):
-            runs = (await http.get(f"/v1/events/{event_id}/runs")).json()["data"]
-            if runs and runs[0]["status"] == "Completed":
-                break
-            await asyncio.sleep(0.01)
-    assert runs[0]["output"] == ["a", "b", "c"]
+    await harness.start_worker([app])
+    (event_id,) = await harness.send({"name": "go"})
+    run = await harness.wait_status((await harness.run_of(event_id))["id"], "Completed")
+    assert run["output"] == ["a", "b", "c"]
     assert calls == ["a", "b", "c"]
-    await w.drain()
-    await task
+    assert [s["id"] for s in run["steps"]] == ["a", "b", "c"]
