@@ -140,6 +140,7 @@ class GatewayLink:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._last_heard = 0.0
+        self._last_tick = 0.0  # when the heartbeat task last ran: a frozen process stops it
         self._deaf_after: float | None = None  # seconds of gateway silence; set by Ready
 
     async def run(self) -> None:
@@ -217,7 +218,7 @@ class GatewayLink:
         writer = asyncio.create_task(self._write(ws, session), name="tether-writer")
         beats = asyncio.create_task(self._heartbeat(ws, ready.heartbeat_interval),
                                     name="tether-heartbeat")
-        self._last_heard = asyncio.get_running_loop().time()
+        self._last_heard = self._last_tick = asyncio.get_running_loop().time()
         self._deaf_after = ready.heartbeat_interval * 2.5
         try:
             async for frame in ws:
@@ -268,6 +269,7 @@ class GatewayLink:
             await asyncio.sleep(interval)
             if self.presumed_deaf():
                 return
+            self._last_tick = asyncio.get_running_loop().time()
             self.send(m.Heartbeat(in_flight=self.in_flight()))
 
     def presumed_deaf(self) -> bool:
@@ -280,11 +282,16 @@ class GatewayLink:
         ws = self.ws
         if ws is None or not self.connected.is_set() or self._deaf_after is None:
             return False
-        silent = asyncio.get_running_loop().time() - self._last_heard
-        if silent <= self._deaf_after:
+        now = asyncio.get_running_loop().time()
+        silent = now - self._last_heard
+        # The heartbeat task stalled as long: this process was frozen, and frames buffered
+        # before the freeze may yet refresh _last_heard; the gateway has long dropped us.
+        frozen = now - self._last_tick
+        if silent <= self._deaf_after and frozen <= self._deaf_after:
             return False
-        log.warning("gateway_unresponsive", silent_for=round(silent, 1))
-        ws.transport.abort()  # deaf gateway: drop the socket and reconnect
+        log.warning("gateway_unresponsive", silent_for=round(silent, 1),
+                    stalled_for=round(frozen, 1))
+        ws.transport.abort()  # drop the socket; every lease on it is presumed lost
         return True
 
 
