@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -124,6 +125,7 @@ class GatewayLink:
         outbox: Outbox,
         in_flight: Callable[[], int],
         rng: random.Random | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.urls = list(urls)
         self.hello = hello
@@ -134,6 +136,7 @@ class GatewayLink:
         self.outbox = outbox
         self.in_flight = in_flight
         self.rng = rng or random.Random()
+        self.monotonic = monotonic  # injected: liveness decisions are testable without sleeping
         self.session: Session | None = None
         self.ws: ClientConnection | None = None
         self.connected = asyncio.Event()
@@ -218,11 +221,11 @@ class GatewayLink:
         writer = asyncio.create_task(self._write(ws, session), name="tether-writer")
         beats = asyncio.create_task(self._heartbeat(ws, ready.heartbeat_interval),
                                     name="tether-heartbeat")
-        self._last_heard = self._last_tick = asyncio.get_running_loop().time()
+        self._last_heard = self._last_tick = self.monotonic()
         self._deaf_after = ready.heartbeat_interval * 2.5
         try:
             async for frame in ws:
-                self._last_heard = asyncio.get_running_loop().time()
+                self._last_heard = self.monotonic()
                 for msg in decode(frame, max_size=MAX_FRAME_IN):
                     session.receive(msg)
                     if isinstance(msg, m.GoAway):
@@ -269,7 +272,7 @@ class GatewayLink:
             await asyncio.sleep(interval)
             if self.presumed_deaf():
                 return
-            self._last_tick = asyncio.get_running_loop().time()
+            self._last_tick = self.monotonic()
             self.send(m.Heartbeat(in_flight=self.in_flight()))
 
     def presumed_deaf(self) -> bool:
@@ -282,7 +285,7 @@ class GatewayLink:
         ws = self.ws
         if ws is None or not self.connected.is_set() or self._deaf_after is None:
             return False
-        now = asyncio.get_running_loop().time()
+        now = self.monotonic()
         silent = now - self._last_heard
         # The heartbeat task stalled as long: this process was frozen, and frames buffered
         # before the freeze may yet refresh _last_heard; the gateway has long dropped us.
