@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 

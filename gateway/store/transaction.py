@@ -41,7 +41,7 @@ from gateway.store.base import (
     WriteBatch,
     WriteResult,
 )
-from gateway.store.db import Db
+from gateway.store.db import Db, Row
 from protocol import messages as m
 from protocol.expressions import matches
 from protocol.ids import new_id
@@ -630,30 +630,39 @@ class Transaction:
             self.touched.update(c[2] for c in candidates if c[1] not in taken)
         await db.executemany("lease_run", [(session_id, now, run_id)
                                            for run_id, session_id in assigned])
-        for run_id, session_id in assigned:
-            _, _, function_id, fence, attempt, started_at = by_id[run_id]
-            result.leases.append(await self._lease(run_id, session_id, function_id, fence + 1,
-                                                   attempt, started_at is None))
+        await self._leases([(run_id, session_id, *by_id[run_id][2:])
+                            for run_id, session_id in assigned])
 
-    async def _lease(self, run_id: str, session_id: str, function_id: str, fence: int,
-                     attempt: int, first: bool) -> Lease:
+    async def _leases(self, assigned: list[tuple[Any, ...]]) -> None:
+        """Build the leases of runs just taken, with a handful of set-based queries.
+
+        ``assigned`` holds (run id, session, function id, fence before, attempt, started_at).
+        Runs leased before (resumed) first have their due timers settled, then get their
+        recorded steps back as memos.
+        """
         db, now = self.db, self.now
-        if first:
-            config = await self._config(db, function_id)
-            if config is not None and config.timeouts and config.timeouts.finish is not None:
-                deadline = now + float(config.timeouts.finish)  # type: ignore[arg-type]
-                await db.execute("set_deadline", deadline, run_id)
-                self._later(deadline)
-        fresh = self._triggers.get(run_id)
-        events = [fresh] if fresh is not None else [
-            r[0] for r in await db.fetch("run_event_payloads", run_id)]
-        memos: dict[str, m.StepMemo] = {}
-        attempts: dict[str, int] = {}
-        deferred: list[str] = []
-        if not first:
-            await self._settle_timers(run_id)
-            for step_id, kind, status, output, error, tries, wake in await db.fetch(
-                    "run_steps_for_lease", run_id):
+        resumed = [a[0] for a in assigned if a[5] is not None]
+        steps: dict[str, list[Row]] = {}
+        if resumed:
+            await db.execute("settle_due_waits", resumed, now)
+            await db.execute("settle_due_steps", resumed, now, b"null", error_json(
+                "InvokeTimeout", "the invoked run did not finish within the timeout"))
+            for row in await db.fetch("steps_of_runs", resumed):
+                steps.setdefault(row[0], []).append(row)
+        missing = [a[0] for a in assigned if a[0] not in self._triggers]
+        payloads: dict[str, list[bytes]] = {}
+        if missing:
+            for run_id, payload in await db.fetch("event_payloads_of_runs", missing):
+                payloads.setdefault(run_id, []).append(payload)
+        for run_id, session_id, function_id, fence, attempt, started_at in assigned:
+            if started_at is None:
+                await self._first_lease(run_id, function_id)
+            fresh = self._triggers.get(run_id)
+            events = [fresh] if fresh is not None else payloads.get(run_id, [])
+            memos: dict[str, m.StepMemo] = {}
+            attempts: dict[str, int] = {}
+            deferred: list[str] = []
+            for _, step_id, kind, status, output, error, tries, wake in steps.get(run_id, ()):
                 if status == StepStatus.COMPLETED:
                     memos[step_id] = m.StepMemo(kind=kind, output=output)
                 elif status == StepStatus.FAILED:
@@ -664,24 +673,16 @@ class Transaction:
                         deferred.append(step_id)
                 else:  # sleeping, waiting, invoking: the gateway still owes the result
                     deferred.append(step_id)
-        return Lease(run_id, fence, session_id, function_id, events, memos, attempts, attempt,
-                     deferred)
+            self.result.leases.append(Lease(run_id, fence + 1, session_id, function_id, events,
+                                            memos, attempts, attempt, deferred))
 
-    async def _settle_timers(self, run_id: str) -> None:
-        """Sleeps that are over complete; waits and invokes that timed out resolve."""
-        db, now = self.db, self.now
-        for step_id, status in await db.fetch("due_steps", run_id, now):
-            if status == StepStatus.SLEEPING:
-                await db.execute("resolve_step", StepStatus.COMPLETED, b"null", None, now,
-                                 run_id, step_id)
-            elif status == StepStatus.WAITING:
-                await db.execute("delete_wait", run_id, step_id)
-                await db.execute("resolve_step", StepStatus.COMPLETED, b"null", None, now,
-                                 run_id, step_id)
-            elif status == StepStatus.INVOKING:
-                await db.execute("resolve_step", StepStatus.FAILED, None, error_json(
-                    "InvokeTimeout", "the invoked run did not finish within the timeout"),
-                    now, run_id, step_id)
+    async def _first_lease(self, run_id: str, function_id: str) -> None:
+        """A run starts: its ``timeouts.finish`` clock starts with it."""
+        config = await self._config(self.db, function_id)
+        if config is not None and config.timeouts and config.timeouts.finish is not None:
+            deadline = self.now + float(config.timeouts.finish)  # type: ignore[arg-type]
+            await self.db.execute("set_deadline", deadline, run_id)
+            self._later(deadline)
 
 
 def _refusal(run: _Run | None, msg: m._Checkpoint) -> str | None:

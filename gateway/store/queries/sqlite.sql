@@ -37,10 +37,6 @@ SELECT function_id FROM runs WHERE id = ?1;
 SELECT e.seq, e.id, e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
 WHERE re.run_id = ?1 ORDER BY re.position;
 
--- name: run_event_payloads
-SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
-WHERE re.run_id = ?1 ORDER BY re.position;
-
 -- name: run_trigger
 SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
 WHERE re.run_id = ?1 AND re.position = 0;
@@ -193,12 +189,31 @@ WHERE id = ?3;
 -- name: set_deadline
 UPDATE runs SET deadline_at = ?1 WHERE id = ?2;
 
--- name: due_steps
-SELECT step_id, status FROM steps
-WHERE run_id = ?1 AND status IN ('Sleeping', 'Waiting', 'Invoking') AND wake_at <= ?2;
+-- name: settle_due_waits
+-- Waits of runs being leased whose timeout passed: the wait goes (its step resolves below).
+DELETE FROM waits WHERE (run_id, step_id) IN (
+    SELECT run_id, step_id FROM steps
+    WHERE run_id IN (SELECT value FROM json_each(?1)) AND status = 'Waiting' AND wake_at <= ?2
+);
 
--- name: run_steps_for_lease
-SELECT step_id, kind, status, output, error, attempts, wake_at FROM steps WHERE run_id = ?1;
+-- name: settle_due_steps
+-- Sleeps that are over complete; waits that timed out get null; invokes that timed out fail.
+UPDATE steps SET
+    status = CASE status WHEN 'Invoking' THEN 'Failed' ELSE 'Completed' END,
+    output = CASE status WHEN 'Invoking' THEN NULL ELSE ?3 END,
+    error = CASE status WHEN 'Invoking' THEN ?4 ELSE NULL END,
+    ended_at = ?2, wake_at = NULL
+WHERE run_id IN (SELECT value FROM json_each(?1))
+AND status IN ('Sleeping', 'Waiting', 'Invoking') AND wake_at <= ?2;
+
+-- name: steps_of_runs
+SELECT run_id, step_id, kind, status, output, error, attempts, wake_at FROM steps
+WHERE run_id IN (SELECT value FROM json_each(?1));
+
+-- name: event_payloads_of_runs
+SELECT re.run_id, e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
+WHERE re.run_id IN (SELECT value FROM json_each(?1))
+ORDER BY re.run_id, re.position;
 
 -- name: next_ready
 -- The earliest future time a run of a function becomes ready (one index seek).
