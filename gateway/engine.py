@@ -291,9 +291,13 @@ class Engine:
             for task in (timer, woken):
                 task.cancel()
         if timer.done() and not timer.cancelled():
-            self._next_wakeup = None
-            self._find_wakeup = True
-            self._maybe_ready.update(self.functions)
+            self._timer_fired()
+
+    def _timer_fired(self) -> None:
+        """Something came due: look for ready runs of every function, and for the next time."""
+        self._next_wakeup = None
+        self._find_wakeup = True
+        self._maybe_ready.update(self.functions)
 
     def _new_batch(self) -> WriteBatch:
         return WriteBatch(now=0.0, match=self.triggers.match, listens=self.triggers.listens,
@@ -305,6 +309,9 @@ class Engine:
         waiters, self._event_waiters = self._event_waiters, []
         commands, self._command_waiters = self._command_waiters, []
         batch.now = self.clock.now()
+        if self._next_wakeup is not None and self._next_wakeup <= batch.now:
+            # Due while the loop was busy (it only sleeps when idle): the timer fires here.
+            self._timer_fired()
         batch.find_wakeup, self._find_wakeup = self._find_wakeup, False
         slots = self.registry.free_slots()
         if slots:
