@@ -90,7 +90,6 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._http: uvicorn.Server | None = None
         self._http_loop: asyncio.Task[None] | None = None
-        self._http_socket: socket.socket | None = None
         self._started = self.clock.now()
 
     async def start(self) -> None:
@@ -118,7 +117,6 @@ class Gateway:
         config.load()
         self._http = uvicorn.Server(config)
         self._http.lifespan = config.lifespan_class(config)
-        self._http_socket = sock
         await self._http.startup(sockets=[sock])
         self._http_loop = asyncio.create_task(self._http.main_loop(), name="tether-http")
         log.info("gateway_started", http=f"http://{self.settings.host}:{self.http_port}",
