@@ -515,7 +515,11 @@ async def test_lost_before_a_step_emits_nothing_more(run):
     assert execution.ended
 
 
-async def test_lost_during_a_step_starts_no_further_step(run):
+async def _interrupted_in_first_step(run, interrupt):
+    """Run a two-step function, call ``interrupt(execution)`` inside the first step, finish it.
+
+    Returns the recorder, the execution, and how many times the second step ran.
+    """
     in_step, release = asyncio.Event(), asyncio.Event()
     second = Counter()
 
@@ -532,33 +536,23 @@ async def test_lost_during_a_step_starts_no_further_step(run):
     rec, execution = await run(handler, start=False)
     execution.start()
     await asyncio.wait_for(in_step.wait(), BOUND)
-    execution.lose("socket closed")
+    interrupt(execution)
     release.set()
     await asyncio.wait_for(execution.wait(), BOUND)
-    assert second.calls == 0
+    return rec, execution, second.calls
+
+
+async def test_lost_during_a_step_starts_no_further_step(run):
+    rec, _, second_calls = await _interrupted_in_first_step(
+        run, lambda execution: execution.lose("socket closed"))
+    assert second_calls == 0
     assert not {"run_completed", "run_suspended", "run_failed", "lease_released"} & set(rec.kinds)
 
 
 async def test_drain_hands_the_run_back_at_the_next_step(run):
-    in_step, release = asyncio.Event(), asyncio.Event()
-    second = Counter()
-
-    async def first():
-        in_step.set()
-        await release.wait()
-        return 1
-
-    async def handler(ctx):
-        await ctx.step.run("first", first)
-        await ctx.step.run("second", second)
-
-    rec, execution = await run(handler, start=False)
-    execution.start()
-    await asyncio.wait_for(in_step.wait(), BOUND)
-    execution.drain()
-    release.set()
-    await asyncio.wait_for(execution.wait(), BOUND)
-    assert second.calls == 0
+    rec, _, second_calls = await _interrupted_in_first_step(
+        run, lambda execution: execution.drain())
+    assert second_calls == 0
     assert rec.kinds == ["step_completed", "lease_released"]
     assert rec.of(m.LeaseReleased)[0].reason == "worker draining"
 
