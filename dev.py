@@ -39,13 +39,19 @@ def ensure_env(extras: str = "") -> None:
         return
     print(f"dev.py: installing tether{f'[{extras}]' if extras else ''} into .venv", flush=True)
     target = f".[{extras}]" if extras else "."
-    subprocess.run([str(PYTHON), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-    subprocess.run(
-        [str(PYTHON), "-m", "pip", "install", "-q", "-e", target,
-         "--config-settings", "editable_mode=compat"],
-        check=True, cwd=ROOT,
-    )
+    _pip("install", "--upgrade", "pip")
+    _pip("install", "-e", target)
     marker.write_text(digest)
+
+
+def _pip(*args: str) -> None:
+    """Run pip quietly: its output (setuptools' notes on editable installs included) is shown
+    only when it fails."""
+    done = subprocess.run([str(PYTHON), "-m", "pip", *args, "-q"], cwd=ROOT,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout + done.stderr)
+        sys.exit(f"dev.py: pip {' '.join(args)} failed (exit {done.returncode}); see above")
 
 
 PG_CANDIDATES = (
