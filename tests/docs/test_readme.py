@@ -19,6 +19,7 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,8 @@ class Block:
 
 def readme_blocks() -> list[Block]:
     out: list[Block] = []
-    heading, lang, start, body = "", None, 0, []
+    heading, lang, start = "", None, 0
+    body: list[str] = []
     for number, line in enumerate(README.read_text().splitlines(), 1):
         if lang is None:
             if line.startswith("#"):
@@ -97,7 +99,7 @@ def config_files() -> dict[str, Block]:
 
 
 @pytest.fixture
-def readme_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def readme_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """README's python files, written out and importable (fresh modules for each test)."""
     files = python_files()
     for name, block in {**files, **config_files()}.items():
@@ -112,12 +114,12 @@ def readme_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # --- python blocks -------------------------------------------------------------------------
 
 
-def test_readme_has_the_files_this_test_expects():
+def test_readme_has_the_files_this_test_expects() -> None:
     assert {"myapp.py", "shop.py", "test_shop.py"} <= set(python_files())
 
 
 @pytest.mark.parametrize("name", sorted(python_files()))
-def test_python_blocks_use_what_they_import(name: str):
+def test_python_blocks_use_what_they_import(name: str) -> None:
     block = python_files()[name]
     tree = ast.parse(block.text, filename=name)
     imported = {}
@@ -130,14 +132,14 @@ def test_python_blocks_use_what_they_import(name: str):
     assert not unused, f"{block.where}: {name} imports {unused} without using them"
 
 
-def test_quick_start_module_declares_its_function(readme_dir: Path):
+def test_quick_start_module_declares_its_function(readme_dir: Path) -> None:
     myapp = importlib.import_module("myapp")
     assert isinstance(myapp.app, App) and myapp.app.id == "shop"
     assert set(myapp.app.functions) == {"sync-systems"}
     assert myapp.app.functions["sync-systems"].config.retries == 4
 
 
-def test_writing_functions_module_declares_every_function_it_uses(readme_dir: Path):
+def test_writing_functions_module_declares_every_function_it_uses(readme_dir: Path) -> None:
     shop = importlib.import_module("shop")
     assert set(shop.app.functions) == {"fulfil", "fulfil-failure"}
     assert set(shop.billing.functions) == {"make-invoice"}
@@ -146,7 +148,7 @@ def test_writing_functions_module_declares_every_function_it_uses(readme_dir: Pa
     assert invoked == [f"{shop.billing.id}/make-invoice"]
 
 
-def test_testing_block_passes_under_pytest(readme_dir: Path):
+def test_testing_block_passes_under_pytest(readme_dir: Path) -> None:
     # As a user runs it: in their project, with README's pyproject.toml and none of ours.
     assert "pyproject.toml" in config_files()
     done = subprocess.run(
@@ -240,7 +242,7 @@ def shell_blocks() -> list[Block]:
 
 
 @pytest.mark.parametrize("block", shell_blocks(), ids=lambda b: f"line{b.line}")
-def test_shell_commands_exist(block: Block):
+def test_shell_commands_exist(block: Block) -> None:
     for argv in shell_commands(block):
         where = f"{block.where}: {shlex.join(argv)}"
         if argv[0] in PYTHONS and argv[1] == "-m":
@@ -271,7 +273,7 @@ def synopsis() -> dict[str, str]:
     return commands
 
 
-def test_command_synopsis_lists_every_flag_and_only_real_ones():
+def test_command_synopsis_lists_every_flag_and_only_real_ones() -> None:
     commands = synopsis()
     assert set(commands) == {"gateway", "gateway migrate", "gateway keys", "worker"}
     for module in ("gateway", "worker"):
@@ -286,7 +288,7 @@ def test_command_synopsis_lists_every_flag_and_only_real_ones():
 
 
 @pytest.mark.e2e
-def test_quick_start_runs_end_to_end(tmp_path: Path):
+def test_quick_start_runs_end_to_end(tmp_path: Path) -> None:
     """myapp.py served by a worker, the README's curl commands against a --dev gateway."""
     (start,) = [b for b in shell_blocks() if "curl" in b.text and b.heading == "Quick start"]
     commands = shell_commands(start)
