@@ -1,9 +1,12 @@
-"""``python -m bench [throughput|waits|sleeps|all] [options]``: print figures of the hot paths.
+"""``python -m bench [NAME] [options]``: print figures of the hot paths.
 
     throughput   events -> 3-step runs through a gateway and workers: steps/s, latencies
     waits        cost of matching one event against 10,000 runs waiting for events
     sleeps       10,000 concurrent 1 s sleeps: how late they wake (p50/p99)
     scale        throughput on SQLite, and on PostgreSQL with 1, 2 and 3 gateways
+    http         HTTP API answer time, one request at a time (GET /health, POST /e)
+    takeover     PostgreSQL, 3 gateways under load: a gateway killed (kill -9) or stopped
+                 (SIGTERM), and how soon its runs complete through the others
     all          every benchmark with its default options
 
 ``python -m bench NAME --help`` lists a benchmark's options. With no name: throughput.
@@ -13,10 +16,10 @@ from __future__ import annotations
 
 import sys
 
-from bench import scale, sleeps, throughput, waits
+from bench import http_api, scale, sleeps, takeover, throughput, waits
 
 BENCHMARKS = {"throughput": throughput.main, "waits": waits.main, "sleeps": sleeps.main,
-              "scale": scale.main}
+              "scale": scale.main, "http": http_api.main, "takeover": takeover.main}
 
 
 def main(argv: list[str]) -> int:

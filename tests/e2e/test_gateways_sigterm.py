@@ -23,8 +23,6 @@ pytestmark = pytest.mark.e2e
 
 HOLDS = 6  # runs held in step b (gate "hold") on the stopping gateway's workers
 RUNS = 600  # trivial runs streamed through the three gateways meanwhile
-#: Seconds without a beat after which peers presume a gateway dead and requeue its leases.
-PEER_TTL = 5.0
 LEAVING = 0
 
 
@@ -79,8 +77,13 @@ def test_gateway_sigterm_drains_its_workers_to_peers_and_their_runs_complete(
                == 2 * HOLDS, "every held run to be leased again and be in step b")
     released = time.monotonic() - stopped_at
     # Handed back by the stopping gateway itself, not left for its peers to find after
-    # PEER_TTL of silence.
-    fleet.check(released < PEER_TTL, f"runs leased again only {released:.1f}s after SIGTERM")
+    # 5 s of silence (how soon is a figure: `python -m bench takeover` prints it).
+    presumed = [r for i in range(len(fleet.clusters)) if i != LEAVING
+                for r in log_events(fleet.gateway(i), "gateway_presumed_dead")
+                if r.get("gateway_id") == leaving_id]
+    fleet.check(not presumed, f"peers had to presume the stopped gateway dead: {presumed}")
+    print(f"\nworkers moved {moved:.1f}s and held runs leased again {released:.1f}s after "
+          "SIGTERM")
     fleet.open_gate("hold")
     sender.finish()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
+import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -337,17 +337,16 @@ async def test_health_and_metrics_are_open(gw, registered):
     assert metric(after, "workers_connected") == 1
 
 
-async def test_answers_do_not_wait_for_delayed_acks(http):
+async def test_answers_do_not_wait_for_delayed_acks(gw, http):
     # Without TCP_NODELAY a response written in two parts waits for the client's delayed ACK
-    # (40 ms on Linux; the first few answers of a connection escape it): the median shows it.
-    times = []
-    for _ in range(21):
-        started = time.perf_counter()
-        r = await http.get("/health")
-        times.append(time.perf_counter() - started)
-        assert r.status_code == 200
-    median = sorted(times)[len(times) // 2]
-    assert median < bound(0.02), f"the median answer took {median * 1000:.0f} ms"
+    # (40 ms on Linux): every connection the API accepts must set it. The answer time this
+    # buys is a figure, printed by `python -m bench http`, not asserted here.
+    for _ in range(3):
+        assert (await http.get("/health")).status_code == 200
+    connections = gw._http.server_state.connections
+    sockets = [c.transport.get_extra_info("socket") for c in connections]
+    assert sockets, "no open HTTP connection on the gateway"
+    assert all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets)
 
 
 async def test_run_lists_page_with_a_cursor(http, registered):
