@@ -219,10 +219,12 @@ class Transaction:
         ))
         self._new_links.extend((run_id, i, seq) for i, (seq, _) in enumerate(events))
         self._triggers[run_id] = trigger
+        # The run's own events, and any stored before them, never cancel it.
+        after_seq = max(seq for seq, _ in events)
         for index, cancel in enumerate(config.cancel_on):
             expires = None if cancel.timeout is None else self.now + float(cancel.timeout)  # type: ignore[arg-type]
             await self._insert_wait(run_id, f"cancel:{index}", "cancel", cancel.event,
-                                    cancel.if_, trigger, trigger_data, expires)
+                                    cancel.if_, trigger, trigger_data, expires, after_seq)
         self.touched.add(function_id)
         self.result.runs_created += 1
         return run_id
@@ -314,6 +316,9 @@ class Transaction:
                     await self._finish(msg.run_id, run, RunStatus.FAILED, None,
                                        error_of(msg.error))
                 else:
+                    # Steps completed earlier in this batch reset the attempt: write them
+                    # first, so this failure's count is the one kept.
+                    await self._flush_steps(steps, growth)
                     retry_at = write.retry_at if write.retry_at is not None else now
                     await db.execute("requeue_run", retry_at, msg.attempt + 1,
                                      error_of(msg.error), msg.run_id)
@@ -379,13 +384,14 @@ class Transaction:
         # Exclusively: writers storing events of this name (elsewhere) finish first, so the
         # look-back below sees them; later ones see this wait when they match.
         await db.execute("lock_event_name_for_wait", msg.event)
-        trigger = await db.fetchval("run_trigger", msg.run_id)
+        row = await db.fetchone("run_trigger_and_seq", msg.run_id)
+        trigger, after_seq = (row[0], row[1] or 0) if row else (None, 0)
         trigger_data = json.loads(trigger) if trigger else {}
         await self._insert_wait(msg.run_id, msg.step_id, "wait", msg.event, msg.if_,
-                                trigger or b"{}", trigger_data, now + msg.timeout)
+                                trigger or b"{}", trigger_data, now + msg.timeout, after_seq)
         # Look back: an event may have arrived after the run reached the wait on the worker
-        # but before this checkpoint was stored.
-        for payload, in await db.fetch("events_since", msg.event, since):
+        # but before this checkpoint was stored. Never the run's own events, nor older ones.
+        for payload, in await db.fetch("events_since", msg.event, since, after_seq):
             candidate = json.loads(payload)
             if matches(msg.if_, {"event": trigger_data, "async": candidate}):
                 await self._resolve_wait(msg.run_id, msg.step_id, payload)
@@ -393,10 +399,11 @@ class Transaction:
 
     async def _insert_wait(self, run_id: str, step_id: str, kind: str, event: str,
                            if_: str | None, trigger: bytes, trigger_data: dict[str, Any],
-                           expires: float | None) -> None:
+                           expires: float | None, after_seq: int) -> None:
+        """File a wait; it matches only events whose seq is above ``after_seq``."""
         index = index_for(if_, trigger_data) if if_ else NO_INDEX
         await self.db.execute("insert_wait", run_id, step_id, kind, event, if_, index.path,
-                              index.key, trigger, expires, self.now)
+                              index.key, trigger, expires, self.now, after_seq)
         self._listens[event] = True
 
     async def _invoke_requested(self, msg: m.InvokeRequested) -> None:
@@ -435,6 +442,7 @@ class Transaction:
         if not await self.db.execute("insert_done_step", msg.run_id, msg.step_id, "send_event",
                                      ids, self.now):
             return  # recorded before: the events were stored then
+        await self.db.execute("reset_attempt", msg.run_id)  # a completed step
         await self.ingest(events)
 
     # --- endings, cancellation -----------------------------------------------------------
@@ -573,7 +581,7 @@ class Transaction:
                 if key == MISSING:
                     continue
                 for run_id, step_id, kind, if_, trigger, expires in await self.db.fetch(
-                        "waits_for", event.name, path, key):
+                        "waits_for", event.name, path, key, event.seq):
                     if expires is not None and expires <= self.now:
                         continue
                     if if_ and not matches(if_, {"event": json.loads(trigger),
@@ -677,12 +685,16 @@ class Transaction:
                                             memos, attempts, attempt, deferred))
 
     async def _first_lease(self, run_id: str, function_id: str) -> None:
-        """A run starts: its ``timeouts.finish`` clock starts with it."""
+        """A run starts: ``timeouts.start`` is met, and the ``timeouts.finish`` clock starts."""
         config = await self._config(self.db, function_id)
-        if config is not None and config.timeouts and config.timeouts.finish is not None:
-            deadline = self.now + float(config.timeouts.finish)  # type: ignore[arg-type]
-            await self.db.execute("set_deadline", deadline, run_id)
+        timeouts = config.timeouts if config is not None else None
+        if timeouts is None or (timeouts.start is None and timeouts.finish is None):
+            return
+        deadline = None
+        if timeouts.finish is not None:
+            deadline = self.now + float(timeouts.finish)  # type: ignore[arg-type]
             self._later(deadline)
+        await self.db.execute("set_deadline", deadline, run_id)
 
 
 def _refusal(run: _Run | None, msg: m._Checkpoint) -> str | None:

@@ -41,8 +41,18 @@ WHERE re.run_id = ?1 ORDER BY re.position;
 SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
 WHERE re.run_id = ?1 AND re.position = 0;
 
+-- name: run_trigger_and_seq
+-- The run's trigger (``event`` in if_) and the highest seq of its events: a wait of the run
+-- matches only events stored after that.
+SELECT e.payload, (SELECT MAX(event_seq) FROM run_events WHERE run_id = ?1)
+FROM run_events re JOIN events e ON e.seq = re.event_seq
+WHERE re.run_id = ?1 AND re.position = 0;
+
 -- name: events_since
-SELECT payload FROM events WHERE name = ?1 AND received_at >= ?2 ORDER BY seq;
+-- A wait's look-back: events of the name received since the gateway last heard from the run,
+-- never the run's own events nor older ones (seq above the run's highest).
+SELECT payload FROM events WHERE name = ?1 AND received_at >= ?2 AND seq > ?3
+ORDER BY seq;
 
 -- ================================ checkpoints ================================
 
@@ -77,7 +87,15 @@ WHERE run_id = ?5 AND step_id = ?6 AND status IN ('Sleeping', 'Waiting', 'Invoki
 UPDATE steps SET child_run_id = ?1 WHERE run_id = ?2 AND step_id = ?3;
 
 -- name: run_progressed
-UPDATE runs SET state_bytes = state_bytes + ?1, lease_losses = 0 WHERE id = ?2;
+-- A completed step (it recorded a result, so ?1 > 0) also gives the function body a fresh
+-- retry budget, as Inngest does.
+UPDATE runs SET state_bytes = state_bytes + ?1, lease_losses = 0,
+    attempt = CASE WHEN ?1 > 0 THEN 0 ELSE attempt END
+WHERE id = ?2;
+
+-- name: reset_attempt
+-- A step completed without its result passing through run_progressed (send_event).
+UPDATE runs SET attempt = 0 WHERE id = ?1;
 
 -- name: requeue_run
 UPDATE runs SET status = 'Queued', session_id = NULL, available_at = ?1,
@@ -142,8 +160,8 @@ WHERE status = 'Running';
 
 -- name: insert_wait
 INSERT INTO waits (run_id, step_id, kind, event_name, if_, match_path, match_key, trigger,
-                   expires_at, created_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                   expires_at, created_at, after_seq)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
 ON CONFLICT (run_id, step_id) DO NOTHING;
 
 -- name: has_waits
@@ -161,8 +179,10 @@ WITH RECURSIVE p(path) AS (
 SELECT path FROM p WHERE path IS NOT NULL;
 
 -- name: waits_for
+-- The waits an event (seq ?4) may match: only those of runs created before it was stored.
 SELECT run_id, step_id, kind, if_, trigger, expires_at FROM waits
-WHERE event_name = ?1 AND match_path = ?2 AND match_key = ?3 ORDER BY created_at;
+WHERE event_name = ?1 AND match_path = ?2 AND match_key = ?3 AND after_seq < ?4
+ORDER BY created_at;
 
 -- name: delete_wait
 DELETE FROM waits WHERE run_id = ?1 AND step_id = ?2;
