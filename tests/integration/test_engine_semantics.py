@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.clock import FakeClock
 from gateway.engine import Engine
-from gateway.registry import Registry
+from gateway.registry import Registry, WorkerEntry
 from gateway.store.base import NewEvent
 from protocol import messages as m
 from protocol.manifest import AppManifest, Cancel, Timeouts
@@ -250,3 +251,59 @@ async def test_a_body_failure_after_a_completed_step_counts_from_zero(world):
     world.clock.advance(1)
     again = await worker.lease()
     assert again.attempt == 1 and "s1" in again.memos
+
+
+# --- one app id, two programs ----------------------------------------------------------------
+
+
+def connect(world: World, instance_id: str, app: AppManifest) -> WorkerEntry:
+    """A worker of ``app`` as the transport registers it: functions first, then the entry."""
+    entry = WorkerEntry(
+        session_id=f"session-{instance_id}", instance_id=instance_id, capacity=10,
+        functions=frozenset(f"{app.id}/{f.id}" for f in app.functions),
+        apps={app.id: app.version}, connected_at=world.clock.now(),
+        send=lambda msg: None, close=lambda code, reason: None,
+    )
+    world.registry.add(entry)
+    return entry
+
+
+async def active(world: World) -> set[str]:
+    stored = {f.id for f in await world.engine.store.functions() if f.active}
+    known = {f.id for f in world.engine.functions.values() if f.active}
+    assert stored == known
+    return {f for f in known if f.startswith("shop/")}
+
+
+async def test_two_programs_with_one_app_id_both_stay_served(world):
+    first = AppManifest(id="shop", functions=[fn("a", "ev.a")])
+    second = AppManifest(id="shop", functions=[fn("b", "ev.b")])
+    await world.engine.register_app(first, instance_id="p1")
+    connect(world, "p1", first)
+    with capture_logs() as logs:
+        await world.engine.register_app(second, instance_id="p2")
+    connect(world, "p2", second)
+    [conflict] = [e for e in logs if e["event"] == "app_conflict"]
+    assert conflict["app_id"] == "shop" and conflict["instance_id"] == "p2"
+    assert conflict["other_instances"] == ["p1"]
+    assert conflict["only_here"] == ["shop/b"] and conflict["only_there"] == ["shop/a"]
+    assert await active(world) == {"shop/a", "shop/b"}
+    for name in ("ev.a", "ev.b"):
+        assert len(await world.engine.store.runs_for_event(await world.send(name))) == 1
+
+    # The first program is gone for good; the second one reconnects: 'a' is served by no
+    # connected worker any more, so it goes (as a function dropped by a deployment does).
+    world.registry.remove("session-p1")
+    await world.engine.register_app(second, instance_id="p2")
+    assert await active(world) == {"shop/b"}
+
+
+async def test_a_new_version_replaces_the_function_set_without_a_conflict(world):
+    old = AppManifest(id="shop", version="1", functions=[fn("a", "ev.a"), fn("b", "ev.b")])
+    new = AppManifest(id="shop", version="2", functions=[fn("b", "ev.b")])
+    await world.engine.register_app(old, instance_id="old")
+    connect(world, "old", old)
+    with capture_logs() as logs:
+        await world.engine.register_app(new, instance_id="new")
+    assert not [e for e in logs if e["event"] == "app_conflict"]
+    assert await active(world) == {"shop/b"}

@@ -253,6 +253,10 @@ ON CONFLICT (id) DO UPDATE SET version = excluded.version,
 -- name: deactivate_functions
 UPDATE functions SET active = 0 WHERE app_id = $1;
 
+-- name: activate_function
+-- A function another connected worker of the app still serves stays active (app-id conflict).
+UPDATE functions SET active = 1 WHERE id = $1;
+
 -- name: upsert_function
 INSERT INTO functions (id, app_id, config, active, updated_at) VALUES ($1, $2, $3, 1, $4)
 ON CONFLICT (id) DO UPDATE SET config = excluded.config, active = 1,
