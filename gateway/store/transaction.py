@@ -477,6 +477,8 @@ class Transaction:
         if status == RunStatus.COMPLETED:
             done = await self.db.execute("resolve_step", StepStatus.COMPLETED,
                                          output or b"null", None, self.now, run_id, step_id)
+            if done:
+                await self.db.execute("reset_attempt", run_id)  # a completed step
         else:
             info = error_from_json(error)
             message = info.message if info else status
@@ -542,9 +544,19 @@ class Transaction:
         return count
 
     async def _deadlines(self) -> None:
-        for run_id, started_at in await self.db.fetch("due_deadlines", self.now):
-            reason = ("not started within timeouts.start" if started_at is None
-                      else "not finished within timeouts.finish")
+        """Cancel runs past a deadline: ``timeouts.start`` until the run starts (its first
+        lease), ``timeouts.finish`` from then on (see :meth:`_first_lease`)."""
+        for run_id, started_at, function_id in await self.db.fetch("due_deadlines", self.now):
+            config = await self._config(self.db, function_id)
+            timeouts = config.timeouts if config is not None else None
+            if started_at is None:
+                limit = timeouts.start if timeouts is not None else None
+                reason, since = "not started within timeouts.start", "it was queued"
+            else:
+                limit = timeouts.finish if timeouts is not None else None
+                reason, since = "not finished within timeouts.finish", "it started"
+            if limit is not None:
+                reason += f" ({float(limit):g} s after {since})"  # type: ignore[arg-type]
             await self.end_run(run_id, RunStatus.CANCELLED,
                                error=error_json("Timeout", f"cancelled: {reason}"))
 
@@ -598,6 +610,7 @@ class Transaction:
             return  # someone else resolved it
         if await self.db.execute("resolve_step", StepStatus.COMPLETED, payload, None, self.now,
                                  run_id, step_id):
+            await self.db.execute("reset_attempt", run_id)  # a completed step
             await self._wake(run_id)
 
     async def _wake(self, run_id: str) -> None:
@@ -651,10 +664,15 @@ class Transaction:
         db, now = self.db, self.now
         resumed = [a[0] for a in assigned if a[5] is not None]
         steps: dict[str, list[Row]] = {}
+        reset: set[str] = set()  # runs a step of which completed now: a fresh body budget
         if resumed:
             await db.execute("settle_due_waits", resumed, now)
-            await db.execute("settle_due_steps", resumed, now, b"null", error_json(
-                "InvokeTimeout", "the invoked run did not finish within the timeout"))
+            reset = {run_id for run_id, status in await db.fetch(
+                "settle_due_steps", resumed, now, b"null", error_json(
+                    "InvokeTimeout", "the invoked run did not finish within the timeout"))
+                if status == StepStatus.COMPLETED}
+            if reset:
+                await db.executemany("reset_attempt", [(run_id,) for run_id in sorted(reset)])
             for row in await db.fetch("steps_of_runs", resumed):
                 steps.setdefault(row[0], []).append(row)
         missing = [a[0] for a in assigned if a[0] not in self._triggers]
@@ -663,6 +681,8 @@ class Transaction:
             for run_id, payload in await db.fetch("event_payloads_of_runs", missing):
                 payloads.setdefault(run_id, []).append(payload)
         for run_id, session_id, function_id, fence, attempt, started_at in assigned:
+            if run_id in reset:
+                attempt = 0
             if started_at is None:
                 await self._first_lease(run_id, function_id)
             fresh = self._triggers.get(run_id)

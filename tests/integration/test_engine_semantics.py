@@ -167,7 +167,8 @@ async def test_timeouts_start_cancels_a_run_not_started_in_time(world):
     await world.settle()
     state = await world.run(run)
     assert state["status"] == "Cancelled" and state["error"].name == "Timeout"
-    assert "not started within timeouts.start" in state["error"].message
+    assert state["error"].message == ("cancelled: not started within timeouts.start "
+                                      "(10 s after it was queued)")
     # A worker arriving later is not given the cancelled run.
     worker = world.worker("t/late")
     await world.settle()
@@ -186,7 +187,8 @@ async def test_timeouts_finish_cancels_a_run_running_too_long(world):
     assert revoked.run_id == lease.run_id
     state = await world.run(lease.run_id)
     assert state["status"] == "Cancelled" and state["error"].name == "Timeout"
-    assert "not finished within timeouts.finish" in state["error"].message
+    assert state["error"].message == ("cancelled: not finished within timeouts.finish "
+                                      "(5 s after it started)")
 
 
 async def test_timeouts_start_and_finish_each_bound_their_own_span(world):
@@ -307,3 +309,24 @@ async def test_a_new_version_replaces_the_function_set_without_a_conflict(world)
         await world.engine.register_app(new, instance_id="new")
     assert not [e for e in logs if e["event"] == "app_conflict"]
     assert await active(world) == {"shop/b"}
+
+
+async def test_a_sleep_or_a_wait_that_completes_also_resets_the_attempt(world):
+    worker = world.worker("t/flaky")
+    await world.send("go.flaky")
+    lease = await _fail_body(world, worker, await worker.lease())
+    assert lease.attempt == 1
+    await world.checkpoint(worker, lease, m.SleepRequested, step_id="nap", duration=10.0)
+    await world.checkpoint(worker, lease, m.RunSuspended)
+    world.clock.advance(10)
+    lease = await worker.lease()
+    assert "nap" in lease.memos and lease.attempt == 0
+
+    lease = await _fail_body(world, worker, lease)
+    assert lease.attempt == 1
+    await world.checkpoint(worker, lease, m.WaitRequested, step_id="ok", event="go.ok",
+                           timeout=60.0)
+    await world.checkpoint(worker, lease, m.RunSuspended)
+    await world.send("go.ok")
+    lease = await worker.lease()
+    assert "ok" in lease.memos and lease.attempt == 0

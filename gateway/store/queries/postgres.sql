@@ -94,7 +94,8 @@ UPDATE runs SET state_bytes = state_bytes + $1, lease_losses = 0,
 WHERE id = $2;
 
 -- name: reset_attempt
--- A step completed without its result passing through run_progressed (send_event).
+-- A step completed without its result passing through run_progressed (send_event,
+-- a wait's event, a child's output, a sleep or wait timeout settled at a lease).
 UPDATE runs SET attempt = 0 WHERE id = $1;
 
 -- name: requeue_run
@@ -134,7 +135,7 @@ FROM runs r WHERE r.function_id = $1 AND r.queued_at >= $2 AND r.queued_at < $3
 AND r.status NOT IN ('Completed', 'Failed', 'Cancelled', 'Skipped');
 
 -- name: due_deadlines
-SELECT id, started_at FROM runs WHERE deadline_at <= $1 FOR UPDATE SKIP LOCKED;
+SELECT id, started_at, function_id FROM runs WHERE deadline_at <= $1 FOR UPDATE SKIP LOCKED;
 
 -- name: session_runs
 SELECT id, function_id, lease_losses FROM runs WHERE session_id = $1 AND status = 'Running'
@@ -221,7 +222,8 @@ UPDATE steps SET
     error = CASE status WHEN 'Invoking' THEN $4::text ELSE NULL END,
     ended_at = $2, wake_at = NULL
 WHERE run_id = ANY($1::text[])
-AND status IN ('Sleeping', 'Waiting', 'Invoking') AND wake_at <= $2;
+AND status IN ('Sleeping', 'Waiting', 'Invoking') AND wake_at <= $2
+RETURNING run_id, status;
 
 -- name: steps_of_runs
 SELECT run_id, step_id, kind, status, output, error, attempts, wake_at FROM steps
