@@ -266,8 +266,39 @@ class Engine:
         records = await self.store.functions()
         for record in records:
             self._index(record)
+        await self._keep_served(records)
         self._maybe_ready.update(r.id for r in records if r.active)
         self._wake.set()
+
+    async def _keep_served(self, records: list[FunctionRecord]) -> None:
+        """A registration through another gateway turned off functions that workers connected
+        here serve on the same app version (one app id, two programs): turn them back on."""
+        lost: dict[str, set[str]] = {}
+        by_id = {r.id: r for r in records}
+        for worker in self.registry:
+            for fid in worker.functions:
+                record = by_id.get(fid)
+                if (record is not None and not record.active
+                        and worker.apps.get(record.app_id) == record.app_version):
+                    lost.setdefault(fid, set()).add(worker.instance_id)
+        if not lost:
+            return
+        log.warning(
+            "app_conflict", app_ids=sorted({by_id[f].app_id for f in lost}),
+            functions=sorted(lost), instances=sorted(set().union(*lost.values())),
+            hint="another gateway registered the app with other functions; these stay "
+                 "active while workers connected here serve them. Give each program its own "
+                 "App id, or serve the same functions from every worker of the app",
+        )
+        try:
+            await self.store.activate_functions(sorted(lost), now=self.clock.now())
+        except Exception as exc:  # the next registration or reload tries again
+            log.error("functions_not_reactivated", functions=sorted(lost), error=str(exc))
+            return
+        for fid in lost:
+            record = by_id[fid]
+            record.active = True
+            self._index(record)
 
     def worker_gone(self, worker: WorkerEntry, reason: str, *, lost: bool = True) -> None:
         """The worker's socket closed: every lease it held goes back to the queue."""

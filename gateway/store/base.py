@@ -291,6 +291,10 @@ class Store(Protocol):
         except those in ``keep`` (full ids other connected workers still serve)."""
         ...
 
+    async def activate_functions(self, function_ids: Collection[str], *, now: float) -> None:
+        """Turn registered functions back on (connected workers still serve them)."""
+        ...
+
     async def recover(self, *, now: float) -> int:
         """At start: requeue runs leased by sessions of a gateway that is gone."""
         ...

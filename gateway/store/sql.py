@@ -104,6 +104,15 @@ class SqlStore:
             del self._configs[fid]
         return records
 
+    async def activate_functions(self, function_ids: Collection[str], *, now: float) -> None:
+        async def activate(db: Db) -> None:
+            await db.executemany("activate_function", [(fid,) for fid in sorted(function_ids)])
+            await self._publish(db, None, registered=True)
+
+        await self._transaction(activate)
+        for fid in function_ids:
+            self._configs.pop(fid, None)
+
     # --- reads ---------------------------------------------------------------------------
 
     async def functions(self) -> list[FunctionRecord]:

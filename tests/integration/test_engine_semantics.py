@@ -18,6 +18,7 @@ from gateway.registry import Registry, WorkerEntry
 from gateway.store.base import NewEvent
 from protocol import messages as m
 from protocol.manifest import AppManifest, Cancel, Timeouts
+from tests.helpers.waiting import eventually
 from tests.integration.test_engine_steps import BOUND, World, fn
 
 
@@ -330,3 +331,28 @@ async def test_a_sleep_or_a_wait_that_completes_also_resets_the_attempt(world):
     await world.send("go.ok")
     lease = await worker.lease()
     assert "ok" in lease.memos and lease.attempt == 0
+
+
+async def test_one_app_id_on_two_gateways_keeps_both_served(gateway_factory, db_url):
+    if not db_url.startswith("postgres"):
+        pytest.skip("several gateways share PostgreSQL only")
+    first_gw, second_gw = await gateway_factory(), await gateway_factory()
+    first = AppManifest(id="shop", functions=[fn("a", "ev.a")])
+    second = AppManifest(id="shop", functions=[fn("b", "ev.b")])
+    await first_gw.engine.register_app(first, instance_id="p1")
+    connect(World(first_gw.engine, first_gw.clock, first_gw.registry), "p1", first)
+    with capture_logs() as logs:
+        await second_gw.engine.register_app(second, instance_id="p2")
+
+        async def both_active() -> bool:
+            stored = {f.id for f in await second_gw.store.functions() if f.active}
+            return all(
+                {"shop/a", "shop/b"} <= stored
+                and gw.engine.functions["shop/a"].active
+                and gw.engine.functions.get("shop/b") is not None
+                and gw.engine.functions["shop/b"].active
+                for gw in (first_gw, second_gw))
+
+        await eventually(both_active, what="both functions active on both gateways")
+    assert [e for e in logs if e["event"] == "app_conflict"
+            and e.get("functions") == ["shop/a"] and e.get("instances") == ["p1"]]
