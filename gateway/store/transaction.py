@@ -119,6 +119,7 @@ class Transaction:
         self._triggers: dict[str, bytes] = {}
         self._wakeups: list[float] = []
         self._endings: list[tuple[Any, ...]] = []
+        self._last_seq = 0  # the highest event seq stored in this batch so far
 
     async def run(self) -> WriteResult:
         batch = self.batch
@@ -180,6 +181,7 @@ class Transaction:
         # commit, then looks back and sees these events (see _wait_requested).
         await db.fetch("lock_event_names", sorted({e.name for e in fresh}))
         reserved = [row[0] for row in await db.fetch("reserve_event_seqs", len(fresh))]
+        self._last_seq = max(self._last_seq, *reserved)
         await db.executemany("insert_event", [
             (seq, e.id, e.name, e.payload, now) for seq, e in zip(reserved, fresh, strict=True)
         ])
@@ -203,8 +205,13 @@ class Transaction:
         trigger_data: dict[str, Any],
         *,
         parent: tuple[str, str] | None = None,
+        after_seq: int | None = None,
     ) -> str | None:
-        """Queue a run of ``function_id`` for ``events`` ((seq, id) pairs); None if unknown."""
+        """Queue a run of ``function_id`` for ``events`` ((seq, id) pairs); None if unknown.
+
+        Its ``cancel_on`` waits match events with a seq above ``after_seq`` (by default the
+        highest of ``events``): never its own trigger, nor an event stored before it.
+        """
         config = await self._config(self.db, function_id)
         if config is None:
             return None
@@ -219,8 +226,8 @@ class Transaction:
         ))
         self._new_links.extend((run_id, i, seq) for i, (seq, _) in enumerate(events))
         self._triggers[run_id] = trigger
-        # The run's own events, and any stored before them, never cancel it.
-        after_seq = max(seq for seq, _ in events)
+        if after_seq is None:
+            after_seq = max(seq for seq, _ in events)
         for index, cancel in enumerate(config.cancel_on):
             expires = None if cancel.timeout is None else self.now + float(cancel.timeout)  # type: ignore[arg-type]
             await self._insert_wait(run_id, f"cancel:{index}", "cancel", cancel.event,
@@ -245,8 +252,10 @@ class Transaction:
         if not events:
             return None
         trigger = events[0][2]
+        # Created now: events stored before now (in this batch too) do not cancel it.
         new_run = await self.create_run(function_id, [(r[0], r[1]) for r in events], trigger,
-                                        json.loads(trigger))
+                                        json.loads(trigger),
+                                        after_seq=max(self._last_seq, *(r[0] for r in events)))
         await self._flush_runs()
         return new_run
 

@@ -98,6 +98,20 @@ async def test_two_updates_in_one_batch_cancel_only_the_older_run(world):
     assert (await world.run(await run_of(world, "u2")))["status"] == "Queued"
 
 
+async def test_a_replay_is_not_cancelled_by_an_event_stored_with_it(world):
+    original = await run_of(world, await world.send("x/start"))
+    # One batch: a cancel event arrives as the replay is asked for; the replay is created
+    # after the events of its batch are stored, so the cancel is older than it.
+    _, replay = await asyncio.gather(world.send("x/stop"), world.engine.replay(original))
+    await world.settle()
+    assert replay is not None
+    assert (await world.run(original))["status"] == "Cancelled"
+    assert (await world.run(replay))["status"] == "Queued"
+    await world.send("x/stop")
+    await world.settle()
+    assert (await world.run(replay))["status"] == "Cancelled"
+
+
 # --- wait_for_event --------------------------------------------------------------------------
 
 
