@@ -9,7 +9,8 @@ The phases, in order (each may add work for the later ones):
 3. **commands**: API cancellations and replays, leases handed back, workers gone;
 4. **deadlines**: cancel runs past ``timeouts.start`` / ``timeouts.finish``;
 5. **waits**: offer every event stored in this batch (including system events born of run
-   endings in this batch) to the waits on its name; a match resumes or cancels a run;
+   endings in this batch) to the waits on its name; a match resumes or cancels a run. A wait
+   matches only events stored after its run's own events (``after_seq``), never its trigger;
 6. **claims**: lease ready runs to workers with free slots, first settling their due sleeps,
    wait timeouts and invoke timeouts.
 
