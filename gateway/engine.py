@@ -112,29 +112,69 @@ class Engine:
         config = FunctionConfig(**record.config) if record.active else None
         self.triggers.set_function(record.id, config)
 
-    async def register_app(self, app: AppManifest) -> list[FunctionRecord]:
+    async def register_app(self, app: AppManifest, *, instance_id: str = ""
+                           ) -> list[FunctionRecord]:
         """Validate and store an app's functions, then route its events to them.
+
+        Functions of the app that connected workers on the same version still serve stay
+        active: two programs reusing one app id each keep their functions (and the conflict
+        is logged), rather than the newcomer silently turning the others' off.
 
         Raises:
             ExpressionError: an expression of some function does not compile.
         """
         for fn in app.functions:
             check_expressions(f"{app.id}/{fn.id}", fn)
-        known = self._registered(app)
+        keep = self._served_elsewhere(app, instance_id)
+        known = self._registered(app, keep)
         if known is not None:
             return known  # every worker of a deployment says the same: write it once
-        records = await self.store.register_app(app, now=self.clock.now())
-        active = {r.id for r in records}
+        records = await self.store.register_app(app, now=self.clock.now(), keep=keep)
+        active = {r.id for r in records} | keep
         for stale in [f for f in self.functions.values() if f.app_id == app.id]:
             if stale.id not in active:
                 stale.active = False
                 self.triggers.set_function(stale.id, None)
+            elif stale.id in keep and not stale.active:
+                stale.active = True
+                self._index(stale)
         for record in records:
             self._index(record)
         return records
 
-    def _registered(self, app: AppManifest) -> list[FunctionRecord] | None:
-        """The app's records if it is registered exactly so already, else None."""
+    def _served_elsewhere(self, app: AppManifest, instance_id: str) -> set[str]:
+        """Functions of ``app`` that connected workers on its version serve and it lacks.
+
+        Same app id and version with another function set is a conflict (two programs
+        reusing one ``App`` id): logged, and every function stays served. Another version
+        is a deployment: the newcomer's set replaces the old one, as before.
+        """
+        mine = {f"{app.id}/{fn.id}" for fn in app.functions}
+        prefix = f"{app.id}/"
+        theirs: set[str] = set()
+        others: list[str] = []
+        for worker in self.registry:
+            if worker.apps.get(app.id) != app.version:
+                continue
+            served = {f for f in worker.functions if f.startswith(prefix)}
+            if served != mine:
+                theirs |= served
+                others.append(worker.instance_id)
+        if others:
+            log.warning(
+                "app_conflict", app_id=app.id, app_version=app.version,
+                instance_id=instance_id, other_instances=sorted(set(others)),
+                only_here=sorted(mine - theirs), only_there=sorted(theirs - mine),
+                hint=f"workers register app {app.id!r} (version {app.version!r}) with "
+                     "different functions; each function stays active while a worker "
+                     "serving it is connected. Give each program its own App id, or serve "
+                     "the same functions from every worker of the app",
+            )
+        return theirs - mine
+
+    def _registered(self, app: AppManifest, keep: set[str]) -> list[FunctionRecord] | None:
+        """The app's records if it is registered exactly so already (besides the functions
+        in ``keep``, which other workers serve), else None."""
         mine = {f.id: f for f in self.functions.values() if f.app_id == app.id and f.active}
         records = []
         for fn in app.functions:
@@ -143,7 +183,7 @@ class Engine:
                     or record.config != _CONFIG.dump_python(fn, mode="json")):
                 return None
             records.append(record)
-        return None if mine else records
+        return None if set(mine) != keep else records
 
     # --- inputs --------------------------------------------------------------------------
 
@@ -226,8 +266,39 @@ class Engine:
         records = await self.store.functions()
         for record in records:
             self._index(record)
+        await self._keep_served(records)
         self._maybe_ready.update(r.id for r in records if r.active)
         self._wake.set()
+
+    async def _keep_served(self, records: list[FunctionRecord]) -> None:
+        """A registration through another gateway turned off functions that workers connected
+        here serve on the same app version (one app id, two programs): turn them back on."""
+        lost: dict[str, set[str]] = {}
+        by_id = {r.id: r for r in records}
+        for worker in self.registry:
+            for fid in worker.functions:
+                record = by_id.get(fid)
+                if (record is not None and not record.active
+                        and worker.apps.get(record.app_id) == record.app_version):
+                    lost.setdefault(fid, set()).add(worker.instance_id)
+        if not lost:
+            return
+        log.warning(
+            "app_conflict", app_ids=sorted({by_id[f].app_id for f in lost}),
+            functions=sorted(lost), instances=sorted(set().union(*lost.values())),
+            hint="another gateway registered the app with other functions; these stay "
+                 "active while workers connected here serve them. Give each program its own "
+                 "App id, or serve the same functions from every worker of the app",
+        )
+        try:
+            await self.store.activate_functions(sorted(lost), now=self.clock.now())
+        except Exception as exc:  # the next registration or reload tries again
+            log.error("functions_not_reactivated", functions=sorted(lost), error=str(exc))
+            return
+        for fid in lost:
+            record = by_id[fid]
+            record.active = True
+            self._index(record)
 
     def worker_gone(self, worker: WorkerEntry, reason: str, *, lost: bool = True) -> None:
         """The worker's socket closed: every lease it held goes back to the queue."""

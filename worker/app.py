@@ -141,7 +141,8 @@ class App:
 
         Every option has the meaning of SPEC §2 (and of Inngest's options of the same name).
         ``id`` defaults to the Python name with dashes; ``retries`` counts attempts after the
-        first. ``on_failure`` runs once the function has failed for good.
+        first, per step; the function body's count starts again when a step completes.
+        ``on_failure`` runs once the function has failed for good.
 
         Raises:
             InvalidInput: an option is invalid, or the id is already taken in this app.

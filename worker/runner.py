@@ -308,6 +308,7 @@ class RunExecution:
         """A step whose result exists at once (send_event): memoize and checkpoint it."""
         self._activity += 1
         self.memos[step.id] = m.StepMemo(kind=kind, output=output)
+        self.attempt = 0  # a completed step gives the body a fresh retry budget
         self._emit(message, {"step_id": step.id, **fields})
 
     def replay(self, step: Replay) -> Any:
@@ -337,6 +338,7 @@ class RunExecution:
                     exc = err
                 else:
                     self.memos[step.id] = m.StepMemo(kind="run", output=output)
+                    self.attempt = 0  # a completed step gives the body a fresh retry budget
                     self._emit(m.StepCompleted, {
                         "step_id": step.id, "attempt": step.attempt, "output": output,
                         "started_at": started, "ended_at": ended,

@@ -196,7 +196,8 @@ class Step:
         """Wait for an event named ``event`` (matching ``if_``); None after ``timeout``.
 
         In ``if_``, ``event`` is this run's triggering event and ``async`` the candidate,
-        e.g. ``"async.data.order_id == event.data.order_id"``.
+        e.g. ``"async.data.order_id == event.data.order_id"``. Only events received after
+        the run was created count, never its own trigger (even under the same name).
         """
         fields = self._plans.wait_fields(step_id, event, timeout, if_)
         result: Event | None = await self._durable(

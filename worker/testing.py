@@ -119,9 +119,11 @@ async def run(
             result.executions = fence
             for msg in emitted:
                 outcome = _record(msg, memos, attempts, waits, invokes, result)
+                if isinstance(msg, (m.StepCompleted, m.EventsSent)):
+                    attempt = 0  # as the gateway: a completed step resets the body's budget
                 if isinstance(msg, m.RunFailed) and not msg.final:
-                    attempt += 1
-                    result.attempts = attempt + 1
+                    attempt = msg.attempt + 1
+                    result.attempts += 1
                 if outcome is not None:
                     return outcome
         raise AssertionError(f"{function.id} did not finish within {max_executions} executions")

@@ -75,6 +75,11 @@ class ManagementRoutes:
         self.registry = registry
 
     async def functions(self, request: Request) -> Response:
+        # Which connected workers (instance ids) serve each function, as this gateway knows.
+        serving: dict[str, set[str]] = {}
+        for w in self.registry:
+            for fid in w.functions:
+                serving.setdefault(fid, set()).add(w.instance_id)
         data = [
             {
                 "id": f.id,
@@ -82,6 +87,7 @@ class ManagementRoutes:
                 "app_version": f.app_version,
                 "name": f.config.get("name") or f.config["id"],
                 "active": f.active,
+                "workers": sorted(serving.get(f.id, ())),
                 "triggers": f.config.get("triggers", []),
                 "config": f.config,
                 "updated_at": iso(f.updated_at),

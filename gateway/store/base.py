@@ -22,7 +22,7 @@ Callers pass ``now``; a store never reads a clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -285,8 +285,14 @@ class Store(Protocol):
         """Apply ``batch`` atomically and durably (see the module invariants)."""
         ...
 
-    async def register_app(self, app: AppManifest, *, now: float) -> list[FunctionRecord]:
-        """Store an app's functions; functions the app no longer declares become inactive."""
+    async def register_app(self, app: AppManifest, *, now: float,
+                           keep: Collection[str] = ()) -> list[FunctionRecord]:
+        """Store an app's functions; functions the app no longer declares become inactive,
+        except those in ``keep`` (full ids other connected workers still serve)."""
+        ...
+
+    async def activate_functions(self, function_ids: Collection[str], *, now: float) -> None:
+        """Turn registered functions back on (connected workers still serve them)."""
         ...
 
     async def recover(self, *, now: float) -> int:

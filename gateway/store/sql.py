@@ -9,7 +9,7 @@ read connection). Everything else, every decision included, lives here and in
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
 from pydantic import TypeAdapter
@@ -82,10 +82,13 @@ class SqlStore:
             )
         return self._configs[function_id]
 
-    async def register_app(self, app: AppManifest, *, now: float) -> list[FunctionRecord]:
+    async def register_app(self, app: AppManifest, *, now: float,
+                           keep: Collection[str] = ()) -> list[FunctionRecord]:
         async def register(db: Db) -> list[FunctionRecord]:
             await db.execute("upsert_app", app.id, app.version, now)
             await db.execute("deactivate_functions", app.id)
+            if keep:
+                await db.executemany("activate_function", [(fid,) for fid in sorted(keep)])
             records = []
             for fn in app.functions:
                 config = _CONFIG.dump_python(fn, mode="json")
@@ -100,6 +103,15 @@ class SqlStore:
         for fid in stale:
             del self._configs[fid]
         return records
+
+    async def activate_functions(self, function_ids: Collection[str], *, now: float) -> None:
+        async def activate(db: Db) -> None:
+            await db.executemany("activate_function", [(fid,) for fid in sorted(function_ids)])
+            await self._publish(db, None, registered=True)
+
+        await self._transaction(activate)
+        for fid in function_ids:
+            self._configs.pop(fid, None)
 
     # --- reads ---------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ The phases, in order (each may add work for the later ones):
 3. **commands**: API cancellations and replays, leases handed back, workers gone;
 4. **deadlines**: cancel runs past ``timeouts.start`` / ``timeouts.finish``;
 5. **waits**: offer every event stored in this batch (including system events born of run
-   endings in this batch) to the waits on its name; a match resumes or cancels a run;
+   endings in this batch) to the waits on its name; a match resumes or cancels a run. A wait
+   matches only events stored after its run's own events (``after_seq``), never its trigger;
 6. **claims**: lease ready runs to workers with free slots, first settling their due sleeps,
    wait timeouts and invoke timeouts.
 
@@ -119,6 +120,7 @@ class Transaction:
         self._triggers: dict[str, bytes] = {}
         self._wakeups: list[float] = []
         self._endings: list[tuple[Any, ...]] = []
+        self._last_seq = 0  # the highest event seq stored in this batch so far
 
     async def run(self) -> WriteResult:
         batch = self.batch
@@ -180,6 +182,7 @@ class Transaction:
         # commit, then looks back and sees these events (see _wait_requested).
         await db.fetch("lock_event_names", sorted({e.name for e in fresh}))
         reserved = [row[0] for row in await db.fetch("reserve_event_seqs", len(fresh))]
+        self._last_seq = max(self._last_seq, *reserved)
         await db.executemany("insert_event", [
             (seq, e.id, e.name, e.payload, now) for seq, e in zip(reserved, fresh, strict=True)
         ])
@@ -203,8 +206,13 @@ class Transaction:
         trigger_data: dict[str, Any],
         *,
         parent: tuple[str, str] | None = None,
+        after_seq: int | None = None,
     ) -> str | None:
-        """Queue a run of ``function_id`` for ``events`` ((seq, id) pairs); None if unknown."""
+        """Queue a run of ``function_id`` for ``events`` ((seq, id) pairs); None if unknown.
+
+        Its ``cancel_on`` waits match events with a seq above ``after_seq`` (by default the
+        highest of ``events``): never its own trigger, nor an event stored before it.
+        """
         config = await self._config(self.db, function_id)
         if config is None:
             return None
@@ -219,10 +227,12 @@ class Transaction:
         ))
         self._new_links.extend((run_id, i, seq) for i, (seq, _) in enumerate(events))
         self._triggers[run_id] = trigger
+        if after_seq is None:
+            after_seq = max(seq for seq, _ in events)
         for index, cancel in enumerate(config.cancel_on):
             expires = None if cancel.timeout is None else self.now + float(cancel.timeout)  # type: ignore[arg-type]
             await self._insert_wait(run_id, f"cancel:{index}", "cancel", cancel.event,
-                                    cancel.if_, trigger, trigger_data, expires)
+                                    cancel.if_, trigger, trigger_data, expires, after_seq)
         self.touched.add(function_id)
         self.result.runs_created += 1
         return run_id
@@ -243,8 +253,10 @@ class Transaction:
         if not events:
             return None
         trigger = events[0][2]
+        # Created now: events stored before now (in this batch too) do not cancel it.
         new_run = await self.create_run(function_id, [(r[0], r[1]) for r in events], trigger,
-                                        json.loads(trigger))
+                                        json.loads(trigger),
+                                        after_seq=max(self._last_seq, *(r[0] for r in events)))
         await self._flush_runs()
         return new_run
 
@@ -314,6 +326,9 @@ class Transaction:
                     await self._finish(msg.run_id, run, RunStatus.FAILED, None,
                                        error_of(msg.error))
                 else:
+                    # Steps completed earlier in this batch reset the attempt: write them
+                    # first, so this failure's count is the one kept.
+                    await self._flush_steps(steps, growth)
                     retry_at = write.retry_at if write.retry_at is not None else now
                     await db.execute("requeue_run", retry_at, msg.attempt + 1,
                                      error_of(msg.error), msg.run_id)
@@ -379,13 +394,14 @@ class Transaction:
         # Exclusively: writers storing events of this name (elsewhere) finish first, so the
         # look-back below sees them; later ones see this wait when they match.
         await db.execute("lock_event_name_for_wait", msg.event)
-        trigger = await db.fetchval("run_trigger", msg.run_id)
+        row = await db.fetchone("run_trigger_and_seq", msg.run_id)
+        trigger, after_seq = (row[0], row[1] or 0) if row else (None, 0)
         trigger_data = json.loads(trigger) if trigger else {}
         await self._insert_wait(msg.run_id, msg.step_id, "wait", msg.event, msg.if_,
-                                trigger or b"{}", trigger_data, now + msg.timeout)
+                                trigger or b"{}", trigger_data, now + msg.timeout, after_seq)
         # Look back: an event may have arrived after the run reached the wait on the worker
-        # but before this checkpoint was stored.
-        for payload, in await db.fetch("events_since", msg.event, since):
+        # but before this checkpoint was stored. Never the run's own events, nor older ones.
+        for payload, in await db.fetch("events_since", msg.event, since, after_seq):
             candidate = json.loads(payload)
             if matches(msg.if_, {"event": trigger_data, "async": candidate}):
                 await self._resolve_wait(msg.run_id, msg.step_id, payload)
@@ -393,10 +409,11 @@ class Transaction:
 
     async def _insert_wait(self, run_id: str, step_id: str, kind: str, event: str,
                            if_: str | None, trigger: bytes, trigger_data: dict[str, Any],
-                           expires: float | None) -> None:
+                           expires: float | None, after_seq: int) -> None:
+        """File a wait; it matches only events whose seq is above ``after_seq``."""
         index = index_for(if_, trigger_data) if if_ else NO_INDEX
         await self.db.execute("insert_wait", run_id, step_id, kind, event, if_, index.path,
-                              index.key, trigger, expires, self.now)
+                              index.key, trigger, expires, self.now, after_seq)
         self._listens[event] = True
 
     async def _invoke_requested(self, msg: m.InvokeRequested) -> None:
@@ -435,6 +452,7 @@ class Transaction:
         if not await self.db.execute("insert_done_step", msg.run_id, msg.step_id, "send_event",
                                      ids, self.now):
             return  # recorded before: the events were stored then
+        await self.db.execute("reset_attempt", msg.run_id)  # a completed step
         await self.ingest(events)
 
     # --- endings, cancellation -----------------------------------------------------------
@@ -469,6 +487,8 @@ class Transaction:
         if status == RunStatus.COMPLETED:
             done = await self.db.execute("resolve_step", StepStatus.COMPLETED,
                                          output or b"null", None, self.now, run_id, step_id)
+            if done:
+                await self.db.execute("reset_attempt", run_id)  # a completed step
         else:
             info = error_from_json(error)
             message = info.message if info else status
@@ -534,9 +554,19 @@ class Transaction:
         return count
 
     async def _deadlines(self) -> None:
-        for run_id, started_at in await self.db.fetch("due_deadlines", self.now):
-            reason = ("not started within timeouts.start" if started_at is None
-                      else "not finished within timeouts.finish")
+        """Cancel runs past a deadline: ``timeouts.start`` until the run starts (its first
+        lease), ``timeouts.finish`` from then on (see :meth:`_first_lease`)."""
+        for run_id, started_at, function_id in await self.db.fetch("due_deadlines", self.now):
+            config = await self._config(self.db, function_id)
+            timeouts = config.timeouts if config is not None else None
+            if started_at is None:
+                limit = timeouts.start if timeouts is not None else None
+                reason, since = "not started within timeouts.start", "it was queued"
+            else:
+                limit = timeouts.finish if timeouts is not None else None
+                reason, since = "not finished within timeouts.finish", "it started"
+            if limit is not None:
+                reason += f" ({float(limit):g} s after {since})"  # type: ignore[arg-type]
             await self.end_run(run_id, RunStatus.CANCELLED,
                                error=error_json("Timeout", f"cancelled: {reason}"))
 
@@ -573,7 +603,7 @@ class Transaction:
                 if key == MISSING:
                     continue
                 for run_id, step_id, kind, if_, trigger, expires in await self.db.fetch(
-                        "waits_for", event.name, path, key):
+                        "waits_for", event.name, path, key, event.seq):
                     if expires is not None and expires <= self.now:
                         continue
                     if if_ and not matches(if_, {"event": json.loads(trigger),
@@ -590,6 +620,7 @@ class Transaction:
             return  # someone else resolved it
         if await self.db.execute("resolve_step", StepStatus.COMPLETED, payload, None, self.now,
                                  run_id, step_id):
+            await self.db.execute("reset_attempt", run_id)  # a completed step
             await self._wake(run_id)
 
     async def _wake(self, run_id: str) -> None:
@@ -643,10 +674,15 @@ class Transaction:
         db, now = self.db, self.now
         resumed = [a[0] for a in assigned if a[5] is not None]
         steps: dict[str, list[Row]] = {}
+        reset: set[str] = set()  # runs a step of which completed now: a fresh body budget
         if resumed:
             await db.execute("settle_due_waits", resumed, now)
-            await db.execute("settle_due_steps", resumed, now, b"null", error_json(
-                "InvokeTimeout", "the invoked run did not finish within the timeout"))
+            reset = {run_id for run_id, status in await db.fetch(
+                "settle_due_steps", resumed, now, b"null", error_json(
+                    "InvokeTimeout", "the invoked run did not finish within the timeout"))
+                if status == StepStatus.COMPLETED}
+            if reset:
+                await db.executemany("reset_attempt", [(run_id,) for run_id in sorted(reset)])
             for row in await db.fetch("steps_of_runs", resumed):
                 steps.setdefault(row[0], []).append(row)
         missing = [a[0] for a in assigned if a[0] not in self._triggers]
@@ -655,6 +691,8 @@ class Transaction:
             for run_id, payload in await db.fetch("event_payloads_of_runs", missing):
                 payloads.setdefault(run_id, []).append(payload)
         for run_id, session_id, function_id, fence, attempt, started_at in assigned:
+            if run_id in reset:
+                attempt = 0
             if started_at is None:
                 await self._first_lease(run_id, function_id)
             fresh = self._triggers.get(run_id)
@@ -677,12 +715,16 @@ class Transaction:
                                             memos, attempts, attempt, deferred))
 
     async def _first_lease(self, run_id: str, function_id: str) -> None:
-        """A run starts: its ``timeouts.finish`` clock starts with it."""
+        """A run starts: ``timeouts.start`` is met, and the ``timeouts.finish`` clock starts."""
         config = await self._config(self.db, function_id)
-        if config is not None and config.timeouts and config.timeouts.finish is not None:
-            deadline = self.now + float(config.timeouts.finish)  # type: ignore[arg-type]
-            await self.db.execute("set_deadline", deadline, run_id)
+        timeouts = config.timeouts if config is not None else None
+        if timeouts is None or (timeouts.start is None and timeouts.finish is None):
+            return
+        deadline = None
+        if timeouts.finish is not None:
+            deadline = self.now + float(timeouts.finish)  # type: ignore[arg-type]
             self._later(deadline)
+        await self.db.execute("set_deadline", deadline, run_id)
 
 
 def _refusal(run: _Run | None, msg: m._Checkpoint) -> str | None:

@@ -189,7 +189,7 @@ class WorkerConnection:
             for fn in app.functions:
                 check_expressions(f"{app.id}/{fn.id}", fn)
         for app in hello.apps:
-            await self.engine.register_app(app)
+            await self.engine.register_app(app, instance_id=hello.instance_id)
         # "{gateway}.{session}": a gateway's leases can be found (and requeued) by prefix.
         session_id = f"{self.settings.gateway_id}.{new_id(self.clock.now())}"
         self.worker = WorkerEntry(

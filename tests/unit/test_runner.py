@@ -317,6 +317,31 @@ async def test_function_exception_at_last_attempt_is_final(run):
     assert (failed.attempt, failed.final) == (3, True)
 
 
+async def test_a_completed_step_gives_the_body_a_fresh_retry_budget(run):
+    seen = []
+
+    async def handler(ctx):
+        seen.append(ctx.attempt)
+        await ctx.step.run("s", lambda: 1)
+        seen.append(ctx.attempt)
+        raise RuntimeError("body broke")
+
+    rec, _ = await run(handler, retries=3, attempt=3)
+    [failed] = rec.of(m.RunFailed)
+    assert (failed.attempt, failed.final) == (0, False)
+    assert seen == [3, 0]
+
+
+async def test_a_replayed_step_does_not_reset_the_budget(run):
+    async def handler(ctx):
+        await ctx.step.run("s", lambda: 1)
+        raise RuntimeError("body broke")
+
+    rec, _ = await run(handler, retries=3, attempt=3, memos={"s": memo(1)})
+    [failed] = rec.of(m.RunFailed)
+    assert (failed.attempt, failed.final) == (3, True)
+
+
 async def test_function_non_retriable_and_retry_after(run):
     async def give_up(ctx):
         raise NonRetriableError("stop")
@@ -462,7 +487,8 @@ async def test_ctx_attempt_is_the_steps_attempt_inside_a_step(run):
         seen["after"] = ctx.attempt
 
     await run(handler, attempt=1, attempts={"s": 2, "t": 4}, retries=5)
-    assert seen == {"body": 1, "s": 2, "t": 4, "after": 1}
+    # After a completed step the body's attempt starts again (a fresh retry budget).
+    assert seen == {"body": 1, "s": 2, "t": 4, "after": 0}
 
 
 async def test_ctx_fields(run):

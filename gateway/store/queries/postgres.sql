@@ -41,8 +41,18 @@ WHERE re.run_id = $1 ORDER BY re.position;
 SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
 WHERE re.run_id = $1 AND re.position = 0;
 
+-- name: run_trigger_and_seq
+-- The run's trigger (``event`` in if_) and the highest seq of its events: a wait of the run
+-- matches only events stored after that.
+SELECT e.payload, (SELECT MAX(event_seq) FROM run_events WHERE run_id = $1)
+FROM run_events re JOIN events e ON e.seq = re.event_seq
+WHERE re.run_id = $1 AND re.position = 0;
+
 -- name: events_since
-SELECT payload FROM events WHERE name = $1 AND received_at >= $2 ORDER BY seq;
+-- A wait's look-back: events of the name received since the gateway last heard from the run,
+-- never the run's own events nor older ones (seq above the run's highest).
+SELECT payload FROM events WHERE name = $1 AND received_at >= $2 AND seq > $3
+ORDER BY seq;
 
 -- ================================ checkpoints ================================
 
@@ -77,7 +87,16 @@ WHERE run_id = $5 AND step_id = $6 AND status IN ('Sleeping', 'Waiting', 'Invoki
 UPDATE steps SET child_run_id = $1 WHERE run_id = $2 AND step_id = $3;
 
 -- name: run_progressed
-UPDATE runs SET state_bytes = state_bytes + $1, lease_losses = 0 WHERE id = $2;
+-- A completed step (it recorded a result, so $1 > 0) also gives the function body a fresh
+-- retry budget, as Inngest does.
+UPDATE runs SET state_bytes = state_bytes + $1, lease_losses = 0,
+    attempt = CASE WHEN $1 > 0 THEN 0 ELSE attempt END
+WHERE id = $2;
+
+-- name: reset_attempt
+-- A step completed without its result passing through run_progressed (send_event,
+-- a wait's event, a child's output, a sleep or wait timeout settled at a lease).
+UPDATE runs SET attempt = 0 WHERE id = $1;
 
 -- name: requeue_run
 UPDATE runs SET status = 'Queued', session_id = NULL, available_at = $1,
@@ -116,7 +135,7 @@ FROM runs r WHERE r.function_id = $1 AND r.queued_at >= $2 AND r.queued_at < $3
 AND r.status NOT IN ('Completed', 'Failed', 'Cancelled', 'Skipped');
 
 -- name: due_deadlines
-SELECT id, started_at FROM runs WHERE deadline_at <= $1 FOR UPDATE SKIP LOCKED;
+SELECT id, started_at, function_id FROM runs WHERE deadline_at <= $1 FOR UPDATE SKIP LOCKED;
 
 -- name: session_runs
 SELECT id, function_id, lease_losses FROM runs WHERE session_id = $1 AND status = 'Running'
@@ -139,8 +158,8 @@ WHERE id = $2 AND fence = $3 AND status = 'Running' RETURNING function_id;
 
 -- name: insert_wait
 INSERT INTO waits (run_id, step_id, kind, event_name, if_, match_path, match_key, trigger,
-                   expires_at, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                   expires_at, created_at, after_seq)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (run_id, step_id) DO NOTHING;
 
 -- name: has_waits
@@ -158,8 +177,10 @@ WITH RECURSIVE p(path) AS (
 SELECT path FROM p WHERE path IS NOT NULL;
 
 -- name: waits_for
+-- The waits an event (seq $4) may match: only those of runs created before it was stored.
 SELECT run_id, step_id, kind, if_, trigger, expires_at FROM waits
-WHERE event_name = $1 AND match_path = $2 AND match_key = $3 ORDER BY created_at;
+WHERE event_name = $1 AND match_path = $2 AND match_key = $3 AND after_seq < $4
+ORDER BY created_at;
 
 -- name: delete_wait
 DELETE FROM waits WHERE run_id = $1 AND step_id = $2;
@@ -201,7 +222,8 @@ UPDATE steps SET
     error = CASE status WHEN 'Invoking' THEN $4::text ELSE NULL END,
     ended_at = $2, wake_at = NULL
 WHERE run_id = ANY($1::text[])
-AND status IN ('Sleeping', 'Waiting', 'Invoking') AND wake_at <= $2;
+AND status IN ('Sleeping', 'Waiting', 'Invoking') AND wake_at <= $2
+RETURNING run_id, status;
 
 -- name: steps_of_runs
 SELECT run_id, step_id, kind, status, output, error, attempts, wake_at FROM steps
@@ -232,6 +254,10 @@ ON CONFLICT (id) DO UPDATE SET version = excluded.version,
 
 -- name: deactivate_functions
 UPDATE functions SET active = 0 WHERE app_id = $1;
+
+-- name: activate_function
+-- A function another connected worker of the app still serves stays active (app-id conflict).
+UPDATE functions SET active = 1 WHERE id = $1;
 
 -- name: upsert_function
 INSERT INTO functions (id, app_id, config, active, updated_at) VALUES ($1, $2, $3, 1, $4)
