@@ -42,14 +42,11 @@ from protocol.errors import (
 )
 from worker import serde
 from worker.app import Event, Function
+from worker.context import Context
 from worker.interrupts import Abandoned
+from worker.plan import PARK, NewStep, Park, Replay
 
 log = structlog.get_logger("tether.worker")
-
-#: Attempt of the step whose code is running in this context (None in the function body).
-current_attempt: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "tether_step_attempt", default=None
-)
 
 #: Loop iterations without step activity after which parked branches count as settled.
 _SETTLE_ROUNDS = 4
@@ -62,27 +59,6 @@ class Limits:
     max_output: int = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class NewStep:
-    """A step to execute now, at ``attempt``."""
-
-    id: str
-    attempt: int
-
-
-@dataclass(frozen=True, slots=True)
-class Replay:
-    """A step already recorded: return its result (or raise its error)."""
-
-    id: str
-    memo: m.StepMemo
-
-
-class Park:
-    """The step cannot run now; the branch must park."""
-
-
-PARK = Park()
 
 
 def error_info(exc: BaseException) -> m.ErrorInfo:
@@ -193,8 +169,6 @@ class RunExecution:
     # --- the function body ---------------------------------------------------------------
 
     async def _body(self) -> None:
-        from worker.context import Context
-
         ctx = Context(self)
         try:
             if self.function.is_async:

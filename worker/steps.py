@@ -23,7 +23,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -34,7 +34,10 @@ from protocol.expressions import check
 from worker import serde
 from worker.app import Event, Function
 from worker.interrupts import Abandoned
-from worker.runner import PARK, NewStep, Replay, RunExecution, current_attempt
+from worker.plan import PARK, NewStep, Replay, current_attempt
+
+if TYPE_CHECKING:
+    from worker.runner import RunExecution
 
 T = TypeVar("T")
 
