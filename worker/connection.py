@@ -21,12 +21,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
+from pydantic import BaseModel
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from protocol import messages as m
 from protocol.auth import answer
-from protocol.codec import decode, encode
+from protocol.codec import DEFAULT_MAX_FRAME, decode, encode
 from protocol.errors import RemoteProtocolError, TetherError
 from protocol.messages import PROTOCOL_VERSION
 from protocol.session import Role, Session
@@ -35,8 +36,9 @@ log = structlog.get_logger("tether.worker")
 
 #: Largest frame the worker accepts (a lease carries up to 32 MiB of run state).
 MAX_FRAME_IN = 64 * 1024 * 1024
-#: A frame holds at most this many messages, or about this many bytes (one large step
-#: result may exceed it alone; the gateway accepts a 4 MiB result plus its envelope).
+#: A frame holds at most this many messages, and at most this many bytes, or fewer when the
+#: gateway reads less (``Ready.max_frame_size``); one message alone may exceed FRAME_BYTES up
+#: to the gateway's limit (the runner never emits a checkpoint over it).
 FRAME_MESSAGES = 512
 FRAME_BYTES = 1024 * 1024
 
@@ -145,6 +147,7 @@ class GatewayLink:
         self._last_heard = 0.0
         self._last_tick = 0.0  # when the heartbeat task last ran: a frozen process stops it
         self._deaf_after: float | None = None  # seconds of gateway silence; set by Ready
+        self.max_frame = DEFAULT_MAX_FRAME  # the largest frame the gateway reads; set by Ready
 
     async def run(self) -> None:
         """Connect, serve, reconnect; return only after :meth:`stop`."""
@@ -215,6 +218,7 @@ class GatewayLink:
         ready = await self._expect(ws, session, m.Ready)
         log.info("gateway_connected", url=url, session_id=ready.session_id,
                  gateway_id=challenge.gateway_id)
+        self.max_frame = ready.max_frame_size
         self.outbox.renumber()
         self.connected.set()
         self.on_ready(ready)
@@ -262,7 +266,7 @@ class GatewayLink:
         try:
             while True:
                 await outbox.ready.wait()
-                for chunk in _chunks(outbox.take()):
+                for chunk in chunks(outbox.take(), self.max_frame):
                     await ws.send(encode(chunk))
         except ConnectionClosed:
             pass
@@ -298,14 +302,37 @@ class GatewayLink:
         return True
 
 
-def _chunks(batch: list[m.Message]) -> list[list[m.Message]]:
-    """Split ``batch`` into frames of at most FRAME_MESSAGES messages and ~FRAME_BYTES."""
+def wire_size(value: Any) -> int:
+    """An upper bound of ``value``'s msgpack size, without encoding it (cheap on large bytes).
+
+    Strings count four bytes a character unless ASCII; every item its largest header.
+    """
+    if isinstance(value, bytes):
+        return len(value) + 5
+    if isinstance(value, str):
+        return (len(value) if value.isascii() else 4 * len(value)) + 5
+    if isinstance(value, (list, tuple)):
+        return 5 + sum(wire_size(item) for item in value)
+    if isinstance(value, dict):
+        return 5 + sum(wire_size(k) + wire_size(v) for k, v in value.items())
+    if isinstance(value, BaseModel):
+        return wire_size(value.__dict__)
+    return 9  # numbers, booleans, None
+
+
+def chunks(batch: list[m.Message], max_frame: int) -> list[list[m.Message]]:
+    """Split ``batch`` into frames of at most FRAME_MESSAGES messages and ``max_frame`` bytes.
+
+    Sizes are upper bounds, so no frame the gateway gets is over its limit (a single message
+    over it travels alone, and is refused there: the runner sends none).
+    """
+    budget = min(FRAME_BYTES, max_frame) - 5  # the frame's own array header
     out: list[list[m.Message]] = []
     chunk: list[m.Message] = []
     size = 0
     for msg in batch:
-        cost = 256 + len(getattr(msg, "output", b"") or b"")
-        if chunk and (len(chunk) >= FRAME_MESSAGES or size + cost > FRAME_BYTES):
+        cost = wire_size(msg)
+        if chunk and (len(chunk) >= FRAME_MESSAGES or size + cost > budget):
             out.append(chunk)
             chunk, size = [], 0
         chunk.append(msg)

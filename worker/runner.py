@@ -33,6 +33,7 @@ from typing import Any
 import structlog
 
 from protocol import messages as m
+from protocol.codec import DEFAULT_MAX_FRAME, encode
 from protocol.errors import (
     NonDeterminismError,
     NonRetriableError,
@@ -42,6 +43,7 @@ from protocol.errors import (
 )
 from worker import serde
 from worker.app import Event, Function
+from worker.connection import wire_size
 from worker.context import Context
 from worker.interrupts import Abandoned
 from worker.plan import PARK, NewStep, Park, Replay
@@ -54,9 +56,23 @@ _SETTLE_ROUNDS = 4
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """The gateway's limits (sent in ``Ready``), enforced here before anything is sent."""
+
     max_steps: int = 1000
     max_step_result: int = 4 * 1024 * 1024
     max_output: int = 4 * 1024 * 1024
+    #: Largest frame the gateway reads: one checkpoint over it could never be delivered.
+    max_frame: int = DEFAULT_MAX_FRAME
+
+
+class FrameTooLarge(NonRetriableError):
+    """One checkpoint alone is over the gateway's frame limit: it could never be sent."""
+
+    code = "frame_too_large"
+
+
+#: An error's message is cut to this many characters, so that a failure always fits a frame.
+MAX_ERROR_MESSAGE = 64 * 1024
 
 
 
@@ -64,8 +80,10 @@ class Limits:
 def error_info(exc: BaseException) -> m.ErrorInfo:
     name = exc.name if isinstance(exc, StepError) else type(exc).__name__
     message = exc.message if isinstance(exc, TetherError) else str(exc)
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = message[:MAX_ERROR_MESSAGE] + f"... ({len(message):,} characters in all)"
     stack = "".join(traceback.format_exception(exc))[-8000:]
-    return m.ErrorInfo(name=name, message=message or name, stack=stack)
+    return m.ErrorInfo(name=name[:1000], message=message or name, stack=stack)
 
 
 #: The gateway waits at most this long after a RetryAfterError (and the wire takes no infinity).
@@ -195,10 +213,10 @@ class RunExecution:
         try:
             output = serde.dumps(result, what=f"function {self.function.id!r} output",
                                  limit=self.limits.max_output)
+            self._end(m.RunCompleted, {"output": output},
+                      what=f"function {self.function.id!r} output")
         except TetherError as exc:
             self._fail_run(exc)
-            return
-        self._end(m.RunCompleted, {"output": output})
 
     def _fail_run(self, exc: BaseException) -> None:
         final = (
@@ -211,13 +229,17 @@ class RunExecution:
         self._end(m.RunFailed, {"attempt": self.attempt, "error": error_info(exc),
                                 "final": final, "retry_after": retry_delay(exc)})
 
-    def _end(self, kind: type[m._Checkpoint], fields: dict[str, Any]) -> None:
-        """Send the last message of this lease (unless it is lost) and let go of the run."""
+    def _end(self, kind: type[m._Checkpoint], fields: dict[str, Any], what: str = "") -> None:
+        """Send the last message of this lease (unless it is lost) and let go of the run.
+
+        Raises:
+            FrameTooLarge: the message could never be sent (the run is not over then).
+        """
         if self.ended:
             return
-        self.ended = True
         if not self.lost:
-            self._emit(kind, fields)
+            self._send(kind, fields, what or kind.__name__)
+        self.ended = True
         for future in self._parks:
             if not future.done():
                 future.set_exception(Abandoned())
@@ -275,14 +297,14 @@ class RunExecution:
     def request(self, step: NewStep, kind: type[m._Checkpoint], fields: dict[str, Any]) -> None:
         """Ask the gateway for something durable (a sleep, a wait, a child run)."""
         self._activity += 1
-        self._emit(kind, {"step_id": step.id, **fields})
+        self._send(kind, {"step_id": step.id, **fields}, f"step {step.id!r}")
 
     def record(self, step: NewStep, kind: str, output: bytes, message: type[m._Checkpoint],
                fields: dict[str, Any]) -> None:
         """A step whose result exists at once (send_event): memoize and checkpoint it."""
         self._activity += 1
+        self._send(message, {"step_id": step.id, **fields}, f"step.{kind}({step.id!r})")
         self.memos[step.id] = m.StepMemo(kind=kind, output=output)
-        self._emit(message, {"step_id": step.id, **fields})
 
     def replay(self, step: Replay) -> Any:
         if step.memo.error is not None:
@@ -302,21 +324,24 @@ class RunExecution:
         ended = time.time()
         self._in_flight -= 1
         self._activity += 1
+        final = False
         try:
             if exc is None:
                 try:
                     output = serde.dumps(result, what=f"step {step.id!r} result",
                                          limit=self.limits.max_step_result)
-                except TetherError as err:
-                    exc = err
-                else:
-                    self.memos[step.id] = m.StepMemo(kind="run", output=output)
-                    self._emit(m.StepCompleted, {
+                    self._send(m.StepCompleted, {
                         "step_id": step.id, "attempt": step.attempt, "output": output,
                         "started_at": started, "ended_at": ended,
-                    })
+                    }, f"step {step.id!r} result")
+                except TetherError as err:
+                    # The same result would be too large (or not JSON) on every attempt.
+                    exc, final = err, True
+                else:
+                    self.memos[step.id] = m.StepMemo(kind="run", output=output)
                     return serde.loads(output)
-            final = isinstance(exc, NonRetriableError) or step.attempt >= self.function.retries
+            final = (final or isinstance(exc, NonRetriableError)
+                     or step.attempt >= self.function.retries)
             info = error_info(exc)
             self.log.warning("step_failed", step_id=step.id, attempt=step.attempt, final=final,
                              error=f"{info.name}: {info.message}")
@@ -332,6 +357,27 @@ class RunExecution:
             if self._in_flight == 0:
                 self._idle.set()
                 self._poke()
+
+    def _send(self, kind: type[m._Checkpoint], fields: dict[str, Any], what: str) -> None:
+        """Emit one checkpoint, unless it alone is over the gateway's frame limit.
+
+        A frame the gateway cannot read closes the socket, and the checkpoint would be sent
+        again on every reconnect; the step fails for good here instead.
+
+        Raises:
+            FrameTooLarge: naming ``what``, its size and the limit.
+        """
+        limit = self.limits.max_frame
+        if wire_size(fields) + len(self.run_id) + 128 > limit:  # an upper bound: cheap
+            message: Any = kind(seq=1, run_id=self.run_id, fence=self.fence, **fields)
+            size = len(encode([message]))
+            if size > limit:
+                raise FrameTooLarge(
+                    f"{what} is {size:,} bytes on the wire, over the gateway's frame limit "
+                    f"of {limit:,} bytes; send less data (store large data elsewhere and "
+                    "pass a reference) or raise the gateway's --max-step-result"
+                )
+        self._emit(kind, fields)
 
     async def park(self) -> Any:
         """Wait for the gateway (the run suspends once every branch is here); never returns."""

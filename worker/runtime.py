@@ -128,7 +128,7 @@ class Worker:
     def _on_ready(self, ready: m.Ready) -> None:
         # The gateway's limits rule (SPEC §5 defaults, configurable on the gateway).
         self.limits = Limits(max_steps=ready.max_steps, max_step_result=ready.max_step_result,
-                             max_output=ready.max_step_result)
+                             max_output=ready.max_step_result, max_frame=ready.max_frame_size)
         if self.draining:
             self.link.send(m.Drain())
 
