@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -150,6 +151,7 @@ class RunExecution:
         self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.loop = asyncio.get_running_loop()
         self._log: Any = None
+        self._calls: list[tuple[Coroutine[Any, Any, Any], str, str]] = []  # step calls made
 
     @property
     def log(self) -> Any:
@@ -184,6 +186,30 @@ class RunExecution:
         if not self.ended:
             self._end(m.LeaseReleased, {"reason": "worker drain timeout"})
 
+    def track(self, coro: Coroutine[Any, Any, Any], method: str, step_id: str) -> None:
+        """A step method was called; it must be awaited before the run ends."""
+        calls = self._calls
+        if len(calls) >= 64:  # keep only the calls not started yet (usually none)
+            calls[:] = [c for c in calls if inspect.getcoroutinestate(c[0]) == "CORO_CREATED"]
+        calls.append((coro, method, step_id))
+
+    def _never_awaited(self) -> NonRetriableError | None:
+        """The error for step calls never awaited (they never ran), or None."""
+        missed = []
+        for coro, method, step_id in self._calls:
+            if inspect.getcoroutinestate(coro) == "CORO_CREATED":
+                missed.append((method, step_id))
+                coro.close()  # no "never awaited" RuntimeWarning at garbage collection
+        self._calls.clear()
+        if not missed:
+            return None
+        calls = ", ".join(f"ctx.step.{method}({step_id!r})" for method, step_id in missed[:5])
+        return NonRetriableError(
+            f"{calls} {'was' if len(missed) == 1 else 'were'} called without await, so "
+            f"{'it' if len(missed) == 1 else 'they'} never ran: write "
+            f"`await ctx.step.{missed[0][0]}(...)` (or gather the calls)"
+        )
+
     # --- the function body ---------------------------------------------------------------
 
     async def _body(self) -> None:
@@ -205,10 +231,17 @@ class RunExecution:
         except BaseException as exc:  # user code: every failure becomes a message
             await self._idle.wait()
             if not self.ended:
-                self._fail_run(exc)
+                missed = self._never_awaited()
+                if missed is not None:
+                    missed.__cause__ = exc
+                self._fail_run(missed or exc)
             return
         await self._idle.wait()  # steps of other branches still running finish first
         if self.ended:
+            return
+        missed = self._never_awaited()
+        if missed is not None:
+            self._fail_run(missed)
             return
         try:
             output = serde.dumps(result, what=f"function {self.function.id!r} output",
