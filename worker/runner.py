@@ -106,6 +106,19 @@ def retry_delay(exc: BaseException) -> float | None:
     return min(max(0.0, delay), MAX_RETRY_AFTER)  # also maps NaN to 0
 
 
+def replay_warning(unreached: list[str], new: list[str]) -> str:
+    """One line for the run's ``warnings``: which recorded steps were skipped, what ran."""
+    def names(ids: list[str]) -> str:
+        shown = ", ".join(repr(i) for i in ids[:5])
+        return shown + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+
+    text = f"replay did not reach recorded step(s) {names(unreached)}"
+    if new:
+        text += f" and ran new step(s) {names(new)} instead"
+    return text + ("; step ids must be the same on every replay (no uuid4(), time or random "
+                   "numbers in them), or each replay repeats the step's side effect")
+
+
 class RunExecution:
     """Executes one lease. Created by the runtime; reports through ``emit``."""
 
@@ -139,6 +152,9 @@ class RunExecution:
         self.executor = executor
         self.limits = limits
         self._counts: dict[str, int] = {}
+        self._recorded = frozenset(self.memos)  # steps done by earlier executions
+        self._reached: set[str] = set()  # of those, the ones this execution's code asked for
+        self._new: list[str] = []  # steps this execution started that no earlier one did
         self._steps_requested = 0
         self._in_flight = 0
         self.threads_active = 0  # threads running user code of a ``def`` function
@@ -152,6 +168,7 @@ class RunExecution:
         self.loop = asyncio.get_running_loop()
         self._log: Any = None
         self._calls: list[tuple[Coroutine[Any, Any, Any], str, str]] = []  # step calls made
+        self.warnings: list[str] = []  # for the run's record (replay divergence)
 
     @property
     def log(self) -> Any:
@@ -210,6 +227,22 @@ class RunExecution:
             f"`await ctx.step.{missed[0][0]}(...)` (or gather the calls)"
         )
 
+    def _check_replay(self, *, completed: bool) -> None:
+        """Report recorded steps this replay never reached, and the new ones in their place.
+
+        A step id built from a uuid, the time or a random number is new on every replay, so
+        its side effect runs again each time; this is how that shows.
+        """
+        unreached = sorted(self._recorded - self._reached)
+        if not unreached or not (completed or self._new):
+            return  # a failure may cut a run short: unreached steps prove nothing then
+        self.warnings.append(replay_warning(unreached, self._new))
+        self.log.warning(
+            "replay_diverged", unreached=unreached[:10], new=self._new[:10],
+            hint="step ids must be the same on every replay: build them from the event or "
+                 "from step results, never from uuid4(), the time or random numbers",
+        )
+
     # --- the function body ---------------------------------------------------------------
 
     async def _body(self) -> None:
@@ -231,6 +264,7 @@ class RunExecution:
         except BaseException as exc:  # user code: every failure becomes a message
             await self._idle.wait()
             if not self.ended:
+                self._check_replay(completed=False)
                 missed = self._never_awaited()
                 if missed is not None:
                     missed.__cause__ = exc
@@ -243,6 +277,7 @@ class RunExecution:
         if missed is not None:
             self._fail_run(missed)
             return
+        self._check_replay(completed=True)
         try:
             output = serde.dumps(result, what=f"function {self.function.id!r} output",
                                  limit=self.limits.max_output)
@@ -310,16 +345,22 @@ class RunExecution:
         if memo is not None:
             if memo.kind != kind:
                 raise NonDeterminismError(
-                    f"step {sid!r} was recorded as step.{memo.kind}() but the function now "
-                    f"calls step.{kind}() under that id; the code changed under a running "
-                    "run: give the new step another id"
+                    f"step {sid!r} was recorded as step.{memo.kind}() but this replay calls "
+                    f"step.{kind}() under that id: either the code changed while the run was "
+                    "in flight (give the new step another id), or the step ids or their order "
+                    "depend on something that differs between replays (time, randomness, "
+                    "uuid4, unordered sets); step ids must be the same on every replay"
                 )
+            if sid in self._recorded:
+                self._reached.add(sid)
             return Replay(sid, memo)
         if not self.lost and not self._lease_ok():
             self.lose("the gateway has been silent too long: the lease is presumed revoked")
         if self.lost or self.draining or sid in self.deferred:
             return PARK
         self.replaying = False
+        if len(self._new) < 100:
+            self._new.append(sid)
         return NewStep(sid, self.attempts.get(sid, 0))
 
     def enter(self, step: NewStep) -> None:
