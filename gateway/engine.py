@@ -198,6 +198,11 @@ class Engine:
         self._batch.returns.append(LeaseReturn(run_id, fence, reason))
         self._wake.set()
 
+    def loop_stalled(self, run_ids: list[str]) -> None:
+        """A worker's loop was blocked by another run: these lost their lease through no fault."""
+        self._batch.forgiven.extend(run_ids)
+        self._wake.set()
+
     def worker_ready(self, worker: WorkerEntry) -> None:
         """A worker joined (or has room again): look for runs it can take."""
         self._maybe_ready.update(worker.functions)
@@ -436,3 +441,4 @@ class Engine:
         # Releases and returns must not be forgotten: their runs would stay leased.
         self._batch.releases.extend(batch.releases)
         self._batch.returns.extend(batch.returns)
+        self._batch.forgiven.extend(batch.forgiven)

@@ -211,6 +211,21 @@ class Drain(_Message):
     type: Literal["drain"] = "drain"
 
 
+class LoopStalled(_Message):
+    """The worker's event loop was blocked ``seconds`` by run ``run_id`` (step ``step_id``).
+
+    Sent on the next socket when the stall cost the old one: the gateway had presumed the
+    worker lost and counted a lease loss against every run it held. Those in ``innocent``
+    were not at fault, so the gateway takes that loss back; the blocking run keeps it.
+    """
+
+    type: Literal["loop_stalled"] = "loop_stalled"
+    seconds: float
+    run_id: str | None = None
+    step_id: str | None = None
+    innocent: list[str] = Field(default_factory=list, max_length=100_000)
+
+
 class _Checkpoint(_Message):
     """A change to a run's durable state, under the lease ``fence``.
 
@@ -362,7 +377,8 @@ GatewayMessage = (
 )
 
 WorkerMessage = (
-    Hello | Answer | Heartbeat | LeaseAccepted | LeaseRejected | Drain | Checkpoint | Error
+    Hello | Answer | Heartbeat | LeaseAccepted | LeaseRejected | Drain | LoopStalled
+    | Checkpoint | Error
 )
 
 #: Any message, either way; decoding picks the class by its ``type`` tag.

@@ -148,6 +148,7 @@ class GatewayLink:
         self._last_tick = 0.0  # when the heartbeat task last ran: a frozen process stops it
         self._deaf_after: float | None = None  # seconds of gateway silence; set by Ready
         self.max_frame = DEFAULT_MAX_FRAME  # the largest frame the gateway reads; set by Ready
+        self.stalled: Callable[[], object | None] = lambda: None  # the loop's last stall
 
     async def run(self) -> None:
         """Connect, serve, reconnect; return only after :meth:`stop`."""
@@ -296,8 +297,13 @@ class GatewayLink:
         frozen = now - self._last_tick
         if silent <= self._deaf_after and frozen <= self._deaf_after:
             return False
-        log.warning("gateway_unresponsive", silent_for=round(silent, 1),
-                    stalled_for=round(frozen, 1))
+        if self.stalled() is not None:
+            # Not the gateway's fault: our own loop was blocked (the watchdog named the run).
+            log.warning("socket_presumed_lost_after_loop_stall", silent_for=round(silent, 1),
+                        stalled_for=round(frozen, 1))
+        else:
+            log.warning("gateway_unresponsive", silent_for=round(silent, 1),
+                        stalled_for=round(frozen, 1))
         ws.transport.abort()  # drop the socket; every lease on it is presumed lost
         return True
 

@@ -48,6 +48,7 @@ from worker.connection import wire_size
 from worker.context import Context
 from worker.interrupts import Abandoned
 from worker.plan import PARK, NewStep, Park, Replay
+from worker.watchdog import ACTIVITY, Doing
 
 log = structlog.get_logger("tether.worker")
 
@@ -247,6 +248,7 @@ class RunExecution:
 
     async def _body(self) -> None:
         ctx = Context(self)
+        ACTIVITY.enter(Doing(self.run_id, self.function.id))
         try:
             if self.function.is_async:
                 result = await self.function.handler(ctx)
@@ -336,6 +338,7 @@ class RunExecution:
         sid = step_id if count == 0 else f"{step_id}:{count}"
         self._activity += 1
         self._steps_requested += 1
+        ACTIVITY.adopt(self.run_id, self.function.id)
         if self._steps_requested > self.limits.max_steps:
             raise NonRetriableError(
                 f"run has more than {self.limits.max_steps} steps; split the work into "

@@ -27,6 +27,7 @@ from protocol.messages import PROTOCOL_VERSION
 from worker.app import App, Function
 from worker.connection import GatewayLink, Outbox
 from worker.runner import Limits, RunExecution
+from worker.watchdog import LoopWatchdog
 
 log = structlog.get_logger("tether.worker")
 
@@ -85,6 +86,9 @@ class Worker:
         )
         self._idle = asyncio.Event()
         self._idle.set()
+        self.watchdog = LoopWatchdog()
+        self.link.stalled = self.watchdog.recent
+        self._stall_report: m.LoopStalled | None = None  # for the next socket
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -92,7 +96,11 @@ class Worker:
         """Serve until :meth:`drain` (or a fatal refusal from the gateway)."""
         log.info("worker_starting", instance_id=self.instance_id,
                  functions=sorted(self.functions), concurrency=self.concurrency)
-        await self.link.run()
+        self.watchdog.start()
+        try:
+            await self.link.run()
+        finally:
+            self.watchdog.stop()
 
     async def drain(self) -> None:
         """Stop taking work, finish or hand back what is held, then disconnect."""
@@ -129,10 +137,26 @@ class Worker:
         # The gateway's limits rule (SPEC §5 defaults, configurable on the gateway).
         self.limits = Limits(max_steps=ready.max_steps, max_step_result=ready.max_step_result,
                              max_output=ready.max_step_result, max_frame=ready.max_frame_size)
+        self.watchdog.threshold = ready.heartbeat_interval
+        if self._stall_report is not None:
+            self.link.send(self._stall_report)
+            self._stall_report = None
         if self.draining:
             self.link.send(m.Drain())
 
     def _on_disconnect(self, reason: str) -> None:
+        stall = self.watchdog.recent()
+        if stall is not None:
+            # The gateway presumed us lost because one run blocked the loop: tell it, on the
+            # next socket, that the other runs held now were not at fault.
+            culprit = stall.doing.run_id if stall.doing is not None else None
+            innocent = sorted({e.run_id for e in self.executions.values()
+                               if not e.lost and e.run_id != culprit})
+            since = stall.ended if stall.ended is not None else self.watchdog.monotonic()
+            self._stall_report = m.LoopStalled(
+                seconds=since - stall.since, run_id=culprit,
+                step_id=stall.doing.step_id if stall.doing is not None else None,
+                innocent=innocent)
         # The gateway requeues every lease of a closed socket: none of them is ours now.
         for execution in list(self.executions.values()):
             if not execution.lost:

@@ -35,6 +35,7 @@ from worker import serde
 from worker.app import Event, Function
 from worker.interrupts import Abandoned
 from worker.plan import PARK, NewStep, Replay, current_attempt
+from worker.watchdog import ACTIVITY, Doing
 
 if TYPE_CHECKING:
     from worker.runner import RunExecution
@@ -182,6 +183,7 @@ class Step:
         run.enter(plan)
         started = time.time()
         token = current_attempt.set(plan.attempt)
+        doing = ACTIVITY.enter(Doing(run.run_id, run.function.id, plan.id))
         try:
             if _is_async(fn):
                 result = await fn(*args, **kwargs)
@@ -200,6 +202,7 @@ class Step:
             outcome = run.finish_step(plan, started, result, None)
         finally:
             current_attempt.reset(token)
+            ACTIVITY.leave(doing)
         if outcome is PARK:
             return await run.park()
         return outcome

@@ -136,6 +136,8 @@ class Transaction:
                 self.touched.add(row[0])
         for release in batch.releases:
             await self._release(release.session_id, release.reason, release.lost)
+        for run_id in batch.forgiven:  # after the releases that counted the loss
+            await self.db.execute("forgive_lease_loss", run_id)
         await self._deadlines()
         await self._match_waits()
         self.result.touched_functions = self.touched

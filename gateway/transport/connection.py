@@ -232,6 +232,11 @@ class WorkerConnection:
                 elif isinstance(msg, m.LeaseRejected):
                     self.log.info("lease_rejected", run_id=msg.run_id, reason=msg.reason)
                     engine.lease_rejected(worker, msg.run_id, msg.fence, msg.reason)
+                elif isinstance(msg, m.LoopStalled):
+                    self.log.warning("worker_loop_stalled", seconds=round(msg.seconds, 1),
+                                     run_id=msg.run_id, step_id=msg.step_id,
+                                     innocent=len(msg.innocent))
+                    engine.loop_stalled(msg.innocent)
                 elif isinstance(msg, m.Drain):
                     worker.draining = True
                     self.log.info("worker_draining", in_flight=len(worker.in_flight))
