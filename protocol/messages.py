@@ -214,16 +214,16 @@ class Drain(_Message):
 class LoopStalled(_Message):
     """The worker's event loop was blocked ``seconds`` by run ``run_id`` (step ``step_id``).
 
-    Sent on the next socket when the stall cost the old one: the gateway had presumed the
-    worker lost and counted a lease loss against every run it held. Those in ``innocent``
-    were not at fault, so the gateway takes that loss back; the blocking run keeps it.
+    Sent on the next socket when the stall cost the socket ``session_id``: the gateway had
+    presumed the worker lost and counted a lease loss against every run leased on it. Only
+    ``run_id`` was at fault, so the gateway takes the loss back from the others.
     """
 
     type: Literal["loop_stalled"] = "loop_stalled"
+    session_id: str
     seconds: float
-    run_id: str | None = None
+    run_id: str
     step_id: str | None = None
-    innocent: list[str] = Field(default_factory=list, max_length=100_000)
 
 
 class _Checkpoint(_Message):

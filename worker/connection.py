@@ -198,6 +198,14 @@ class GatewayLink:
         if ws is not None:
             await ws.close(code, reason)
 
+    def abort(self) -> None:
+        """Stop now: drop the socket without a closing handshake; :meth:`run` returns."""
+        self._stop.set()
+        self._wake.set()
+        ws = self.ws
+        if ws is not None:
+            ws.transport.abort()
+
     def send(self, message: m.Message) -> None:
         """Queue ``message`` for the current socket (dropped if there is none)."""
         if self.session is not None and self.connected.is_set():

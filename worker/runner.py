@@ -158,6 +158,7 @@ class RunExecution:
         self._new: list[str] = []  # steps this execution started that no earlier one did
         self._steps_requested = 0
         self._in_flight = 0
+        self.running: set[str] = set()  # ids of the steps whose code runs now
         self.threads_active = 0  # threads running user code of a ``def`` function
         self._parks: set[asyncio.Future[None]] = set()
         self._activity = 0
@@ -369,6 +370,7 @@ class RunExecution:
     def enter(self, step: NewStep) -> None:
         """The step's code starts running now (the run cannot suspend until it ends)."""
         self._in_flight += 1
+        self.running.add(step.id)
         self._idle.clear()
 
     def request(self, step: NewStep, kind: type[m._Checkpoint], fields: dict[str, Any]) -> None:
@@ -400,6 +402,7 @@ class RunExecution:
         """
         ended = time.time()
         self._in_flight -= 1
+        self.running.discard(step.id)
         self._activity += 1
         final = False
         try:
