@@ -324,11 +324,16 @@ class RunSuspended(_Checkpoint):
     type: Literal["run_suspended"] = "run_suspended"
 
 
+#: One line the worker noticed about the run (a replay that skipped recorded steps).
+RunWarning = Annotated[str, Field(max_length=2000)]
+
+
 class RunCompleted(_Checkpoint):
-    """The function returned ``output`` (JSON bytes)."""
+    """The function returned ``output`` (JSON bytes); ``warnings`` go on the run's record."""
 
     type: Literal["run_completed"] = "run_completed"
     output: bytes
+    warnings: list[RunWarning] = Field(default_factory=list, max_length=10)
 
 
 class RunFailed(_Checkpoint):
@@ -339,6 +344,7 @@ class RunFailed(_Checkpoint):
     error: ErrorInfo
     final: bool
     retry_after: float | None = None
+    warnings: list[RunWarning] = Field(default_factory=list, max_length=10)
 
 
 class LeaseReleased(_Checkpoint):

@@ -116,8 +116,10 @@ def replay_warning(unreached: list[str], new: list[str]) -> str:
     text = f"replay did not reach recorded step(s) {names(unreached)}"
     if new:
         text += f" and ran new step(s) {names(new)} instead"
-    return text + ("; step ids must be the same on every replay (no uuid4(), time or random "
-                   "numbers in them), or each replay repeats the step's side effect")
+    text += ("; step ids must be the same on every replay (no uuid4(), time or random "
+             "numbers in them), or each replay repeats the step's side effect")
+    return text if len(text) <= 2000 else text[:1997] + "..."
+
 
 
 class RunExecution:
@@ -229,6 +231,9 @@ class RunExecution:
             f"`await ctx.step.{missed[0][0]}(...)` (or gather the calls)"
         )
 
+    def _warnings(self) -> dict[str, Any]:
+        return {"warnings": self.warnings[:10]} if self.warnings else {}
+
     def _check_replay(self, *, completed: bool) -> None:
         """Report recorded steps this replay never reached, and the new ones in their place.
 
@@ -284,7 +289,7 @@ class RunExecution:
         try:
             output = serde.dumps(result, what=f"function {self.function.id!r} output",
                                  limit=self.limits.max_output)
-            self._end(m.RunCompleted, {"output": output},
+            self._end(m.RunCompleted, {"output": output, **self._warnings()},
                       what=f"function {self.function.id!r} output")
         except TetherError as exc:
             self._fail_run(exc)
@@ -298,7 +303,8 @@ class RunExecution:
         getattr(self.log, level)("function_failed", attempt=self.attempt, final=final,
                                  error=f"{type(exc).__name__}: {exc}")
         self._end(m.RunFailed, {"attempt": self.attempt, "error": error_info(exc),
-                                "final": final, "retry_after": retry_delay(exc)})
+                                "final": final, "retry_after": retry_delay(exc),
+                                **self._warnings()})
 
     def _end(self, kind: type[m._Checkpoint], fields: dict[str, Any], what: str = "") -> None:
         """Send the last message of this lease (unless it is lost) and let go of the run.

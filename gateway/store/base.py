@@ -256,6 +256,7 @@ class RunRecord:
     available_at: float | None
     parent_run_id: str | None = None
     steps: list[StepRecord] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)

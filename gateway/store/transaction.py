@@ -310,8 +310,10 @@ class Transaction:
             elif isinstance(msg, m.EventsSent):
                 await self._events_sent(msg)
             elif isinstance(msg, m.RunCompleted):
+                await self._warnings(msg.run_id, msg.warnings)
                 await self._finish(msg.run_id, run, RunStatus.COMPLETED, msg.output, None)
             elif isinstance(msg, m.RunFailed):
+                await self._warnings(msg.run_id, msg.warnings)
                 if msg.final:
                     await self._finish(msg.run_id, run, RunStatus.FAILED, None,
                                        error_of(msg.error))
@@ -346,6 +348,11 @@ class Transaction:
         if run.parent is not None:
             await self._answer_parent(*run.parent, status, output, error)
         await self._system_events(run_id, run.function_id, status, output, error)
+
+    async def _warnings(self, run_id: str, warnings: list[str]) -> None:
+        """What the worker noticed about the run (rarely anything), kept on its record."""
+        if warnings:
+            await self.db.execute("set_run_warnings", orjson.dumps(warnings).decode(), run_id)
 
     async def _flush_steps(self, steps: list[tuple[Any, ...]], growth: dict[str, int]) -> None:
         if steps:

@@ -149,6 +149,8 @@ def test_a_uuid_step_id_is_reported_on_replay(steps: Steps) -> None:
     charges = [s["id"] for s in run["steps"] if s["id"].startswith("charge-")]
     assert diverged["run_id"] == run_id and diverged["level"] == "warning"
     assert diverged["unreached"] == [charges[0]] and diverged["new"] == [charges[1]]
+    [warning] = run["warnings"]  # GET /v1/runs/{id} shows it too
+    assert charges[0] in warning and charges[1] in warning and "uuid4()" in warning
 
 
 def test_a_second_sigint_stops_at_once_and_names_the_abandoned_steps(steps: Steps) -> None:

@@ -33,6 +33,7 @@ async def test_a_uuid_step_id_is_reported_on_replay(run):
     assert "uuid4()" in warning["hint"]
     [line] = execution.warnings
     assert "'charge-1f0e'" in line and rec.of(m.StepCompleted)[0].step_id in line
+    assert rec.of(m.RunCompleted)[0].warnings == [line]  # kept on the run's record
 
 
 async def test_a_faithful_replay_reports_nothing(run):

@@ -124,6 +124,12 @@ SELECT id, function_id, lease_losses FROM runs WHERE session_id = ?1 AND status 
 -- name: set_lease_losses
 UPDATE runs SET lease_losses = ?1 WHERE id = ?2;
 
+-- name: set_run_warnings
+UPDATE runs SET warnings = ?1 WHERE id = ?2;
+
+-- name: run_warnings
+SELECT warnings FROM runs WHERE id = ?1;
+
 -- name: forgive_lease_loss
 UPDATE runs SET lease_losses = lease_losses - 1 WHERE id = ?1 AND lease_losses > 0;
 
