@@ -119,6 +119,7 @@ class LoopWatchdog:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.last: Stall | None = None  # the latest stall, open or ended
         self._tick = monotonic()
+        self._checked: float | None = None  # when the thread last looked
         self._stop = threading.Event()
         self._ticker: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
@@ -150,6 +151,9 @@ class LoopWatchdog:
     def check(self) -> Stall | None:
         """Off the loop: has it stalled? Logs a new stall once, naming what is executing."""
         now = self.monotonic()
+        checked, self._checked = self._checked, now
+        if checked is not None and now - checked > self.threshold:
+            return None  # this thread did not run either: the process was frozen (SIGSTOP)
         if now - self._tick <= self.threshold or (self.last and self.last.ended is None):
             return None
         task = asyncio.current_task(self.loop) if self.loop is not None else None

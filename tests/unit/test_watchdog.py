@@ -111,3 +111,13 @@ def test_a_loop_that_ticks_is_never_reported():
         assert watchdog.check() is None
         watchdog.tick()
     assert watchdog.last is None and watchdog.recent() is None
+
+
+def test_a_frozen_process_is_not_a_blocked_loop():
+    clock = Clock()
+    watchdog = LoopWatchdog(threshold=1.0, monotonic=clock)
+    watchdog.tick()
+    assert watchdog.check() is None
+    clock.now += 10  # SIGSTOP: the watchdog thread did not run either
+    assert watchdog.check() is None
+    assert watchdog.last is None
