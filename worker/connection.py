@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -319,19 +320,33 @@ class GatewayLink:
 def wire_size(value: Any) -> int:
     """An upper bound of ``value``'s msgpack size, without encoding it (cheap on large bytes).
 
-    Strings count four bytes a character unless ASCII; every item its largest header.
+    Strings count four bytes a character unless ASCII, every item its largest header, and a
+    message's field names :data:`_FIELD_NAME` bytes each.
     """
-    if isinstance(value, bytes):
+    kind = type(value)
+    if kind is bytes:
         return len(value) + 5
-    if isinstance(value, str):
+    if kind is str:
         return (len(value) if value.isascii() else 4 * len(value)) + 5
+    if kind is int or kind is float or value is None or kind is bool:
+        return 9
+    if isinstance(value, BaseModel):
+        fields = value.__dict__
+        return 5 + _FIELD_NAME * len(fields) + sum(wire_size(v) for v in fields.values())
     if isinstance(value, (list, tuple)):
         return 5 + sum(wire_size(item) for item in value)
     if isinstance(value, dict):
         return 5 + sum(wire_size(k) + wire_size(v) for k, v in value.items())
-    if isinstance(value, BaseModel):
-        return wire_size(value.__dict__)
-    return 9  # numbers, booleans, None
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = [f.name for f in dataclasses.fields(value)]
+        return 5 + _FIELD_NAME * len(names) + sum(wire_size(getattr(value, n)) for n in names)
+    if isinstance(value, (int, float)):
+        return 9
+    return 4 * len(str(value)) + 16  # anything else is encoded as its text, at most
+
+
+#: Upper bound of one field name's encoded size (names are short ASCII; a test checks).
+_FIELD_NAME = 40
 
 
 def chunks(batch: list[m.Message], max_frame: int) -> list[list[m.Message]]:

@@ -11,6 +11,7 @@ import json
 from protocol import messages as m
 from protocol.codec import encode
 from tests.unit import test_runner
+from tests.unit.test_codec import SAMPLES
 from worker.app import Event
 from worker.connection import FRAME_MESSAGES, chunks, wire_size
 from worker.runner import Limits
@@ -115,8 +116,26 @@ def test_frames_hold_a_bounded_number_of_small_messages():
 
 
 def test_wire_size_is_an_upper_bound():
-    for msg in [*_events(1, 5000), m.Heartbeat(), m.StepFailed(
+    for msg in [*_events(1, 5000), m.Heartbeat(), *SAMPLES, m.StepFailed(
             seq=1, run_id="r", fence=1, step_id="s\u00e9\U0001f600", attempt=0,
             error=m.ErrorInfo(name="E", message="\u00e9" * 100, stack="x"), final=True,
             started_at=1.0, ended_at=2.0)]:
         assert wire_size(msg) >= len(encode([msg])) - 5
+
+
+def test_field_names_fit_the_bound_wire_size_assumes():
+    import dataclasses
+    import inspect
+
+    from pydantic import BaseModel
+
+    from protocol import manifest, messages
+    from worker import connection
+
+    names = [name for module in (messages, manifest) for _, cls in inspect.getmembers(module)
+             if inspect.isclass(cls)
+             for name in (cls.model_fields if issubclass(cls, BaseModel) else
+                          [f.name for f in dataclasses.fields(cls)]
+                          if dataclasses.is_dataclass(cls) else [])]
+    longest = max(len(name) for name in names)
+    assert longest + 5 <= connection._FIELD_NAME
