@@ -44,7 +44,7 @@ from protocol.errors import (
 )
 from worker import serde
 from worker.app import Event, Function
-from worker.connection import wire_size
+from worker.connection import fields_size
 from worker.context import Context
 from worker.interrupts import Abandoned
 from worker.plan import PARK, NewStep, Park, Replay
@@ -345,7 +345,6 @@ class RunExecution:
         sid = step_id if count == 0 else f"{step_id}:{count}"
         self._activity += 1
         self._steps_requested += 1
-        ACTIVITY.adopt(self.run_id, self.function.id)
         if self._steps_requested > self.limits.max_steps:
             raise NonRetriableError(
                 f"run has more than {self.limits.max_steps} steps; split the work into "
@@ -454,7 +453,7 @@ class RunExecution:
             FrameTooLarge: naming ``what``, its size and the limit.
         """
         limit = self.limits.max_frame
-        if wire_size(fields) + len(self.run_id) + 128 > limit:  # an upper bound: cheap
+        if fields_size(fields) + len(self.run_id) + 256 > limit:  # an upper bound: cheap
             message: Any = kind(seq=1, run_id=self.run_id, fence=self.fence, **fields)
             size = len(encode([message]))
             if size > limit:

@@ -183,7 +183,7 @@ class Step:
         run.enter(plan)
         started = time.time()
         token = current_attempt.set(plan.attempt)
-        doing = ACTIVITY.enter(Doing(run.run_id, run.function.id, plan.id))
+        task, doing = ACTIVITY.enter(Doing(run.run_id, run.function.id, plan.id))
         try:
             if _is_async(fn):
                 result = await fn(*args, **kwargs)
@@ -202,7 +202,7 @@ class Step:
             outcome = run.finish_step(plan, started, result, None)
         finally:
             current_attempt.reset(token)
-            ACTIVITY.leave(doing)
+            ACTIVITY.leave(task, doing or Doing(run.run_id, run.function.id))
         if outcome is PARK:
             return await run.park()
         return outcome

@@ -47,28 +47,21 @@ class Activity:
     def __init__(self) -> None:
         self._by_task: dict[asyncio.Task[Any], Doing] = {}
 
-    def enter(self, doing: Doing) -> Doing | None:
-        """The current task now executes ``doing``; returns what it did before."""
+    def enter(self, doing: Doing) -> tuple[asyncio.Task[Any] | None, Doing | None]:
+        """The current task now executes ``doing``; returns it and what it did before."""
         task = _current_task()
         if task is None:
-            return None
+            return None, None
         previous = self._by_task.get(task)
         if previous is None:
             task.add_done_callback(self._forget)
         self._by_task[task] = doing
-        return previous
+        return task, previous
 
-    def leave(self, previous: Doing | None) -> None:
-        """Back to what :meth:`enter` returned."""
-        task = _current_task()
-        if task is not None and previous is not None:
+    def leave(self, task: asyncio.Task[Any] | None, previous: Doing) -> None:
+        """Back to ``previous`` (what :meth:`enter` returned, or the run's body)."""
+        if task is not None:
             self._by_task[task] = previous
-
-    def adopt(self, run_id: str, function_id: str) -> None:
-        """A task of a run that is not known yet (a branch of ``asyncio.gather``)."""
-        task = _current_task()
-        if task is not None and task not in self._by_task:
-            self.enter(Doing(run_id, function_id))
 
     def of(self, task: asyncio.Task[Any] | None) -> Doing | None:
         return None if task is None else self._by_task.get(task)
