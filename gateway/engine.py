@@ -87,6 +87,8 @@ class Engine:
         self._command_waiters: list[tuple[str, asyncio.Future[Any]]] = []
         # When the gateway last heard of each leased run: a wait looks back to then.
         self._seen: dict[str, float] = {}
+        #: Sessions lost lately (instance id, runs leased on them), for LoopStalled reports.
+        self._lost_sessions: dict[str, tuple[str, frozenset[str]]] = {}
         self._wake = asyncio.Event()
         self._maybe_ready: set[str] = set()
         self._next_wakeup: float | None = None
@@ -238,6 +240,20 @@ class Engine:
         self._batch.returns.append(LeaseReturn(run_id, fence, reason))
         self._wake.set()
 
+    def loop_stalled(self, worker: WorkerEntry, stalled: m.LoopStalled) -> int:
+        """One run blocked ``worker``'s loop and cost it a socket: forgive the other runs.
+
+        Only a session this gateway saw lost, of the same worker instance, is forgiven.
+        Returns how many runs were.
+        """
+        lost = self._lost_sessions.pop(stalled.session_id, None)
+        if lost is None or lost[0] != worker.instance_id:
+            return 0
+        forgiven = sorted(lost[1] - {stalled.run_id})
+        self._batch.forgiven.extend(forgiven)
+        self._wake.set()
+        return len(forgiven)
+
     def worker_ready(self, worker: WorkerEntry) -> None:
         """A worker joined (or has room again): look for runs it can take."""
         self._maybe_ready.update(worker.functions)
@@ -304,6 +320,11 @@ class Engine:
         """The worker's socket closed: every lease it held goes back to the queue."""
         for run_id in worker.in_flight:
             self._seen.pop(run_id, None)
+        if lost and worker.in_flight:  # remembered a while, for a LoopStalled that may follow
+            self._lost_sessions[worker.session_id] = (worker.instance_id,
+                                                      frozenset(worker.in_flight))
+            while len(self._lost_sessions) > 256:
+                del self._lost_sessions[next(iter(self._lost_sessions))]
         worker.in_flight.clear()
         self._batch.releases.append(SessionRelease(worker.session_id, reason, lost))
         self._wake.set()
@@ -507,3 +528,4 @@ class Engine:
         # Releases and returns must not be forgotten: their runs would stay leased.
         self._batch.releases.extend(batch.releases)
         self._batch.returns.extend(batch.returns)
+        self._batch.forgiven.extend(batch.forgiven)

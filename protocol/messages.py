@@ -211,6 +211,21 @@ class Drain(_Message):
     type: Literal["drain"] = "drain"
 
 
+class LoopStalled(_Message):
+    """The worker's event loop was blocked ``seconds`` by run ``run_id`` (step ``step_id``).
+
+    Sent on the next socket when the stall cost the socket ``session_id``: the gateway had
+    presumed the worker lost and counted a lease loss against every run leased on it. Only
+    ``run_id`` was at fault, so the gateway takes the loss back from the others.
+    """
+
+    type: Literal["loop_stalled"] = "loop_stalled"
+    session_id: str
+    seconds: float
+    run_id: str
+    step_id: str | None = None
+
+
 class _Checkpoint(_Message):
     """A change to a run's durable state, under the lease ``fence``.
 
@@ -309,11 +324,16 @@ class RunSuspended(_Checkpoint):
     type: Literal["run_suspended"] = "run_suspended"
 
 
+#: One line the worker noticed about the run (a replay that skipped recorded steps).
+RunWarning = Annotated[str, Field(max_length=2000)]
+
+
 class RunCompleted(_Checkpoint):
-    """The function returned ``output`` (JSON bytes)."""
+    """The function returned ``output`` (JSON bytes); ``warnings`` go on the run's record."""
 
     type: Literal["run_completed"] = "run_completed"
     output: bytes
+    warnings: list[RunWarning] = Field(default_factory=list, max_length=10)
 
 
 class RunFailed(_Checkpoint):
@@ -324,6 +344,7 @@ class RunFailed(_Checkpoint):
     error: ErrorInfo
     final: bool
     retry_after: float | None = None
+    warnings: list[RunWarning] = Field(default_factory=list, max_length=10)
 
 
 class LeaseReleased(_Checkpoint):
@@ -362,7 +383,8 @@ GatewayMessage = (
 )
 
 WorkerMessage = (
-    Hello | Answer | Heartbeat | LeaseAccepted | LeaseRejected | Drain | Checkpoint | Error
+    Hello | Answer | Heartbeat | LeaseAccepted | LeaseRejected | Drain | LoopStalled
+    | Checkpoint | Error
 )
 
 #: Any message, either way; decoding picks the class by its ``type`` tag.

@@ -51,6 +51,7 @@ _FROM_WORKER: dict[State, dict[str, State | None]] = {
             "heartbeat": None,
             "lease_accepted": None,
             "lease_rejected": None,
+            "loop_stalled": None,
             "drain": State.DRAINING,
             **{c: None for c in _CHECKPOINTS},
         }

@@ -15,7 +15,7 @@ from protocol.cli import add_option, run_loop
 from protocol.logs import configure
 from worker.app import App
 from worker.connection import FatalGatewayError
-from worker.runtime import Worker
+from worker.runtime import Worker, exit_abandoned
 
 log = structlog.get_logger("tether.worker")
 
@@ -98,19 +98,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except FatalGatewayError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
+    if worker.abandoned is not None:
+        exit_abandoned()
     return 0
 
 
 async def _serve(worker: Worker) -> None:
     loop = asyncio.get_running_loop()
     serving = asyncio.create_task(worker.run())
-
-    draining: list[asyncio.Task[None]] = []
-
-    def stop() -> None:
-        if not draining:
-            draining.append(asyncio.create_task(worker.drain()))
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the first drains, a second stops at once
+        loop.add_signal_handler(sig, worker.interrupt)
     await serving

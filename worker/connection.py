@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
+from pydantic import BaseModel
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from protocol import messages as m
 from protocol.auth import answer
-from protocol.codec import decode, encode
+from protocol.codec import DEFAULT_MAX_FRAME, decode, encode
 from protocol.errors import RemoteProtocolError, TetherError
 from protocol.messages import PROTOCOL_VERSION
 from protocol.session import Role, Session
@@ -35,8 +37,9 @@ log = structlog.get_logger("tether.worker")
 
 #: Largest frame the worker accepts (a lease carries up to 32 MiB of run state).
 MAX_FRAME_IN = 64 * 1024 * 1024
-#: A frame holds at most this many messages, or about this many bytes (one large step
-#: result may exceed it alone; the gateway accepts a 4 MiB result plus its envelope).
+#: A frame holds at most this many messages, and at most this many bytes, or fewer when the
+#: gateway reads less (``Ready.max_frame_size``); one message alone may exceed FRAME_BYTES up
+#: to the gateway's limit (the runner never emits a checkpoint over it).
 FRAME_MESSAGES = 512
 FRAME_BYTES = 1024 * 1024
 
@@ -145,6 +148,8 @@ class GatewayLink:
         self._last_heard = 0.0
         self._last_tick = 0.0  # when the heartbeat task last ran: a frozen process stops it
         self._deaf_after: float | None = None  # seconds of gateway silence; set by Ready
+        self.max_frame = DEFAULT_MAX_FRAME  # the largest frame the gateway reads; set by Ready
+        self.stalled: Callable[[], object | None] = lambda: None  # the loop's last stall
 
     async def run(self) -> None:
         """Connect, serve, reconnect; return only after :meth:`stop`."""
@@ -194,6 +199,14 @@ class GatewayLink:
         if ws is not None:
             await ws.close(code, reason)
 
+    def abort(self) -> None:
+        """Stop now: drop the socket without a closing handshake; :meth:`run` returns."""
+        self._stop.set()
+        self._wake.set()
+        ws = self.ws
+        if ws is not None:
+            ws.transport.abort()
+
     def send(self, message: m.Message) -> None:
         """Queue ``message`` for the current socket (dropped if there is none)."""
         if self.session is not None and self.connected.is_set():
@@ -215,6 +228,7 @@ class GatewayLink:
         ready = await self._expect(ws, session, m.Ready)
         log.info("gateway_connected", url=url, session_id=ready.session_id,
                  gateway_id=challenge.gateway_id)
+        self.max_frame = ready.max_frame_size
         self.outbox.renumber()
         self.connected.set()
         self.on_ready(ready)
@@ -262,7 +276,7 @@ class GatewayLink:
         try:
             while True:
                 await outbox.ready.wait()
-                for chunk in _chunks(outbox.take()):
+                for chunk in chunks(outbox.take(), self.max_frame):
                     await ws.send(encode(chunk))
         except ConnectionClosed:
             pass
@@ -292,20 +306,81 @@ class GatewayLink:
         frozen = now - self._last_tick
         if silent <= self._deaf_after and frozen <= self._deaf_after:
             return False
-        log.warning("gateway_unresponsive", silent_for=round(silent, 1),
-                    stalled_for=round(frozen, 1))
+        if self.stalled() is not None:
+            # Not the gateway's fault: our own loop was blocked (the watchdog named the run).
+            log.warning("socket_presumed_lost_after_loop_stall", silent_for=round(silent, 1),
+                        stalled_for=round(frozen, 1))
+        else:
+            log.warning("gateway_unresponsive", silent_for=round(silent, 1),
+                        stalled_for=round(frozen, 1))
         ws.transport.abort()  # drop the socket; every lease on it is presumed lost
         return True
 
 
-def _chunks(batch: list[m.Message]) -> list[list[m.Message]]:
-    """Split ``batch`` into frames of at most FRAME_MESSAGES messages and ~FRAME_BYTES."""
+def wire_size(value: Any) -> int:
+    """An upper bound of ``value``'s msgpack size, without encoding it (cheap on large bytes).
+
+    Strings count four bytes a character unless ASCII, every item its largest header, and a
+    field name :data:`_FIELD_NAME` bytes. Checked for every checkpoint: kept fast.
+    """
+    kind = type(value)
+    if kind is bytes:
+        return len(value) + 5
+    if kind is str:
+        return (len(value) if value.isascii() else 4 * len(value)) + 5
+    if kind is int or kind is float or kind is bool or value is None:
+        return 9
+    if isinstance(value, BaseModel):
+        return fields_size(value.__dict__) + 5
+    if isinstance(value, dict):
+        size = 5
+        for key, item in value.items():
+            size += wire_size(key) + wire_size(item)
+        return size
+    if isinstance(value, (list, tuple)):
+        size = 5
+        for item in value:
+            size += wire_size(item)
+        return size
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = [f.name for f in dataclasses.fields(value)]
+        return 5 + fields_size({n: getattr(value, n) for n in names})
+    if isinstance(value, (int, float)):
+        return 9
+    return 4 * len(str(value)) + 16  # anything else is encoded as its text, at most
+
+
+def fields_size(fields: dict[str, Any]) -> int:
+    """:func:`wire_size` of a message's fields (their names are short: see _FIELD_NAME)."""
+    size = _FIELD_NAME * len(fields)
+    for value in fields.values():
+        kind = type(value)
+        if kind is bytes:
+            size += len(value) + 5
+        elif kind is float or kind is int or kind is bool or value is None:
+            size += 9
+        else:
+            size += wire_size(value)
+    return size
+
+
+#: Upper bound of one field name's encoded size (names are short ASCII; a test checks).
+_FIELD_NAME = 40
+
+
+def chunks(batch: list[m.Message], max_frame: int) -> list[list[m.Message]]:
+    """Split ``batch`` into frames of at most FRAME_MESSAGES messages and ``max_frame`` bytes.
+
+    Sizes are upper bounds, so no frame the gateway gets is over its limit (a single message
+    over it travels alone, and is refused there: the runner sends none).
+    """
+    budget = min(FRAME_BYTES, max_frame) - 5  # the frame's own array header
     out: list[list[m.Message]] = []
     chunk: list[m.Message] = []
     size = 0
     for msg in batch:
-        cost = 256 + len(getattr(msg, "output", b"") or b"")
-        if chunk and (len(chunk) >= FRAME_MESSAGES or size + cost > FRAME_BYTES):
+        cost = wire_size(msg)
+        if chunk and (len(chunk) >= FRAME_MESSAGES or size + cost > budget):
             out.append(chunk)
             chunk, size = [], 0
         chunk.append(msg)

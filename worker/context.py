@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from worker.app import Event
-from worker.runner import RunExecution, current_attempt
+from worker.plan import current_attempt
 from worker.steps import Step, SyncStep
+
+if TYPE_CHECKING:
+    from worker.runner import RunExecution
 
 
 class ReplayAwareLogger:

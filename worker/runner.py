@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,7 @@ from typing import Any
 import structlog
 
 from protocol import messages as m
+from protocol.codec import DEFAULT_MAX_FRAME, encode
 from protocol.errors import (
     NonDeterminismError,
     NonRetriableError,
@@ -42,14 +44,13 @@ from protocol.errors import (
 )
 from worker import serde
 from worker.app import Event, Function
+from worker.connection import fields_size
+from worker.context import Context
 from worker.interrupts import Abandoned
+from worker.plan import PARK, NewStep, Park, Replay
+from worker.watchdog import ACTIVITY, Doing
 
 log = structlog.get_logger("tether.worker")
-
-#: Attempt of the step whose code is running in this context (None in the function body).
-current_attempt: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "tether_step_attempt", default=None
-)
 
 #: Loop iterations without step activity after which parked branches count as settled.
 _SETTLE_ROUNDS = 4
@@ -57,39 +58,34 @@ _SETTLE_ROUNDS = 4
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """The gateway's limits (sent in ``Ready``), enforced here before anything is sent."""
+
     max_steps: int = 1000
     max_step_result: int = 4 * 1024 * 1024
     max_output: int = 4 * 1024 * 1024
+    #: Largest frame the gateway reads: one checkpoint over it could never be delivered.
+    max_frame: int = DEFAULT_MAX_FRAME
 
 
-@dataclass(frozen=True, slots=True)
-class NewStep:
-    """A step to execute now, at ``attempt``."""
+class FrameTooLarge(NonRetriableError):
+    """One checkpoint alone is over the gateway's frame limit: it could never be sent."""
 
-    id: str
-    attempt: int
+    code = "frame_too_large"
 
 
-@dataclass(frozen=True, slots=True)
-class Replay:
-    """A step already recorded: return its result (or raise its error)."""
-
-    id: str
-    memo: m.StepMemo
+#: An error's message is cut to this many characters, so that a failure always fits a frame.
+MAX_ERROR_MESSAGE = 64 * 1024
 
 
-class Park:
-    """The step cannot run now; the branch must park."""
-
-
-PARK = Park()
 
 
 def error_info(exc: BaseException) -> m.ErrorInfo:
     name = exc.name if isinstance(exc, StepError) else type(exc).__name__
     message = exc.message if isinstance(exc, TetherError) else str(exc)
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = message[:MAX_ERROR_MESSAGE] + f"... ({len(message):,} characters in all)"
     stack = "".join(traceback.format_exception(exc))[-8000:]
-    return m.ErrorInfo(name=name, message=message or name, stack=stack)
+    return m.ErrorInfo(name=name[:1000], message=message or name, stack=stack)
 
 
 #: The gateway waits at most this long after a RetryAfterError (and the wire takes no infinity).
@@ -109,6 +105,21 @@ def retry_delay(exc: BaseException) -> float | None:
     else:
         delay = float(after)
     return min(max(0.0, delay), MAX_RETRY_AFTER)  # also maps NaN to 0
+
+
+def replay_warning(unreached: list[str], new: list[str]) -> str:
+    """One line for the run's ``warnings``: which recorded steps were skipped, what ran."""
+    def names(ids: list[str]) -> str:
+        shown = ", ".join(repr(i) for i in ids[:5])
+        return shown + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+
+    text = f"replay did not reach recorded step(s) {names(unreached)}"
+    if new:
+        text += f" and ran new step(s) {names(new)} instead"
+    text += ("; step ids must be the same on every replay (no uuid4(), time or random "
+             "numbers in them), or each replay repeats the step's side effect")
+    return text if len(text) <= 2000 else text[:1997] + "..."
+
 
 
 class RunExecution:
@@ -144,8 +155,12 @@ class RunExecution:
         self.executor = executor
         self.limits = limits
         self._counts: dict[str, int] = {}
+        self._recorded = frozenset(self.memos)  # steps done by earlier executions
+        self._reached: set[str] = set()  # of those, the ones this execution's code asked for
+        self._new: list[str] = []  # steps this execution started that no earlier one did
         self._steps_requested = 0
         self._in_flight = 0
+        self.running: set[str] = set()  # ids of the steps whose code runs now
         self.threads_active = 0  # threads running user code of a ``def`` function
         self._parks: set[asyncio.Future[None]] = set()
         self._activity = 0
@@ -156,6 +171,8 @@ class RunExecution:
         self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.loop = asyncio.get_running_loop()
         self._log: Any = None
+        self._calls: list[tuple[Coroutine[Any, Any, Any], str, str]] = []  # step calls made
+        self.warnings: list[str] = []  # for the run's record (replay divergence)
 
     @property
     def log(self) -> Any:
@@ -190,12 +207,54 @@ class RunExecution:
         if not self.ended:
             self._end(m.LeaseReleased, {"reason": "worker drain timeout"})
 
+    def track(self, coro: Coroutine[Any, Any, Any], method: str, step_id: str) -> None:
+        """A step method was called; it must be awaited before the run ends."""
+        calls = self._calls
+        if len(calls) >= 64:  # keep only the calls not started yet (usually none)
+            calls[:] = [c for c in calls if inspect.getcoroutinestate(c[0]) == "CORO_CREATED"]
+        calls.append((coro, method, step_id))
+
+    def _never_awaited(self) -> NonRetriableError | None:
+        """The error for step calls never awaited (they never ran), or None."""
+        missed = []
+        for coro, method, step_id in self._calls:
+            if inspect.getcoroutinestate(coro) == "CORO_CREATED":
+                missed.append((method, step_id))
+                coro.close()  # no "never awaited" RuntimeWarning at garbage collection
+        self._calls.clear()
+        if not missed:
+            return None
+        calls = ", ".join(f"ctx.step.{method}({step_id!r})" for method, step_id in missed[:5])
+        return NonRetriableError(
+            f"{calls} {'was' if len(missed) == 1 else 'were'} called without await, so "
+            f"{'it' if len(missed) == 1 else 'they'} never ran: write "
+            f"`await ctx.step.{missed[0][0]}(...)` (or gather the calls)"
+        )
+
+    def _warnings(self) -> dict[str, Any]:
+        return {"warnings": self.warnings[:10]} if self.warnings else {}
+
+    def _check_replay(self, *, completed: bool) -> None:
+        """Report recorded steps this replay never reached, and the new ones in their place.
+
+        A step id built from a uuid, the time or a random number is new on every replay, so
+        its side effect runs again each time; this is how that shows.
+        """
+        unreached = sorted(self._recorded - self._reached)
+        if not unreached or not (completed or self._new):
+            return  # a failure may cut a run short: unreached steps prove nothing then
+        self.warnings.append(replay_warning(unreached, self._new))
+        self.log.warning(
+            "replay_diverged", unreached=unreached[:10], new=self._new[:10],
+            hint="step ids must be the same on every replay: build them from the event or "
+                 "from step results, never from uuid4(), the time or random numbers",
+        )
+
     # --- the function body ---------------------------------------------------------------
 
     async def _body(self) -> None:
-        from worker.context import Context
-
         ctx = Context(self)
+        ACTIVITY.enter(Doing(self.run_id, self.function.id))
         try:
             if self.function.is_async:
                 result = await self.function.handler(ctx)
@@ -213,18 +272,27 @@ class RunExecution:
         except BaseException as exc:  # user code: every failure becomes a message
             await self._idle.wait()
             if not self.ended:
-                self._fail_run(exc)
+                self._check_replay(completed=False)
+                missed = self._never_awaited()
+                if missed is not None:
+                    missed.__cause__ = exc
+                self._fail_run(missed or exc)
             return
         await self._idle.wait()  # steps of other branches still running finish first
         if self.ended:
             return
+        missed = self._never_awaited()
+        if missed is not None:
+            self._fail_run(missed)
+            return
+        self._check_replay(completed=True)
         try:
             output = serde.dumps(result, what=f"function {self.function.id!r} output",
                                  limit=self.limits.max_output)
+            self._end(m.RunCompleted, {"output": output, **self._warnings()},
+                      what=f"function {self.function.id!r} output")
         except TetherError as exc:
             self._fail_run(exc)
-            return
-        self._end(m.RunCompleted, {"output": output})
 
     def _fail_run(self, exc: BaseException) -> None:
         final = (
@@ -235,15 +303,20 @@ class RunExecution:
         getattr(self.log, level)("function_failed", attempt=self.attempt, final=final,
                                  error=f"{type(exc).__name__}: {exc}")
         self._end(m.RunFailed, {"attempt": self.attempt, "error": error_info(exc),
-                                "final": final, "retry_after": retry_delay(exc)})
+                                "final": final, "retry_after": retry_delay(exc),
+                                **self._warnings()})
 
-    def _end(self, kind: type[m._Checkpoint], fields: dict[str, Any]) -> None:
-        """Send the last message of this lease (unless it is lost) and let go of the run."""
+    def _end(self, kind: type[m._Checkpoint], fields: dict[str, Any], what: str = "") -> None:
+        """Send the last message of this lease (unless it is lost) and let go of the run.
+
+        Raises:
+            FrameTooLarge: the message could never be sent (the run is not over then).
+        """
         if self.ended:
             return
-        self.ended = True
         if not self.lost:
-            self._emit(kind, fields)
+            self._send(kind, fields, what or kind.__name__)
+        self.ended = True
         for future in self._parks:
             if not future.done():
                 future.set_exception(Abandoned())
@@ -281,35 +354,42 @@ class RunExecution:
         if memo is not None:
             if memo.kind != kind:
                 raise NonDeterminismError(
-                    f"step {sid!r} was recorded as step.{memo.kind}() but the function now "
-                    f"calls step.{kind}() under that id; the code changed under a running "
-                    "run: give the new step another id"
+                    f"step {sid!r} was recorded as step.{memo.kind}() but this replay calls "
+                    f"step.{kind}() under that id: either the code changed while the run was "
+                    "in flight (give the new step another id), or the step ids or their order "
+                    "depend on something that differs between replays (time, randomness, "
+                    "uuid4, unordered sets); step ids must be the same on every replay"
                 )
+            if sid in self._recorded:
+                self._reached.add(sid)
             return Replay(sid, memo)
         if not self.lost and not self._lease_ok():
             self.lose("the gateway has been silent too long: the lease is presumed revoked")
         if self.lost or self.draining or sid in self.deferred:
             return PARK
         self.replaying = False
+        if len(self._new) < 100:
+            self._new.append(sid)
         return NewStep(sid, self.attempts.get(sid, 0))
 
     def enter(self, step: NewStep) -> None:
         """The step's code starts running now (the run cannot suspend until it ends)."""
         self._in_flight += 1
+        self.running.add(step.id)
         self._idle.clear()
 
     def request(self, step: NewStep, kind: type[m._Checkpoint], fields: dict[str, Any]) -> None:
         """Ask the gateway for something durable (a sleep, a wait, a child run)."""
         self._activity += 1
-        self._emit(kind, {"step_id": step.id, **fields})
+        self._send(kind, {"step_id": step.id, **fields}, f"step {step.id!r}")
 
     def record(self, step: NewStep, kind: str, output: bytes, message: type[m._Checkpoint],
                fields: dict[str, Any]) -> None:
         """A step whose result exists at once (send_event): memoize and checkpoint it."""
         self._activity += 1
+        self._send(message, {"step_id": step.id, **fields}, f"step.{kind}({step.id!r})")
         self.memos[step.id] = m.StepMemo(kind=kind, output=output)
         self.attempt = 0  # a completed step gives the body a fresh retry budget
-        self._emit(message, {"step_id": step.id, **fields})
 
     def replay(self, step: Replay) -> Any:
         if step.memo.error is not None:
@@ -328,23 +408,27 @@ class RunExecution:
         """
         ended = time.time()
         self._in_flight -= 1
+        self.running.discard(step.id)
         self._activity += 1
+        final = False
         try:
             if exc is None:
                 try:
                     output = serde.dumps(result, what=f"step {step.id!r} result",
                                          limit=self.limits.max_step_result)
+                    self._send(m.StepCompleted, {
+                        "step_id": step.id, "attempt": step.attempt, "output": output,
+                        "started_at": started, "ended_at": ended,
+                    }, f"step {step.id!r} result")
                 except TetherError as err:
-                    exc = err
+                    # The same result would be too large (or not JSON) on every attempt.
+                    exc, final = err, True
                 else:
                     self.memos[step.id] = m.StepMemo(kind="run", output=output)
                     self.attempt = 0  # a completed step gives the body a fresh retry budget
-                    self._emit(m.StepCompleted, {
-                        "step_id": step.id, "attempt": step.attempt, "output": output,
-                        "started_at": started, "ended_at": ended,
-                    })
                     return serde.loads(output)
-            final = isinstance(exc, NonRetriableError) or step.attempt >= self.function.retries
+            final = (final or isinstance(exc, NonRetriableError)
+                     or step.attempt >= self.function.retries)
             info = error_info(exc)
             self.log.warning("step_failed", step_id=step.id, attempt=step.attempt, final=final,
                              error=f"{info.name}: {info.message}")
@@ -360,6 +444,27 @@ class RunExecution:
             if self._in_flight == 0:
                 self._idle.set()
                 self._poke()
+
+    def _send(self, kind: type[m._Checkpoint], fields: dict[str, Any], what: str) -> None:
+        """Emit one checkpoint, unless it alone is over the gateway's frame limit.
+
+        A frame the gateway cannot read closes the socket, and the checkpoint would be sent
+        again on every reconnect; the step fails for good here instead.
+
+        Raises:
+            FrameTooLarge: naming ``what``, its size and the limit.
+        """
+        limit = self.limits.max_frame
+        if fields_size(fields) + len(self.run_id) + 256 > limit:  # an upper bound: cheap
+            message: Any = kind(seq=1, run_id=self.run_id, fence=self.fence, **fields)
+            size = len(encode([message]))
+            if size > limit:
+                raise FrameTooLarge(
+                    f"{what} is {size:,} bytes on the wire, over the gateway's frame limit "
+                    f"of {limit:,} bytes; send less data (store large data elsewhere and "
+                    "pass a reference) or raise the gateway's --max-step-result"
+                )
+        self._emit(kind, fields)
 
     async def park(self) -> Any:
         """Wait for the gateway (the run suspends once every branch is here); never returns."""

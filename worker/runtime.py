@@ -9,6 +9,10 @@ mix, and the old one's late checkpoints are refused by the gateway.
 Rule 3 (drain): on SIGTERM, tell the gateway to send nothing more, let running steps finish
 within the drain timeout, hand every run back at its next step boundary (or at the timeout),
 wait for the last acknowledgements, and close normally.
+
+Rule 4: a second SIGTERM/SIGINT stops at once. The steps still running are abandoned, and
+logged by name: the gateway requeues their runs when the socket drops, and they run again
+elsewhere (at-least-once, as after a crash).
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -27,10 +32,14 @@ from protocol.messages import PROTOCOL_VERSION
 from worker.app import App, Function
 from worker.connection import GatewayLink, Outbox
 from worker.runner import Limits, RunExecution
+from worker.watchdog import LoopWatchdog
 
 log = structlog.get_logger("tether.worker")
 
 SDK_VERSION = "0.1.0"
+
+#: Exit status after a second signal abandoned running steps (128 + SIGINT, as shells do).
+EXIT_ABANDONED = 130
 
 Key = tuple[str, int]  # (run id, fence)
 
@@ -85,6 +94,12 @@ class Worker:
         )
         self._idle = asyncio.Event()
         self._idle.set()
+        self.watchdog = LoopWatchdog()
+        self.link.stalled = self.watchdog.recent
+        self._stall_report: m.LoopStalled | None = None  # for the next socket
+        self.session_id: str | None = None  # of the current (or last) socket
+        self.abandoned: list[dict[str, Any]] | None = None  # set by a second signal
+        self._drain_task: asyncio.Task[None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -92,7 +107,11 @@ class Worker:
         """Serve until :meth:`drain` (or a fatal refusal from the gateway)."""
         log.info("worker_starting", instance_id=self.instance_id,
                  functions=sorted(self.functions), concurrency=self.concurrency)
-        await self.link.run()
+        self.watchdog.start()
+        try:
+            await self.link.run()
+        finally:
+            self.watchdog.stop()
 
     async def drain(self) -> None:
         """Stop taking work, finish or hand back what is held, then disconnect."""
@@ -118,6 +137,35 @@ class Worker:
         self.executor.shutdown(wait=False, cancel_futures=True)
         log.info("worker_stopped")
 
+    def interrupt(self) -> None:
+        """SIGTERM/SIGINT: the first one drains; the next one stops at once."""
+        if self._drain_task is None and not self.draining:
+            self._drain_task = asyncio.ensure_future(self.drain())
+        else:
+            self.stop_now()
+
+    def stop_now(self) -> None:
+        """Stop without waiting for running steps; log them (their runs go to other workers)."""
+        if self.abandoned is not None:
+            return
+        abandoned = [
+            {"run_id": e.run_id, "function_id": e.function.id, "steps": sorted(e.running)}
+            for e in self.executions.values() if not e.ended and not e.lost
+        ]
+        self.abandoned = abandoned
+        log.warning(
+            "worker_stopped_abruptly", runs=len(abandoned), abandoned=abandoned,
+            hint="a second signal stops at once: these runs go back to the gateway and "
+                 "their running steps run again on another worker",
+        )
+        for execution in list(self.executions.values()):
+            execution.lose("worker stopped")
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+        self.link.abort()
+        self.watchdog.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
     def _hello(self) -> m.Hello:
         return m.Hello(
             protocol_version=PROTOCOL_VERSION, instance_id=self.instance_id,
@@ -128,11 +176,24 @@ class Worker:
     def _on_ready(self, ready: m.Ready) -> None:
         # The gateway's limits rule (SPEC §5 defaults, configurable on the gateway).
         self.limits = Limits(max_steps=ready.max_steps, max_step_result=ready.max_step_result,
-                             max_output=ready.max_step_result)
+                             max_output=ready.max_step_result, max_frame=ready.max_frame_size)
+        self.watchdog.threshold = ready.heartbeat_interval
+        self.session_id = ready.session_id
+        if self._stall_report is not None:
+            self.link.send(self._stall_report)
+            self._stall_report = None
         if self.draining:
             self.link.send(m.Drain())
 
     def _on_disconnect(self, reason: str) -> None:
+        stall = self.watchdog.recent()
+        if stall is not None and stall.doing is not None and self.session_id is not None:
+            # The gateway presumed us lost because one run blocked the loop: tell it, on the
+            # next socket, so that it charges the lost leases to that run alone.
+            until = stall.ended if stall.ended is not None else self.watchdog.monotonic()
+            self._stall_report = m.LoopStalled(
+                session_id=self.session_id, seconds=until - stall.since,
+                run_id=stall.doing.run_id, step_id=stall.doing.step_id)
         # The gateway requeues every lease of a closed socket: none of them is ours now.
         for execution in list(self.executions.values()):
             if not execution.lost:
@@ -202,3 +263,10 @@ class Worker:
             self._held -= 1
         if not self.executions:
             self._idle.set()
+
+
+def exit_abandoned() -> NoReturn:
+    """Exit now, even while threads still run abandoned ``def`` steps (they would hold it)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_ABANDONED)

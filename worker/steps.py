@@ -23,7 +23,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
@@ -34,9 +34,14 @@ from protocol.expressions import check
 from worker import serde
 from worker.app import Event, Function
 from worker.interrupts import Abandoned
-from worker.runner import PARK, NewStep, Replay, RunExecution, current_attempt
+from worker.plan import PARK, NewStep, Replay, current_attempt
+from worker.watchdog import ACTIVITY, Doing
+
+if TYPE_CHECKING:
+    from worker.runner import RunExecution
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 #: Variables a ``wait_for_event`` filter may read.
 WAIT_VARIABLES = frozenset({"event", "async"})
@@ -131,6 +136,25 @@ def _identity(value: Any) -> Any:
     return value
 
 
+def _tracked(
+    method: Callable[Concatenate[Step, str, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[Step, str, P], Coroutine[Any, Any, T]]:
+    """Remember each step call, so that one never awaited is reported when the run ends.
+
+    ``ctx.step.sleep("x", "1h")`` without ``await`` only makes a coroutine: nothing runs.
+    """
+    name = method.__name__
+
+    @functools.wraps(method)
+    def call(self: Step, step_id: str, /, *args: P.args, **kwargs: P.kwargs
+             ) -> Coroutine[Any, Any, T]:
+        coro = method(self, step_id, *args, **kwargs)
+        self._exec.track(coro, name, step_id)
+        return coro
+
+    return call
+
+
 class Step:
     """Durable steps for ``async def`` functions."""
 
@@ -138,6 +162,7 @@ class Step:
         self._exec = execution
         self._plans = _Plans(execution)
 
+    @_tracked
     async def run(self, step_id: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` once, durably, and return its (JSON) result.
 
@@ -158,6 +183,7 @@ class Step:
         run.enter(plan)
         started = time.time()
         token = current_attempt.set(plan.attempt)
+        task, doing = ACTIVITY.enter(Doing(run.run_id, run.function.id, plan.id))
         try:
             if _is_async(fn):
                 result = await fn(*args, **kwargs)
@@ -176,20 +202,24 @@ class Step:
             outcome = run.finish_step(plan, started, result, None)
         finally:
             current_attempt.reset(token)
+            ACTIVITY.leave(task, doing or Doing(run.run_id, run.function.id))
         if outcome is PARK:
             return await run.park()
         return outcome
 
+    @_tracked
     async def sleep(self, step_id: str, duration: Duration) -> None:
         """Sleep durably: the run is suspended (no worker held) and resumes after ``duration``."""
         fields = self._plans.sleep_fields(step_id, duration)
         await self._durable(step_id, "sleep", m.SleepRequested, fields, _ignore)
 
+    @_tracked
     async def sleep_until(self, step_id: str, when: datetime | float) -> None:
         """Sleep durably until ``when`` (a datetime; naive means UTC; or epoch seconds)."""
         fields = self._plans.sleep_until_fields(step_id, when)
         await self._durable(step_id, "sleep", m.SleepRequested, fields, _ignore)
 
+    @_tracked
     async def wait_for_event(
         self, step_id: str, *, event: str, timeout: Duration, if_: str | None = None
     ) -> Event | None:
@@ -204,6 +234,7 @@ class Step:
             step_id, "wait", m.WaitRequested, fields, _as_event)
         return result
 
+    @_tracked
     async def invoke(
         self, step_id: str, *, function: Function | str, data: dict[str, Any] | None = None,
         timeout: Duration | None = None,
@@ -216,6 +247,7 @@ class Step:
         fields = self._plans.invoke_fields(step_id, function, data, timeout)
         return await self._durable(step_id, "invoke", m.InvokeRequested, fields, _identity)
 
+    @_tracked
     async def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
         """Send events exactly once for this run (not again on replay); returns their ids."""
         run = self._exec

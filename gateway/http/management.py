@@ -66,6 +66,7 @@ def run_json(run: RunRecord) -> dict[str, Any]:
         "started_at": iso(run.started_at),
         "ended_at": iso(run.ended_at),
         "steps": [step_json(s) for s in run.steps],
+        "warnings": run.warnings,
     }
 
 

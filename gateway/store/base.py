@@ -147,6 +147,8 @@ class WriteBatch:
     releases: list[SessionRelease] = field(default_factory=list)
     cancels: list[CancelRequest] = field(default_factory=list)
     replays: list[str] = field(default_factory=list)  # run ids to start again
+    #: Runs whose last lease loss was not their fault (a neighbour blocked the worker's loop).
+    forgiven: list[str] = field(default_factory=list)
     #: Workers with free slots, and the functions that may have runs ready to lease.
     claims: list[WorkerSlots] = field(default_factory=list)
     claim_functions: set[str] = field(default_factory=set)
@@ -163,7 +165,7 @@ class WriteBatch:
         """Anything to apply besides looking for runs to lease?"""
         return bool(
             self.events or self.checkpoints or self.returns or self.releases or self.cancels
-            or self.replays
+            or self.replays or self.forgiven
         )
 
 
@@ -254,6 +256,7 @@ class RunRecord:
     available_at: float | None
     parent_run_id: str | None = None
     steps: list[StepRecord] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -171,6 +171,8 @@ def _run(row: Row) -> RunRecord:
 
 
 async def _with_steps(db: Db, run: RunRecord) -> RunRecord:
+    warnings = await db.fetchval("run_warnings", run.id)
+    run.warnings = json.loads(warnings) if warnings else []
     run.steps = [
         StepRecord(sid, kind, status, attempts, None if output is None else bytes(output),
                    error_from_json(error), started, ended)

@@ -138,6 +138,8 @@ class Transaction:
                 self.touched.add(row[0])
         for release in batch.releases:
             await self._release(release.session_id, release.reason, release.lost)
+        for run_id in batch.forgiven:  # after the releases that counted the loss
+            await self.db.execute("forgive_lease_loss", run_id)
         await self._deadlines()
         await self._match_waits()
         self.result.touched_functions = self.touched
@@ -320,8 +322,10 @@ class Transaction:
             elif isinstance(msg, m.EventsSent):
                 await self._events_sent(msg)
             elif isinstance(msg, m.RunCompleted):
+                await self._warnings(msg.run_id, msg.warnings)
                 await self._finish(msg.run_id, run, RunStatus.COMPLETED, msg.output, None)
             elif isinstance(msg, m.RunFailed):
+                await self._warnings(msg.run_id, msg.warnings)
                 if msg.final:
                     await self._finish(msg.run_id, run, RunStatus.FAILED, None,
                                        error_of(msg.error))
@@ -359,6 +363,11 @@ class Transaction:
         if run.parent is not None:
             await self._answer_parent(*run.parent, status, output, error)
         await self._system_events(run_id, run.function_id, status, output, error)
+
+    async def _warnings(self, run_id: str, warnings: list[str]) -> None:
+        """What the worker noticed about the run (rarely anything), kept on its record."""
+        if warnings:
+            await self.db.execute("set_run_warnings", orjson.dumps(warnings).decode(), run_id)
 
     async def _flush_steps(self, steps: list[tuple[Any, ...]], growth: dict[str, int]) -> None:
         if steps:

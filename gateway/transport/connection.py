@@ -232,6 +232,10 @@ class WorkerConnection:
                 elif isinstance(msg, m.LeaseRejected):
                     self.log.info("lease_rejected", run_id=msg.run_id, reason=msg.reason)
                     engine.lease_rejected(worker, msg.run_id, msg.fence, msg.reason)
+                elif isinstance(msg, m.LoopStalled):
+                    forgiven = engine.loop_stalled(worker, msg)
+                    self.log.warning("worker_loop_stalled", seconds=round(msg.seconds, 1),
+                                     run_id=msg.run_id, step_id=msg.step_id, forgiven=forgiven)
                 elif isinstance(msg, m.Drain):
                     worker.draining = True
                     self.log.info("worker_draining", in_flight=len(worker.in_flight))

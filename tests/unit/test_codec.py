@@ -85,6 +85,7 @@ SAMPLES: list[m.Message] = [
     m.LeaseAccepted(run_id="r1", fence=3),
     m.LeaseRejected(run_id="r1", fence=3, reason="draining"),
     m.Drain(),
+    m.LoopStalled(session_id="s1", seconds=20.5, run_id="r2", step_id="block"),
     m.StepCompleted(seq=1, run_id="r1", fence=3, step_id="get-data", attempt=0,
                     output=b'{"a":1}', started_at=1.5, ended_at=2.25),
     m.StepFailed(seq=2, run_id="r1", fence=3, step_id="save", attempt=2, error=ERROR,

@@ -144,6 +144,15 @@ FOR UPDATE;
 -- name: set_lease_losses
 UPDATE runs SET lease_losses = $1 WHERE id = $2;
 
+-- name: set_run_warnings
+UPDATE runs SET warnings = $1 WHERE id = $2;
+
+-- name: run_warnings
+SELECT warnings FROM runs WHERE id = $1;
+
+-- name: forgive_lease_loss
+UPDATE runs SET lease_losses = lease_losses - 1 WHERE id = $1 AND lease_losses > 0;
+
 -- name: release_run
 -- A revoked lease: bump the fence now, so its holder's late checkpoints are refused.
 UPDATE runs SET status = 'Queued', session_id = NULL, available_at = $1, lease_losses = $2,
