@@ -42,7 +42,7 @@ from gateway.store.base import (
 )
 from protocol import messages as m
 from protocol.errors import TetherError
-from protocol.manifest import AppManifest, FunctionConfig, check_expressions
+from protocol.manifest import AppManifest, FunctionConfig, check_function
 
 log = structlog.get_logger("tether.engine")
 
@@ -115,11 +115,15 @@ class Engine:
     async def register_app(self, app: AppManifest) -> list[FunctionRecord]:
         """Validate and store an app's functions, then route its events to them.
 
+        The gateway is the authority on what it enforces (other SDKs exist): an option it
+        would ignore is refused here, whatever the worker's SDK checked.
+
         Raises:
             ExpressionError: an expression of some function does not compile.
+            InvalidInput: a trigger's wildcard is misplaced, or an option is not enforced yet.
         """
         for fn in app.functions:
-            check_expressions(f"{app.id}/{fn.id}", fn)
+            check_function(f"{app.id}/{fn.id}", fn)
         known = self._registered(app)
         if known is not None:
             return known  # every worker of a deployment says the same: write it once

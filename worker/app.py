@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from protocol.errors import InvalidInput, TetherError
 from protocol.manifest import (
@@ -33,7 +34,8 @@ from protocol.manifest import (
     Timeouts,
     Trigger,
     TriggerEvent,
-    check_expressions,
+    check_function,
+    describe,
 )
 
 Handler = Callable[..., Any]
@@ -141,10 +143,13 @@ class App:
 
         Every option has the meaning of SPEC §2 (and of Inngest's options of the same name).
         ``id`` defaults to the Python name with dashes; ``retries`` counts attempts after the
-        first. ``on_failure`` runs once the function has failed for good.
+        first. ``on_failure`` runs once the function has failed for good. Options the gateway
+        does not enforce yet (``protocol.manifest.UNENFORCED``: flow control, cron triggers)
+        are refused here rather than ignored.
 
         Raises:
-            InvalidInput: an option is invalid, or the id is already taken in this app.
+            InvalidInput: an option is invalid or not enforced yet, a trigger's wildcard is
+                misplaced, or the id is already taken in this app.
             ExpressionError: a CEL expression does not compile.
         """
         options: dict[str, Any] = {
@@ -185,7 +190,7 @@ class App:
     def _add(self, config: FunctionConfig, handler: Handler) -> Function:
         if config.id in self.functions:
             raise InvalidInput(f"function id {config.id!r} is declared twice in app {self.id!r}")
-        check_expressions(f"{self.id}/{config.id}", config)
+        check_function(f"{self.id}/{config.id}", config)
         function = Function(self.id, config, handler, inspect.iscoroutinefunction(handler))
         self.functions[config.id] = function
         return function
@@ -259,6 +264,8 @@ def _config(fn_id: str, options: dict[str, Any], handler: Handler) -> FunctionCo
         )
     except TetherError:
         raise
+    except ValidationError as exc:
+        raise InvalidInput(f"function {fn_id!r}: {describe(exc)}") from None
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"function {fn_id!r}: {exc}") from exc
 

@@ -87,7 +87,9 @@ PARK = Park()
 
 def error_info(exc: BaseException) -> m.ErrorInfo:
     name = exc.name if isinstance(exc, StepError) else type(exc).__name__
-    message = exc.message if isinstance(exc, TetherError) else str(exc)
+    # A StepError's message is the step's own; str() adds which step it came from.
+    message = (str(exc) if isinstance(exc, StepError)
+               else exc.message if isinstance(exc, TetherError) else str(exc))
     stack = "".join(traceback.format_exception(exc))[-8000:]
     return m.ErrorInfo(name=name, message=message or name, stack=stack)
 
