@@ -25,6 +25,9 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 #: the default timeout of ``step.invoke``, as in Inngest.
 YEAR = 366 * 86400.0
 
+#: The longest ``step.sleep`` / ``sleep_until`` (Inngest's limit too).
+MAX_SLEEP = YEAR
+
 #: A bare integer at least this large, and a whole multiple of it, reads as milliseconds:
 #: Inngest users write 5000, 60000, 3600000; the round numbers of seconds people write (60,
 #: 300, 3600, 86400) are not multiples of 1000, so they stay quiet.
@@ -64,6 +67,22 @@ def to_seconds(value: Duration, *, what: str = "duration") -> float:
     if not math.isfinite(seconds):
         raise InvalidInput(f"{what}: {value!r} is not a finite number of seconds")
     warn_if_milliseconds(value, what=what)
+    return seconds
+
+
+def check_sleep(seconds: float, *, what: str, target: str = "") -> float:
+    """Return ``seconds`` if a durable sleep may last that long.
+
+    Raises:
+        InvalidInput: over :data:`MAX_SLEEP`, saying by how much (``target``: until when).
+    """
+    if seconds > MAX_SLEEP:
+        until = f"{target} is {human(seconds)} from now, which" if target else human(seconds)
+        raise InvalidInput(
+            f"{what}: {until} is longer than the longest sleep, one year "
+            f"({human(MAX_SLEEP)}); sleep in several steps, or schedule the work with an "
+            "event whose ts lies in the future"
+        )
     return seconds
 
 

@@ -416,7 +416,7 @@ class Transaction:
         event_id = f"{msg.run_id}-{msg.step_id}-invoke"
         data = json.loads(msg.data)
         body = {"name": INVOKED, "data": data, "id": event_id, "ts": int(now * 1000),
-                "user": None}
+                "user": _invoke_user(msg.user)}
         payload = orjson.dumps(body)
         (seq,) = await self.ingest([NewEvent(event_id, INVOKED, payload, body)], match=False)
         if seq is None:
@@ -694,3 +694,13 @@ def _refusal(run: _Run | None, msg: m._Checkpoint) -> str | None:
     if msg.fence != run.fence:
         return f"lease superseded: fence {msg.fence} is stale, the run is at fence {run.fence}"
     return None
+
+
+def _invoke_user(raw: bytes | None) -> dict[str, Any] | None:
+    """The ``user`` a worker gave ``step.invoke``: a JSON object, or nothing (never a failure
+    inside the batch: a malformed one from a buggy worker is dropped)."""
+    try:
+        user = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return user if isinstance(user, dict) else None
