@@ -101,7 +101,7 @@ def _plain_errors(cls: type[_T]) -> type[_T]:
 
     fields = tuple(getattr(cls, "__dataclass_fields__", ()))
 
-    cls.__init__ = __init__  # type: ignore[misc]
+    cls.__init__ = __init__  # type: ignore[method-assign]
     return cls
 
 #: Function and app ids: what may appear in ``"{app_id}/{fn_id}"`` and in URLs.

@@ -37,6 +37,7 @@ from protocol.manifest import (
     check_function,
     describe,
 )
+from worker import serde
 
 Handler = Callable[..., Any]
 
@@ -219,12 +220,24 @@ class App:
         self, events: Event | Sequence[Event], *, api_url: str | None = None,
         event_key: str | None = None,
     ) -> list[str]:
-        """Blocking :meth:`send`, for code that has no event loop."""
+        """Blocking :meth:`send`, for code that has no event loop.
+
+        Event data is encoded as step results are: datetimes, UUIDs and dataclasses become
+        their JSON forms.
+
+        Raises:
+            InvalidInput: an event holds a value JSON cannot (a set, bytes, an object).
+            TetherError: the gateway refused the events or could not be reached.
+        """
         items = [events] if isinstance(events, Event) else list(events)
         url = (api_url or self.api_url or os.environ.get("TETHER_API_URL")
                or "http://127.0.0.1:8288").rstrip("/")
         key = event_key or self.event_key or os.environ.get("TETHER_EVENT_KEY") or "dev"
-        body = json.dumps([e.to_json() for e in items]).encode()
+        try:
+            body = orjson.dumps([e.to_json() for e in items], option=serde.OPTIONS)
+        except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
+            raise InvalidInput(f"app.send: the events cannot be sent: {exc}; {serde.HINT}"
+                               ) from exc
         request = urllib.request.Request(
             f"{url}/e/{key}", data=body, method="POST",
             headers={"Content-Type": "application/json"},

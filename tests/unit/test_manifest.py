@@ -86,17 +86,17 @@ def test_out_of_range_options_are_refused(build):
 
 def test_bad_duration_in_an_option_says_how_to_write_one():
     expected = "'soon' is not a duration; write e.g. '500ms'"
-    with pytest.raises(InvalidInput, match="^Throttle.period: " + re.escape(expected)):
+    with pytest.raises(InvalidInput, match=r"^Throttle\.period: " + re.escape(expected)):
         Throttle(limit=1, period="soon")
 
 
 def test_negative_duration_in_an_option():
-    with pytest.raises(InvalidInput, match="^Debounce.period: -1 is negative$"):
+    with pytest.raises(InvalidInput, match=r"^Debounce\.period: -1 is negative$"):
         Debounce(period=-1)
 
 
 def test_unknown_option_is_refused():
-    with pytest.raises(InvalidInput, match="^Throttle.bogus: Unexpected keyword argument"):
+    with pytest.raises(InvalidInput, match=r"^Throttle\.bogus: Unexpected keyword argument"):
         Throttle(limit=1, period=1, bogus=1)  # type: ignore[call-arg]
 
 
