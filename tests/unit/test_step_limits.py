@@ -143,3 +143,24 @@ async def test_an_uncaught_step_error_fails_the_run_naming_the_step(run):  # noq
     assert failed.final
     assert failed.error.name == "NonRetriableError"
     assert failed.error.message == "step 'charge' failed: NonRetriableError: card declined"
+
+
+# --- what JSON cannot hold -------------------------------------------------------------------
+
+
+async def test_the_hint_names_what_fails_not_datetimes_which_are_converted(run):  # noqa: F811
+    async def handler(ctx):
+        when = await ctx.step.run("when", lambda: datetime(2030, 1, 2, tzinfo=UTC))
+        try:
+            await ctx.step.run("tags", lambda: {"tags": {"a", "b"}})
+        except StepError as exc:
+            return [when, exc.name, exc.message]
+
+    rec, _ = await run(handler)
+    when, name, message = rec.output()
+    assert when == "2030-01-02T00:00:00+00:00"
+    assert name == "NotSerializable"
+    assert message.startswith("step 'tags' result cannot be stored: Type is not JSON "
+                              "serializable: set; return JSON values")
+    assert "a set becomes a list" in message
+    assert ".isoformat()" not in message
