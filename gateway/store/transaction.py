@@ -701,6 +701,6 @@ def _invoke_user(raw: bytes | None) -> dict[str, Any] | None:
     inside the batch: a malformed one from a buggy worker is dropped)."""
     try:
         user = json.loads(raw) if raw else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to decode
         return None
     return user if isinstance(user, dict) else None
