@@ -43,6 +43,7 @@ from gateway.store.base import (
 )
 from gateway.store.db import Db, Row
 from protocol import messages as m
+from protocol.durations import MAX_SLEEP, human
 from protocol.expressions import matches
 from protocol.ids import new_id
 from protocol.manifest import FunctionConfig
@@ -299,8 +300,14 @@ class Transaction:
                 growth.setdefault(msg.run_id, 0)
             elif isinstance(msg, m.SleepRequested):
                 wake = msg.until if msg.until is not None else now + (msg.duration or 0.0)
-                await db.execute("insert_pending_step", msg.run_id, msg.step_id, "sleep",
-                                 StepStatus.SLEEPING, wake, now, None)
+                too_long = wake - now > MAX_SLEEP  # a worker of another SDK may ask for more
+                if await db.execute("insert_pending_step", msg.run_id, msg.step_id, "sleep",
+                                    StepStatus.SLEEPING, now if too_long else wake, now,
+                                    None) and too_long:
+                    await db.execute("resolve_step", StepStatus.FAILED, None, error_json(
+                        "SleepTooLong", f"step.sleep {msg.step_id!r}: longer than the "
+                        f"longest sleep, one year ({human(MAX_SLEEP)})"),
+                        now, msg.run_id, msg.step_id)
             elif isinstance(msg, m.WaitRequested):
                 await self._wait_requested(msg, write.since)
             elif isinstance(msg, m.InvokeRequested):

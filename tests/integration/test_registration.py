@@ -16,6 +16,7 @@ from gateway.clock import FakeClock
 from gateway.engine import Engine
 from gateway.registry import Registry
 from protocol import messages as m
+from protocol.durations import YEAR
 from protocol.manifest import (
     UNENFORCED,
     AppManifest,
@@ -157,6 +158,7 @@ async def world(store) -> AsyncIterator[World]:
     registry = Registry()
     engine = Engine(store, registry, clock, retry_base=1.0)
     await engine.register_app(AppManifest(id="t", functions=[
+        FunctionConfig(id="sleepy", triggers=[TriggerEvent("go.sleep")]),
         FunctionConfig(id="cancellable", triggers=[TriggerEvent("go.c")],
                        cancel_on=[Cancel("stop", if_="async.data.n == event.data.n",
                                          timeout=10.0)]),
@@ -183,3 +185,30 @@ async def test_cancel_on_timeout_ends_the_cancel_window(world):
     await world.settle()
     assert (await world.run(late_run.id))["status"] == "Queued"
 
+
+# --- the gateway's own bound on sleeps (a worker of another SDK may ask for more) ----------
+
+
+@pytest.mark.parametrize("fields", [{"duration": YEAR * 2}, {"duration": YEAR + 1},
+                                    {"until": 1e18}])
+async def test_a_sleep_over_a_year_fails_its_step_with_a_message(world, fields):
+    worker = world.worker("t/sleepy")
+    await world.send("go.sleep")
+    lease = await worker.lease()
+    await world.checkpoint(worker, lease, m.SleepRequested, step_id="nap", **fields)
+    await world.checkpoint(worker, lease, m.RunSuspended)
+
+    again = await worker.lease()  # at once: nothing sleeps
+    assert again.run_id == lease.run_id
+    error = again.memos["nap"].error
+    assert error is not None and error.name == "SleepTooLong"
+    assert error.message == "step.sleep 'nap': longer than the longest sleep, one year (366d)"
+
+
+async def test_a_sleep_of_a_year_sleeps(world):
+    worker = world.worker("t/sleepy")
+    await world.send("go.sleep")
+    lease = await worker.lease()
+    await world.checkpoint(worker, lease, m.SleepRequested, step_id="nap", duration=YEAR)
+    await world.checkpoint(worker, lease, m.RunSuspended)
+    assert (await world.run(lease.run_id))["status"] == "Sleeping"
