@@ -21,7 +21,8 @@ from protocol.manifest import (
     TriggerEvent,
 )
 from tests.helpers.waiting import eventually
-from tests.integration.raw_worker import RawWorker, hello
+from tests.integration.raw_worker import RawWorker
+from tests.integration.test_registration import register
 
 APP = AppManifest(id="h", version="1", functions=[
     FunctionConfig(id="parent", triggers=[TriggerEvent("h/go")]),
@@ -95,8 +96,7 @@ async def test_a_malformed_invoke_user_starts_the_child_without_one(gw, http, us
 ])
 async def test_refused_registrations_leave_the_gateway_serving(gw, http, functions):
     worker = await RawWorker.open(gw.connect_port)
-    await worker.send(hello(apps=[AppManifest(id="bad", version="1", functions=functions)]),
-                      m.Answer(mac=b""))
+    await register(worker, AppManifest(id="bad", version="1", functions=functions))
     error = await worker.expect(m.Error)
     assert error.code == "invalid_input" and error.message
     await worker.wait_closed()

@@ -66,9 +66,19 @@ async def http(gw):
         yield client
 
 
+async def register(worker: RawWorker, *apps: AppManifest) -> None:
+    """Send ``apps`` in a dev-mode handshake, in whichever order this protocol version wants
+    (the auth-first handshake answers the challenge before the Hello)."""
+    if hasattr(worker, "authenticate"):
+        await worker.authenticate()
+        await worker.send(hello(apps=list(apps)))
+    else:
+        await worker.send(hello(apps=list(apps)), m.Answer(mac=b""))
+
+
 async def refused(gw, *apps: AppManifest) -> m.Error:
     worker = await RawWorker.open(gw.connect_port)
-    await worker.send(hello(apps=list(apps)), m.Answer(mac=b""))
+    await register(worker, *apps)
     error = await worker.expect(m.Error)
     code, _ = await worker.wait_closed()
     assert code == 1008
