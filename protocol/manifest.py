@@ -91,6 +91,7 @@ def _plain_errors(cls: type[_T]) -> type[_T]:
     ``__init__`` changes: validating a received manifest does not go through it.
     """
     init: Callable[..., None] = cls.__init__
+    fields = tuple(getattr(cls, "__dataclass_fields__", ()))
 
     @functools.wraps(init)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -99,10 +100,9 @@ def _plain_errors(cls: type[_T]) -> type[_T]:
         except ValidationError as exc:
             raise InvalidInput(describe(exc, cls.__name__, fields)) from None
 
-    fields = tuple(getattr(cls, "__dataclass_fields__", ()))
-
     cls.__init__ = __init__  # type: ignore[method-assign]
     return cls
+
 
 #: Function and app ids: what may appear in ``"{app_id}/{fn_id}"`` and in URLs.
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"

@@ -83,7 +83,6 @@ class TriggerIndex:
         return out
 
 
-
 def _reserved(name: str) -> bool:
     """Case-insensitive, as the event API refuses ``Tether/...`` from users too."""
     return name[:len(RESERVED_PREFIX)].lower() == RESERVED_PREFIX
