@@ -43,7 +43,7 @@ from gateway.store.base import (
 )
 from gateway.store.db import Db, Row
 from protocol import messages as m
-from protocol.durations import MAX_SLEEP, human
+from protocol.durations import MAX_SLEEP, YEAR, human
 from protocol.expressions import matches
 from protocol.ids import new_id
 from protocol.manifest import FunctionConfig
@@ -408,7 +408,7 @@ class Transaction:
 
     async def _invoke_requested(self, msg: m.InvokeRequested) -> None:
         db, now = self.db, self.now
-        wake = None if msg.timeout is None else now + msg.timeout
+        wake = now + (YEAR if msg.timeout is None else msg.timeout)  # Inngest's default too
         if not await db.execute("insert_pending_step", msg.run_id, msg.step_id, "invoke",
                                 StepStatus.INVOKING, wake, now, None):
             return  # the child already exists

@@ -169,6 +169,8 @@ async def world(store) -> AsyncIterator[World]:
     engine = Engine(store, registry, clock, retry_base=1.0)
     await engine.register_app(AppManifest(id="t", functions=[
         FunctionConfig(id="sleepy", triggers=[TriggerEvent("go.sleep")]),
+        FunctionConfig(id="parent", triggers=[TriggerEvent("go.parent")]),
+        FunctionConfig(id="child"),
         FunctionConfig(id="cancellable", triggers=[TriggerEvent("go.c")],
                        cancel_on=[Cancel("stop", if_="async.data.n == event.data.n",
                                          timeout=10.0)]),
@@ -222,3 +224,14 @@ async def test_a_sleep_of_a_year_sleeps(world):
     await world.checkpoint(worker, lease, m.SleepRequested, step_id="nap", duration=YEAR)
     await world.checkpoint(worker, lease, m.RunSuspended)
     assert (await world.run(lease.run_id))["status"] == "Sleeping"
+
+
+async def test_an_invoke_without_a_timeout_times_out_after_a_year(world):
+    # The Python SDK always sends one; another SDK's worker may not.
+    parents, _, _ = await world.invoking(timeout=None)
+    world.clock.advance(YEAR - 1)
+    await world.settle()
+    assert parents.leases() == []
+    world.clock.advance(1)
+    again = await parents.lease()
+    assert again.memos["kid"].error.name == "InvokeTimeout"
