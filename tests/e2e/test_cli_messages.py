@@ -84,11 +84,9 @@ def test_a_missing_module_is_named(project: Path) -> None:
 def test_a_file_path_serves_the_app_with_its_neighbours_importable(e2e: E2E,
                                                                   project: Path) -> None:
     e2e.start_gateway()
-    shop = project / "shop"
-    worker = e2e.cluster._spawn("file-worker", [
-        "-m", "worker", f"{shop}/myapp.py:app", "--gateway", e2e.cluster.connect_url,
-        "--log-format", "json"], cwd=project)
-    e2e.cluster.workers.append(worker)
+    # Run from another folder: only the file's own folder makes `greeting` importable.
+    worker = e2e.cluster.start_worker(f"{project / 'shop'}/myapp.py:app",
+                                      args=("--log-format", "json"), name="file-worker")
     e2e.wait_workers(1)
     e2e.wait(lambda: log_events(worker, "gateway_connected"), "the worker to connect")
     run_id = e2e.run_of(e2e.send("files/hello"))["id"]
