@@ -13,7 +13,7 @@ import structlog
 
 from gateway.config import DEFAULT_DB, Settings, db_backend
 from protocol.cli import add_option, run_loop
-from protocol.errors import InvalidInput
+from protocol.errors import InvalidInput, TetherError
 from protocol.logs import configure
 
 log = structlog.get_logger("tether.gateway")
@@ -124,6 +124,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         log.error("gateway_failed", error=str(exc))
         print(f"error: {exc} (is another gateway using the port? see --port, "
               "--connect-port)", file=sys.stderr)
+        return 1
+    except TetherError as exc:  # e.g. the database is not there: a line, not a traceback
+        print(f"error: {exc.message}", file=sys.stderr)
         return 1
 
 

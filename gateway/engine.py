@@ -42,7 +42,7 @@ from gateway.store.base import (
 )
 from protocol import messages as m
 from protocol.errors import TetherError
-from protocol.manifest import AppManifest, FunctionConfig, check_expressions
+from protocol.manifest import AppManifest, FunctionConfig, check_function
 
 log = structlog.get_logger("tether.engine")
 
@@ -122,11 +122,15 @@ class Engine:
         active: two programs reusing one app id each keep their functions (and the conflict
         is logged), rather than the newcomer silently turning the others' off.
 
+        The gateway is the authority on what it enforces (other SDKs exist): an option it
+        would ignore is refused here, whatever the worker's SDK checked.
+
         Raises:
             ExpressionError: an expression of some function does not compile.
+            InvalidInput: a trigger's wildcard is misplaced, or an option is not enforced yet.
         """
         for fn in app.functions:
-            check_expressions(f"{app.id}/{fn.id}", fn)
+            check_function(f"{app.id}/{fn.id}", fn)
         keep = self._served_elsewhere(app, instance_id)
         known = self._registered(app, keep)
         if known is not None:

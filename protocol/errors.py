@@ -126,21 +126,33 @@ class RetryAfterError(TetherError):
 
     Args:
         message: what went wrong.
-        retry_after: a delay (seconds or ``timedelta``) or an absolute ``datetime``.
+        retry_after: a delay (seconds, ``timedelta`` or a string such as ``"30s"``) or an
+            absolute ``datetime`` (naive means UTC). Seconds, not Inngest's milliseconds: a
+            bare integer that looks like milliseconds logs a warning.
     """
 
     code = "retry_after"
 
-    def __init__(self, message: str, retry_after: float | timedelta | datetime) -> None:
+    def __init__(self, message: str, retry_after: float | timedelta | datetime | str) -> None:
         super().__init__(message)
-        self.retry_after = retry_after
+        from protocol.durations import to_seconds, warn_if_milliseconds  # imports this module
+
+        if isinstance(retry_after, str):
+            retry_after = to_seconds(retry_after, what="RetryAfterError retry_after")
+        else:
+            warn_if_milliseconds(retry_after, what="RetryAfterError retry_after")
+        self.retry_after: float | timedelta | datetime = retry_after
 
 
 class StepError(TetherError):
     """A step failed for good (retries exhausted or non-retriable); raised in the function.
 
-    ``name`` and ``message`` describe the original error, which may have happened on another
-    worker in an earlier attempt, so only its description survives.
+    ``name`` and ``message`` are the original error's class name and message (as in Inngest),
+    ``step_id`` the step, ``stack`` its traceback as text; ``str()`` frames them all in one
+    line. The original error may have happened on another worker in an earlier attempt, so only
+    its description survives: a ``NonRetriableError`` raised inside ``step.run`` reaches the
+    function as a ``StepError`` whose ``name`` is ``"NonRetriableError"`` (and fails the run
+    at once if the function lets it through).
     """
 
     code = "step_failed"
@@ -149,8 +161,13 @@ class StepError(TetherError):
         super().__init__(f"step {step_id!r} failed: {name}: {message}")
         self.step_id = step_id
         self.name = name
-        self.error_message = message
+        self.message = message
         self.stack = stack
+
+    @property
+    def error_message(self) -> str:
+        """The original message: the older name of :attr:`message`."""
+        return self.message
 
 
 #: Wire code -> class, so a received ``Error`` message can be raised as the right type.

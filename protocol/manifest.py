@@ -5,28 +5,110 @@ The option types here are the ones users write (``TriggerEvent("shop/order.paid"
 dataclasses, so a bad option fails at import time on the worker with a clear message, and the
 same class travels in the ``Hello`` manifest to the gateway, which validates it again.
 Durations are normalised to seconds on validation.
+
+Registration (:func:`check_function`, on the worker when a function is declared and on the
+gateway when an app registers) adds the rules that only apply to new declarations: event-name
+wildcards as Inngest writes them, CEL expressions that compile, and no option the gateway does
+not enforce yet (:data:`UNENFORCED`).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.dataclasses import dataclass
 
 from protocol.durations import to_seconds
+from protocol.errors import InvalidInput
 from protocol.expressions import check
 
 _CONFIG = ConfigDict(extra="forbid")
 
+#: Event names starting with this are the gateway's own (``tether/function.finished``...).
+RESERVED_PREFIX = "tether/"
+
+#: Options the gateway does not enforce yet, with the issue that brings each. A function that
+#: sets one is refused when it is declared (SDK) and when its app registers (gateway), so no
+#: option is ever silently ignored. Remove an entry in the change that enforces it
+#: (tests/unit/test_options.py lists every option the SDK accepts and fails until you do).
+UNENFORCED: dict[str, str] = {
+    "concurrency": "flow control, issue 9",
+    "throttle": "flow control, issue 9",
+    "rate_limit": "flow control, issue 9",
+    "debounce": "flow control, issue 9",
+    "batch": "flow control, issue 9",
+    "priority": "flow control, issue 9",
+    "idempotency": "flow control, issue 9",
+    "singleton": "flow control, issue 9",
+    "TriggerCron": "cron triggers, issue 10",
+}
+
+
+def _seconds(value: Any, info: ValidationInfo) -> float:
+    owner = info.config.get("title", "") if info.config else ""
+    return to_seconds(value, what=f"{owner}.{info.field_name}" if owner else str(info.field_name))
+
+
 #: A duration as users write it; stored as float seconds once validated.
-Seconds = Annotated[timedelta | float | str, BeforeValidator(lambda v: to_seconds(v))]
+Seconds = Annotated[timedelta | float | str, BeforeValidator(_seconds)]
+
+_T = TypeVar("_T")
+
+
+def describe(exc: ValidationError, owner: str = "", fields: tuple[str, ...] = ()) -> str:
+    """pydantic's errors as one line: ``Timeouts.start: 'soon' is not a duration; ...``.
+
+    ``fields`` names the constructor's positional arguments, which pydantic reports by index.
+    """
+    parts = []
+    for error in exc.errors(include_url=False):
+        loc = list(error["loc"])
+        if loc and isinstance(loc[0], int) and loc[0] < len(fields):
+            loc[0] = fields[loc[0]]
+        where = ".".join(str(p) for p in loc)
+        where = f"{owner}.{where}" if owner and where else owner or where
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(message if not where or message.startswith(f"{where}:")
+                     else f"{where}: {message}")
+    return "; ".join(parts)
+
+
+def _plain_errors(cls: type[_T]) -> type[_T]:
+    """Make the constructor users call raise :class:`InvalidInput` with one clear line.
+
+    pydantic's ``ValidationError`` names neither the option's class nor what to do. Only
+    ``__init__`` changes: validating a received manifest does not go through it.
+    """
+    init: Callable[..., None] = cls.__init__
+    fields = tuple(getattr(cls, "__dataclass_fields__", ()))
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except ValidationError as exc:
+            raise InvalidInput(describe(exc, cls.__name__, fields)) from None
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
 
 #: Function and app ids: what may appear in ``"{app_id}/{fn_id}"`` and in URLs.
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 
 
+@_plain_errors
 @dataclass(frozen=True, config=_CONFIG)
 class TriggerEvent:
     """Start a run for each event named ``event`` (a trailing ``*`` matches a prefix).
@@ -45,6 +127,7 @@ class TriggerEvent:
         return value
 
 
+@_plain_errors
 @dataclass(frozen=True, config=_CONFIG)
 class TriggerCron:
     """Start a run on a cron schedule (five fields), in time zone ``tz``."""
@@ -56,6 +139,7 @@ class TriggerCron:
 Trigger = TriggerEvent | TriggerCron
 
 
+@_plain_errors
 @dataclass(frozen=True, config=_CONFIG)
 class Concurrency:
     """At most ``limit`` runs executing at once, per ``key`` (CEL) if given."""
@@ -65,6 +149,7 @@ class Concurrency:
     scope: Literal["fn", "app"] = "fn"
 
 
+@_plain_errors
 @dataclass(frozen=True, config=_CONFIG)
 class Throttle:
     """At most ``limit`` run starts per ``period``; extra runs wait (GCRA), never dropped."""
@@ -75,6 +160,7 @@ class Throttle:
     key: str | None = None
 
 
+@_plain_errors
 @dataclass(frozen=True, config=_CONFIG)
 class RateLimit:
     """At most ``limit`` runs per ``period``; events over the limit start no run."""
@@ -84,6 +170,7 @@ class RateLimit:
     key: str | None = None
 
 
+@_plain_errors
 @dataclass(frozen=True, config=_CONFIG)
 class Debounce:
     """Run once with the last event after ``period`` of quiet, at the latest after ``timeout``."""
@@ -93,6 +180,7 @@ class Debounce:
     timeout: Seconds | None = None
 
 
+@_plain_errors
 @dataclass(frozen=True, config=_CONFIG)
 class Batch:
     """Collect up to ``max_size`` events, or what arrived within ``timeout``, into one run."""
@@ -102,6 +190,7 @@ class Batch:
     key: str | None = None
 
 
+@_plain_errors
 @dataclass(frozen=True, config=_CONFIG)
 class Priority:
     """``run``: CEL giving seconds (-600..600) by which a run jumps ahead of (or behind) others."""
@@ -109,6 +198,7 @@ class Priority:
     run: str
 
 
+@_plain_errors
 @dataclass(frozen=True, config=_CONFIG)
 class Singleton:
     """One active run per ``key``: ``skip`` the new one, or ``cancel`` the running one."""
@@ -117,6 +207,7 @@ class Singleton:
     mode: Literal["skip", "cancel"] = "skip"
 
 
+@_plain_errors
 @dataclass(frozen=True, config=_CONFIG)
 class Cancel:
     """Cancel the run when ``event`` arrives and ``if_`` (CEL over event and async) holds."""
@@ -126,6 +217,7 @@ class Cancel:
     timeout: Seconds | None = None
 
 
+@_plain_errors
 @dataclass(frozen=True, config=_CONFIG)
 class Timeouts:
     """Cancel a run not started within ``start``, or not finished within ``finish``."""
@@ -167,6 +259,66 @@ class AppManifest:
     functions: list[FunctionConfig] = Field(default_factory=list)
 
 
+def check_function(function_id: str, config: FunctionConfig) -> None:
+    """Everything registration checks of one function, SDK and gateway alike.
+
+    Raises:
+        InvalidInput: a trigger's wildcard is misplaced, or an option is not enforced yet.
+        ExpressionError: a CEL expression does not compile.
+    """
+    for trigger in config.triggers:
+        if isinstance(trigger, TriggerEvent):
+            check_event_pattern(trigger.event, where=f"function {function_id!r}: trigger")
+    check_expressions(function_id, config)
+    check_enforced(function_id, config)
+
+
+def check_event_pattern(pattern: str, *, where: str = "trigger") -> None:
+    """Inngest's wildcard rule: ``*`` only as the last character, right after ``/`` or ``.``.
+
+    ``shop/*`` and ``shop/order.*`` match every name with that prefix; ``*`` alone, ``shop*``
+    or ``shop/*/paid`` are refused, so a pattern never reaches further than it says. (A
+    wildcard never matches the reserved ``tether/`` system events unless it starts with
+    ``tether/``: see ``gateway/scheduler/triggers.py``.)
+
+    Raises:
+        InvalidInput: naming the pattern and how to write it.
+    """
+    if "*" not in pattern:
+        return
+    if pattern == "*":
+        raise InvalidInput(
+            f"{where} {pattern!r}: '*' alone would match every event; name a prefix ending "
+            "in '/' or '.', as in 'shop/*' or 'shop/order.*'"
+        )
+    if pattern.count("*") > 1 or not pattern.endswith("*") or pattern[-2] not in "/.":
+        raise InvalidInput(
+            f"{where} {pattern!r}: '*' may only be the last character, right after '/' or "
+            "'.', as in 'shop/*' or 'shop/order.*'"
+        )
+
+
+def check_enforced(function_id: str, config: FunctionConfig) -> None:
+    """Refuse a function that sets an option the gateway would ignore (:data:`UNENFORCED`).
+
+    Raises:
+        InvalidInput: naming every such option, the issue that brings it, and what to do.
+    """
+    found = [name for name in UNENFORCED
+             if name in _OPTION_FIELDS and getattr(config, name) not in (None, [])]
+    found += [f"TriggerCron({t.cron!r})" for t in config.triggers
+              if isinstance(t, TriggerCron) and "TriggerCron" in UNENFORCED]
+    if found:
+        reasons = "; ".join(
+            f"{name} ({UNENFORCED[name.partition('(')[0]]})" for name in found
+        )
+        raise InvalidInput(
+            f"function {function_id!r}: not enforced by this version of Tether yet, so it is "
+            f"refused rather than ignored: {reasons}. Remove the option (or, for a cron "
+            "trigger, send an event on a schedule from elsewhere) until its issue lands"
+        )
+
+
 def check_expressions(function_id: str, config: FunctionConfig) -> None:
     """Compile every CEL expression of a function, checking the variables each may read.
 
@@ -196,7 +348,12 @@ def check_expressions(function_id: str, config: FunctionConfig) -> None:
             check(source, allowed, where=f"function {function_id!r}: {where}")
 
 
+#: Options of :class:`FunctionConfig` that :data:`UNENFORCED` may name.
+_OPTION_FIELDS = frozenset(FunctionConfig.__dataclass_fields__)
+
 __all__ = [
+    "RESERVED_PREFIX",
+    "UNENFORCED",
     "AppManifest",
     "Batch",
     "Cancel",
@@ -212,5 +369,9 @@ __all__ = [
     "Trigger",
     "TriggerCron",
     "TriggerEvent",
+    "check_enforced",
+    "check_event_pattern",
     "check_expressions",
+    "check_function",
+    "describe",
 ]

@@ -296,7 +296,7 @@ class InvokeRequested(_Checkpoint):
     """Step ``step_id`` starts a child run of ``function_id`` with ``data`` (JSON bytes).
 
     The step's result is the child's output; the child's failure, or ``timeout`` seconds
-    passing first, makes it a failed step.
+    passing first, makes it a failed step. ``user`` (JSON bytes) is the child event's ``user``.
     """
 
     type: Literal["invoke_requested"] = "invoke_requested"
@@ -304,6 +304,7 @@ class InvokeRequested(_Checkpoint):
     function_id: str
     data: bytes
     timeout: float | None = None
+    user: bytes | None = None
 
 
 class EventsSent(_Checkpoint):

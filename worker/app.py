@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from protocol.errors import InvalidInput, TetherError
 from protocol.manifest import (
@@ -33,8 +34,10 @@ from protocol.manifest import (
     Timeouts,
     Trigger,
     TriggerEvent,
-    check_expressions,
+    check_function,
+    describe,
 )
+from worker import serde
 
 Handler = Callable[..., Any]
 
@@ -142,10 +145,13 @@ class App:
         Every option has the meaning of SPEC §2 (and of Inngest's options of the same name).
         ``id`` defaults to the Python name with dashes; ``retries`` counts attempts after the
         first, per step; the function body's count starts again when a step completes.
-        ``on_failure`` runs once the function has failed for good.
+        ``on_failure`` runs once the function has failed for good. Options the gateway
+        does not enforce yet (``protocol.manifest.UNENFORCED``: flow control, cron triggers)
+        are refused here rather than ignored.
 
         Raises:
-            InvalidInput: an option is invalid, or the id is already taken in this app.
+            InvalidInput: an option is invalid or not enforced yet, a trigger's wildcard is
+                misplaced, or the id is already taken in this app.
             ExpressionError: a CEL expression does not compile.
         """
         options: dict[str, Any] = {
@@ -186,7 +192,7 @@ class App:
     def _add(self, config: FunctionConfig, handler: Handler) -> Function:
         if config.id in self.functions:
             raise InvalidInput(f"function id {config.id!r} is declared twice in app {self.id!r}")
-        check_expressions(f"{self.id}/{config.id}", config)
+        check_function(f"{self.id}/{config.id}", config)
         function = Function(self.id, config, handler, inspect.iscoroutinefunction(handler))
         self.functions[config.id] = function
         return function
@@ -215,12 +221,24 @@ class App:
         self, events: Event | Sequence[Event], *, api_url: str | None = None,
         event_key: str | None = None,
     ) -> list[str]:
-        """Blocking :meth:`send`, for code that has no event loop."""
+        """Blocking :meth:`send`, for code that has no event loop.
+
+        Event data is encoded as step results are: datetimes, UUIDs and dataclasses become
+        their JSON forms.
+
+        Raises:
+            InvalidInput: an event holds a value JSON cannot (a set, bytes, an object).
+            TetherError: the gateway refused the events or could not be reached.
+        """
         items = [events] if isinstance(events, Event) else list(events)
         url = (api_url or self.api_url or os.environ.get("TETHER_API_URL")
                or "http://127.0.0.1:8288").rstrip("/")
         key = event_key or self.event_key or os.environ.get("TETHER_EVENT_KEY") or "dev"
-        body = json.dumps([e.to_json() for e in items]).encode()
+        try:
+            body = orjson.dumps([e.to_json() for e in items], option=serde.OPTIONS)
+        except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
+            raise InvalidInput(f"app.send: the events cannot be sent: {exc}; {serde.HINT}"
+                               ) from exc
         request = urllib.request.Request(
             f"{url}/e/{key}", data=body, method="POST",
             headers={"Content-Type": "application/json"},
@@ -260,6 +278,8 @@ def _config(fn_id: str, options: dict[str, Any], handler: Handler) -> FunctionCo
         )
     except TetherError:
         raise
+    except ValidationError as exc:
+        raise InvalidInput(f"function {fn_id!r}: {describe(exc)}") from None
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"function {fn_id!r}: {exc}") from exc
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.util
+import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
 
 import structlog
 
@@ -38,7 +42,8 @@ def _parser(environ: Mapping[str, str] | None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("apps", nargs="+", metavar="MODULE:APP",
-                   help="where an App lives, e.g. myapp:app (the module must be importable)")
+                   help="where an App lives: myapp:app (an importable module) or "
+                   "./myapp.py:app (a file)")
     add_option(p, "--gateway", env="GATEWAY_URL", environ=environ, action="append",
                dest="gateways", default=[], metavar="URL",
                help="gateway worker socket (default ws://127.0.0.1:8289/connect); repeat "
@@ -60,24 +65,61 @@ def _parser(environ: Mapping[str, str] | None) -> argparse.ArgumentParser:
 
 
 def load_app(spec: str) -> App:
-    """Import ``module:attribute`` and check it is an App.
+    """Import ``module:attribute`` (or ``path/to/file.py:attribute``) and check it is an App.
 
     Raises:
         SystemExit: with a message saying what to fix.
     """
-    module_name, _, attr = spec.partition(":")
+    module_name, _, attr = spec.rpartition(":")
     if not module_name or not attr:
         raise SystemExit(f"error: {spec!r} is not MODULE:APP (for example myapp:app)")
     if "" not in sys.path:
         sys.path.insert(0, "")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SystemExit(f"error: cannot import {module_name!r}: {exc}") from exc
-    app = getattr(module, attr, None)
+    if module_name.endswith(".py") or os.sep in module_name or "/" in module_name:
+        module = _load_file(module_name, spec)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise SystemExit(f"error: cannot import {module_name!r}: {exc}") from exc
+    apps = sorted(name for name, value in vars(module).items() if isinstance(value, App))
+    found = (f"it has {', '.join(f'{module_name}:{name}' for name in apps)}" if apps
+             else "it has no worker.App at module level")
+    if not hasattr(module, attr):
+        raise SystemExit(f"error: module {module_name!r} has no attribute {attr!r}; {found}")
+    app = getattr(module, attr)
     if not isinstance(app, App):
-        raise SystemExit(f"error: {spec!r} is {type(app).__name__}, not a worker.App")
+        raise SystemExit(
+            f"error: {spec!r} is a {type(app).__name__}, not a worker.App; {found}")
     return app
+
+
+def _load_file(path: str, spec: str) -> ModuleType:
+    """Load a Python file as a module named after it, with its folder importable (so the
+    file's own imports of its neighbours work as they do with ``python file.py``)."""
+    file = Path(path)
+    if not file.is_file():
+        raise SystemExit(
+            f"error: {spec!r}: no file {path!r} (from {os.getcwd()}); give MODULE:APP or "
+            "a path to a .py file such as ./myapp.py:app"
+        )
+    if file.suffix != ".py":
+        raise SystemExit(f"error: {spec!r}: {path!r} is not a .py file")
+    name = file.stem
+    folder = str(file.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    loaded = sys.modules.get(name)
+    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == \
+            file.resolve():
+        return loaded
+    module_spec = importlib.util.spec_from_file_location(name, file)
+    if module_spec is None or module_spec.loader is None:
+        raise SystemExit(f"error: {spec!r}: cannot load {path!r} as a Python module")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # so pickling, dataclasses and re-imports find it
+    module_spec.loader.exec_module(module)
+    return module
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

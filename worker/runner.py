@@ -81,7 +81,9 @@ MAX_ERROR_MESSAGE = 64 * 1024
 
 def error_info(exc: BaseException) -> m.ErrorInfo:
     name = exc.name if isinstance(exc, StepError) else type(exc).__name__
-    message = exc.message if isinstance(exc, TetherError) else str(exc)
+    # A StepError's message is the step's own; str() adds which step it came from.
+    message = (str(exc) if isinstance(exc, StepError)
+               else exc.message if isinstance(exc, TetherError) else str(exc))
     if len(message) > MAX_ERROR_MESSAGE:
         message = message[:MAX_ERROR_MESSAGE] + f"... ({len(message):,} characters in all)"
     stack = "".join(traceback.format_exception(exc))[-8000:]

@@ -16,6 +16,15 @@ import orjson
 
 from protocol.errors import LimitExceeded, NonRetriableError
 
+#: orjson options of every user value Tether encodes (step results, outputs, sent events).
+OPTIONS = orjson.OPT_NON_STR_KEYS
+
+#: What to do instead: what JSON cannot hold, as orjson sees it (datetimes, dates, UUIDs,
+#: dataclasses and enums it converts by itself).
+HINT = ("return JSON values (dict, list, str, int, float, bool, None; datetimes, UUIDs and "
+        "dataclasses are converted): e.g. a set becomes a list, bytes base64 text, a Decimal "
+        "a str, your own class a dict or a dataclass")
+
 
 class NotSerializable(NonRetriableError):
     """A step or function returned a value JSON cannot hold; retrying would not help."""
@@ -31,12 +40,9 @@ def dumps(value: Any, *, what: str, limit: int) -> bytes:
         LimitExceeded: the encoded value is over ``limit`` bytes.
     """
     try:
-        data = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        data = orjson.dumps(value, option=OPTIONS)
     except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
-        raise NotSerializable(
-            f"{what} cannot be stored: {exc}; return JSON values (dict, list, str, int, "
-            "float, bool, None), e.g. convert datetimes with .isoformat()"
-        ) from exc
+        raise NotSerializable(f"{what} cannot be stored: {exc}; {HINT}") from exc
     if len(data) > limit:
         raise LimitExceeded(
             f"{what} is {len(data) / 1024 / 1024:.1f} MiB, over the "

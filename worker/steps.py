@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 import orjson
 
 from protocol import messages as m
-from protocol.durations import Duration, to_seconds
+from protocol.durations import YEAR, Duration, check_sleep, to_seconds
 from protocol.errors import InvalidInput
 from protocol.expressions import check
 from worker import serde
@@ -55,15 +55,20 @@ class _Plans:
         self._exec = execution
 
     def sleep_fields(self, step_id: str, duration: Duration) -> dict[str, Any]:
-        return {"duration": to_seconds(duration, what=f"step.sleep({step_id!r})")}
+        what = f"step.sleep({step_id!r})"
+        return {"duration": check_sleep(to_seconds(duration, what=what), what=what)}
 
     def sleep_until_fields(self, step_id: str, when: datetime | float) -> dict[str, Any]:
+        what = f"step.sleep_until({step_id!r})"
         if isinstance(when, datetime):
-            moment = when if when.tzinfo else when.replace(tzinfo=UTC)
-            return {"until": moment.timestamp()}
-        if isinstance(when, (int, float)) and not isinstance(when, bool):
-            return {"until": float(when)}
-        raise InvalidInput(f"step.sleep_until({step_id!r}): expected a datetime or epoch seconds")
+            moment = when if when.tzinfo else when.replace(tzinfo=UTC)  # naive means UTC
+            until = moment.timestamp()
+        elif isinstance(when, (int, float)) and not isinstance(when, bool):
+            until = float(when)
+        else:
+            raise InvalidInput(f"{what}: expected a datetime or epoch seconds")
+        check_sleep(until - time.time(), what=what, target=str(when))
+        return {"until": until}
 
     def wait_fields(self, step_id: str, event: str, timeout: Duration, if_: str | None
                     ) -> dict[str, Any]:
@@ -75,7 +80,8 @@ class _Plans:
         return {"event": event, "timeout": seconds, "if_": if_}
 
     def invoke_fields(self, step_id: str, function: Function | str, data: dict[str, Any] | None,
-                      timeout: Duration | None) -> dict[str, Any]:
+                      timeout: Duration | None, user: dict[str, Any] | None = None
+                      ) -> dict[str, Any]:
         function_id = function.id if isinstance(function, Function) else function
         if not isinstance(function_id, str) or "/" not in function_id:
             raise InvalidInput(
@@ -84,9 +90,15 @@ class _Plans:
             )
         payload = serde.dumps(data or {}, what=f"step.invoke({step_id!r}) data",
                               limit=self._exec.limits.max_step_result)
-        seconds = None if timeout is None else to_seconds(
+        seconds = YEAR if timeout is None else to_seconds(
             timeout, what=f"step.invoke({step_id!r}) timeout")
-        return {"function_id": function_id, "data": payload, "timeout": seconds}
+        if user is not None and not isinstance(user, dict):
+            raise InvalidInput(f"step.invoke({step_id!r}): user must be a dict, got "
+                               f"{type(user).__name__}")
+        user_json = None if user is None else serde.dumps(
+            user, what=f"step.invoke({step_id!r}) user", limit=self._exec.limits.max_step_result)
+        return {"function_id": function_id, "data": payload, "timeout": seconds,
+                "user": user_json}
 
     def sent_events(self, step: NewStep, events: Event | Sequence[Event]
                     ) -> tuple[list[str], list[bytes]]:
@@ -237,14 +249,17 @@ class Step:
     @_tracked
     async def invoke(
         self, step_id: str, *, function: Function | str, data: dict[str, Any] | None = None,
-        timeout: Duration | None = None,
+        timeout: Duration | None = None, user: dict[str, Any] | None = None,
     ) -> Any:
         """Run ``function`` as a child run with ``data`` and return its output.
+
+        The child's event carries ``user`` (as Inngest's, none unless given: pass
+        ``user=ctx.event.user`` to hand the parent's on). ``timeout`` defaults to one year.
 
         Raises:
             StepError: the child failed, was cancelled, or did not finish within ``timeout``.
         """
-        fields = self._plans.invoke_fields(step_id, function, data, timeout)
+        fields = self._plans.invoke_fields(step_id, function, data, timeout, user)
         return await self._durable(step_id, "invoke", m.InvokeRequested, fields, _identity)
 
     @_tracked
@@ -326,11 +341,11 @@ class SyncStep:
 
     def invoke(
         self, step_id: str, *, function: Function | str, data: dict[str, Any] | None = None,
-        timeout: Duration | None = None,
+        timeout: Duration | None = None, user: dict[str, Any] | None = None,
     ) -> Any:
         """Blocking :meth:`Step.invoke`."""
         return self._on_loop(self._async.invoke(step_id, function=function, data=data,
-                                                timeout=timeout))
+                                                timeout=timeout, user=user))
 
     def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
         """Blocking :meth:`Step.send_event`."""

@@ -2,6 +2,11 @@
 
 Exact names are a dict lookup and prefixes a short list, so matching costs the same whatever
 the number of functions that listen for other names.
+
+Rule: a wildcard matches a reserved ``tether/`` system event only when its prefix starts with
+``tether/`` itself. Registration refuses ``*`` alone or after anything but ``/`` and ``.``
+(``protocol.manifest.check_event_pattern``), so only functions stored before that rule could
+try; they keep matching their own events, never the gateway's.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol.expressions import matches
-from protocol.manifest import FunctionConfig, TriggerEvent
+from protocol.manifest import RESERVED_PREFIX, FunctionConfig, TriggerEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,15 +55,21 @@ class TriggerIndex:
                     exact.setdefault(trigger.event, []).append(listener)
         self._exact, self._prefixes = exact, prefixes
 
+    def _prefixes_of(self, name: str) -> list[tuple[str, _Listener]]:
+        if _reserved(name):
+            return [(p, lst) for p, lst in self._prefixes
+                    if name.startswith(p) and _reserved(p)]
+        return [(p, lst) for p, lst in self._prefixes if name.startswith(p)]
+
     def listens(self, name: str) -> bool:
         """Does any function trigger on ``name`` (whatever its filter)?"""
-        return name in self._exact or any(name.startswith(p) for p, _ in self._prefixes)
+        return name in self._exact or bool(self._prefixes and self._prefixes_of(name))
 
     def match(self, name: str, event: dict[str, Any]) -> list[str]:
         """Function ids to start for ``event`` (each at most once, in a stable order)."""
         listeners: Iterable[_Listener] = self._exact.get(name, ())
         if self._prefixes:
-            listeners = [*listeners, *(lst for p, lst in self._prefixes if name.startswith(p))]
+            listeners = [*listeners, *(lst for _, lst in self._prefixes_of(name))]
         out: list[str] = []
         variables: dict[str, Any] | None = None
         for listener in listeners:
@@ -71,3 +82,7 @@ class TriggerIndex:
             out.append(listener.function_id)
         return out
 
+
+def _reserved(name: str) -> bool:
+    """Case-insensitive, as the event API refuses ``Tether/...`` from users too."""
+    return name[:len(RESERVED_PREFIX)].lower() == RESERVED_PREFIX

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import orjson
+import psycopg
 import structlog
 
 from gateway.store import migrations
@@ -28,6 +29,7 @@ from gateway.store.base import PeerNote, WriteBatch, WriteResult
 from gateway.store.db import Db, Row, queries
 from gateway.store.sql import SqlStore
 from gateway.store.transaction import Transaction
+from protocol.errors import TetherError
 
 log = structlog.get_logger("tether.store")
 
@@ -39,6 +41,23 @@ _REVOKE_CHUNK = 100
 _RETRIES = 8
 _RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError,
               asyncpg.exceptions.SerializationError)
+
+
+class DatabaseUnreachable(TetherError):
+    """The database cannot be opened at start: one line saying why and what to check."""
+
+    code = "database_unreachable"
+    http_status = 503
+
+
+def _unreachable(url: str, exc: BaseException) -> DatabaseUnreachable:
+    where = url.split("@")[-1] if "@" in url else url  # never print a password
+    why = str(exc).strip().splitlines()[0].removeprefix("connection failed: ") or repr(exc)
+    name = where.rpartition("/")[2].partition("?")[0]
+    hint = (f"create it first (createdb {name}, or CREATE DATABASE {name})"
+            if "does not exist" in why and name else
+            "check --db (TETHER_DB) and that PostgreSQL is running and reachable")
+    return DatabaseUnreachable(f"cannot open the database at {where}: {why}; {hint}")
 
 
 class PgDb:
@@ -86,8 +105,17 @@ class PostgresStore(SqlStore):
         self._callback: Callable[[PeerNote], None] | None = None
 
     async def open(self) -> None:
-        await asyncio.to_thread(migrations.apply, migrations.yoyo_url(self.url), "postgres")
-        self._pool = await asyncpg.create_pool(self.url, min_size=2, max_size=self.pool_size)
+        """Apply pending migrations and connect.
+
+        Raises:
+            DatabaseUnreachable: the server or the database is not there.
+        """
+        try:
+            await asyncio.to_thread(migrations.apply, migrations.yoyo_url(self.url), "postgres")
+            self._pool = await asyncpg.create_pool(self.url, min_size=2,
+                                                   max_size=self.pool_size)
+        except (OSError, psycopg.OperationalError, asyncpg.PostgresError) as exc:
+            raise _unreachable(self.url, exc) from exc
 
     async def close(self) -> None:
         if self._listener is not None:

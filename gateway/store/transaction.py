@@ -44,6 +44,7 @@ from gateway.store.base import (
 )
 from gateway.store.db import Db, Row
 from protocol import messages as m
+from protocol.durations import MAX_SLEEP, YEAR, human
 from protocol.expressions import matches
 from protocol.ids import new_id
 from protocol.manifest import FunctionConfig
@@ -313,8 +314,14 @@ class Transaction:
                 growth.setdefault(msg.run_id, 0)
             elif isinstance(msg, m.SleepRequested):
                 wake = msg.until if msg.until is not None else now + (msg.duration or 0.0)
-                await db.execute("insert_pending_step", msg.run_id, msg.step_id, "sleep",
-                                 StepStatus.SLEEPING, wake, now, None)
+                too_long = wake - now > MAX_SLEEP  # a worker of another SDK may ask for more
+                if await db.execute("insert_pending_step", msg.run_id, msg.step_id, "sleep",
+                                    StepStatus.SLEEPING, now if too_long else wake, now,
+                                    None) and too_long:
+                    await db.execute("resolve_step", StepStatus.FAILED, None, error_json(
+                        "SleepTooLong", f"step.sleep {msg.step_id!r}: longer than the "
+                        f"longest sleep, one year ({human(MAX_SLEEP)})"),
+                        now, msg.run_id, msg.step_id)
             elif isinstance(msg, m.WaitRequested):
                 await self._wait_requested(msg, write.since)
             elif isinstance(msg, m.InvokeRequested):
@@ -427,7 +434,7 @@ class Transaction:
 
     async def _invoke_requested(self, msg: m.InvokeRequested) -> None:
         db, now = self.db, self.now
-        wake = None if msg.timeout is None else now + msg.timeout
+        wake = now + (YEAR if msg.timeout is None else msg.timeout)  # Inngest's default too
         if not await db.execute("insert_pending_step", msg.run_id, msg.step_id, "invoke",
                                 StepStatus.INVOKING, wake, now, None):
             return  # the child already exists
@@ -442,7 +449,7 @@ class Transaction:
         event_id = f"{msg.run_id}-{msg.step_id}-invoke"
         data = json.loads(msg.data)
         body = {"name": INVOKED, "data": data, "id": event_id, "ts": int(now * 1000),
-                "user": None}
+                "user": _invoke_user(msg.user)}
         payload = orjson.dumps(body)
         (seq,) = await self.ingest([NewEvent(event_id, INVOKED, payload, body)], match=False)
         if seq is None:
@@ -745,3 +752,13 @@ def _refusal(run: _Run | None, msg: m._Checkpoint) -> str | None:
     if msg.fence != run.fence:
         return f"lease superseded: fence {msg.fence} is stale, the run is at fence {run.fence}"
     return None
+
+
+def _invoke_user(raw: bytes | None) -> dict[str, Any] | None:
+    """The ``user`` a worker gave ``step.invoke``: a JSON object, or nothing (never a failure
+    inside the batch: a malformed one from a buggy worker is dropped)."""
+    try:
+        user = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to decode
+        return None
+    return user if isinstance(user, dict) else None

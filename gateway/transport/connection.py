@@ -32,7 +32,7 @@ from protocol.errors import (
     TetherError,
 )
 from protocol.ids import new_id
-from protocol.manifest import check_expressions
+from protocol.manifest import check_function
 from protocol.messages import PROTOCOL_VERSION
 from protocol.session import Role, Session
 
@@ -187,7 +187,7 @@ class WorkerConnection:
         # Check every app before storing any: a refused hello must register nothing.
         for app in hello.apps:
             for fn in app.functions:
-                check_expressions(f"{app.id}/{fn.id}", fn)
+                check_function(f"{app.id}/{fn.id}", fn)
         for app in hello.apps:
             await self.engine.register_app(app, instance_id=hello.instance_id)
         # "{gateway}.{session}": a gateway's leases can be found (and requeued) by prefix.

@@ -48,9 +48,34 @@ def test_prefix_star(index):
     assert index.match("other/shop/x", event("other/shop/x")) == []
 
 
-def test_lone_star_matches_everything(index):
+def test_lone_star_stored_before_the_wildcard_rule_matches_every_user_event(index):
+    # Registration refuses "*" now; a function stored earlier still loads and keeps working.
     index.set_function("audit/all", config(TriggerEvent("*")))
     assert index.match("anything", event("anything")) == ["audit/all"]
+
+
+@pytest.mark.parametrize("pattern", ["*", "t*", "tether*", "Tether*"])
+@pytest.mark.parametrize("name", ["tether/function.finished", "tether/function.failed",
+                                  "tether/function.invoked", "Tether/function.finished"])
+def test_a_wildcard_never_matches_system_events_unless_it_names_the_prefix(index, pattern, name):
+    index.set_function("audit/all", config(TriggerEvent(pattern)))
+    assert index.match(name, event(name)) == []
+    assert not index.listens(name)
+
+
+@pytest.mark.parametrize("pattern", ["tether/*", "tether/function.*"])
+def test_a_wildcard_that_names_the_reserved_prefix_matches_system_events(index, pattern):
+    index.set_function("ops/watch", config(TriggerEvent(pattern)))
+    name = "tether/function.failed"
+    assert index.match(name, event(name)) == ["ops/watch"]
+    assert index.listens(name)
+
+
+def test_system_events_still_match_exact_triggers(index):
+    index.set_function("ops/failed", config(TriggerEvent("tether/function.failed")))
+    index.set_function("audit/all", config(TriggerEvent("*")))
+    name = "tether/function.failed"
+    assert index.match(name, event(name)) == ["ops/failed"]
 
 
 def test_several_functions_on_one_event_in_a_stable_order(index):

@@ -17,6 +17,12 @@ def app() -> App:
     return App("shop", version="v3")
 
 
+@pytest.fixture
+def all_enforced(monkeypatch):
+    """As if flow control and cron had landed: these tests cover how options are declared."""
+    monkeypatch.setattr("protocol.manifest.UNENFORCED", {})
+
+
 def test_public_names_are_exported():
     assert worker.App is App and worker.Event is Event
     assert worker.TriggerEvent is TriggerEvent and worker.Throttle is Throttle
@@ -61,7 +67,7 @@ def test_decorated_function_is_still_callable(app):
     assert double(21) == 42
 
 
-def test_trigger_comes_before_triggers(app):
+def test_trigger_comes_before_triggers(app, all_enforced):
     @app.function(trigger=TriggerEvent("first"), triggers=[TriggerEvent("second"),
                                                            TriggerCron("0 * * * *")])
     async def f(ctx):
@@ -71,7 +77,7 @@ def test_trigger_comes_before_triggers(app):
         "first", "second", "0 * * * *"]
 
 
-def test_concurrency_shorthands(app):
+def test_concurrency_shorthands(app, all_enforced):
     @app.function(concurrency=3)
     async def one(ctx):
         pass
@@ -164,7 +170,7 @@ def test_unknown_variable_fails_at_declaration(app):
             pass
 
 
-def test_a_refused_declaration_leaves_the_id_free(app):
+def test_a_refused_declaration_leaves_the_id_free(app, all_enforced):
     with pytest.raises(ExpressionError):
         app.function(id="f", idempotency="event.")(_my_fn)
 
@@ -210,7 +216,7 @@ def test_on_failure_trigger_only_matches_its_function(app):
     assert app.functions["charge-failure"].config.kind == "sync"
 
 
-def test_manifest(app):
+def test_manifest(app, all_enforced):
     @app.function(id="a", trigger=TriggerEvent("x"), on_failure=lambda ctx: None)
     async def a(ctx):
         pass

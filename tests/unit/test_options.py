@@ -1,0 +1,206 @@
+"""Every option the SDK accepts is either enforced (a named test proves it) or refused.
+
+Nothing is silently ignored: an option the gateway does not enforce yet is in
+``protocol.manifest.UNENFORCED`` and refused when a function is declared (here) and when its app
+registers (tests/integration/test_registration.py). When flow control (issue 9) or cron
+(issue 10) lands, move the option from UNENFORCED to ENFORCED below with the test that proves it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from protocol.errors import InvalidInput
+from protocol.manifest import (
+    UNENFORCED,
+    Batch,
+    Cancel,
+    Concurrency,
+    Debounce,
+    FunctionConfig,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+    Timeouts,
+    TriggerCron,
+    TriggerEvent,
+    check_event_pattern,
+    check_function,
+)
+from worker import App
+
+#: Option (or option field, or trigger type) -> the test that shows the gateway honours it.
+ENFORCED: dict[str, str] = {
+    "id": "tests/unit/test_worker_app.py::test_decorator_with_options",
+    "name": "tests/unit/test_worker_app.py::test_on_failure_registers_a_failure_function",
+    "trigger": "tests/integration/test_step_api.py::test_sleep_suspends_then_resumes",
+    "triggers": "tests/unit/test_triggers.py::test_matched_once_with_two_matching_triggers",
+    "TriggerEvent.event": "tests/unit/test_triggers.py::test_prefix_star",
+    "TriggerEvent.if_": "tests/unit/test_triggers.py::test_if_filter",
+    "retries": "tests/unit/test_runner.py::test_failing_step_at_its_last_attempt_raises_step_error",
+    "cancel_on": "tests/integration/test_step_api.py::test_cancel_by_api_and_by_event",
+    "Cancel.event": "tests/integration/test_step_api.py::test_cancel_by_api_and_by_event",
+    "Cancel.if_": "tests/integration/test_step_api.py::test_cancel_by_api_and_by_event",
+    "Cancel.timeout":
+        "tests/integration/test_registration.py::test_cancel_on_timeout_ends_the_cancel_window",
+    "timeouts": "tests/integration/test_step_api.py::test_timeouts_finish_cancels",
+    "Timeouts.start":
+        "tests/integration/test_engine_steps.py::test_timeouts_start_cancels_a_run_nobody_took",
+    "Timeouts.finish": "tests/integration/test_step_api.py::test_timeouts_finish_cancels",
+    "on_failure": "tests/integration/test_step_api.py::test_on_failure_runs_after_last_retry",
+}
+
+#: One way to set each option of UNENFORCED, as a user would write it.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "concurrency": {"concurrency": 5},
+    "throttle": {"throttle": Throttle(3, "1m")},
+    "rate_limit": {"rate_limit": RateLimit(10, "1h")},
+    "debounce": {"debounce": Debounce("5s")},
+    "batch": {"batch": Batch(100, "2s")},
+    "priority": {"priority": Priority("event.data.vip ? 60 : 0")},
+    "idempotency": {"idempotency": "event.data.order_id"},
+    "singleton": {"singleton": Singleton(key="event.data.customer")},
+    "TriggerCron": {"triggers": [TriggerCron("0 9 * * MON", tz="Europe/Paris")]},
+}
+
+#: Fields of the option classes of enforced options (those of unenforced ones go with them).
+OPTION_CLASSES = (TriggerEvent, Cancel, Timeouts)
+
+
+def _accepted() -> set[str]:
+    params = set(inspect.signature(App.function).parameters) - {"self", "handler"}
+    fields = {f"{cls.__name__}.{name}" for cls in OPTION_CLASSES
+              for name in cls.__dataclass_fields__}  # type: ignore[attr-defined]
+    return params | fields | {"TriggerCron"}
+
+
+def test_every_accepted_option_is_enforced_or_refused():
+    accepted = _accepted()
+    assert accepted - set(ENFORCED) - set(UNENFORCED) == set(), \
+        "an option is neither enforced (ENFORCED, with its test) nor refused (UNENFORCED)"
+    assert set(ENFORCED) & set(UNENFORCED) == set()
+    assert set(SETTINGS) == set(UNENFORCED)
+
+
+@pytest.mark.parametrize("option", sorted(ENFORCED))
+def test_each_enforced_option_names_a_test_that_exists(option):
+    path, _, name = ENFORCED[option].partition("::")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    assert callable(getattr(module, name, None)), f"{option}: no test {ENFORCED[option]}"
+
+
+@pytest.mark.parametrize("option", sorted(UNENFORCED))
+def test_each_unenforced_option_is_refused_at_declaration_with_a_message(option):
+    app = App("shop")
+    with pytest.raises(InvalidInput) as info:
+        @app.function(id="f", trigger=TriggerEvent("shop/x"), **SETTINGS[option])
+        async def f(ctx):
+            pass
+
+    message = str(info.value)
+    assert message.startswith("function 'shop/f': not enforced by this version of Tether yet")
+    assert option in message and UNENFORCED[option] in message
+    assert "refused rather than ignored" in message
+    assert app.functions == {}
+
+
+def test_all_unenforced_options_are_named_in_one_message():
+    config = FunctionConfig(id="f", throttle=Throttle(3, "1m"), idempotency="event.data.id",
+                            triggers=[TriggerCron("* * * * *")])
+    with pytest.raises(InvalidInput) as info:
+        check_function("shop/f", config)
+    message = str(info.value)
+    for name in ("throttle (flow control, issue 9)", "idempotency (flow control, issue 9)",
+                 "TriggerCron('* * * * *') (cron triggers, issue 10)"):
+        assert name in message
+
+
+def test_enforced_options_are_accepted():
+    app = App("shop")
+
+    @app.function(id="f", name="F", trigger=TriggerEvent("shop/x", if_="event.data.ok"),
+                  triggers=[TriggerEvent("shop/y.*")], retries=2,
+                  cancel_on=[Cancel("shop/stop", if_="async.data.id == event.data.id",
+                                    timeout="1d")],
+                  timeouts=Timeouts(start="1m", finish="1h"), on_failure=lambda ctx: None)
+    async def f(ctx):
+        pass
+
+    assert set(app.functions) == {"f", "f-failure"}
+
+
+def test_a_failure_handler_is_declared_by_tether_itself():
+    # Its trigger is a reserved system event, named exactly: registration accepts it.
+    app = App("shop")
+    app.function(id="f", trigger=TriggerEvent("shop/x"), on_failure=lambda ctx: None)(
+        lambda ctx: None)
+    check_function("shop/f-failure", app.functions["f-failure"].config)
+
+
+# --- event-name wildcards (Inngest's rule) ----------------------------------------------
+
+
+@pytest.mark.parametrize("pattern", ["shop/*", "shop/order.*", "a/b/c.*", "tether/*",
+                                     "tether/function.*", "shop/order.paid", "plain"])
+def test_a_wildcard_after_a_slash_or_a_dot_is_accepted(pattern):
+    check_event_pattern(pattern)
+    App("shop").function(id="f", trigger=TriggerEvent(pattern))(lambda ctx: None)
+
+
+@pytest.mark.parametrize("pattern", ["shop*", "shop/order*", "s*", "shop/-*", "a/b_*"])
+def test_a_wildcard_after_anything_else_is_refused(pattern):
+    with pytest.raises(InvalidInput) as info:
+        App("shop").function(id="f", trigger=TriggerEvent(pattern))(lambda ctx: None)
+    assert str(info.value) == (
+        f"function 'shop/f': trigger {pattern!r}: '*' may only be the last character, right "
+        "after '/' or '.', as in 'shop/*' or 'shop/order.*'")
+
+
+def test_a_lone_wildcard_is_refused():
+    with pytest.raises(InvalidInput, match=r"'\*' alone would match every event"):
+        App("shop").function(id="f", trigger=TriggerEvent("*"))(lambda ctx: None)
+
+
+def test_the_rule_applies_to_every_trigger_of_a_function():
+    with pytest.raises(InvalidInput, match=r"trigger 'b\*'"):
+        App("shop").function(id="f", triggers=[TriggerEvent("a/*"), TriggerEvent("b*")])(
+            lambda ctx: None)
+
+
+# --- messages that name the option and the function ---------------------------------------
+
+
+def test_a_bad_duration_in_an_option_names_the_option_and_how_to_write_one():
+    with pytest.raises(InvalidInput) as info:
+        Timeouts(start="soon")
+    assert str(info.value) == (
+        "Timeouts.start: 'soon' is not a duration; write e.g. '500ms', '30s', '5m', '2h', "
+        "'7d' or '1h30m', or pass seconds as a number")
+
+
+def test_positional_arguments_are_named_too():
+    with pytest.raises(InvalidInput, match=r"^Cancel\.timeout: -5 is negative$"):
+        Cancel("a/b", None, -5)
+
+
+def test_a_bad_function_option_names_the_function_and_the_option():
+    with pytest.raises(InvalidInput) as info:
+        App("shop").function(id="f", retries=99)(lambda ctx: None)
+    assert str(info.value) == (
+        "function 'f': retries: Input should be less than or equal to 20")
+
+
+def test_a_bad_option_type_names_the_function():
+    with pytest.raises(InvalidInput, match=r"^function 'f': timeouts"):
+        App("shop").function(id="f", timeouts="1h")(lambda ctx: None)  # type: ignore[arg-type]
+
+
+def test_durations_still_normalise():
+    assert Timeouts(start=timedelta(minutes=1), finish="1h") == Timeouts(60.0, 3600.0)
+    assert Concurrency(2).limit == 2
