@@ -8,7 +8,9 @@ The conversation::
 
     gateway                                worker
        | ---- Challenge(nonce, version) ---> |
-       | <--- Hello(manifest) + Answer(mac) - |
+       | <--- Answer(instance, mac) --------- |   small: checked before anything large
+       | ---- Authenticated ---------------> |
+       | <--- Hello(manifest) --------------- |
        | ---- Ready(session, intervals) ---> |
        | ---- LeaseGranted(run, fence) ----> |
        | <--- LeaseAccepted / LeaseRejected - |
@@ -34,7 +36,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from protocol.manifest import AppManifest
 
 #: Bumped on any incompatible change; both sides refuse a peer with another version.
-PROTOCOL_VERSION = 1
+#: 2: the worker proves its key (``Answer``) before it sends its manifest (``Hello``).
+PROTOCOL_VERSION = 2
+
+#: Largest frame a gateway reads from a socket that has not proven its key yet: an
+#: ``Answer`` is under 300 bytes, and nobody unauthenticated gets to make the gateway
+#: buffer or parse megabytes.
+MAX_PREAUTH_FRAME = 64 * 1024
 
 
 #: Sequence numbers, fences and attempts: small enough for any database integer column.
@@ -77,6 +85,12 @@ class Challenge(_Message):
     nonce: bytes
     protocol_version: int
     gateway_id: str
+
+
+class Authenticated(_Message):
+    """The worker's ``Answer`` proved its key: it may now send its ``Hello``."""
+
+    type: Literal["authenticated"] = "authenticated"
 
 
 class Ready(_Message):
@@ -175,10 +189,13 @@ class Hello(_Message):
 
 
 class Answer(_Message):
-    """HMAC-SHA256 of the challenge, keyed with the signing key (which never crosses the wire)."""
+    """HMAC-SHA256 of the challenge and ``instance_id``, keyed with the signing key (which
+    never crosses the wire). Sent alone, first, so the key is checked on a small frame; the
+    ``Hello`` that follows must carry the same ``instance_id``."""
 
     type: Literal["answer"] = "answer"
-    mac: bytes
+    instance_id: str = Field(min_length=1, max_length=200)
+    mac: bytes = Field(max_length=64)
 
 
 class Heartbeat(_Message):
@@ -351,6 +368,7 @@ CHECKPOINT_TYPES: tuple[type[_Checkpoint], ...] = get_args(Checkpoint)
 
 GatewayMessage = (
     Challenge
+    | Authenticated
     | Ready
     | HeartbeatAck
     | LeaseGranted

@@ -1,4 +1,9 @@
-"""The worker socket server on ``ws://HOST:8289/connect``, and the heartbeat reaper."""
+"""The worker socket server on ``ws://HOST:8289/connect``, and the heartbeat reaper.
+
+Sockets that have not proven their key yet are few and cheap: at most ``max_handshakes`` at
+once (more are closed at once with 1013, "try again later"), each reading small frames only
+(:data:`~protocol.messages.MAX_PREAUTH_FRAME`, a few buffered) under the handshake deadline.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +22,11 @@ from gateway.registry import Registry
 from gateway.transport.auth import Authenticator
 from gateway.transport.connection import (
     CLOSE_HEARTBEAT_TIMEOUT,
+    CLOSE_TRY_AGAIN_LATER,
     ConnectionSettings,
     WorkerConnection,
 )
-from protocol.messages import GoAway
+from protocol.messages import MAX_PREAUTH_FRAME, GoAway
 
 log = structlog.get_logger("tether.transport")
 
@@ -49,6 +55,8 @@ class WorkerServer:
         self._empty.set()
         #: Set while the gateway stops: workers that disconnect now are not presumed lost.
         self.leaving = False
+        #: Sockets that have not proven their key yet.
+        self.handshaking = 0
 
     async def start(self, host: str, port: int) -> int:
         """Listen; return the port (useful when ``port`` is 0)."""
@@ -58,9 +66,11 @@ class WorkerServer:
             port,
             process_request=self._check_path,
             compression=None,
-            max_size=self.settings.max_frame_in,
+            # Until a socket proves its key; raised for it once it has.
+            max_size=MAX_PREAUTH_FRAME,
+            max_queue=4,
             ping_interval=None,  # liveness is our own heartbeat, answered on this socket
-            max_queue=64,
+            open_timeout=self.settings.handshake_timeout,
             write_limit=2**20,
             close_timeout=2,
         )
@@ -73,15 +83,32 @@ class WorkerServer:
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
+        if self.handshaking >= self.settings.max_handshakes:
+            log.warning("worker_refused", code="too_many_handshakes",
+                        handshaking=self.handshaking)
+            await ws.close(CLOSE_TRY_AGAIN_LATER,
+                           "too many workers are connecting at once; retry shortly")
+            return
+        self.handshaking += 1
+        pending = True
+
+        def authenticated() -> None:
+            nonlocal pending
+            if pending:
+                pending = False
+                self.handshaking -= 1
+
         conn = WorkerConnection(
             ws, engine=self.engine, registry=self.registry, auth=self.auth, clock=self.clock,
             settings=self.settings, leaving=lambda: self.leaving,
+            on_authenticated=authenticated,
         )
         self._connections.add(conn)
         self._empty.clear()
         try:
             await conn.serve()
         finally:
+            authenticated()
             self._connections.discard(conn)
             if not self._connections:
                 self._empty.set()
