@@ -48,6 +48,10 @@ MAX_PREAUTH_FRAME = 64 * 1024
 #: Sequence numbers, fences and attempts: small enough for any database integer column.
 Count = Annotated[int, Field(ge=0, le=2**53)]
 
+#: A name or id on the wire: no NUL character (see :mod:`protocol.names`). A pattern, not a
+#: Python validator: checked in pydantic's core, at no cost to the checkpoint path.
+Name = Annotated[str, Field(pattern=r"^[^\x00]*$")]
+
 
 class _Message(BaseModel):
     # NaN and infinity are no time or delay: refused at the socket, never stored.
@@ -182,7 +186,7 @@ class Hello(_Message):
 
     type: Literal["hello"] = "hello"
     protocol_version: int
-    instance_id: str = Field(min_length=1, max_length=200)
+    instance_id: Name = Field(min_length=1, max_length=200)
     sdk_version: str
     capacity: int = Field(ge=1, le=100_000)
     apps: list[AppManifest] = Field(min_length=1, max_length=100)
@@ -194,7 +198,7 @@ class Answer(_Message):
     ``Hello`` that follows must carry the same ``instance_id``."""
 
     type: Literal["answer"] = "answer"
-    instance_id: str = Field(min_length=1, max_length=200)
+    instance_id: Name = Field(min_length=1, max_length=200)
     mac: bytes = Field(max_length=64)
 
 
@@ -235,7 +239,7 @@ class _Checkpoint(_Message):
     """
 
     seq: Count
-    run_id: str
+    run_id: Name
     fence: Count
 
 
@@ -243,7 +247,7 @@ class StepCompleted(_Checkpoint):
     """Step ``step_id`` returned ``output`` (JSON bytes) on attempt ``attempt``."""
 
     type: Literal["step_completed"] = "step_completed"
-    step_id: str
+    step_id: Name
     attempt: Count
     output: bytes
     started_at: float
@@ -257,7 +261,7 @@ class StepFailed(_Checkpoint):
     """
 
     type: Literal["step_failed"] = "step_failed"
-    step_id: str
+    step_id: Name
     attempt: Count
     error: ErrorInfo
     final: bool
@@ -275,7 +279,7 @@ class SleepRequested(_Checkpoint):
     """
 
     type: Literal["sleep_requested"] = "sleep_requested"
-    step_id: str
+    step_id: Name
     duration: float | None = None
     until: float | None = None
 
@@ -288,8 +292,8 @@ class WaitRequested(_Checkpoint):
     """
 
     type: Literal["wait_requested"] = "wait_requested"
-    step_id: str
-    event: str
+    step_id: Name
+    event: Name
     timeout: float
     if_: str | None = None
 
@@ -302,8 +306,8 @@ class InvokeRequested(_Checkpoint):
     """
 
     type: Literal["invoke_requested"] = "invoke_requested"
-    step_id: str
-    function_id: str
+    step_id: Name
+    function_id: Name
     data: bytes
     timeout: float | None = None
 
@@ -316,7 +320,7 @@ class EventsSent(_Checkpoint):
     """
 
     type: Literal["events_sent"] = "events_sent"
-    step_id: str
+    step_id: Name
     events: list[bytes]
 
 
