@@ -141,7 +141,8 @@ def test_keys_create_signing_prints_a_key_and_stores_nothing(tmp_path, capsys):
 async def test_a_large_frame_before_authentication_closes_the_socket_unread(gateway_factory):
     gw = await gateway_factory(dev=False, signing_keys=[SIGNING])
     worker = await RawWorker.open(gw.connect_port)
-    big = msgpack.packb([{"type": "answer", "instance_id": "x", "mac": b"\0" * (m.MAX_PREAUTH_FRAME + 1)}])
+    big = msgpack.packb([{"type": "answer", "instance_id": "x",
+                          "mac": b"\0" * (m.MAX_PREAUTH_FRAME + 1)}])
     await worker.send_raw(big)
     code, _ = await worker.wait_closed()
     assert code == 1009  # message too big: refused by its header, never buffered
