@@ -180,3 +180,33 @@ async def test_excess_unauthenticated_sockets_are_closed_with_a_reason(gateway_f
         assert isinstance(challenge, m.Challenge)
     for worker in idle:
         await worker.close()
+
+
+# --- event keys stay out of the logs -------------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", ["crash", "tether_error"])
+async def test_a_failing_event_request_logs_no_key(gateway_factory, failure, caplog):
+    from structlog.testing import capture_logs
+
+    from protocol.errors import TetherError
+
+    event_key = "evtkey-MFuYiPUODFbl8RW7emXlYw"
+    gw = await gateway_factory(dev=False, signing_keys=[SIGNING], event_keys=[event_key])
+
+    async def broken(events):  # the write path fails as a full disk or a lost database would
+        if failure == "crash":
+            raise RuntimeError("disk on fire")
+        raise TetherError("the store is not answering")
+
+    gw.engine.ingest = broken
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as http:
+        with capture_logs() as logs:
+            r = await http.post(f"/e/{event_key}", json={"name": "x/y"})
+            unauthorized = await http.post(f"/e/{event_key}x", json={"name": "x/y"})
+    assert r.status_code == 500 and unauthorized.status_code == 401
+    logged = [e for e in logs if e["event"].startswith("request_")]
+    assert {e["event"] for e in logged} == {
+        "request_crashed" if failure == "crash" else "request_failed", "request_unauthorized"}
+    assert all(e["path"] == "/e/<redacted>" for e in logged)
+    assert event_key not in repr(logs) and event_key not in caplog.text
