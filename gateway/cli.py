@@ -60,7 +60,7 @@ def _serve_parser(environ: Mapping[str, str] | None) -> argparse.ArgumentParser:
                action="append", dest="previous_signing_keys", default=[], metavar="KEY",
                help="a signing key being rotated out: accepted until --previous-key-expires")
     add_option(sec, "--previous-key-expires", env="PREVIOUS_KEY_EXPIRES", environ=environ,
-               default="24h", metavar="WHEN",
+               default=Settings.previous_key_expires, metavar="WHEN",
                help="when --previous-signing-key stops working: an ISO 8601 time, or a "
                "duration from the gateway's start")
     add_option(sec, "--event-key", env="EVENT_KEY", environ=environ, action="append",
@@ -72,13 +72,15 @@ def _serve_parser(environ: Mapping[str, str] | None) -> argparse.ArgumentParser:
                help="extra bearer token for the management API (the signing key works too; "
                "32 random bytes or more); repeatable")
     add_option(sec, "--key-refresh", env="KEY_REFRESH", environ=environ, type=float,
-               default=1.0, help="seconds between re-reads of the keys stored with `keys`: "
-               "a revoked key is refused within this time")
+               default=Settings.key_refresh, metavar="S",
+               help="seconds between re-reads of the keys stored with `keys`: a revoked key "
+               "is refused within this time")
     add_option(sec, "--max-handshakes", env="MAX_HANDSHAKES", environ=environ, type=int,
-               default=64, help="worker sockets that have not proven their key yet, at most; "
-               "more are closed at once (1013, try again later)")
+               default=Settings.max_handshakes, metavar="N",
+               help="worker sockets that have not proven their key yet, at most; more are "
+               "closed at once (1013, try again later)")
     add_option(sec, "--handshake-timeout", env="HANDSHAKE_TIMEOUT", environ=environ,
-               type=float, default=10.0,
+               type=float, default=Settings.handshake_timeout, metavar="S",
                help="seconds a new worker socket gets to prove its key and say hello")
     add_option(sec, "--dev", env="DEV", environ=environ, action="store_true", default=False,
                help="local development: no signing key, any event key, open management API")

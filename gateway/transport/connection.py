@@ -1,12 +1,12 @@
 """One worker socket: frames in, frames out. Decisions belong to the session and the engine.
 
 The handshake (challenge, answer, authenticated, hello, ready) runs under a deadline. Until
-the worker's answer proves its key, frames are capped at a few KiB and few are buffered
-(:data:`~protocol.messages.MAX_PREAUTH_FRAME`): an unauthenticated peer cannot make the
-gateway read, buffer or parse anything large. Then every decoded message is checked against
-the protocol session and handed to the engine. Outgoing messages
-are queued and written by one task, so everything a commit produces for this worker (acks,
-refusals, new leases) leaves in one frame.
+the worker's answer proves its key, frames are capped at 64 KiB
+(:data:`~protocol.messages.MAX_PREAUTH_FRAME`) and only :data:`PREAUTH_QUEUE` are buffered:
+an unauthenticated peer cannot make the gateway read, buffer or parse anything large. Then
+every decoded message is checked against the protocol session and handed to the engine.
+Outgoing messages are queued and written by one task, so everything a commit produces for
+this worker (acks, refusals, new leases) leaves in one frame.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ _T = TypeVar("_T", m.Answer, m.Hello)
 CLOSE_HEARTBEAT_TIMEOUT = 4000
 CLOSE_TRY_AGAIN_LATER = 1013
 
-#: Frames an authenticated socket may have buffered before reading from it pauses
-#: (before authentication: websockets' ``max_queue`` given to ``serve``).
+#: Frames a socket may have buffered before reading from it pauses: before it proves its
+#: key, and after.
+PREAUTH_QUEUE = 4
 MAX_QUEUE = 64
 
 
@@ -179,9 +180,10 @@ class WorkerConnection:
         )
         answer = await self._expect(m.Answer)
         self.auth.check_worker(nonce, answer.instance_id, answer.mac)
-        # Proven: from now on the socket may carry what an authenticated worker sends.
-        protocol = self.ws.protocol
-        protocol.max_message_size = self.settings.max_frame_in
+        # Proven: from now on the socket may carry what an authenticated worker sends. Both
+        # limits are read by websockets (>= 14) on every frame, so raising them here holds
+        # from the next frame on.
+        self.ws.protocol.max_message_size = self.settings.max_frame_in
         self.ws.recv_messages.high, self.ws.recv_messages.low = MAX_QUEUE, MAX_QUEUE // 4
         self._on_authenticated()
         self.outbox.send(m.Authenticated())

@@ -23,6 +23,7 @@ from gateway.transport.auth import Authenticator
 from gateway.transport.connection import (
     CLOSE_HEARTBEAT_TIMEOUT,
     CLOSE_TRY_AGAIN_LATER,
+    PREAUTH_QUEUE,
     ConnectionSettings,
     WorkerConnection,
 )
@@ -68,7 +69,7 @@ class WorkerServer:
             compression=None,
             # Until a socket proves its key; raised for it once it has.
             max_size=MAX_PREAUTH_FRAME,
-            max_queue=4,
+            max_queue=PREAUTH_QUEUE,
             ping_interval=None,  # liveness is our own heartbeat, answered on this socket
             open_timeout=self.settings.handshake_timeout,
             write_limit=2**20,

@@ -200,3 +200,26 @@ def test_nul_is_refused_by_name():
     assert check_no_nul("ok", "step id") == "ok"
     with pytest.raises(InvalidInput, match="step id contains a NUL"):
         check_no_nul("a\x00b", "step id")
+
+
+@pytest.mark.parametrize("option", ["trigger", "cancel"])
+def test_a_nul_in_a_declared_event_name_fails_at_import(option):
+    from pydantic import ValidationError
+
+    from protocol.manifest import Cancel, TriggerEvent
+
+    with pytest.raises((InvalidInput, ValidationError), match="NUL"):
+        (TriggerEvent if option == "trigger" else Cancel)("shop/\x00paid")
+
+
+@pytest.mark.parametrize("field", ["step_id", "run_id"])
+def test_a_checkpoint_with_a_nul_id_is_a_bad_frame(field):
+    import msgpack
+
+    from protocol.codec import decode
+    from protocol.errors import RemoteProtocolError
+
+    step = {"type": "step_completed", "seq": 1, "run_id": "r", "fence": 1, "step_id": "a",
+            "attempt": 0, "output": b"1", "started_at": 1.0, "ended_at": 2.0}
+    with pytest.raises(RemoteProtocolError, match=field):
+        decode(msgpack.packb([{**step, field: "a\x00b"}]))
