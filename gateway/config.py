@@ -68,7 +68,8 @@ class Settings:
         if not self.dev and not self.signing_keys:
             raise InvalidInput(
                 "a signing key is required: pass --signing-key (or set TETHER_SIGNING_KEY; "
-                "`python -m gateway keys` makes one), or run with --dev for local use without auth"
+                "`python -m gateway keys create --kind signing` makes one), or run with --dev for "
+                "local use without auth"
             )
         if not self.dev:
             self._check_keys()
