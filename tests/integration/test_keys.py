@@ -31,7 +31,8 @@ async def test_keys_are_stored_hashed_listed_and_revoked(store, db_url):
     async with keystore.connect(db_url) as db:  # beside the open store, as the CLI would be
         event, event_key = await keystore.create(db, kind="event", name="shop", read_only=False,
                                                  now=NOW)
-        api, api_key = await keystore.create(db, kind="api", name="", read_only=True, now=NOW)
+        api, api_key = await keystore.create(db, kind="api", name="", read_only=True,
+                                             now=NOW + 1)
         listed = await keystore.list_keys(db)
 
     assert [r.id for r in listed] == [event.id, api.id]
