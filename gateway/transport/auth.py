@@ -124,21 +124,29 @@ class Authenticator:
 
     def worker_keys(self) -> list[str]:
         """The signing keys a worker may prove it holds now (previous ones during their grace)."""
-        previous = self.previous_signing_keys
-        until, now = self.previous_until, self._now
-        if previous and until is not None and now is not None and now() >= until:
-            previous = []
+        previous = [] if self.previous_expired() else self.previous_signing_keys
         return self.signing_keys + previous
 
-    def check_worker(self, nonce: bytes, instance_id: str, mac: bytes) -> None:
-        """Raises AuthError unless ``mac`` proves the worker holds a signing key."""
+    def check_worker(self, nonce: bytes, instance_id: str, mac: bytes) -> bool:
+        """Raises AuthError unless ``mac`` proves the worker holds a signing key.
+
+        Returns True when the key was a previous one: the socket is closed when it expires.
+        """
         if self.dev:
-            return
-        if not auth.verify(self.worker_keys(), nonce, instance_id, mac):
-            raise AuthError(
-                "the worker's answer to the challenge does not match the gateway's signing key; "
-                "start the worker with the same --signing-key (or TETHER_SIGNING_KEY)"
-            )
+            return False
+        if auth.verify(self.signing_keys, nonce, instance_id, mac):
+            return False
+        if auth.verify(self.worker_keys()[len(self.signing_keys):], nonce, instance_id, mac):
+            return True
+        raise AuthError(
+            "the worker's answer to the challenge does not match the gateway's signing key; "
+            "start the worker with the same --signing-key (or TETHER_SIGNING_KEY)"
+        )
+
+    def previous_expired(self) -> bool:
+        """Whether the previous signing keys' grace is over."""
+        until, now = self.previous_until, self._now
+        return until is not None and now is not None and now() >= until
 
     def check_event_key(self, key: str) -> None:
         """Raises AuthError unless ``key`` is a known event key (any key in --dev without keys)."""

@@ -145,6 +145,8 @@ class WorkerConnection:
         self.session = Session(Role.GATEWAY)
         self.outbox = Outbox(ws, self.session, settings.max_frame_out)
         self.worker: WorkerEntry | None = None
+        #: Authenticated with a signing key being rotated out: closed when its grace ends.
+        self.previous_key = False
         self._gone = False
         self._closing: asyncio.Future[None] | None = None
         self.log = log.bind(peer=_peer(ws))
@@ -179,7 +181,7 @@ class WorkerConnection:
                         gateway_id=self.settings.gateway_id)
         )
         answer = await self._expect(m.Answer)
-        self.auth.check_worker(nonce, answer.instance_id, answer.mac)
+        self.previous_key = self.auth.check_worker(nonce, answer.instance_id, answer.mac)
         # Proven: from now on the socket may carry what an authenticated worker sends. Both
         # limits are read by websockets (>= 14) on every frame, so raising them here holds
         # from the next frame on.

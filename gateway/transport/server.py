@@ -115,13 +115,21 @@ class WorkerServer:
                 self._empty.set()
 
     async def reap(self) -> None:
-        """Drop workers that missed their heartbeats; their leases go to others at once."""
+        """Drop workers that missed their heartbeats (their leases go to others at once), and
+        those that proved a previous signing key once its grace is over."""
         while True:
             await self.clock.sleep(self.settings.heartbeat_interval / 2)
             for worker in self.liveness.expired(self.registry, self.clock.monotonic()):
                 log.warning("worker_heartbeat_missed", session_id=worker.session_id,
                             instance_id=worker.instance_id, in_flight=len(worker.in_flight))
                 worker.close(CLOSE_HEARTBEAT_TIMEOUT, "no heartbeat for 3 intervals")
+            if self.auth.previous_expired():
+                for conn in [c for c in self._connections if c.previous_key]:
+                    conn.previous_key = False
+                    log.warning("worker_key_expired", instance_id=getattr(
+                        conn.worker, "instance_id", None))
+                    conn.close(1008, "the previous signing key expired; reconnect with the "
+                                     "current --signing-key")
 
     async def go_away(self, reason: str) -> None:
         """Ask every worker to reconnect elsewhere (the gateway is stopping)."""
@@ -144,3 +152,4 @@ class WorkerServer:
         if self._server is not None:
             self._server.close()
             await asyncio.wait_for(self._server.wait_closed(), timeout=5)
+

@@ -18,6 +18,7 @@ from gateway.clock import FakeClock
 from gateway.store import keys as keystore
 from gateway.transport.auth import key_hash
 from protocol import messages as m
+from protocol.auth import answer
 from protocol.codec import decode
 from protocol.errors import InvalidInput, NotFound
 from tests.helpers.waiting import bound, eventually
@@ -211,3 +212,27 @@ async def test_a_failing_event_request_logs_no_key(gateway_factory, failure, cap
         "request_crashed" if failure == "crash" else "request_failed", "request_unauthorized"}
     assert all(e["path"] == "/e/<redacted>" for e in logged)
     assert event_key not in repr(logs) and event_key not in caplog.text
+
+
+async def test_a_worker_on_a_previous_signing_key_is_dropped_when_its_grace_ends(
+        gateway_factory):
+    old = "signkey-0PluuBHVIpw4VjdPya8pocC_ZuCNH2eeLQfwObkA8Fs"
+    clock = FakeClock()
+    gw = await gateway_factory(clock=clock, dev=False, signing_keys=[SIGNING],
+                               previous_signing_keys=[old], previous_key_expires="10s",
+                               heartbeat_interval=100.0)
+    rotated = await RawWorker.ready_on(gw.connect_port, key=SIGNING, instance_id="rotated")
+    lagging = await RawWorker.ready_on(gw.connect_port, key=old, instance_id="lagging")
+
+    clock.advance(5)
+    await lagging.send(m.Heartbeat())
+    await lagging.expect(m.HeartbeatAck)  # within the grace: served as usual
+    clock.advance(50)  # past the expiry, and the reaper's next round
+    code, reason = await lagging.wait_closed()
+    assert code == 1008 and "previous signing key expired" in (reason or "")
+
+    await rotated.send(m.Heartbeat())
+    await rotated.expect(m.HeartbeatAck)  # the current key's workers stay
+    late = await RawWorker.open(gw.connect_port)
+    await late.send(m.Answer(instance_id="late", mac=answer(old, late.challenge.nonce, "late")))
+    assert (await late.expect(m.Error)).code == "unauthorized"

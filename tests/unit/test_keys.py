@@ -150,11 +150,14 @@ def test_a_previous_signing_key_works_until_it_expires():
                          previous_signing_keys=[OLD_SIGNING],
                          previous_until=clock.now() + 3600, now=clock.now)
     nonce = b"n" * 32
-    auth.check_worker(nonce, "w", proof.answer(OLD_SIGNING, nonce, "w"))
+    assert auth.check_worker(nonce, "w", proof.answer(OLD_SIGNING, nonce, "w")) is True
+    assert auth.check_worker(nonce, "w", proof.answer(SIGNING, nonce, "w")) is False
     auth.check_bearer(f"Bearer {OLD_SIGNING}")
     clock.advance(3599)
+    assert not auth.previous_expired()
     auth.check_worker(nonce, "w", proof.answer(OLD_SIGNING, nonce, "w"))
     clock.advance(1)
+    assert auth.previous_expired()
     with pytest.raises(AuthError):
         auth.check_worker(nonce, "w", proof.answer(OLD_SIGNING, nonce, "w"))
     with pytest.raises(AuthError):
