@@ -34,10 +34,11 @@ log = structlog.get_logger("tether.gateway")
 VERSION = "0.1.0"
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, owner: dict[str, Any] | None = None) -> Store:
+    """The store at ``url``; ``owner`` describes this gateway in a SQLite lock file."""
     backend, location = db_backend(url)
     if backend == "sqlite":
-        return SQLiteStore(location)
+        return SQLiteStore(location, owner=owner)
     return PostgresStore(location)
 
 
@@ -56,7 +57,9 @@ class Gateway:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.gateway_id = settings.gateway_id or new_id()
-        self.store = store or open_store(settings.db)
+        self.store = store or open_store(settings.db, owner={
+            "host": settings.host, "http_port": settings.port,
+            "connect_port": settings.connect_port, "gateway_id": self.gateway_id})
         self.registry = Registry()
         self.metrics = Metrics()
         self.engine = Engine(
@@ -66,7 +69,8 @@ class Gateway:
         )
         self.auth = Authenticator(
             dev=settings.dev, signing_keys=settings.signing_keys, event_keys=settings.event_keys,
-            api_keys=settings.api_keys,
+            api_keys=settings.api_keys, previous_signing_keys=settings.previous_signing_keys,
+            previous_until=settings.previous_until(self.clock.now()), now=self.clock.now,
         )
         self.workers = WorkerServer(
             engine=self.engine, registry=self.registry, auth=self.auth, clock=self.clock,
@@ -78,6 +82,8 @@ class Gateway:
                 max_step_result=settings.max_step_result,
                 max_frame_in=settings.frame_limit,
                 max_frame_out=max(settings.frame_limit, 64 * 1024 * 1024),
+                handshake_timeout=settings.handshake_timeout,
+                max_handshakes=settings.max_handshakes,
             ),
         )
         self.api = build_api(
@@ -98,6 +104,8 @@ class Gateway:
         if self.store.shared:
             await self._keep_alive_once()
             self._tasks.append(asyncio.create_task(self._keep_alive(), name="tether-peers"))
+        await self._refresh_keys_once()
+        self._tasks.append(asyncio.create_task(self._refresh_keys(), name="tether-keys"))
         await self.engine.load()
         self._tasks.append(asyncio.create_task(self.engine.run(), name="tether-engine"))
         self.connect_port = await self.workers.start(self.settings.host,
@@ -118,6 +126,8 @@ class Gateway:
         self._http = uvicorn.Server(config)
         self._http.lifespan = config.lifespan_class(config)
         await self._http.startup(sockets=[sock])
+        if isinstance(self.store, SQLiteStore):
+            self.store.announce(http_port=self.http_port, connect_port=self.connect_port)
         self._http_loop = asyncio.create_task(self._http.main_loop(), name="tether-http")
         log.info("gateway_started", http=f"http://{self.settings.host}:{self.http_port}",
                  connect=f"ws://{self.settings.host}:{self.connect_port}/connect",
@@ -157,6 +167,18 @@ class Gateway:
                 await self._keep_alive_once()
             except Exception as exc:  # the database may be briefly away: keep beating
                 log.error("keepalive_failed", error=str(exc))
+
+    async def _refresh_keys_once(self) -> None:
+        self.auth.load(await self.store.active_keys())
+
+    async def _refresh_keys(self) -> None:
+        """Re-read stored keys, so one made or revoked with ``keys`` counts without a restart."""
+        while True:
+            await self.clock.sleep(self.settings.key_refresh)
+            try:
+                await self._refresh_keys_once()
+            except Exception as exc:  # keep the last keys read; the store may be briefly away
+                log.error("keys_refresh_failed", error=str(exc))
 
     def _health(self) -> dict[str, Any]:
         return {

@@ -1,17 +1,19 @@
-"""``python -m gateway``: serve (the default), ``migrate``, or ``keys``."""
+"""``python -m gateway``: serve (the default), ``migrate``, or ``keys create|list|revoke``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import structlog
 
 from gateway.config import DEFAULT_DB, Settings, db_backend
+from gateway.store.sqlite import DatabaseInUse, DatabaseLock, prepare_files
 from protocol.cli import add_option, run_loop
 from protocol.errors import InvalidInput, TetherError
 from protocol.logs import configure
@@ -25,7 +27,8 @@ workers connected over a WebSocket.
   python -m gateway --dev                      local use: no auth, SQLite in ./.tether/
   python -m gateway --signing-key KEY --event-key EVENTKEY
   python -m gateway migrate --db sqlite:///path/to/tether.db
-  python -m gateway keys                       print a new signing key and event key
+  python -m gateway keys create --kind signing  print a new signing key
+  python -m gateway keys create --kind event --db URL   store a new event key (see keys --help)
 """
 
 
@@ -34,8 +37,9 @@ def _serve_parser(environ: Mapping[str, str] | None) -> argparse.ArgumentParser:
         prog="python -m gateway",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Sub-commands: 'migrate' applies schema migrations and exits; 'keys' prints "
-        "fresh keys. Every option can be set from the environment variable shown.",
+        epilog="Sub-commands: 'migrate' applies schema migrations and exits; 'keys' makes, "
+        "lists and revokes keys (keys --help). Every option can be set from the environment "
+        "variable shown.",
     )
     opt = p.add_argument_group("server")
     add_option(opt, "--host", env="HOST", environ=environ, default="127.0.0.1",
@@ -49,15 +53,35 @@ def _serve_parser(environ: Mapping[str, str] | None) -> argparse.ArgumentParser:
     sec = p.add_argument_group("security")
     add_option(sec, "--signing-key", env="SIGNING_KEY", environ=environ, action="append",
                dest="signing_keys", default=[], metavar="KEY",
-               help="secret shared with workers and used as the management API bearer token; "
-               "repeat to accept an old key while rotating")
+               help="secret shared with workers and used as the management API bearer token "
+               "(32 random bytes or more: `python -m gateway keys create --kind signing`); "
+               "repeat to accept several")
+    add_option(sec, "--previous-signing-key", env="PREVIOUS_SIGNING_KEY", environ=environ,
+               action="append", dest="previous_signing_keys", default=[], metavar="KEY",
+               help="a signing key being rotated out: accepted until --previous-key-expires")
+    add_option(sec, "--previous-key-expires", env="PREVIOUS_KEY_EXPIRES", environ=environ,
+               default=Settings.previous_key_expires, metavar="WHEN",
+               help="when --previous-signing-key stops working: an ISO 8601 time, or a "
+               "duration from the gateway's start")
     add_option(sec, "--event-key", env="EVENT_KEY", environ=environ, action="append",
                dest="event_keys", default=[], metavar="KEY",
-               help="key accepted on POST /e/KEY; repeatable")
+               help="key accepted on POST /e/KEY (16 random bytes or more); repeatable; "
+               "keys made with `keys create --kind event` are accepted too")
     add_option(sec, "--api-key", env="API_KEY", environ=environ, action="append",
                dest="api_keys", default=[], metavar="KEY",
-               help="extra bearer token for the management API (the signing key works too); "
-               "repeatable")
+               help="extra bearer token for the management API (the signing key works too; "
+               "32 random bytes or more); repeatable")
+    add_option(sec, "--key-refresh", env="KEY_REFRESH", environ=environ, type=float,
+               default=Settings.key_refresh, metavar="S",
+               help="seconds between re-reads of the keys stored with `keys`: a revoked key "
+               "is refused within this time")
+    add_option(sec, "--max-handshakes", env="MAX_HANDSHAKES", environ=environ, type=int,
+               default=Settings.max_handshakes, metavar="N",
+               help="worker sockets that have not proven their key yet, at most; more are "
+               "closed at once (1013, try again later)")
+    add_option(sec, "--handshake-timeout", env="HANDSHAKE_TIMEOUT", environ=environ,
+               type=float, default=Settings.handshake_timeout, metavar="S",
+               help="seconds a new worker socket gets to prove its key and say hello")
     add_option(sec, "--dev", env="DEV", environ=environ, action="store_true", default=False,
                help="local development: no signing key, any event key, open management API")
     run = p.add_argument_group("runs")
@@ -89,6 +113,9 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(
         host=args.host, port=args.port, connect_port=args.connect_port, db=args.db,
         signing_keys=args.signing_keys, event_keys=args.event_keys, api_keys=args.api_keys,
+        previous_signing_keys=args.previous_signing_keys,
+        previous_key_expires=args.previous_key_expires, key_refresh=args.key_refresh,
+        max_handshakes=args.max_handshakes, handshake_timeout=args.handshake_timeout,
         dev=args.dev,
         retry_base=args.retry_base, heartbeat_interval=args.heartbeat_interval,
         log_format=args.log_format, log_level=args.log_level,
@@ -102,9 +129,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     """Run the command line; return the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "keys":
-        print(f"signing key: signkey-{secrets.token_hex(32)}")
-        print(f"event key:   evtkey-{secrets.token_hex(16)}")
-        return 0
+        return _keys(argv[1:], environ)
     migrate = bool(argv) and argv[0] == "migrate"
     if migrate:
         argv = argv[1:]
@@ -120,6 +145,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     try:
         return _run(settings)
+    except DatabaseInUse as exc:
+        log.error("gateway_refused_database", error=exc.message)
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
     except OSError as exc:
         log.error("gateway_failed", error=str(exc))
         print(f"error: {exc} (is another gateway using the port? see --port, "
@@ -128,6 +157,100 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except TetherError as exc:  # e.g. the database is not there: a line, not a traceback
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
+
+
+KEYS_DESCRIPTION = """\
+Make, list and revoke keys.
+
+Event keys (POST /e/KEY) and API keys (management API bearer) are stored in the database,
+hashed: the key is printed once, when made, and gateways using the database accept it within
+--key-refresh seconds, and refuse it as quickly once revoked. Signing keys are not stored
+(workers and gateways share them on their command lines): `create --kind signing` only
+prints one.
+
+  python -m gateway keys create --kind event --name shop-backend --db URL
+  python -m gateway keys create --kind api --read-only --db URL
+  python -m gateway keys create --kind signing
+  python -m gateway keys list --db URL
+  python -m gateway keys revoke KEY_ID --db URL
+"""
+
+
+def _keys_parser(environ: Mapping[str, str] | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m gateway keys", description=KEYS_DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = p.add_subparsers(dest="action", required=True, metavar="create|list|revoke")
+    create = actions.add_parser("create", help="make a key; print it (once) on stdout")
+    create.add_argument("--kind", choices=["event", "api", "signing"], required=True,
+                        help="event: POST /e/KEY; api: management API bearer; signing: "
+                        "printed only, give it to the gateway and workers")
+    create.add_argument("--name", default="", help="what the key is for, shown by list")
+    create.add_argument("--read-only", action="store_true",
+                        help="an API key that opens GET requests only")
+    listing = actions.add_parser("list", help="show stored keys (never the keys themselves)")
+    revoke = actions.add_parser("revoke", help="revoke a stored key by its id")
+    revoke.add_argument("key_id", metavar="KEY_ID", help="the id `keys list` shows")
+    for sub in (create, listing, revoke):
+        add_option(sub, "--db", env="DB", environ=environ, default=DEFAULT_DB,
+                   help="database: sqlite:///path/to/file.db or postgresql://user@host/db")
+    return p
+
+
+def _keys(argv: list[str], environ: Mapping[str, str] | None) -> int:
+    """``keys create|list|revoke``: the key is printed on stdout, everything else on stderr."""
+    import time
+
+    from gateway.store import keys as keystore
+    from gateway.transport.auth import new_key
+
+    args = _keys_parser(environ).parse_args(argv)
+    if args.action == "create" and args.kind == "signing":
+        if args.read_only:
+            print("error: --read-only applies to API keys only", file=sys.stderr)
+            return 2
+        print(new_key("signing"))
+        print("signing key made (not stored): give it to the gateway and every worker with "
+              "--signing-key or TETHER_SIGNING_KEY", file=sys.stderr)
+        return 0
+
+    async def act() -> int:
+        now = time.time()
+        async with keystore.connect(args.db) as db:
+            if args.action == "create":
+                record, key = await keystore.create(db, kind=args.kind, name=args.name,
+                                                    read_only=args.read_only, now=now)
+                print(key)
+                print(f"{record.kind} key {record.id} stored"
+                      f"{' (read-only)' if record.read_only else ''}; it is shown only now",
+                      file=sys.stderr)
+            elif args.action == "list":
+                print(_key_table(await keystore.list_keys(db)))
+            else:
+                record = await keystore.revoke(db, args.key_id, now=now)
+                print(f"revoked {record.kind} key {record.id} ({record.name or 'no name'}); "
+                      "gateways refuse it within their --key-refresh", file=sys.stderr)
+        return 0
+
+    try:
+        return asyncio.run(act())
+    except TetherError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2 if isinstance(exc, InvalidInput) else 1
+
+
+def _key_table(records: Sequence[Any]) -> str:
+    from datetime import UTC, datetime
+
+    def when(t: float | None) -> str:
+        return "-" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+    rows = [("ID", "KIND", "NAME", "KEY", "ACCESS", "CREATED", "REVOKED")]
+    rows += [(r.id, r.kind, r.name or "-", r.hint,
+              "read-only" if r.read_only else "full" if r.kind == "api" else "events",
+              when(r.created_at), when(r.revoked_at)) for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
 
 
 def _migrate(db: str) -> int:
@@ -139,13 +262,21 @@ def _migrate(db: str) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
     if backend == "sqlite":
-        from pathlib import Path
-
-        Path(location).parent.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{location}"
+        # Under the gateway's own lock: never beneath a running gateway's feet.
+        lock = DatabaseLock(Path(location))
+        try:
+            lock.acquire({"command": "migrate"})
+        except DatabaseInUse as exc:
+            print(f"error: {exc.message}; migrations run when the gateway starts",
+                  file=sys.stderr)
+            return 1
+        try:
+            prepare_files(Path(location))
+            applied = migrations.apply(f"sqlite:///{location}", backend)
+        finally:
+            lock.release()
     else:
-        url = migrations.yoyo_url(location)
-    applied = migrations.apply(url, backend)
+        applied = migrations.apply(migrations.yoyo_url(location), backend)
     log.info("migrations_applied", db=db, applied=applied or "none (schema is current)")
     return 0
 

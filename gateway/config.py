@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
+from gateway.transport.auth import check_strength
+from protocol.durations import to_seconds
 from protocol.errors import InvalidInput
 
 DEFAULT_DB = "sqlite:///.tether/tether.db"
@@ -19,6 +22,17 @@ class Settings:
     signing_keys: list[str] = field(default_factory=list)
     event_keys: list[str] = field(default_factory=list)
     api_keys: list[str] = field(default_factory=list)
+    #: Signing keys being rotated out, accepted until ``previous_key_expires``.
+    previous_signing_keys: list[str] = field(default_factory=list)
+    #: An ISO 8601 time, or a duration from the gateway's start ("24h").
+    previous_key_expires: str = "24h"
+    #: Keys made with ``python -m gateway keys`` are re-read this often (seconds): a revoked
+    #: key is refused within that time.
+    key_refresh: float = 1.0
+    #: Worker sockets that have not proven their key yet, at most; more are closed at once.
+    max_handshakes: int = 64
+    #: Seconds a new worker socket gets to prove its key and say hello.
+    handshake_timeout: float = 10.0
     dev: bool = False
     retry_base: float = 10.0
     heartbeat_interval: float = 5.0
@@ -54,8 +68,15 @@ class Settings:
         if not self.dev and not self.signing_keys:
             raise InvalidInput(
                 "a signing key is required: pass --signing-key (or set TETHER_SIGNING_KEY; "
-                "`python -m gateway keys` makes one), or run with --dev for local use without auth"
+                "`python -m gateway keys create --kind signing` makes one), or run with --dev for "
+                "local use without auth"
             )
+        if not self.dev:
+            self._check_keys()
+        self.previous_until(0.0)
+        if self.key_refresh <= 0 or self.handshake_timeout <= 0 or self.max_handshakes < 1:
+            raise InvalidInput("--key-refresh, --handshake-timeout and --max-handshakes must "
+                               "be positive")
         if self.heartbeat_interval <= 0:
             raise InvalidInput("--heartbeat-interval must be positive")
         if self.retry_base < 0:
@@ -64,6 +85,31 @@ class Settings:
             raise InvalidInput("--max-steps, --max-step-result and --max-run-state must be "
                                "positive")
         db_backend(self.db)
+
+    def _check_keys(self) -> None:
+        groups = (("--signing-key", self.signing_keys, "signing"),
+                  ("--previous-signing-key", self.previous_signing_keys, "signing"),
+                  ("--api-key", self.api_keys, "api"),
+                  ("--event-key", self.event_keys, "event"))
+        for flag, keys, kind in groups:
+            for index, key in enumerate(keys, 1):
+                what = flag if len(keys) == 1 else f"{flag} #{index}"
+                check_strength(key, what=what, kind=kind)
+
+    def previous_until(self, started: float) -> float | None:
+        """When ``--previous-signing-key`` stops working (epoch s), for a gateway started then.
+
+        Raises:
+            InvalidInput: ``--previous-key-expires`` is neither a time nor a duration.
+        """
+        if not self.previous_signing_keys:
+            return None
+        text = self.previous_key_expires.strip()
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return started + to_seconds(text, what="--previous-key-expires")
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def db_backend(url: str) -> tuple[str, str]:

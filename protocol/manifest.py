@@ -32,6 +32,7 @@ from pydantic.dataclasses import dataclass
 from protocol.durations import to_seconds
 from protocol.errors import InvalidInput
 from protocol.expressions import check
+from protocol.names import check_no_nul
 
 _CONFIG = ConfigDict(extra="forbid")
 
@@ -122,6 +123,7 @@ class TriggerEvent:
     @field_validator("event")
     @classmethod
     def _star_only_at_end(cls, value: str) -> str:
+        check_no_nul(value, f"event {value!r}")
         if "*" in value[:-1]:
             raise ValueError(f"{value!r}: '*' may only end an event name, as in 'shop/*'")
         return value
@@ -215,6 +217,11 @@ class Cancel:
     event: Annotated[str, Field(min_length=1, max_length=255)]
     if_: str | None = None
     timeout: Seconds | None = None
+
+    @field_validator("event")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        return check_no_nul(value, f"event {value!r}")
 
 
 @_plain_errors

@@ -8,7 +8,9 @@ The conversation::
 
     gateway                                worker
        | ---- Challenge(nonce, version) ---> |
-       | <--- Hello(manifest) + Answer(mac) - |
+       | <--- Answer(instance, mac) --------- |   small: checked before anything large
+       | ---- Authenticated ---------------> |
+       | <--- Hello(manifest) --------------- |
        | ---- Ready(session, intervals) ---> |
        | ---- LeaseGranted(run, fence) ----> |
        | <--- LeaseAccepted / LeaseRejected - |
@@ -34,11 +36,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from protocol.manifest import AppManifest
 
 #: Bumped on any incompatible change; both sides refuse a peer with another version.
-PROTOCOL_VERSION = 1
+#: 2: the worker proves its key (``Answer``) before it sends its manifest (``Hello``).
+PROTOCOL_VERSION = 2
+
+#: Largest frame a gateway reads from a socket that has not proven its key yet: an
+#: ``Answer`` is under 300 bytes, and nobody unauthenticated gets to make the gateway
+#: buffer or parse megabytes.
+MAX_PREAUTH_FRAME = 64 * 1024
 
 
 #: Sequence numbers, fences and attempts: small enough for any database integer column.
 Count = Annotated[int, Field(ge=0, le=2**53)]
+
+#: A name or id on the wire: no NUL character (see :mod:`protocol.names`). A pattern, not a
+#: Python validator: checked in pydantic's core, at no cost to the checkpoint path.
+Name = Annotated[str, Field(pattern=r"^[^\x00]*$")]
 
 
 class _Message(BaseModel):
@@ -77,6 +89,12 @@ class Challenge(_Message):
     nonce: bytes
     protocol_version: int
     gateway_id: str
+
+
+class Authenticated(_Message):
+    """The worker's ``Answer`` proved its key: it may now send its ``Hello``."""
+
+    type: Literal["authenticated"] = "authenticated"
 
 
 class Ready(_Message):
@@ -168,17 +186,20 @@ class Hello(_Message):
 
     type: Literal["hello"] = "hello"
     protocol_version: int
-    instance_id: str = Field(min_length=1, max_length=200)
+    instance_id: Name = Field(min_length=1, max_length=200)
     sdk_version: str
     capacity: int = Field(ge=1, le=100_000)
     apps: list[AppManifest] = Field(min_length=1, max_length=100)
 
 
 class Answer(_Message):
-    """HMAC-SHA256 of the challenge, keyed with the signing key (which never crosses the wire)."""
+    """HMAC-SHA256 of the challenge and ``instance_id``, keyed with the signing key (which
+    never crosses the wire). Sent alone, first, so the key is checked on a small frame; the
+    ``Hello`` that follows must carry the same ``instance_id``."""
 
     type: Literal["answer"] = "answer"
-    mac: bytes
+    instance_id: Name = Field(min_length=1, max_length=200)
+    mac: bytes = Field(max_length=64)
 
 
 class Heartbeat(_Message):
@@ -233,7 +254,7 @@ class _Checkpoint(_Message):
     """
 
     seq: Count
-    run_id: str
+    run_id: Name
     fence: Count
 
 
@@ -241,7 +262,7 @@ class StepCompleted(_Checkpoint):
     """Step ``step_id`` returned ``output`` (JSON bytes) on attempt ``attempt``."""
 
     type: Literal["step_completed"] = "step_completed"
-    step_id: str
+    step_id: Name
     attempt: Count
     output: bytes
     started_at: float
@@ -255,7 +276,7 @@ class StepFailed(_Checkpoint):
     """
 
     type: Literal["step_failed"] = "step_failed"
-    step_id: str
+    step_id: Name
     attempt: Count
     error: ErrorInfo
     final: bool
@@ -273,7 +294,7 @@ class SleepRequested(_Checkpoint):
     """
 
     type: Literal["sleep_requested"] = "sleep_requested"
-    step_id: str
+    step_id: Name
     duration: float | None = None
     until: float | None = None
 
@@ -286,8 +307,8 @@ class WaitRequested(_Checkpoint):
     """
 
     type: Literal["wait_requested"] = "wait_requested"
-    step_id: str
-    event: str
+    step_id: Name
+    event: Name
     timeout: float
     if_: str | None = None
 
@@ -300,8 +321,8 @@ class InvokeRequested(_Checkpoint):
     """
 
     type: Literal["invoke_requested"] = "invoke_requested"
-    step_id: str
-    function_id: str
+    step_id: Name
+    function_id: Name
     data: bytes
     timeout: float | None = None
     user: bytes | None = None
@@ -315,7 +336,7 @@ class EventsSent(_Checkpoint):
     """
 
     type: Literal["events_sent"] = "events_sent"
-    step_id: str
+    step_id: Name
     events: list[bytes]
 
 
@@ -373,6 +394,7 @@ CHECKPOINT_TYPES: tuple[type[_Checkpoint], ...] = get_args(Checkpoint)
 
 GatewayMessage = (
     Challenge
+    | Authenticated
     | Ready
     | HeartbeatAck
     | LeaseGranted

@@ -10,10 +10,11 @@ every message before encoding it, and act on the message themselves.
 
 States, seen from either end::
 
-    NEW --Challenge--> CHALLENGED --Hello--> HELLO_SENT --Answer--> AUTHENTICATING
-        --Ready--> READY --Drain--> DRAINING --Error--> CLOSED
+    NEW --Challenge--> CHALLENGED --Answer--> ANSWERED --Authenticated--> AUTHENTICATED
+        --Hello--> HELLO_SENT --Ready--> READY --Drain--> DRAINING --Error--> CLOSED
 
-(``HELLO_SENT`` is only passed through when ``Hello`` and ``Answer`` travel separately.)
+The worker proves its key (``Answer``) before it may send its manifest (``Hello``): the
+gateway reads nothing large from a peer it has not authenticated.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ class Role(enum.Enum):
 class State(enum.Enum):
     NEW = "new"
     CHALLENGED = "challenged"
+    ANSWERED = "answered"
+    AUTHENTICATED = "authenticated"
     HELLO_SENT = "hello_sent"
-    AUTHENTICATING = "authenticating"
     READY = "ready"
     DRAINING = "draining"
     CLOSED = "closed"
@@ -44,8 +46,8 @@ _LIVE = (State.READY, State.DRAINING)
 
 # What the worker may say, and the state it leads to. ``None`` keeps the state.
 _FROM_WORKER: dict[State, dict[str, State | None]] = {
-    State.CHALLENGED: {"hello": State.HELLO_SENT},
-    State.HELLO_SENT: {"answer": State.AUTHENTICATING},
+    State.CHALLENGED: {"answer": State.ANSWERED},
+    State.AUTHENTICATED: {"hello": State.HELLO_SENT},
     **{
         s: {
             "heartbeat": None,
@@ -62,7 +64,8 @@ _FROM_WORKER: dict[State, dict[str, State | None]] = {
 # What the gateway may say.
 _FROM_GATEWAY: dict[State, dict[str, State | None]] = {
     State.NEW: {"challenge": State.CHALLENGED},
-    State.AUTHENTICATING: {"ready": State.READY},
+    State.ANSWERED: {"authenticated": State.AUTHENTICATED},
+    State.HELLO_SENT: {"ready": State.READY},
     State.READY: {
         "heartbeat_ack": None,
         "lease_granted": None,

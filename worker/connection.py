@@ -224,7 +224,11 @@ class GatewayLink:
             )
         hello = self.hello()
         mac = answer(self.signing_key or "", challenge.nonce, hello.instance_id)
-        await ws.send(encode([session.send(hello), session.send(m.Answer(mac=mac))]))
+        # The key first, alone in a small frame: the gateway reads the manifest only once
+        # the worker has proven it holds the key.
+        await ws.send(encode([session.send(m.Answer(instance_id=hello.instance_id, mac=mac))]))
+        await self._expect(ws, session, m.Authenticated)
+        await ws.send(encode([session.send(hello)]))
         ready = await self._expect(ws, session, m.Ready)
         log.info("gateway_connected", url=url, session_id=ready.session_id,
                  gateway_id=challenge.gateway_id)

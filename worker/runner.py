@@ -342,6 +342,9 @@ class RunExecution:
             raise Abandoned()
         if not isinstance(step_id, str) or not step_id:
             raise TypeError("a step id must be a non-empty string")
+        if "\x00" in step_id:  # protocol.names: no NUL in any id; retrying cannot help
+            raise NonRetriableError(f"step id {step_id!r} contains a NUL character "
+                                    "(\\u0000); step ids may not")
         count = self._counts.get(step_id, 0)
         self._counts[step_id] = count + 1
         sid = step_id if count == 0 else f"{step_id}:{count}"

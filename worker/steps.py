@@ -31,6 +31,7 @@ from protocol import messages as m
 from protocol.durations import YEAR, Duration, check_sleep, to_seconds
 from protocol.errors import InvalidInput
 from protocol.expressions import check
+from protocol.names import RESERVED_PREFIX, check_no_nul, is_reserved
 from worker import serde
 from worker.app import Event, Function
 from worker.interrupts import Abandoned
@@ -45,7 +46,6 @@ P = ParamSpec("P")
 
 #: Variables a ``wait_for_event`` filter may read.
 WAIT_VARIABLES = frozenset({"event", "async"})
-RESERVED_PREFIX = "tether/"
 
 
 class _Plans:
@@ -74,6 +74,7 @@ class _Plans:
                     ) -> dict[str, Any]:
         if not isinstance(event, str) or not event:
             raise InvalidInput(f"step.wait_for_event({step_id!r}): event must be a name")
+        check_no_nul(event, f"step.wait_for_event({step_id!r}): event")
         if if_ is not None:
             check(if_, WAIT_VARIABLES, where=f"step.wait_for_event({step_id!r}) if_")
         seconds = to_seconds(timeout, what=f"step.wait_for_event({step_id!r}) timeout")
@@ -108,13 +109,15 @@ class _Plans:
         for index, event in enumerate(items):
             if not isinstance(event, Event):
                 raise InvalidInput(f"step.send_event({step.id!r}): expected Event objects")
-            if not event.name or event.name.startswith(RESERVED_PREFIX):
+            if not event.name or is_reserved(event.name):
                 raise InvalidInput(
                     f"step.send_event({step.id!r}): event name {event.name!r} is empty or "
                     f"reserved ({RESERVED_PREFIX}*)"
                 )
+            check_no_nul(event.name, f"step.send_event({step.id!r}): event name")
             # Deterministic ids make a resent checkpoint a duplicate, not a second event.
             event_id = event.id or f"{self._exec.run_id}-{step.id}-{index}"
+            check_no_nul(event_id, f"step.send_event({step.id!r}): event id")
             ids.append(event_id)
             body = {"name": event.name, "data": event.data, "id": event_id,
                     "ts": event.ts if event.ts is not None else now_ms, "user": event.user}

@@ -25,6 +25,9 @@ from protocol.errors import TetherError
 
 log = structlog.get_logger("tether.http")
 
+#: What stands for the key of ``/e/{key}`` in logs: an event key is a secret.
+REDACTED = "<redacted>"
+
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -42,7 +45,7 @@ def build_api(
 
     def guarded(handler: Handler) -> Handler:
         async def wrapper(request: Request) -> Response:
-            auth.check_bearer(request.headers.get("authorization"))
+            auth.check_bearer(request.headers.get("authorization"), request.method)
             return await handler(request)
 
         return wrapper
@@ -71,9 +74,10 @@ def build_api(
     async def tether_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, TetherError)
         if exc.http_status >= 500:
-            log.error("request_failed", path=request.url.path, error=exc.message)
+            log.error("request_failed", path=loggable_path(request.url.path),
+                      error=exc.message)
         elif exc.http_status == 401:
-            log.warning("request_unauthorized", path=request.url.path,
+            log.warning("request_unauthorized", path=loggable_path(request.url.path),
                         client=request.client.host if request.client else None)
         return JSONResponse({"error": exc.message}, status_code=exc.http_status)
 
@@ -88,7 +92,7 @@ def build_api(
         return JSONResponse({"error": message}, status_code=exc.status_code)
 
     async def crash(request: Request, exc: Exception) -> Response:
-        log.error("request_crashed", path=request.url.path, exc_info=exc)
+        log.error("request_crashed", path=loggable_path(request.url.path), exc_info=exc)
         return JSONResponse(
             {"error": f"internal error: {type(exc).__name__}; see the gateway log"},
             status_code=500,
@@ -99,3 +103,10 @@ def build_api(
         exception_handlers={TetherError: tether_error, HTTPException: http_error,
                             Exception: crash},
     )
+
+
+def loggable_path(path: str) -> str:
+    """``path`` with any event key replaced: ``/e/{key}`` is logged as ``/e/<redacted>``."""
+    if path.startswith("/e/"):
+        return "/e/" + REDACTED
+    return path

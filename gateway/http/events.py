@@ -18,9 +18,8 @@ from gateway.store.base import NewEvent
 from gateway.transport.auth import Authenticator
 from protocol.errors import InvalidInput, PayloadTooLarge
 from protocol.ids import new_id
+from protocol.names import RESERVED_PREFIX, check_no_nul, is_reserved
 
-#: Event names under this prefix are the gateway's own (function finished, failed, ...).
-RESERVED_PREFIX = "tether/"
 MAX_NAME = 256
 MAX_ID = 256
 
@@ -89,8 +88,10 @@ def _event(
         raise InvalidInput(f"{where}: 'name' is required and must be a non-empty string")
     if len(name) > MAX_NAME:
         raise InvalidInput(f"{where}: 'name' is longer than {MAX_NAME} characters")
-    if name.startswith(RESERVED_PREFIX) and not allow_reserved:
-        raise InvalidInput(f"{where}: names starting with {RESERVED_PREFIX!r} are reserved")
+    check_no_nul(name, f"{where}: 'name'")
+    if is_reserved(name) and not allow_reserved:
+        raise InvalidInput(f"{where}: names starting with {RESERVED_PREFIX!r} (in any letter "
+                           "case) are reserved for the gateway's system events")
     data = item.get("data")
     if data is None:
         data = {}
@@ -101,6 +102,8 @@ def _event(
         event_id = new_id(now)
     elif not isinstance(event_id, str) or len(event_id) > MAX_ID:
         raise InvalidInput(f"{where}: 'id' must be a string of at most {MAX_ID} characters")
+    else:
+        check_no_nul(event_id, f"{where}: 'id'")
     ts = item.get("ts")
     if ts is None:
         ts = int(now * 1000)

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from protocol.manifest import AppManifest
 from protocol.messages import Checkpoint, ErrorInfo, StepMemo
+
+if TYPE_CHECKING:
+    from gateway.transport.auth import StoredKey
 
 #: An event id is deduplicated for this long (SPEC §4).
 DEDUP_WINDOW = 24 * 3600.0
@@ -317,6 +320,10 @@ class Store(Protocol):
         ...
 
     async def functions(self) -> list[FunctionRecord]: ...
+
+    async def active_keys(self) -> list[StoredKey]:
+        """The event and API keys kept in the store that are not revoked."""
+        ...
 
     async def get_run(self, run_id: str) -> RunRecord | None: ...
 

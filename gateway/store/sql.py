@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from pydantic import TypeAdapter
 
+from gateway.store import keys as keystore
 from gateway.store.base import (
     FunctionRecord,
     PeerNote,
@@ -25,6 +26,7 @@ from gateway.store.base import (
 )
 from gateway.store.db import Db, Row
 from gateway.store.transaction import Transaction, error_from_json
+from gateway.transport.auth import StoredKey
 from protocol.manifest import AppManifest, FunctionConfig
 
 T = TypeVar("T")
@@ -159,6 +161,12 @@ class SqlStore:
 
         return await self._read(read)
 
+
+    # --- keys ----------------------------------------------------------------------------
+
+    async def active_keys(self) -> list[StoredKey]:
+        """The event and API keys made with ``python -m gateway keys`` and not revoked."""
+        return await self._read(keystore.active)
 
 def _run(row: Row) -> RunRecord:
     (rid, fn, status, fence, attempt, event_ids, output, error, queued, started, ended,

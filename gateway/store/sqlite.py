@@ -4,14 +4,22 @@ One connection writes, on its own thread (the shared async store logic is driven
 synchronously: nothing it awaits suspends), one batch per transaction. Another thread reads
 for the HTTP API (WAL lets readers run beside the writer). The gateway's event loop never
 blocks on disk.
+
+A SQLite file is one gateway's store: :meth:`SQLiteStore.open` takes an exclusive lock on a
+sidecar file (``tether.db.lock``, holding the owner's pid and ports) before it touches the
+database, and refuses to open a database another gateway holds. The directory it creates is
+private (0700) and the database files are 0600: they hold every event and step output.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
+import os
 import sqlite3
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,8 +27,110 @@ from typing import Any, TypeVar
 from gateway.store import migrations
 from gateway.store.db import Row, queries
 from gateway.store.sql import SqlStore
+from protocol.errors import TetherError
 
 T = TypeVar("T")
+
+#: The database and its -wal/-shm hold every event and step output: the owner's only.
+FILE_MODE = 0o600
+#: A directory the store creates for its database.
+DIR_MODE = 0o700
+_SIDECARS = ("", "-wal", "-shm", "-journal", ".lock")
+
+
+class DatabaseInUse(TetherError):
+    """Another gateway holds this SQLite database (one gateway per SQLite file)."""
+
+    code = "database_in_use"
+    http_status = 409
+
+
+class DatabaseLock:
+    """An exclusive ``flock`` on ``<db>.lock``, held for as long as the store is open.
+
+    The lock is the kernel's: it goes with the process, however it ends, so a stale lock
+    file never blocks a restart. The file's content (JSON: pid, host, ports) only serves
+    the message shown to a second gateway.
+    """
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.path = Path(f"{db}.lock")
+        self._fd: int | None = None
+
+    def acquire(self, owner: Mapping[str, Any]) -> None:
+        """Raises DatabaseInUse, naming the holder, when another process holds the lock."""
+        if self._fd is not None:
+            return
+        make_private_dirs(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _read_owner(fd)
+            os.close(fd)
+            raise DatabaseInUse(in_use_message(self.db, holder)) from None
+        self._fd = fd
+        self.describe(owner)
+
+    def describe(self, owner: Mapping[str, Any]) -> None:
+        if self._fd is None:
+            return
+        data = json.dumps({"pid": os.getpid(), **owner}).encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock
+            self._fd = None
+
+
+def _read_owner(fd: int) -> dict[str, Any]:
+    try:
+        raw = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def in_use_message(db: Path, holder: Mapping[str, Any]) -> str:
+    """Who holds ``db``, and what to do about it."""
+    parts = [f"pid {holder['pid']}"] if "pid" in holder else []
+    host = holder.get("host", "")
+    if holder.get("http_port"):
+        parts.append(f"HTTP {host}:{holder['http_port']}")
+    if holder.get("connect_port"):
+        parts.append(f"worker socket {host}:{holder['connect_port']}")
+    who = f" ({', '.join(parts)})" if parts else ""
+    return (
+        f"database {db} is in use by another gateway{who}; a SQLite database serves one "
+        "gateway: stop that one first, or give this one another --db (several gateways "
+        "share one PostgreSQL database)"
+    )
+
+
+def make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and any missing parent as 0700; leave existing ones alone."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=DIR_MODE)
+            os.chmod(d, DIR_MODE)  # mkdir's mode passes through the umask
+
+
+def prepare_files(db: Path) -> None:
+    """Create the database file 0600 before SQLite does (its -wal and -shm take its mode)."""
+    make_private_dirs(db.parent)
+    os.close(os.open(db, os.O_RDWR | os.O_CREAT, FILE_MODE))
+    tighten(db)
+
+
+def tighten(db: Path) -> None:
+    """Make the database files that exist the owner's only (older gateways made them 0644)."""
+    for suffix in _SIDECARS:
+        with contextlib.suppress(OSError):  # absent, or not ours to change
+            os.chmod(f"{db}{suffix}", FILE_MODE)
 
 
 class SQLiteDb:
@@ -84,14 +194,24 @@ def _drive(coro: Coroutine[Any, Any, T]) -> T:
 class SQLiteStore(SqlStore):
     """See :class:`gateway.store.base.Store`."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, owner: Mapping[str, Any] | None = None) -> None:
+        """``owner`` (host, ports) is written in the lock file, for the message another
+        gateway started on the same database shows."""
         super().__init__()
         self.path = Path(path)
+        self.lock = DatabaseLock(self.path)
+        self._owner = dict(owner or {})
         self._writer: _DbThread | None = None
         self._reader: _DbThread | None = None
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Lock the database (raises :class:`DatabaseInUse`), then migrate and connect."""
+        self.lock.acquire(self._owner)
+        try:
+            prepare_files(self.path)
+        except BaseException:
+            self.lock.release()
+            raise
         self._writer = _DbThread("tether-db-writer")
         self._reader = _DbThread("tether-db-reader")
         await self._writer.run(self._connect(self._writer, write=True))
@@ -106,6 +226,7 @@ class SQLiteStore(SqlStore):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA cache_size=-65536")
+            tighten(self.path)  # -wal and -shm exist now
         else:
             conn.execute("PRAGMA query_only=ON")
         thread.db = SQLiteDb(conn)
@@ -117,6 +238,12 @@ class SQLiteStore(SqlStore):
                     await thread.run(_close(thread.db.conn))
                 thread.stop()
         self._writer = self._reader = None
+        self.lock.release()
+
+    def announce(self, **owner: Any) -> None:
+        """Update what the lock file says about this gateway (its ports, once bound)."""
+        self._owner.update(owner)
+        self.lock.describe(self._owner)
 
     async def recover(self, *, now: float) -> int:
         # One gateway owns a SQLite file: every lease in it died with the previous process.

@@ -1,9 +1,12 @@
 """One worker socket: frames in, frames out. Decisions belong to the session and the engine.
 
-The handshake (challenge, hello + answer, ready) runs under a deadline; then every decoded
-message is checked against the protocol session and handed to the engine. Outgoing messages
-are queued and written by one task, so everything a commit produces for this worker (acks,
-refusals, new leases) leaves in one frame.
+The handshake (challenge, answer, authenticated, hello, ready) runs under a deadline. Until
+the worker's answer proves its key, frames are capped at 64 KiB
+(:data:`~protocol.messages.MAX_PREAUTH_FRAME`) and only :data:`PREAUTH_QUEUE` are buffered:
+an unauthenticated peer cannot make the gateway read, buffer or parse anything large. Then
+every decoded message is checked against the protocol session and handed to the engine.
+Outgoing messages are queued and written by one task, so everything a commit produces for
+this worker (acks, refusals, new leases) leaves in one frame.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 from websockets.asyncio.server import ServerConnection
@@ -38,9 +42,17 @@ from protocol.session import Role, Session
 
 log = structlog.get_logger("tether.transport")
 
+_T = TypeVar("_T", m.Answer, m.Hello)
+
 # Close codes: 1000 normal, 1001 going away, 1002 protocol error, 1008 policy (auth),
 # 1011 internal error; 4000+ are ours.
 CLOSE_HEARTBEAT_TIMEOUT = 4000
+CLOSE_TRY_AGAIN_LATER = 1013
+
+#: Frames a socket may have buffered before reading from it pauses: before it proves its
+#: key, and after.
+PREAUTH_QUEUE = 4
+MAX_QUEUE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +65,7 @@ class ConnectionSettings:
     max_steps: int = 1000
     max_step_result: int = 4 * 1024 * 1024
     handshake_timeout: float = 10.0
+    max_handshakes: int = 64  # sockets not yet authenticated, at most
 
 
 class Outbox:
@@ -119,6 +132,7 @@ class WorkerConnection:
         clock: Clock,
         settings: ConnectionSettings,
         leaving: Callable[[], bool] = lambda: False,
+        on_authenticated: Callable[[], None] = lambda: None,
     ) -> None:
         self.ws = ws
         self.engine = engine
@@ -127,9 +141,12 @@ class WorkerConnection:
         self.clock = clock
         self.settings = settings
         self._leaving = leaving
+        self._on_authenticated = on_authenticated
         self.session = Session(Role.GATEWAY)
         self.outbox = Outbox(ws, self.session, settings.max_frame_out)
         self.worker: WorkerEntry | None = None
+        #: Authenticated with a signing key being rotated out: closed when its grace ends.
+        self.previous_key = False
         self._gone = False
         self._closing: asyncio.Future[None] | None = None
         self.log = log.bind(peer=_peer(ws))
@@ -141,7 +158,9 @@ class WorkerConnection:
             await self._pump()
         except TimeoutError:
             await self._refuse(
-                RemoteProtocolError("no hello within the handshake timeout"), 1002
+                RemoteProtocolError(
+                    f"no answer and hello within the {self.settings.handshake_timeout:g} s "
+                    "handshake timeout"), 1002
             )
         except RemoteProtocolError as exc:
             await self._refuse(exc, 1002)
@@ -161,27 +180,42 @@ class WorkerConnection:
             m.Challenge(nonce=nonce, protocol_version=PROTOCOL_VERSION,
                         gateway_id=self.settings.gateway_id)
         )
-        hello: m.Hello | None = None
-        answered = False
-        while not answered:
-            # Every message of the frame goes through the session, also those after the
-            # Answer: nothing may follow it before Ready.
-            for msg in decode(await self.ws.recv(), max_size=self.settings.max_frame_in):
-                self.session.receive(msg)
-                if isinstance(msg, m.Hello):
-                    if msg.protocol_version != PROTOCOL_VERSION:
-                        raise RemoteProtocolError(
-                            f"protocol version {msg.protocol_version} is not supported; "
-                            f"this gateway speaks {PROTOCOL_VERSION}: upgrade tether on the "
-                            "worker or the gateway"
-                        )
-                    hello = msg
-                elif isinstance(msg, m.Answer):
-                    assert hello is not None  # the session allows Answer only after Hello
-                    self.auth.check_worker(nonce, hello.instance_id, msg.mac)
-                    answered = True
-        assert hello is not None
+        answer = await self._expect(m.Answer)
+        self.previous_key = self.auth.check_worker(nonce, answer.instance_id, answer.mac)
+        # Proven: from now on the socket may carry what an authenticated worker sends. Both
+        # limits are read by websockets (>= 14) on every frame, so raising them here holds
+        # from the next frame on.
+        self.ws.protocol.max_message_size = self.settings.max_frame_in
+        self.ws.recv_messages.high, self.ws.recv_messages.low = MAX_QUEUE, MAX_QUEUE // 4
+        self._on_authenticated()
+        self.outbox.send(m.Authenticated())
+        hello = await self._expect(m.Hello)
+        if hello.protocol_version != PROTOCOL_VERSION:
+            raise RemoteProtocolError(
+                f"protocol version {hello.protocol_version} is not supported; "
+                f"this gateway speaks {PROTOCOL_VERSION}: upgrade tether on the "
+                "worker or the gateway"
+            )
+        if hello.instance_id != answer.instance_id:
+            raise RemoteProtocolError(
+                f"hello names instance {hello.instance_id!r} but the answer was made for "
+                f"{answer.instance_id!r}; send the same instance id in both"
+            )
         return hello
+
+    async def _expect(self, kind: type[_T]) -> _T:
+        """The next handshake message, alone in its frame (the session refuses any other)."""
+        while True:
+            found: _T | None = None
+            limit = self.ws.protocol.max_message_size or self.settings.max_frame_in
+            for msg in decode(await self.ws.recv(), max_size=limit):
+                # Every message of the frame goes through the session: nothing may follow
+                # the expected one before the gateway answers it.
+                self.session.receive(msg)
+                if isinstance(msg, kind):
+                    found = msg
+            if found is not None:
+                return found
 
     async def _register(self, hello: m.Hello) -> None:
         # Check every app before storing any: a refused hello must register nothing.

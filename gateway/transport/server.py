@@ -1,4 +1,9 @@
-"""The worker socket server on ``ws://HOST:8289/connect``, and the heartbeat reaper."""
+"""The worker socket server on ``ws://HOST:8289/connect``, and the heartbeat reaper.
+
+Sockets that have not proven their key yet are few and cheap: at most ``max_handshakes`` at
+once (more are closed at once with 1013, "try again later"), each reading small frames only
+(:data:`~protocol.messages.MAX_PREAUTH_FRAME`, a few buffered) under the handshake deadline.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +22,12 @@ from gateway.registry import Registry
 from gateway.transport.auth import Authenticator
 from gateway.transport.connection import (
     CLOSE_HEARTBEAT_TIMEOUT,
+    CLOSE_TRY_AGAIN_LATER,
+    PREAUTH_QUEUE,
     ConnectionSettings,
     WorkerConnection,
 )
-from protocol.messages import GoAway
+from protocol.messages import MAX_PREAUTH_FRAME, GoAway
 
 log = structlog.get_logger("tether.transport")
 
@@ -49,6 +56,8 @@ class WorkerServer:
         self._empty.set()
         #: Set while the gateway stops: workers that disconnect now are not presumed lost.
         self.leaving = False
+        #: Sockets that have not proven their key yet.
+        self.handshaking = 0
 
     async def start(self, host: str, port: int) -> int:
         """Listen; return the port (useful when ``port`` is 0)."""
@@ -58,9 +67,11 @@ class WorkerServer:
             port,
             process_request=self._check_path,
             compression=None,
-            max_size=self.settings.max_frame_in,
+            # Until a socket proves its key; raised for it once it has.
+            max_size=MAX_PREAUTH_FRAME,
+            max_queue=PREAUTH_QUEUE,
             ping_interval=None,  # liveness is our own heartbeat, answered on this socket
-            max_queue=64,
+            open_timeout=self.settings.handshake_timeout,
             write_limit=2**20,
             close_timeout=2,
         )
@@ -73,27 +84,52 @@ class WorkerServer:
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
+        if self.handshaking >= self.settings.max_handshakes:
+            log.warning("worker_refused", code="too_many_handshakes",
+                        handshaking=self.handshaking)
+            await ws.close(CLOSE_TRY_AGAIN_LATER,
+                           "too many workers are connecting at once; retry shortly")
+            return
+        self.handshaking += 1
+        pending = True
+
+        def authenticated() -> None:
+            nonlocal pending
+            if pending:
+                pending = False
+                self.handshaking -= 1
+
         conn = WorkerConnection(
             ws, engine=self.engine, registry=self.registry, auth=self.auth, clock=self.clock,
             settings=self.settings, leaving=lambda: self.leaving,
+            on_authenticated=authenticated,
         )
         self._connections.add(conn)
         self._empty.clear()
         try:
             await conn.serve()
         finally:
+            authenticated()
             self._connections.discard(conn)
             if not self._connections:
                 self._empty.set()
 
     async def reap(self) -> None:
-        """Drop workers that missed their heartbeats; their leases go to others at once."""
+        """Drop workers that missed their heartbeats (their leases go to others at once), and
+        those that proved a previous signing key once its grace is over."""
         while True:
             await self.clock.sleep(self.settings.heartbeat_interval / 2)
             for worker in self.liveness.expired(self.registry, self.clock.monotonic()):
                 log.warning("worker_heartbeat_missed", session_id=worker.session_id,
                             instance_id=worker.instance_id, in_flight=len(worker.in_flight))
                 worker.close(CLOSE_HEARTBEAT_TIMEOUT, "no heartbeat for 3 intervals")
+            if self.auth.previous_expired():
+                for conn in [c for c in self._connections if c.previous_key]:
+                    conn.previous_key = False
+                    log.warning("worker_key_expired", instance_id=getattr(
+                        conn.worker, "instance_id", None))
+                    conn.close(1008, "the previous signing key expired; reconnect with the "
+                                     "current --signing-key")
 
     async def go_away(self, reason: str) -> None:
         """Ask every worker to reconnect elsewhere (the gateway is stopping)."""
@@ -116,3 +152,4 @@ class WorkerServer:
         if self._server is not None:
             self._server.close()
             await asyncio.wait_for(self._server.wait_closed(), timeout=5)
+

@@ -32,7 +32,8 @@ WORKER_OPTIONS = {
     "--signing-key": "TETHER_SIGNING_KEY",
     "--drain-timeout": "TETHER_DRAIN_TIMEOUT",
 }
-KEY = "signkey-e2e-0123456789abcdef"
+KEY = "signkey-dT25LeJE48-y0QWLiTyAR-9XD1krsY1cFZz9cQfkgHE"
+EVENT_KEY = "evtkey-MFuYiPUODFbl8RW7emXlYw"
 
 
 def help_entries(text: str) -> dict[str, str]:
@@ -91,16 +92,16 @@ def test_migrate_creates_the_schema_and_exits(tmp_path: Path) -> None:
 
 
 def test_worker_with_a_wrong_signing_key_is_refused_and_leased_nothing(e2e: E2E) -> None:
-    gw = e2e.start_gateway("--signing-key", KEY, "--event-key", "evtkey-e2e")
+    gw = e2e.start_gateway("--signing-key", KEY, "--event-key", EVENT_KEY)
     e2e.headers = {"Authorization": f"Bearer {KEY}"}
-    e2e.event_key = "evtkey-e2e"
+    e2e.event_key = EVENT_KEY
     # A worker with the right key registers the app (so events start runs), then leaves.
     first = e2e.start_worker("--signing-key", KEY, name="first-worker")
     e2e.wait_workers(1)
     e2e.check(first.stop() == 0, "the first worker did not stop cleanly")
     e2e.wait_workers(0)
 
-    bad = e2e.start_worker("--signing-key", "signkey-wrong", name="bad-worker")
+    bad = e2e.start_worker("--signing-key", "signkey-wrong", name="bad-worker")  # weak, and wrong
     e2e.wait(lambda: log_events(gw, "worker_refused"), "the gateway to refuse the worker")
     key = e2e.new_key()
     run_id = e2e.run_of(e2e.send("e2e/three", key=key))["id"]

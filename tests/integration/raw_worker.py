@@ -69,10 +69,18 @@ class RawWorker:
 
     async def handshake(self, *, key: str | None = None, **hello_args: Any) -> m.Ready:
         greeting = hello(**hello_args)
-        mac = answer(key or "", self.challenge.nonce, greeting.instance_id)
-        await self.send(greeting, m.Answer(mac=mac))
+        await self.authenticate(key=key, instance_id=greeting.instance_id)
+        await self.send(greeting)
         self._ready = await self.expect(m.Ready)
         return self._ready
+
+    async def authenticate(self, *, key: str | None = None, instance_id: str = "raw-1",
+                           mac: bytes | None = None) -> None:
+        """Answer the challenge (with ``mac``, or one made with ``key``) and await the nod."""
+        if mac is None:
+            mac = answer(key or "", self.challenge.nonce, instance_id)
+        await self.send(m.Answer(instance_id=instance_id, mac=mac))
+        await self.expect(m.Authenticated)
 
     @property
     def challenge(self) -> m.Challenge:

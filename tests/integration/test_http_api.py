@@ -23,8 +23,9 @@ from tests.helpers.waiting import bound, eventually
 from tests.integration.raw_worker import EVENT, FUNCTION, RawWorker
 from worker import App, NonRetriableError, RetryAfterError, StepError, TriggerEvent, Worker
 
-KEY = "signing-key"
-EVENT_KEY = "event-key"
+KEY = "signkey-dT25LeJE48-y0QWLiTyAR-9XD1krsY1cFZz9cQfkgHE"
+EVENT_KEY = "evtkey-MFuYiPUODFbl8RW7emXlYw"
+OPS_KEY = "apikey-K1lgsYty4FMQ5bbRsGSynQA0dccebdU70ZpOL0D8E3s"
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -510,16 +511,16 @@ async def test_a_retry_after_of_forever_parks_the_run_for_a_day(http, shop):
 
 async def test_an_api_key_opens_the_management_api_but_not_the_worker_socket(gateway_factory):
     gw = await gateway_factory(dev=False, signing_keys=[KEY], event_keys=[EVENT_KEY],
-                               api_keys=["ops-key"])
+                               api_keys=[OPS_KEY])
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as client:
-        r = await client.get("/v1/runs", headers={"authorization": "Bearer ops-key"})
+        r = await client.get("/v1/runs", headers={"authorization": f"Bearer {OPS_KEY}"})
         assert r.status_code == 200
-        r = await client.get("/v1/runs", headers={"authorization": "Bearer ops-keyx"})
+        r = await client.get("/v1/runs", headers={"authorization": f"Bearer {OPS_KEY}x"})
         assert r.status_code == 401
     # A worker answering the challenge with the API key is refused: only signing keys serve.
     from protocol import auth as proof
     from protocol.errors import AuthError
 
     with pytest.raises(AuthError):
-        gw.auth.check_worker(b"nonce", "w", proof.answer("ops-key", b"nonce", "w"))
+        gw.auth.check_worker(b"nonce", "w", proof.answer(OPS_KEY, b"nonce", "w"))
     gw.auth.check_worker(b"nonce", "w", proof.answer(KEY, b"nonce", "w"))

@@ -31,7 +31,8 @@ from tests.integration.raw_worker import (
     hello,
 )
 
-KEY = "signing-key"
+KEY = "signkey-dT25LeJE48-y0QWLiTyAR-9XD1krsY1cFZz9cQfkgHE"
+OTHER_KEY = "signkey-0PluuBHVIpw4VjdPya8pocC_ZuCNH2eeLQfwObkA8Fs"
 HEARTBEAT = 5.0
 
 
@@ -87,7 +88,8 @@ async def test_handshake_in_dev_mode(gw, http):
     assert challenge.gateway_id == gw.gateway_id
     assert len(challenge.nonce) >= 16
 
-    await worker.send(hello("dev-1", capacity=7), m.Answer(mac=b"anything goes in --dev"))
+    await worker.authenticate(instance_id="dev-1", mac=b"anything goes in --dev")
+    await worker.send(hello("dev-1", capacity=7))
     ready = await worker.expect(m.Ready)
 
     assert ready.session_id
@@ -101,9 +103,9 @@ async def test_handshake_in_dev_mode(gw, http):
     assert [f["id"] for f in (await http.get("/v1/functions")).json()["data"]] == [FUNCTION]
 
 
-@pytest.mark.parametrize("key", ["current-key", "previous-key"])
+@pytest.mark.parametrize("key", [KEY, OTHER_KEY])
 async def test_handshake_with_a_signing_key(gateway_factory, key):
-    gw = await gateway_factory(dev=False, signing_keys=["current-key", "previous-key"])
+    gw = await gateway_factory(dev=False, signing_keys=[KEY, OTHER_KEY])
     worker = await RawWorker.open(gw.connect_port)
     nonces = {worker.challenge.nonce}
     ready = await worker.handshake(key=key, instance_id="keyed")
@@ -128,7 +130,7 @@ async def test_a_wrong_mac_is_refused(gateway_factory, forgery):
     }[forgery]
 
     with capture_logs() as logs:
-        await worker.send(hello("forger"), m.Answer(mac=mac))
+        await worker.send(m.Answer(instance_id="forger", mac=mac))
         error = await worker.expect(m.Error)
         code, reason = await worker.wait_closed()
 
@@ -136,7 +138,7 @@ async def test_a_wrong_mac_is_refused(gateway_factory, forgery):
     assert "signing key" in error.message
     assert code == 1008
     assert reason
-    assert worker.of(m.Ready) == []
+    assert worker.of(m.Ready) == [] and worker.of(m.Authenticated) == []
     refused = [e for e in logs if e["event"] == "worker_refused"]
     assert refused and refused[0]["code"] == "unauthorized"
     assert refused[0]["log_level"] == "warning"
@@ -148,7 +150,8 @@ async def test_a_wrong_mac_is_refused(gateway_factory, forgery):
 
 async def test_a_protocol_version_mismatch_is_refused(gw, http):
     worker = await RawWorker.open(gw.connect_port)
-    await worker.send(hello(version=m.PROTOCOL_VERSION + 1), m.Answer(mac=b""))
+    await worker.authenticate()
+    await worker.send(hello(version=m.PROTOCOL_VERSION + 1))
     error = await worker.expect(m.Error)
     code, reason = await worker.wait_closed()
 
@@ -160,21 +163,26 @@ async def test_a_protocol_version_mismatch_is_refused(gw, http):
     await serves_a_good_worker(gw)
 
 
-async def test_hello_and_answer_may_travel_apart(gateway_factory):
+async def test_the_hello_must_name_the_instance_the_answer_was_made_for(gateway_factory):
     gw = await gateway_factory(dev=False, signing_keys=[KEY])
     worker = await RawWorker.open(gw.connect_port)
-    await worker.send(hello("apart"))
-    await worker.send(m.Answer(mac=answer(KEY, worker.challenge.nonce, "apart")))
-    assert (await worker.expect(m.Ready)).session_id
+    await worker.authenticate(key=KEY, instance_id="honest")
+    await worker.send(hello("impostor"))
+    error = await worker.expect(m.Error)
+    assert error.code == "bad_frame" and "impostor" in error.message
+    assert (await worker.wait_closed())[0] == 1002
+    await serves_a_good_worker(gw, key=KEY)
 
 
-async def test_nothing_may_follow_the_answer_before_ready(gw, http):
+@pytest.mark.parametrize("extra", ["hello", "heartbeat"])
+async def test_nothing_may_follow_the_answer_before_the_gateway_answers(gw, http, extra):
     worker = await RawWorker.open(gw.connect_port)
-    await worker.send(hello(), m.Answer(mac=b""), m.Heartbeat())
+    follower = hello() if extra == "hello" else m.Heartbeat()
+    await worker.send(m.Answer(instance_id="raw-1", mac=b""), follower)
     error = await worker.expect(m.Error)
     code, _ = await worker.wait_closed()
     assert error.code == "bad_frame"
-    assert "heartbeat" in error.message
+    assert extra in error.message
     assert code == 1002
     assert worker.of(m.Ready) == []
     assert (await http.get("/v1/workers")).json()["data"] == []
@@ -193,7 +201,8 @@ BAD_FRAMES = {
     "a message without a type": msgpack.packb([{"in_flight": 1}]),
     "a malformed message": msgpack.packb([{"type": "heartbeat", "in_flight": "many"}]),
     "a checkpoint before hello": msgpack.packb([_STEP]),
-    "an answer before hello": msgpack.packb([{"type": "answer", "mac": b"x"}]),
+    "a hello before the answer": None,
+    "an answer without an instance": msgpack.packb([{"type": "answer", "mac": b"x"}]),
     "a gateway's message": msgpack.packb([{"type": "heartbeat_ack"}]),
 }
 
@@ -201,7 +210,8 @@ BAD_FRAMES = {
 @pytest.mark.parametrize("what", sorted(BAD_FRAMES))
 async def test_a_bad_frame_during_the_handshake_closes_the_socket(gw, what):
     worker = await RawWorker.open(gw.connect_port)
-    await worker.send_raw(BAD_FRAMES[what])
+    frame = BAD_FRAMES[what]
+    await (worker.send(hello()) if frame is None else worker.send_raw(frame))
     error = await worker.expect(m.Error)
     code, reason = await worker.wait_closed()
 
@@ -216,7 +226,8 @@ AFTER_READY = {
     "a text frame": "heartbeat",
     "an unknown message type": msgpack.packb([{"type": "reboot"}]),
     "a second hello": None,
-    "a second answer": msgpack.packb([{"type": "answer", "mac": b"again"}]),
+    "a second answer": msgpack.packb([{"type": "answer", "instance_id": "raw-1",
+                                       "mac": b"again"}]),
 }
 
 
@@ -268,7 +279,8 @@ async def test_an_oversize_frame_closes_the_socket(gateway_factory, clock):
 @pytest.mark.parametrize("if_", ["event.data.x ==", "async.data.x == 1"])
 async def test_a_bad_trigger_expression_is_refused_at_registration(gw, http, if_):
     worker = await RawWorker.open(gw.connect_port)
-    await worker.send(hello(apps=[app_manifest(if_=if_)]), m.Answer(mac=b""))
+    await worker.authenticate()
+    await worker.send(hello(apps=[app_manifest(if_=if_)]))
     error = await worker.expect(m.Error)
     code, reason = await worker.wait_closed()
 
@@ -287,7 +299,8 @@ async def test_a_hello_with_one_bad_app_registers_none_of_its_apps(gw, http):
     good = app_manifest("good")
     bad = app_manifest("bad", if_="event.data.x ==")
     worker = await RawWorker.open(gw.connect_port)
-    await worker.send(hello(apps=[good, bad]), m.Answer(mac=b""))
+    await worker.authenticate()
+    await worker.send(hello(apps=[good, bad]))
     error = await worker.expect(m.Error)
     await worker.wait_closed()
 
@@ -307,7 +320,8 @@ async def test_a_refused_registration_leaves_the_app_s_previous_functions_alone(
         FunctionConfig(id="other", triggers=[TriggerEvent("x", if_="nope(")])
     ])
     worker = await RawWorker.open(gw.connect_port)
-    await worker.send(hello("v2", apps=[broken]), m.Answer(mac=b""))
+    await worker.authenticate(instance_id="v2")
+    await worker.send(hello("v2", apps=[broken]))
     assert (await worker.expect(m.Error)).code == "bad_expression"
     await worker.wait_closed()
 
@@ -321,7 +335,7 @@ async def test_no_hello_within_the_handshake_timeout_closes_the_socket(gw):
     worker = await RawWorker.open(gw.connect_port)
     code, reason = await worker.wait_closed(timeout=5)
     assert code == 1002
-    assert "hello" in (reason or "")
+    assert "handshake" in (reason or "")
     (error,) = worker.of(m.Error)
     assert "handshake" in error.message
     await serves_a_good_worker(gw)

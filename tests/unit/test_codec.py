@@ -80,7 +80,8 @@ SAMPLES: list[m.Message] = [
             AppManifest(id="empty"),
         ],
     ),
-    m.Answer(mac=b"\xff" * 32),
+    m.Answer(instance_id="w", mac=b"\xff" * 32),
+    m.Authenticated(),
     m.Heartbeat(in_flight=4),
     m.LeaseAccepted(run_id="r1", fence=3),
     m.LeaseRejected(run_id="r1", fence=3, reason="draining"),
@@ -224,7 +225,7 @@ def test_wrong_field_type_is_not_coerced():
 
 
 def test_str_where_bytes_expected_is_refused():
-    message = refused(frame({"type": "answer", "mac": "not-bytes"}))
+    message = refused(frame({"type": "answer", "instance_id": "w", "mac": "not-bytes"}))
     assert "answer" in message and "mac" in message
 
 

@@ -13,7 +13,8 @@ from protocol.session import Role, Session, State
 HELLO = m.Hello(protocol_version=m.PROTOCOL_VERSION, instance_id="w1", sdk_version="0.1.0",
                 capacity=10, apps=[AppManifest(id="shop", functions=[FunctionConfig(id="f")])])
 CHALLENGE = m.Challenge(nonce=b"n" * 32, protocol_version=m.PROTOCOL_VERSION, gateway_id="gw")
-ANSWER = m.Answer(mac=b"m" * 32)
+ANSWER = m.Answer(instance_id="w1", mac=b"m" * 32)
+AUTHENTICATED = m.Authenticated()
 READY = m.Ready(session_id="s1", heartbeat_interval=5.0, lease_ttl=15.0, max_frame_size=1 << 20)
 LEASE = m.LeaseGranted(run_id="r1", fence=1, function_id="shop/f", events=[b"{}"])
 STEP = m.StepCompleted(seq=1, run_id="r1", fence=1, step_id="a", attempt=0, output=b"1",
@@ -43,7 +44,9 @@ class Pair:
 
     def handshake(self) -> None:
         self.send(self.gateway, CHALLENGE)
-        self.send(self.worker, HELLO, ANSWER)
+        self.send(self.worker, ANSWER)
+        self.send(self.gateway, AUTHENTICATED)
+        self.send(self.worker, HELLO)
         self.send(self.gateway, READY)
 
 
@@ -63,21 +66,26 @@ def test_handshake_step_by_step(pair):
     assert not pair.gateway.accepts_leases
     pair.send(pair.gateway, CHALLENGE)
     assert pair.states() == (State.CHALLENGED, State.CHALLENGED)
+    pair.send(pair.worker, ANSWER)
+    assert pair.states() == (State.ANSWERED, State.ANSWERED)
+    pair.send(pair.gateway, AUTHENTICATED)
+    assert pair.states() == (State.AUTHENTICATED, State.AUTHENTICATED)
     pair.send(pair.worker, HELLO)
     assert pair.states() == (State.HELLO_SENT, State.HELLO_SENT)
-    pair.send(pair.worker, ANSWER)
-    assert pair.states() == (State.AUTHENTICATING, State.AUTHENTICATING)
     assert not pair.gateway.accepts_leases
     pair.send(pair.gateway, READY)
     assert pair.states() == (State.READY, State.READY)
     assert pair.gateway.accepts_leases
 
 
-def test_hello_and_answer_in_one_frame(pair):
-    pair.send(pair.gateway, CHALLENGE)
-    received = pair.send(pair.worker, HELLO, ANSWER)
-    assert received == [HELLO, ANSWER]
-    assert pair.states() == (State.AUTHENTICATING, State.AUTHENTICATING)
+def test_the_manifest_may_not_travel_with_the_answer(pair):
+    """The key is proven on a small frame before the gateway reads anything large."""
+    gateway = Session(Role.GATEWAY)
+    gateway.send(CHALLENGE)
+    frame = decode(encode([ANSWER, HELLO]))
+    gateway.receive(frame[0])
+    with pytest.raises(RemoteProtocolError, match="'hello' received in state 'answered'"):
+        gateway.receive(frame[1])
 
 
 def test_send_returns_the_message(pair):
@@ -163,16 +171,18 @@ def test_draining_gateway_refuses_a_lease_from_the_worker(ready):
     ("setup", "message"),
     [
         ([], HELLO),  # hello before any challenge
-        ([CHALLENGE], ANSWER),  # answer before hello
+        ([CHALLENGE], HELLO),  # hello before the answer
         ([CHALLENGE], STEP),  # checkpoint before ready
-        ([CHALLENGE, HELLO], HELLO),  # hello twice
-        ([CHALLENGE, HELLO, ANSWER], m.Heartbeat()),  # heartbeat before ready
-        ([CHALLENGE, HELLO, ANSWER], LEASE),  # a gateway message, from the worker
-        ([CHALLENGE, HELLO, ANSWER, READY], HELLO),  # hello after ready
-        ([CHALLENGE, HELLO, ANSWER, READY], m.HeartbeatAck()),  # a gateway message
+        ([CHALLENGE, ANSWER], HELLO),  # hello before the gateway accepted the answer
+        ([CHALLENGE, ANSWER, AUTHENTICATED, HELLO], HELLO),  # hello twice
+        ([CHALLENGE, ANSWER, AUTHENTICATED, HELLO], m.Heartbeat()),  # heartbeat before ready
+        ([CHALLENGE, ANSWER, AUTHENTICATED, HELLO], LEASE),  # a gateway message, from worker
+        ([CHALLENGE, ANSWER, AUTHENTICATED, HELLO, READY], HELLO),  # hello after ready
+        ([CHALLENGE, ANSWER, AUTHENTICATED, HELLO, READY], m.HeartbeatAck()),
     ],
-    ids=["hello-first", "answer-before-hello", "checkpoint-early", "hello-twice",
-         "heartbeat-early", "lease-from-worker", "hello-after-ready", "ack-from-worker"],
+    ids=["hello-first", "hello-before-answer", "checkpoint-early", "hello-unauthenticated",
+         "hello-twice", "heartbeat-early", "lease-from-worker", "hello-after-ready",
+         "ack-from-worker"],
 )
 def test_gateway_refuses_out_of_place_messages(setup, message):
     session = Session(Role.GATEWAY)
@@ -190,13 +200,14 @@ def test_gateway_refuses_out_of_place_messages(setup, message):
         ([], READY),  # ready before challenge
         ([], LEASE),
         ([CHALLENGE], CHALLENGE),  # challenge twice
-        ([CHALLENGE, HELLO, ANSWER], LEASE),  # lease before ready
-        ([CHALLENGE, HELLO, ANSWER], m.CheckpointAck(upto=1)),
-        ([CHALLENGE, HELLO, ANSWER, READY], READY),  # ready twice
-        ([CHALLENGE, HELLO, ANSWER, READY], m.Drain()),  # a worker message
+        ([CHALLENGE, ANSWER], READY),  # ready before authenticated and hello
+        ([CHALLENGE, ANSWER, AUTHENTICATED, HELLO], LEASE),  # lease before ready
+        ([CHALLENGE, ANSWER, AUTHENTICATED, HELLO], m.CheckpointAck(upto=1)),
+        ([CHALLENGE, ANSWER, AUTHENTICATED, HELLO, READY], READY),  # ready twice
+        ([CHALLENGE, ANSWER, AUTHENTICATED, HELLO, READY], m.Drain()),  # a worker message
     ],
-    ids=["ready-first", "lease-first", "challenge-twice", "lease-early", "ack-early",
-         "ready-twice", "drain-from-gateway"],
+    ids=["ready-first", "lease-first", "challenge-twice", "ready-unauthenticated",
+         "lease-early", "ack-early", "ready-twice", "drain-from-gateway"],
 )
 def test_worker_refuses_out_of_place_messages(setup, message):
     session = Session(Role.WORKER)
@@ -213,14 +224,25 @@ def test_worker_refuses_out_of_place_messages(setup, message):
 
 def test_lease_before_ready_is_a_local_error(pair):
     pair.send(pair.gateway, CHALLENGE)
-    pair.send(pair.worker, HELLO, ANSWER)
-    with pytest.raises(LocalProtocolError, match="'lease_granted' sent in state 'authenticating'"):
+    pair.send(pair.worker, ANSWER)
+    pair.send(pair.gateway, AUTHENTICATED)
+    pair.send(pair.worker, HELLO)
+    with pytest.raises(LocalProtocolError, match="'lease_granted' sent in state 'hello_sent'"):
         pair.gateway.send(LEASE)
-    assert pair.gateway.state is State.AUTHENTICATING
+    assert pair.gateway.state is State.HELLO_SENT
+
+
+def test_hello_before_authenticated_is_a_local_error(pair):
+    pair.send(pair.gateway, CHALLENGE)
+    pair.send(pair.worker, ANSWER)
+    with pytest.raises(LocalProtocolError, match="'hello' sent in state 'answered'"):
+        pair.worker.send(HELLO)
 
 
 def test_hello_twice_is_a_local_error(pair):
     pair.send(pair.gateway, CHALLENGE)
+    pair.send(pair.worker, ANSWER)
+    pair.send(pair.gateway, AUTHENTICATED)
     pair.send(pair.worker, HELLO)
     with pytest.raises(LocalProtocolError, match="'hello' sent"):
         pair.worker.send(HELLO)
@@ -228,7 +250,7 @@ def test_hello_twice_is_a_local_error(pair):
 
 def test_checkpoint_before_ready_is_a_local_error(pair):
     pair.send(pair.gateway, CHALLENGE)
-    pair.send(pair.worker, HELLO, ANSWER)
+    pair.send(pair.worker, ANSWER)
     with pytest.raises(LocalProtocolError, match="'step_completed' sent in state"):
         pair.worker.send(STEP)
 
@@ -265,12 +287,15 @@ def _sessions_in_every_state() -> list[tuple[str, Pair]]:
     steps: list[tuple[str, list[tuple[str, m.Message]]]] = [
         ("new", []),
         ("challenged", [("gateway", CHALLENGE)]),
-        ("hello_sent", [("gateway", CHALLENGE), ("worker", HELLO)]),
-        ("authenticating", [("gateway", CHALLENGE), ("worker", HELLO), ("worker", ANSWER)]),
-        ("ready", [("gateway", CHALLENGE), ("worker", HELLO), ("worker", ANSWER),
-                   ("gateway", READY)]),
-        ("draining", [("gateway", CHALLENGE), ("worker", HELLO), ("worker", ANSWER),
-                      ("gateway", READY), ("worker", m.Drain())]),
+        ("answered", [("gateway", CHALLENGE), ("worker", ANSWER)]),
+        ("authenticated", [("gateway", CHALLENGE), ("worker", ANSWER),
+                           ("gateway", AUTHENTICATED)]),
+        ("hello_sent", [("gateway", CHALLENGE), ("worker", ANSWER), ("gateway", AUTHENTICATED),
+                        ("worker", HELLO)]),
+        ("ready", [("gateway", CHALLENGE), ("worker", ANSWER), ("gateway", AUTHENTICATED),
+                   ("worker", HELLO), ("gateway", READY)]),
+        ("draining", [("gateway", CHALLENGE), ("worker", ANSWER), ("gateway", AUTHENTICATED),
+                      ("worker", HELLO), ("gateway", READY), ("worker", m.Drain())]),
     ]
     for name, script in steps:
         pair = Pair()
@@ -281,7 +306,7 @@ def _sessions_in_every_state() -> list[tuple[str, Pair]]:
     return out
 
 
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(7))
 @pytest.mark.parametrize("sender", ["gateway", "worker"])
 def test_error_closes_from_any_state(index, sender):
     _, pair = _sessions_in_every_state()[index]

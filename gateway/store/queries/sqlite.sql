@@ -319,3 +319,19 @@ FROM runs WHERE status = ?3 AND id < ?1 ORDER BY id DESC LIMIT ?2;
 SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued_at,
        started_at, ended_at, available_at, parent_run_id
 FROM runs WHERE function_id = ?3 AND status = ?4 AND id < ?1 ORDER BY id DESC LIMIT ?2;
+
+-- --- access keys (gateway/store/keys.py) ---------------------------------------------------
+
+-- name: insert_access_key
+INSERT INTO access_keys (id, kind, name, hash, hint, read_only, created_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7);
+
+-- name: list_access_keys
+SELECT id, kind, name, hint, read_only, created_at, revoked_at
+FROM access_keys ORDER BY created_at, id;
+
+-- name: revoke_access_key
+UPDATE access_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL;
+
+-- name: active_access_keys
+SELECT hash, kind, read_only FROM access_keys WHERE revoked_at IS NULL;
