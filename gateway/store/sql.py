@@ -12,6 +12,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import structlog
 from pydantic import TypeAdapter
 
 from gateway.store.base import (
@@ -29,6 +30,8 @@ from protocol.manifest import AppManifest, FunctionConfig
 
 T = TypeVar("T")
 
+log = structlog.get_logger("tether.store")
+
 _CONFIG: TypeAdapter[FunctionConfig] = TypeAdapter(FunctionConfig)
 
 
@@ -38,6 +41,9 @@ class SqlStore:
     shared = False
 
     def __init__(self) -> None:
+        # Function configs, read by transactions. Owned by the store's writer: only code
+        # running inside a transaction touches it (on SQLite that is the writer thread, so
+        # the event loop never does).
         self._configs: dict[str, FunctionConfig | None] = {}
         self.gateway_id = ""
 
@@ -49,13 +55,31 @@ class SqlStore:
 
     # --- writes --------------------------------------------------------------------------
 
+    #: Exceptions that mean the store itself failed (not one item of a batch): a batch that
+    #: raises one fails whole, and is not applied again item by item.
+    store_errors: tuple[type[BaseException], ...] = (OSError, MemoryError)
+
     async def write(self, batch: WriteBatch) -> WriteResult:
+        """Apply the batch in one transaction; if an item raises, apply it again with each
+        item in a savepoint, so only the item that fails is refused (``result.errors``)."""
         async def apply(db: Db) -> WriteResult:
             result = await Transaction(db, batch, self._config).run()
             await self._publish(db, result, registered=False)
             return result
 
-        return await self._transaction(apply)
+        async def apply_isolated(db: Db) -> WriteResult:
+            result = await Transaction(db, batch, self._config).run_isolated(self.store_errors)
+            await self._publish(db, result, registered=False)
+            return result
+
+        try:
+            return await self._transaction(apply)
+        except self.store_errors:
+            raise
+        except Exception as exc:
+            log.warning("batch_isolating", error=f"{type(exc).__name__}: {exc}",
+                        events=len(batch.events), checkpoints=len(batch.checkpoints))
+        return await self._transaction(apply_isolated)
 
     async def _publish(self, db: Db, result: WriteResult | None, *, registered: bool) -> None:
         """Tell other gateways what this transaction changed (nothing to do for one gateway)."""
@@ -70,7 +94,10 @@ class SqlStore:
         return None
 
     def forget_configs(self) -> None:
-        """Functions were registered elsewhere: read their configs again when needed."""
+        """Functions were registered elsewhere: read their configs again when needed.
+
+        Only for a shared store, whose transactions run on the event loop like its caller.
+        """
         self._configs.clear()
 
     async def _config(self, db: Db, function_id: str) -> FunctionConfig | None:
@@ -93,13 +120,20 @@ class SqlStore:
                 await db.execute("upsert_function", full_id, app.id, json.dumps(config), now)
                 records.append(FunctionRecord(full_id, app.id, app.version, config, True, now))
             await self._publish(db, None, registered=True)
+            # Inside the transaction: the cache's owner is whoever runs transactions.
+            self._forget_app(app.id)
             return records
 
         records = await self._transaction(register)
-        stale = [fid for fid in self._configs if fid.startswith(f"{app.id}/")]
-        for fid in stale:
-            del self._configs[fid]
+        if self.shared:
+            # Transactions run on the loop here, and may overlap: one that read the old
+            # config before this commit must not leave it cached.
+            self._forget_app(app.id)
         return records
+
+    def _forget_app(self, app_id: str) -> None:
+        for fid in [fid for fid in self._configs if fid.startswith(f"{app_id}/")]:
+            del self._configs[fid]
 
     # --- reads ---------------------------------------------------------------------------
 

@@ -47,8 +47,12 @@ SELECT payload FROM events WHERE name = $1 AND received_at >= $2 ORDER BY seq;
 -- ================================ checkpoints ================================
 
 -- name: checkpoint_runs
-SELECT id, fence, status, function_id, state_bytes, parent_run_id, parent_step_id FROM runs
+SELECT id, fence, status, function_id, state_bytes, parent_run_id, parent_step_id,
+    (SELECT count(*) FROM steps s WHERE s.run_id = runs.id) FROM runs
 WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE;
+
+-- name: step_exists
+SELECT 1 FROM steps WHERE run_id = $1 AND step_id = $2;
 
 -- name: upsert_step
 INSERT INTO steps (run_id, step_id, kind, status, attempts, output, error, wake_at, started_at,
