@@ -264,6 +264,8 @@ class Transaction:
         await self.db.execute("end_run", RunStatus.FAILED, None, error, self.now, run_id)
         await self.db.execute("delete_waits", run_id)
         self.result.ended.append(RunEnded(run_id, row[0], RunStatus.FAILED))
+        if row[1] is not None:
+            self.result.revoked.append(Revocation(row[1], run_id, row[2], "failed"))
         if ended is not None:
             ended.append(True)
 
@@ -624,9 +626,10 @@ class Transaction:
         await db.execute("end_run", status, output, error, now, run_id)
         self.result.ended.append(RunEnded(run_id, function_id, status))
         await db.execute("delete_waits", run_id)
+        if session_id is not None:
+            # Ended by the gateway (cancelled, over a limit, ...) while a worker holds it.
+            self.result.revoked.append(Revocation(session_id, run_id, fence, status.lower()))
         if status == RunStatus.CANCELLED:
-            if session_id is not None:
-                self.result.revoked.append(Revocation(session_id, run_id, fence, "cancelled"))
             for (child,) in await db.fetch("live_children", run_id):
                 await self.end_run(child, RunStatus.CANCELLED,
                                    error=error_json("Cancelled", "its parent run was cancelled"))
