@@ -107,6 +107,9 @@ class Engine:
         self._batch = self._new_batch()
         self._event_waiters: list[tuple[list[NewEvent], asyncio.Future[set[str]]]] = []
         self._command_waiters: list[tuple[str, asyncio.Future[Any]]] = []
+        # The waiters of the batch being committed (answered by abandon() if the loop dies).
+        self._in_flight: tuple[list[tuple[list[NewEvent], asyncio.Future[set[str]]]],
+                               list[tuple[str, asyncio.Future[Any]]]] = ([], [])
         # When the gateway last heard of each leased run: a wait looks back to then.
         self._seen: dict[str, float] = {}
         self._wake = asyncio.Event()
@@ -284,6 +287,7 @@ class Engine:
                 self._idle.clear()
                 continue
             batch, waiters, commands = self._take()
+            self._in_flight = waiters, commands
             if self.crash_on is not None and any(e.name == self.crash_on for e in batch.events):
                 raise RuntimeError(f"test fault: an event named {self.crash_on!r} arrived")
             try:
@@ -301,11 +305,14 @@ class Engine:
                 self._item_errors(result)
             self._deliver(batch, waiters, result)
             self._answer(commands, result)
+            self._in_flight = [], []
 
     def abandon(self, reason: str) -> None:
         """The loop died: answer everyone still waiting for a commit, so nobody hangs."""
         error = StoreUnavailable(f"the gateway's engine stopped ({reason}); retry shortly")
-        waiting = [f for _, f in self._event_waiters] + [f for _, f in self._command_waiters]
+        events, commands = self._in_flight
+        waiting = [f for _, f in self._event_waiters + events]
+        waiting += [f for _, f in self._command_waiters + commands]
         self._event_waiters, self._command_waiters = [], []
         for future in waiting:
             if not future.done():
