@@ -10,13 +10,17 @@ still does after a restart.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bench.cluster import Cluster
 from gateway import loop_guard
@@ -196,3 +200,91 @@ async def test_the_gateway_enforces_max_steps_and_the_output_size(poison: Cluste
     assert poison.get(f"/v1/runs/{granted.run_id}")["attempt"] == 0
     assert_serving(poison)
     await raw.close()
+
+
+# --- property: hostile checkpoint payloads get typed answers, never a failed batch ----------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                  max_size=4),
+    max_leaves=20)
+
+
+def _deep(depth: int, open_: bytes = b"[") -> bytes:
+    close = b"]" if open_ == b"[" else b"}"
+    if open_ == b"[":
+        return open_ * depth + close * depth
+    return b'{"a":' * depth + b"1" + close * depth
+
+
+hostile_payloads = st.one_of(
+    st.binary(max_size=64),
+    json_values.map(lambda v: orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS)),
+    st.integers(min_value=250, max_value=1100).map(_deep),
+    st.integers(min_value=250, max_value=1100).map(lambda d: _deep(d, b"{")),
+    st.sampled_from([b"NaN", b"1e99999", b'"\\ud800"', b"\xff\xfe", b"", b"{}", b"[]",
+                     b'{"name": "tether/function.finished", "id": "x"}',
+                     b'{"name": "ok/evt", "id": "e\\u0000"}',
+                     b'{"name": "ok/evt", "id": "fine", "data": []}',
+                     b'{"name": "ok/evt", "id": "fine2", "data": {"x": 1}}']),
+)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(kind=st.sampled_from(["run_completed", "step_completed", "events_sent", "invoke"]),
+       payload=hostile_payloads)
+def test_hostile_checkpoint_payloads_get_typed_answers(poison: Cluster, kind: str,
+                                                       payload: bytes) -> None:
+    loop = _LOOPS.setdefault(id(poison), asyncio.new_event_loop())
+    loop.run_until_complete(_attack(poison, kind, payload))
+
+
+_LOOPS: dict[int, asyncio.AbstractEventLoop] = {}
+_RAW: dict[int, RawWorker] = {}
+
+
+async def _attack(c: Cluster, kind: str, payload: bytes) -> None:
+    raw = _RAW.get(id(c))
+    if raw is None:
+        raw = _RAW[id(c)] = await RawWorker.ready_on(c.connect_port, capacity=1)
+    granted = await lease(raw, c)
+    run_id, fence = granted.run_id, granted.fence
+    hostile: m.Checkpoint
+    if kind == "run_completed":
+        hostile = m.RunCompleted(seq=raw.next_seq(), run_id=run_id, fence=fence, output=payload)
+    elif kind == "step_completed":
+        hostile = raw.step_completed(run_id, fence, output=payload)
+    elif kind == "events_sent":
+        hostile = m.EventsSent(seq=raw.next_seq(), run_id=run_id, fence=fence, step_id="e",
+                               events=[payload])
+    else:
+        hostile = m.InvokeRequested(seq=raw.next_seq(), run_id=run_id, fence=fence,
+                                    step_id="i", function_id="poison/normal", data=payload)
+    end = m.RunCompleted(seq=raw.next_seq(), run_id=run_id, fence=fence, output=b"null")
+    await raw.send(hostile, end)
+    # A neighbour's request in the same moment is accepted.
+    status, body = c.request("POST", "/e/dev", {"name": "poison/normal", "data": {}})
+    assert status == 200, body
+    # Only typed answers: each checkpoint is acknowledged or refused with a reason; the
+    # socket stays open.
+    answered: set[int] = set()
+    while max(answered, default=0) < end.seq:
+        msg = await raw.receive(timeout=10)
+        if isinstance(msg, m.CheckpointAck):
+            answered |= {s for s in (hostile.seq, end.seq) if s <= msg.upto}
+        elif isinstance(msg, m.CheckpointRefused):
+            assert msg.reason, msg
+            answered.add(msg.seq)
+        elif isinstance(msg, m.LeaseRevoked | m.LeaseGranted):
+            if isinstance(msg, m.LeaseGranted):  # a child run (invoke): hand it back
+                await raw.send(m.RunCompleted(seq=raw.next_seq(), run_id=msg.run_id,
+                                              fence=msg.fence, output=b"null"))
+        else:
+            raise AssertionError(f"unexpected answer {msg!r}")
+    metrics = c.get_text("/metrics")
+    assert "tether_batches_failed_total 0" in metrics
+    assert "tether_items_failed_total 0" in metrics  # everything was caught on arrival
+    assert c.get("/health")["status"] == "ok"
