@@ -11,13 +11,13 @@ still does after a restart.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -221,7 +221,7 @@ def _deep(depth: int, open_: bytes = b"[") -> bytes:
 
 hostile_payloads = st.one_of(
     st.binary(max_size=64),
-    json_values.map(lambda v: orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS)),
+    json_values.map(lambda v: json.dumps(v).encode()),  # also Infinity, 70-bit integers
     st.integers(min_value=250, max_value=1100).map(_deep),
     st.integers(min_value=250, max_value=1100).map(lambda d: _deep(d, b"{")),
     st.sampled_from([b"NaN", b"1e99999", b'"\\ud800"', b"\xff\xfe", b"", b"{}", b"[]",
