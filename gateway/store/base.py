@@ -221,7 +221,9 @@ class WriteResult:
     #: per ``batch.replays`` entry: the new run's id (None for an unknown run)
     replayed: list[str | None] = field(default_factory=list)
     #: Items that failed alone (the batch was applied again, each item in a savepoint):
-    #: ("events", request index), ("cancel", i) or ("replay", i) -> the error.
+    #: (kind, index) -> the error. ``events`` (a request), ``cancel`` and ``replay`` are
+    #: answered with it; ``checkpoint`` (also in ``refused``), ``return``, ``release``,
+    #: ``deadline`` and ``waits`` (an event offered to its waits) are logged.
     errors: dict[tuple[str, int], str] = field(default_factory=dict)
     #: the earliest future time this batch made something due (a run to lease, a deadline),
     #: or, with ``find_wakeup``, the earliest the store holds

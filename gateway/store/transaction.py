@@ -185,22 +185,31 @@ class Transaction:
             result.replayed.append(replayed[0] if replayed else None)
             if error is not None:
                 result.errors[("replay", index)] = error
-        for ret in batch.returns:
-            await self._isolated(store_errors, self._return(ret.run_id, ret.fence))
-        for release in batch.releases:
-            await self._isolated(store_errors, self._release(release.session_id,
-                                                             release.reason, release.lost))
-        for run_id, started_at in await self.db.fetch("due_deadlines", self.now):
+        for index, ret in enumerate(batch.returns):
+            error = await self._isolated(store_errors, self._return(ret.run_id, ret.fence))
+            if error is not None:
+                result.errors[("return", index)] = error
+        for index, release in enumerate(batch.releases):
+            # Left leased if it fails: the next start of the gateway requeues them.
+            error = await self._isolated(store_errors, self._release(
+                release.session_id, release.reason, release.lost))
+            if error is not None:
+                result.errors[("release", index)] = error
+        for index, (run_id, started_at) in enumerate(
+                await self.db.fetch("due_deadlines", self.now)):
             error = await self._isolated(store_errors, self._deadline(run_id, started_at))
             if error is not None:
+                result.errors[("deadline", index)] = error
                 await self._isolated(store_errors, self._end_plain(run_id, error_json(
                     "InternalError", f"the run's deadline could not be applied ({error}); "
                     "the run was failed")))
         # Each event stored is offered to its waits alone; one that fails resolves nothing.
         stored, self.stored = self.stored, []
-        for event in stored:
+        for index, event in enumerate(stored):
             self.stored.append(event)
-            await self._isolated(store_errors, self._match_waits())
+            error = await self._isolated(store_errors, self._match_waits())
+            if error is not None:
+                result.errors[("waits", index)] = error
             self.stored.clear()
         self.result.touched_functions = self.touched
         if batch.claims:
@@ -250,6 +259,7 @@ class Transaction:
                             f"checkpoint ({error}); the run was failed so that it does not fail "
                             "again on every resend")
         ended: list[bool] = []
+        self.result.errors[("checkpoint", index)] = error
         await self._isolated(store_errors, self._end_plain(msg.run_id, failed, msg.fence, ended))
         self.result.refused[index] = (f"the gateway could not apply this checkpoint ({error})"
                                       + ("; the run failed" if ended else ""))

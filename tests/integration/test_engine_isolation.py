@@ -104,3 +104,26 @@ async def test_health_is_degraded_while_batches_fail_and_says_why(gateway_factor
         assert (await http.post("/e/dev", json={"name": "x/y"})).status_code == 200
         body = (await http.get("/health")).json()
         assert body["status"] == "ok" and "locked" in body["last_error"]["error"]
+
+
+async def test_events_that_raise_inside_the_batch_are_refused_alone(gateway_factory, db_url):
+    """Events that skipped the HTTP checks (as a bug would let through) fail their request only."""
+    from gateway.engine import ItemFailed
+    from gateway.store.base import NewEvent
+
+    gw: Gateway = await gateway_factory()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as http:
+        async with database_held(db_url):
+            first = asyncio.create_task(http.post("/e/dev", json={"name": "other/first"}))
+            await eventually(lambda: _true(gw.engine._in_flight[0]), what="a commit waiting")
+            bad = asyncio.create_task(gw.engine.ingest([NewEvent("bad-1", "x/y", b"{no", None)]))
+            good = asyncio.create_task(http.post("/e/dev", json={"name": "x/y", "id": "good-1"}))
+            await eventually(lambda: _true(len(gw.engine._batch.events) == 2),
+                             what="both requests in the next batch")
+        assert (await first).status_code == 200
+        assert (await good).status_code == 200
+        with pytest.raises(ItemFailed, match="could not be stored"):
+            await bad
+        assert gw.metrics.batches_failed == 0 and gw.metrics.items_failed == 1
+        health = (await http.get("/health")).json()
+        assert health["status"] == "ok" and health["last_error"]["kind"] == "events"
