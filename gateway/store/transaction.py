@@ -127,6 +127,8 @@ class Transaction:
         self._triggers: dict[str, bytes] = {}
         self._wakeups: list[float] = []
         self._endings: list[tuple[Any, ...]] = []
+        # Steps recorded per run in this batch, not yet added to its step_count.
+        self._counted: dict[str, int] = {}
 
     async def run(self) -> WriteResult:
         batch = self.batch
@@ -250,6 +252,7 @@ class Transaction:
         del result.ended[ended:], result.revoked[revoked:]
         self.touched, result.refused = touched, refused
         self._new_runs, self._new_links, self._endings = [], [], []
+        self._counted = {}
 
     async def _checkpoint_failed(self, store_errors: tuple[type[BaseException], ...],
                                  index: int, write: CheckpointWrite, error: str) -> None:
@@ -418,7 +421,7 @@ class Transaction:
         steps: list[tuple[Any, ...]] = []
         growth: dict[str, int] = {}
         suspended: list[str] = []
-        new_steps: set[tuple[str, str]] = set()
+        max_steps, counted = limits.max_steps, self._counted
         for index, write in writes:
             msg = write.message
             run = runs.get(msg.run_id)
@@ -432,18 +435,14 @@ class Transaction:
                 # Malformed (see gateway.intake): the run fails for good, the worker is told.
                 result.refused[index] = f"invalid checkpoint: {failure}; the run failed"
                 failure = error_json("InvalidCheckpoint", f"the worker sent {failure}")
-            elif isinstance(msg, _STEP_CHECKPOINTS) and (msg.run_id, msg.step_id) not in new_steps:
-                new_steps.add((msg.run_id, msg.step_id))
-                if run.steps >= limits.max_steps and not await db.fetchval(
-                        "step_exists", msg.run_id, msg.step_id):
-                    failure = error_json(
-                        "LimitExceeded",
-                        f"step {msg.step_id!r} would be step {run.steps + 1} of the run, over "
-                        f"the {limits.max_steps} steps limit (--max-steps); split the work "
-                        "into several runs (step.invoke or send_event)")
-                else:
+            elif isinstance(msg, _STEP_CHECKPOINTS):
+                if run.steps < max_steps:  # counted (a resend twice: see _count_step)
                     run.steps += 1
-            if failure is None and isinstance(msg, (m.StepCompleted, m.RunCompleted)) and len(
+                    counted[msg.run_id] = counted.get(msg.run_id, 0) + 1
+                else:
+                    failure = await self._count_step(run, msg.run_id, msg.step_id, steps,
+                                                     growth)
+            if failure is None and isinstance(msg, _SIZED) and len(
                     msg.output) > limits.max_step_result:
                 what = (f"step {msg.step_id!r} returned" if isinstance(msg, m.StepCompleted)
                         else "the function returned")
@@ -526,14 +525,40 @@ class Transaction:
             await self._answer_parent(*run.parent, status, output, error)
         await self._system_events(run_id, run.function_id, status, output, error)
 
+    async def _count_step(self, run: _Run, run_id: str, step_id: str,
+                          steps: list[tuple[Any, ...]], growth: dict[str, int]) -> str | None:
+        """A step of a run at ``--max-steps`` by its count: the error if it is one too many.
+
+        The count is cheap and may count a step twice (a resend, a retry and its success in
+        one batch); here, at the limit, it is made exact, so no run fails for a resend.
+        """
+        limit = self.batch.limits.max_steps
+        await self._flush_steps(steps, growth)
+        if await self.db.fetchval("step_exists", run_id, step_id):
+            return None  # recorded before: not a new step
+        run.steps = await self.db.fetchval("recount_steps", run_id)
+        if run.steps >= limit:
+            return error_json(
+                "LimitExceeded",
+                f"step {step_id!r} would be step {run.steps + 1} of the run, over the "
+                f"{limit} steps limit (--max-steps); split the work into several runs "
+                "(step.invoke or send_event)")
+        run.steps += 1
+        self._counted[run_id] = self._counted.get(run_id, 0) + 1
+        return None
+
     async def _flush_steps(self, steps: list[tuple[Any, ...]], growth: dict[str, int]) -> None:
         if steps:
             await self.db.executemany("upsert_step", steps)
             steps.clear()
+        counted = self._counted
         if growth:
-            await self.db.executemany("run_progressed",
-                                      [(size, run_id) for run_id, size in growth.items()])
+            await self.db.executemany("run_progressed", [
+                (size, run_id, counted.pop(run_id, 0)) for run_id, size in growth.items()])
             growth.clear()
+        if counted:
+            await self.db.executemany("add_steps", [(n, r) for r, n in counted.items()])
+            counted.clear()
 
     async def _suspend(self, run_id: str) -> None:
         """Every branch of the run waits: sleep until the earliest pending step is due."""
@@ -883,6 +908,8 @@ class Transaction:
 #: Checkpoints that record a step (and count against ``--max-steps``).
 _STEP_CHECKPOINTS = (m.StepCompleted, m.StepFailed, m.SleepRequested, m.WaitRequested,
                      m.InvokeRequested, m.EventsSent)
+#: Checkpoints whose ``output`` counts against ``--max-step-result``.
+_SIZED = (m.StepCompleted, m.RunCompleted)
 
 
 def _refusal(run: _Run | None, msg: m._Checkpoint) -> str | None:

@@ -29,6 +29,7 @@ from tests.integration.test_store import (  # noqa: F401 (functions: the autouse
     slots,
     status,
     step_done,
+    step_failed,
 )
 
 
@@ -107,7 +108,11 @@ async def test_the_gateway_fails_a_run_over_max_steps_and_counts_each_step_once(
         return result.refused
 
     assert await send("a") == {}
-    assert await send("b") == {}
+    # A retry and the success of one step, in one batch, are one step.
+    result = await store.write(WriteBatch(now=T0 + 1, match=match, limits=limits, checkpoints=[
+        cp(step_failed(run, fence, "b"), retry_at=T0, session=session),
+        cp(step_done(run, fence, "b", attempt=1), session=session)]))
+    assert result.refused == {}
     assert await send("b") == {}  # a resend of a recorded step is not a new step
     assert await status(store, run) == "Running"
     assert await send("c") == {}

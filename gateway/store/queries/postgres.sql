@@ -48,11 +48,8 @@ SELECT payload FROM events WHERE name = $1 AND received_at >= $2 ORDER BY seq;
 
 -- name: checkpoint_runs
 SELECT id, fence, status, function_id, state_bytes, parent_run_id, parent_step_id,
-    (SELECT count(*) FROM steps s WHERE s.run_id = runs.id) FROM runs
+    step_count FROM runs
 WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE;
-
--- name: step_exists
-SELECT 1 FROM steps WHERE run_id = $1 AND step_id = $2;
 
 -- name: upsert_step
 INSERT INTO steps (run_id, step_id, kind, status, attempts, output, error, wake_at, started_at,
@@ -81,7 +78,20 @@ WHERE run_id = $5 AND step_id = $6 AND status IN ('Sleeping', 'Waiting', 'Invoki
 UPDATE steps SET child_run_id = $1 WHERE run_id = $2 AND step_id = $3;
 
 -- name: run_progressed
-UPDATE runs SET state_bytes = state_bytes + $1, lease_losses = 0 WHERE id = $2;
+UPDATE runs SET state_bytes = state_bytes + $1, step_count = step_count + $3,
+    lease_losses = 0
+WHERE id = $2;
+
+-- name: add_steps
+UPDATE runs SET step_count = step_count + $1 WHERE id = $2;
+
+-- name: recount_steps
+UPDATE runs SET step_count = (SELECT count(*) FROM steps WHERE steps.run_id = runs.id)
+WHERE id = $1
+RETURNING step_count;
+
+-- name: step_exists
+SELECT 1 FROM steps WHERE run_id = $1 AND step_id = $2;
 
 -- name: requeue_run
 UPDATE runs SET status = 'Queued', session_id = NULL, available_at = $1,
