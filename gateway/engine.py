@@ -413,7 +413,9 @@ class Engine:
     ) -> None:
         metrics = self.metrics
         metrics.batches_committed += 1
-        metrics.events_accepted += len(batch.events) - len(result.duplicate_events)
+        refused = sum(len(events) for group, (events, _) in enumerate(waiters)
+                      if ("events", group) in result.errors) if result.errors else 0
+        metrics.events_accepted += len(batch.events) - len(result.duplicate_events) - refused
         metrics.events_duplicate += len(result.duplicate_events)
         metrics.runs_created += result.runs_created
         metrics.checkpoints_committed += len(batch.checkpoints) - len(result.refused)
