@@ -7,6 +7,7 @@ Stop: tell workers to go away -> stop HTTP -> commit what is pending -> close so
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
 from typing import Any
@@ -66,7 +67,9 @@ class Gateway:
             self.store, self.registry, self.clock, retry_base=settings.retry_base, rng=rng,
             metrics=self.metrics,
             limits=Limits(settings.max_steps, settings.max_step_result, settings.max_run_state),
+            event_limits=EventLimits(settings.max_event_size, settings.max_request_size),
         )
+        self.engine.crash_on = os.environ.get("TETHER_TEST_ENGINE_CRASH") or None
         self.auth = Authenticator(
             dev=settings.dev, signing_keys=settings.signing_keys, event_keys=settings.event_keys,
             api_keys=settings.api_keys, previous_signing_keys=settings.previous_signing_keys,
@@ -97,20 +100,25 @@ class Gateway:
         self._http: uvicorn.Server | None = None
         self._http_loop: asyncio.Task[None] | None = None
         self._started = self.clock.now()
+        #: Set when a task the gateway cannot live without died (see :meth:`_watch`): the
+        #: command line then stops the process with a non-zero exit code.
+        self.failed = asyncio.Event()
+        self.failure: str | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         await self.store.open()
         await self.store.subscribe(self.gateway_id, self.engine.peer_note)
         if self.store.shared:
             await self._keep_alive_once()
-            self._tasks.append(asyncio.create_task(self._keep_alive(), name="tether-peers"))
+            self._watched(asyncio.create_task(self._keep_alive(), name="tether-peers"))
         await self._refresh_keys_once()
-        self._tasks.append(asyncio.create_task(self._refresh_keys(), name="tether-keys"))
+        self._watched(asyncio.create_task(self._refresh_keys(), name="tether-keys"))
         await self.engine.load()
-        self._tasks.append(asyncio.create_task(self.engine.run(), name="tether-engine"))
+        self._watched(asyncio.create_task(self.engine.run(), name="tether-engine"))
         self.connect_port = await self.workers.start(self.settings.host,
                                                      self.settings.connect_port)
-        self._tasks.append(asyncio.create_task(self.workers.reap(), name="tether-reaper"))
+        self._watched(asyncio.create_task(self.workers.reap(), name="tether-reaper"))
         # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
         # and without it every response waits out the peer's delayed ACK (~40 ms).
         sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET,
@@ -133,7 +141,32 @@ class Gateway:
                  connect=f"ws://{self.settings.host}:{self.connect_port}/connect",
                  db=self.settings.db, dev=self.settings.dev, gateway_id=self.gateway_id)
 
+    def _watched(self, task: asyncio.Task[None]) -> None:
+        self._tasks.append(task)
+        task.add_done_callback(self._watch)
+
+    def _watch(self, task: asyncio.Task[None]) -> None:
+        """A task the gateway cannot live without ended before :meth:`stop`: without the
+        engine nothing commits and every request would wait forever. Say so and fail, so
+        the process manager starts a fresh gateway (which recovers every lease)."""
+        if self._stopping:
+            return
+        if task.cancelled():
+            reason = "cancelled"
+        elif task.exception() is not None:
+            exc = task.exception()
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            reason = "returned"
+        log.critical("gateway_task_died", task=task.get_name(), reason=reason,
+                     action="stopping the gateway with a non-zero exit code, to be restarted",
+                     exc_info=task.exception() if not task.cancelled() else None)
+        self.failure = f"{task.get_name()} died: {reason}"
+        self.engine.abandon(self.failure)
+        self.failed.set()
+
     async def stop(self) -> None:
+        self._stopping = True
         log.info("gateway_stopping", workers=len(self.registry))
         # Workers leaving now lose no lease-loss credit: their runs go to other gateways' workers.
         self.workers.leaving = True
@@ -144,7 +177,8 @@ class Gateway:
             self._http.should_exit = True
             await self._http_loop
             await self._http.shutdown()
-        await self.engine.close()
+        if self.failure is None:
+            await self.engine.close()  # with a dead engine, nothing more can commit
         await self.workers.close()
         for task in self._tasks:
             task.cancel()
@@ -181,8 +215,10 @@ class Gateway:
                 log.error("keys_refresh_failed", error=str(exc))
 
     def _health(self) -> dict[str, Any]:
+        engine = self.engine.health()
         return {
-            "status": "ok",
+            "status": "failed" if self.failure else engine["status"],
+            "last_error": self.failure or engine["last_error"],
             "version": VERSION,
             "gateway_id": self.gateway_id,
             "db": db_backend(self.settings.db)[0],

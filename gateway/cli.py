@@ -281,12 +281,17 @@ def _migrate(db: str) -> int:
     return 0
 
 
+#: Exit code of a gateway that stopped because a vital task died (EX_SOFTWARE).
+EXIT_TASK_DIED = 70
+
+
 def _run(settings: Settings) -> int:
-    run_loop(_serve(settings))
-    return 0
+    code = [0]
+    run_loop(_serve(settings, code))
+    return code[0]
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, code: list[int]) -> None:
     from gateway.app import Gateway
 
     gateway = Gateway(settings)
@@ -295,5 +300,11 @@ async def _serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await gateway.start()
-    await stop.wait()
+    stopped, failed = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(
+        gateway.failed.wait())
+    await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    failed.cancel()
     await gateway.stop()
+    if gateway.failure is not None:
+        code[0] = EXIT_TASK_DIED

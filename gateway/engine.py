@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import TypeAdapter
 
 from gateway.clock import Clock
+from gateway.intake import check_checkpoint
 from gateway.metrics import Metrics
 from gateway.registry import Registry, WorkerEntry
 from gateway.runs import retry_at
@@ -44,6 +45,9 @@ from protocol import messages as m
 from protocol.errors import TetherError
 from protocol.manifest import AppManifest, FunctionConfig, check_function
 
+if TYPE_CHECKING:  # gateway.http.events imports this module
+    from gateway.http.events import EventLimits
+
 log = structlog.get_logger("tether.engine")
 
 _CONFIG: TypeAdapter[FunctionConfig] = TypeAdapter(FunctionConfig)
@@ -59,6 +63,13 @@ class StoreUnavailable(TetherError):
     http_status = 503
 
 
+class ItemFailed(TetherError):
+    """This request's part of a batch could not be applied; the rest of the batch was."""
+
+    code = "item_failed"
+    http_status = 500
+
+
 class Engine:
     """Owns the write pipeline, the trigger index and the run-leasing loop."""
 
@@ -72,6 +83,7 @@ class Engine:
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
         limits: Limits | None = None,
+        event_limits: EventLimits | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -80,11 +92,24 @@ class Engine:
         self.rng = rng or random.Random()
         self.metrics = metrics or Metrics()
         self.limits = limits or Limits()
+        if event_limits is None:
+            from gateway.http.events import EventLimits
+            event_limits = EventLimits()
+        self.event_limits = event_limits
+        #: The last failure (a whole batch, or one item of one), for ``/health``.
+        self.last_error: dict[str, Any] | None = None
+        self.failing = False  # the last batch failed whole (the store is unavailable)
+        #: Test only (``TETHER_TEST_ENGINE_CRASH``): a batch holding an event of this name
+        #: makes :meth:`run` raise, as a bug would, so supervision can be tested for real.
+        self.crash_on: str | None = None
         self.triggers = TriggerIndex()
         self.functions: dict[str, FunctionRecord] = {}
         self._batch = self._new_batch()
         self._event_waiters: list[tuple[list[NewEvent], asyncio.Future[set[str]]]] = []
         self._command_waiters: list[tuple[str, asyncio.Future[Any]]] = []
+        # The waiters of the batch being committed (answered by abandon() if the loop dies).
+        self._in_flight: tuple[list[tuple[list[NewEvent], asyncio.Future[set[str]]]],
+                               list[tuple[str, asyncio.Future[Any]]]] = ([], [])
         # When the gateway last heard of each leased run: a wait looks back to then.
         self._seen: dict[str, float] = {}
         #: Sessions lost lately (instance id, runs leased on them), for LoopStalled reports.
@@ -201,13 +226,22 @@ class Engine:
         """
         future: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
         self._batch.events.extend(events)
+        self._batch.event_groups.append(len(events))
         self._event_waiters.append((events, future))
         self._wake.set()
         return await future
 
     def checkpoint(self, worker: WorkerEntry, message: m.Checkpoint) -> None:
-        """Queue a checkpoint for the next commit; it is acknowledged once committed."""
+        """Queue a checkpoint for the next commit; it is acknowledged once committed.
+
+        Its payload is checked and encoded now, outside the transaction: a malformed one
+        enters the batch marked invalid (its run fails, the worker is told), harming no one.
+        """
         now = self.clock.now()
+        checked = check_checkpoint(message, self.limits, self.event_limits, now)
+        if checked.invalid is not None:
+            log.warning("checkpoint_invalid", run_id=message.run_id, kind=message.type,
+                        session_id=worker.session_id, reason=checked.invalid)
         at: float | None = None
         if isinstance(message, (m.StepFailed, m.RunFailed)):
             at = retry_at(message, now=now, base=self.retry_base, rng=self.rng)
@@ -217,7 +251,9 @@ class Engine:
             self._seen.pop(message.run_id, None)
         else:
             self._seen[message.run_id] = now
-        self._batch.checkpoints.append(CheckpointWrite(worker.session_id, message, at, since))
+        self._batch.checkpoints.append(CheckpointWrite(
+            worker.session_id, message, at, since, checked.invalid, checked.events,
+            checked.data))
         self._wake.set()
 
     async def cancel(self, request: CancelRequest) -> int:
@@ -347,16 +383,36 @@ class Engine:
                 self._idle.clear()
                 continue
             batch, waiters, commands = self._take()
+            self._in_flight = waiters, commands
+            if self.crash_on is not None and any(e.name == self.crash_on for e in batch.events):
+                raise RuntimeError(f"test fault: an event named {self.crash_on!r} arrived")
             try:
                 result = await self.store.write(batch)
             except Exception as exc:  # the store failed: answer no one with success
                 self.metrics.batches_failed += 1
+                self.failing = True
+                self._note_error("batch", exc)
                 log.error("batch_failed", error=str(exc), exc_info=True)
                 self._fail(batch, waiters, commands, exc)
                 await self.clock.sleep(0.2)
                 continue
+            self.failing = False
+            if result.errors:
+                self._item_errors(result)
             self._deliver(batch, waiters, result)
             self._answer(commands, result)
+            self._in_flight = [], []
+
+    def abandon(self, reason: str) -> None:
+        """The loop died: answer everyone still waiting for a commit, so nobody hangs."""
+        error = StoreUnavailable(f"the gateway's engine stopped ({reason}); retry shortly")
+        events, commands = self._in_flight
+        waiting = [f for _, f in self._event_waiters + events]
+        waiting += [f for _, f in self._command_waiters + commands]
+        self._event_waiters, self._command_waiters = [], []
+        for future in waiting:
+            if not future.done():
+                future.set_exception(error)
 
     async def close(self) -> None:
         """Commit what is pending, then stop the loop."""
@@ -415,12 +471,35 @@ class Engine:
             batch.claim_functions = set(self._maybe_ready)
         return batch, waiters, commands
 
+    def _note_error(self, kind: str, error: object) -> None:
+        self.last_error = {"kind": kind, "error": str(error), "at": self.clock.now()}
+
+    def _item_errors(self, result: WriteResult) -> None:
+        self.metrics.items_failed += len(result.errors)
+        for (kind, index), error in result.errors.items():
+            log.error("batch_item_failed", item=kind, index=index, error=error)
+            self._note_error(kind, error)
+
     @staticmethod
     def _answer(commands: list[tuple[str, asyncio.Future[Any]]], result: WriteResult) -> None:
         answers = {"cancel": iter(result.cancelled), "replay": iter(result.replayed)}
+        seen = {"cancel": 0, "replay": 0}
         for kind, future in commands:
-            if not future.done():
-                future.set_result(next(answers[kind]))
+            answer = next(answers[kind])
+            error = result.errors.get((kind, seen[kind]))
+            seen[kind] += 1
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(ItemFailed(
+                    f"the gateway could not apply this {kind} ({error}); nothing of it was "
+                    "stored, and the rest of the gateway is unaffected"))
+            else:
+                future.set_result(answer)
+
+    def health(self) -> dict[str, Any]:
+        """``/health``'s view of the write path: degraded while batches fail whole."""
+        return {"status": "degraded" if self.failing else "ok", "last_error": self.last_error}
 
     def _deliver(
         self,
@@ -430,7 +509,9 @@ class Engine:
     ) -> None:
         metrics = self.metrics
         metrics.batches_committed += 1
-        metrics.events_accepted += len(batch.events) - len(result.duplicate_events)
+        refused = sum(len(events) for group, (events, _) in enumerate(waiters)
+                      if ("events", group) in result.errors) if result.errors else 0
+        metrics.events_accepted += len(batch.events) - len(result.duplicate_events) - refused
         metrics.events_duplicate += len(result.duplicate_events)
         metrics.runs_created += result.runs_created
         metrics.checkpoints_committed += len(batch.checkpoints) - len(result.refused)
@@ -477,8 +558,15 @@ class Engine:
             self._wake.set()
 
         # Answer HTTP senders after the workers: what the loop runs first is the frames.
-        for events, future in waiters:
-            if not future.done():
+        for group, (events, future) in enumerate(waiters):
+            if future.done():
+                continue
+            error = result.errors.get(("events", group))
+            if error is not None:
+                future.set_exception(ItemFailed(
+                    f"these events could not be stored ({error}); nothing of this request "
+                    "was stored, and the gateway log has the details"))
+            else:
                 future.set_result({e.id for e in events} & result.duplicate_events)
 
         for revoked in result.revoked:

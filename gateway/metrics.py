@@ -20,6 +20,8 @@ class Metrics:
     checkpoints_refused: int = 0
     batches_committed: int = 0
     batches_failed: int = 0
+    #: items of a batch that failed alone (the rest of their batch was applied)
+    items_failed: int = 0
 
     def render(self, gauges: dict[str, float]) -> str:
         """Counters (``tether_*_total``) and the given gauges, one line each."""

@@ -77,6 +77,12 @@ class CheckpointWrite:
     message: Checkpoint
     retry_at: float | None = None
     since: float = 0.0
+    #: Decided when the message arrived (:mod:`gateway.intake`), outside the transaction:
+    #: why it cannot be applied (the run then fails for good), or its payload, decoded and
+    #: re-encoded (``EventsSent`` events; ``InvokeRequested`` data or ``RunCompleted`` output).
+    invalid: str | None = None
+    events: list[NewEvent] | None = None
+    data: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -145,6 +151,9 @@ class WriteBatch:
 
     now: float
     events: list[NewEvent] = field(default_factory=list)
+    #: How many of ``events`` each request brought, in order: a request that cannot be
+    #: stored is refused alone (empty: each event is its own request).
+    event_groups: list[int] = field(default_factory=list)
     checkpoints: list[CheckpointWrite] = field(default_factory=list)
     returns: list[LeaseReturn] = field(default_factory=list)
     releases: list[SessionRelease] = field(default_factory=list)
@@ -216,6 +225,11 @@ class WriteResult:
     cancelled: list[int] = field(default_factory=list)
     #: per ``batch.replays`` entry: the new run's id (None for an unknown run)
     replayed: list[str | None] = field(default_factory=list)
+    #: Items that failed alone (the batch was applied again, each item in a savepoint):
+    #: (kind, index) -> the error. ``events`` (a request), ``cancel`` and ``replay`` are
+    #: answered with it; ``checkpoint`` (also in ``refused``), ``return``, ``release``,
+    #: ``deadline`` and ``waits`` (an event offered to its waits) are logged.
+    errors: dict[tuple[str, int], str] = field(default_factory=dict)
     #: the earliest future time this batch made something due (a run to lease, a deadline),
     #: or, with ``find_wakeup``, the earliest the store holds
     next_wakeup: float | None = None

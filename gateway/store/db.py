@@ -9,6 +9,7 @@ names. A list argument is an ``IN (...)`` set: each backend passes it its own wa
 from __future__ import annotations
 
 import re
+from contextlib import AbstractAsyncContextManager
 from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,3 +49,7 @@ class Db(Protocol):
         ...
 
     async def executemany(self, name: str, rows: list[tuple[Any, ...]]) -> None: ...
+
+    def savepoint(self) -> AbstractAsyncContextManager[None]:
+        """A nested transaction: what runs inside is undone alone if it raises."""
+        ...

@@ -16,7 +16,8 @@ the start; nothing of it was kept.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
@@ -36,8 +37,8 @@ log = structlog.get_logger("tether.store")
 T = TypeVar("T")
 
 CHANNEL = "tether"
-#: NOTIFY payloads must stay under 8000 bytes: revocations go in chunks of this many.
-_REVOKE_CHUNK = 100
+#: NOTIFY payloads must stay under 8000 bytes (PostgreSQL's limit), with room to spare.
+NOTIFY_LIMIT = 7900
 _RETRIES = 8
 _RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError,
               asyncpg.exceptions.SerializationError)
@@ -86,6 +87,11 @@ class PgDb:
         if rows:
             await self.conn.executemany(self.sql[name], rows)
 
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        async with self.conn.transaction():  # nested in the batch's: a SAVEPOINT
+            yield
+
 
 def _args(args: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(list(a) if isinstance(a, (tuple, set)) else a for a in args)
@@ -95,6 +101,11 @@ class PostgresStore(SqlStore):
     """See :class:`gateway.store.base.Store`; ``url`` is ``postgresql://user@host/db``."""
 
     shared = True
+    # Connection lost, server shutting down, out of resources, or a conflict to retry whole.
+    store_errors = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                    asyncpg.exceptions.OperatorInterventionError,
+                    asyncpg.exceptions.InsufficientResourcesError, *_RETRYABLE, OSError,
+                    MemoryError)
 
     def __init__(self, url: str, *, pool_size: int = 8) -> None:
         super().__init__()
@@ -218,10 +229,32 @@ class PostgresStore(SqlStore):
         mine = f"{self.gateway_id}."
         revoke = [[r.session_id, r.run_id, r.fence] for r in result.revoked
                   if not r.session_id.startswith(mine)]
-        if note or revoke:
-            await self._notify(db, {**note, "revoke": revoke[:_REVOKE_CHUNK]})
-            for start in range(_REVOKE_CHUNK, len(revoke), _REVOKE_CHUNK):
-                await self._notify(db, {"revoke": revoke[start:start + _REVOKE_CHUNK]})
+        if revoke:
+            note["revoke"] = revoke
+        if note:
+            await self._notify(db, note)
 
     async def _notify(self, db: Db, note: dict[str, Any]) -> None:
-        await db.fetchval("notify", orjson.dumps({"from": self.gateway_id, **note}).decode())
+        for payload in note_payloads({"from": self.gateway_id, **note}):
+            await db.fetchval("notify", payload)
+
+
+def note_payloads(note: dict[str, Any], limit: int = NOTIFY_LIMIT) -> list[str]:
+    """``note`` as NOTIFY payloads of at most ``limit`` bytes each.
+
+    PostgreSQL refuses a payload of 8000 bytes or more, and that would roll back the whole
+    batch: a note too big is split, halving its longest list (revocations, functions) until
+    each part fits. Every part carries the note's other keys.
+    """
+    text = orjson.dumps(note).decode()
+    if len(text.encode()) < limit:
+        return [text]
+    lists = [k for k, v in note.items() if isinstance(v, list) and len(v) > 1]
+    if not lists:
+        log.error("peer_note_dropped", size=len(text), keys=sorted(note))
+        return []
+    key = max(lists, key=lambda k: len(orjson.dumps(note[k])))
+    items = note[key]
+    half = len(items) // 2
+    return (note_payloads({**note, key: items[:half]}, limit)
+            + note_payloads({**note, key: items[half:]}, limit))

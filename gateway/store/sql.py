@@ -12,6 +12,7 @@ import json
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
+import structlog
 from pydantic import TypeAdapter
 
 from gateway.store import keys as keystore
@@ -31,6 +32,8 @@ from protocol.manifest import AppManifest, FunctionConfig
 
 T = TypeVar("T")
 
+log = structlog.get_logger("tether.store")
+
 _CONFIG: TypeAdapter[FunctionConfig] = TypeAdapter(FunctionConfig)
 
 
@@ -40,6 +43,9 @@ class SqlStore:
     shared = False
 
     def __init__(self) -> None:
+        # Function configs, read by transactions. Owned by the store's writer: only code
+        # running inside a transaction touches it (on SQLite that is the writer thread, so
+        # the event loop never does).
         self._configs: dict[str, FunctionConfig | None] = {}
         self.gateway_id = ""
 
@@ -51,13 +57,31 @@ class SqlStore:
 
     # --- writes --------------------------------------------------------------------------
 
+    #: Exceptions that mean the store itself failed (not one item of a batch): a batch that
+    #: raises one fails whole, and is not applied again item by item.
+    store_errors: tuple[type[BaseException], ...] = (OSError, MemoryError)
+
     async def write(self, batch: WriteBatch) -> WriteResult:
+        """Apply the batch in one transaction; if an item raises, apply it again with each
+        item in a savepoint, so only the item that fails is refused (``result.errors``)."""
         async def apply(db: Db) -> WriteResult:
             result = await Transaction(db, batch, self._config).run()
             await self._publish(db, result, registered=False)
             return result
 
-        return await self._transaction(apply)
+        async def apply_isolated(db: Db) -> WriteResult:
+            result = await Transaction(db, batch, self._config).run_isolated(self.store_errors)
+            await self._publish(db, result, registered=False)
+            return result
+
+        try:
+            return await self._transaction(apply)
+        except self.store_errors:
+            raise
+        except Exception as exc:
+            log.warning("batch_isolating", error=f"{type(exc).__name__}: {exc}",
+                        events=len(batch.events), checkpoints=len(batch.checkpoints))
+        return await self._transaction(apply_isolated)
 
     async def _publish(self, db: Db, result: WriteResult | None, *, registered: bool) -> None:
         """Tell other gateways what this transaction changed (nothing to do for one gateway)."""
@@ -72,7 +96,10 @@ class SqlStore:
         return None
 
     def forget_configs(self) -> None:
-        """Functions were registered elsewhere: read their configs again when needed."""
+        """Functions were registered elsewhere: read their configs again when needed.
+
+        Only for a shared store, whose transactions run on the event loop like its caller.
+        """
         self._configs.clear()
 
     async def _config(self, db: Db, function_id: str) -> FunctionConfig | None:
@@ -98,22 +125,34 @@ class SqlStore:
                 await db.execute("upsert_function", full_id, app.id, json.dumps(config), now)
                 records.append(FunctionRecord(full_id, app.id, app.version, config, True, now))
             await self._publish(db, None, registered=True)
+            # Inside the transaction: the cache's owner is whoever runs transactions.
+            self._forget_app(app.id)
             return records
 
         records = await self._transaction(register)
-        stale = [fid for fid in self._configs if fid.startswith(f"{app.id}/")]
-        for fid in stale:
-            del self._configs[fid]
+        if self.shared:
+            # Transactions run on the loop here, and may overlap: one that read the old
+            # config before this commit must not leave it cached.
+            self._forget_app(app.id)
         return records
 
     async def activate_functions(self, function_ids: Collection[str], *, now: float) -> None:
         async def activate(db: Db) -> None:
             await db.executemany("activate_function", [(fid,) for fid in sorted(function_ids)])
             await self._publish(db, None, registered=True)
+            self._forget(function_ids)  # inside the transaction: see register_app
 
         await self._transaction(activate)
+        if self.shared:
+            self._forget(function_ids)
+
+    def _forget(self, function_ids: Collection[str]) -> None:
         for fid in function_ids:
             self._configs.pop(fid, None)
+
+    def _forget_app(self, app_id: str) -> None:
+        for fid in [fid for fid in self._configs if fid.startswith(f"{app_id}/")]:
+            del self._configs[fid]
 
     # --- reads ---------------------------------------------------------------------------
 

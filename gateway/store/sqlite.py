@@ -19,8 +19,9 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -161,6 +162,17 @@ class SQLiteDb:
     async def executemany(self, name: str, rows: list[tuple[Any, ...]]) -> None:
         self.conn.executemany(self.sql[name], rows)
 
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        self.conn.execute("SAVEPOINT item")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK TO item")
+            self.conn.execute("RELEASE item")
+            raise
+        self.conn.execute("RELEASE item")
+
 
 class _DbThread:
     """One thread and one sqlite3 connection; store coroutines run to completion on it.
@@ -193,6 +205,9 @@ def _drive(coro: Coroutine[Any, Any, T]) -> T:
 
 class SQLiteStore(SqlStore):
     """See :class:`gateway.store.base.Store`."""
+
+    # Locked, disk full, I/O error: the database failed, not an item of the batch.
+    store_errors = (sqlite3.OperationalError, sqlite3.InterfaceError, OSError, MemoryError)
 
     def __init__(self, path: str | Path, *, owner: Mapping[str, Any] | None = None) -> None:
         """``owner`` (host, ports) is written in the lock file, for the message another

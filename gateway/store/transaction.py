@@ -28,13 +28,14 @@ from typing import Any
 
 import orjson
 
-from gateway import dispatch
+from gateway import dispatch, loop_guard
 from gateway.runs import FINAL_STATUSES, RunStatus, StepStatus
 from gateway.scheduler.waits import MISSING, NO_INDEX, index_for, key_at
 from gateway.store.base import (
     DEDUP_WINDOW,
     MAX_LEASE_LOSSES,
     CancelRequest,
+    CheckpointWrite,
     Lease,
     NewEvent,
     Revocation,
@@ -82,6 +83,14 @@ def error_from_json(text: str | None) -> m.ErrorInfo | None:
     return m.ErrorInfo(name=raw["name"], message=raw["message"], stack=raw.get("stack"))
 
 
+def event_json(name: str, event_id: str, ts: int, data: bytes, user: bytes = b"null") -> bytes:
+    """An event's JSON around ``data`` (and ``user``), already JSON: spliced, never encoded
+    again."""
+    return b"".join((b'{"name":', orjson.dumps(name), b',"data":', data, b',"id":',
+                     orjson.dumps(event_id), b',"ts":', str(ts).encode(), b',"user":', user,
+                     b"}"))
+
+
 @dataclass(slots=True)
 class _Run:
     """What the checkpoint phase needs to know of a run, kept current during the batch."""
@@ -91,6 +100,7 @@ class _Run:
     function_id: str
     state_bytes: int
     parent: tuple[str, str] | None  # (run id, step id) of the run that invoked this one
+    steps: int  # steps recorded so far (for --max-steps)
 
 
 @dataclass(slots=True)
@@ -122,21 +132,21 @@ class Transaction:
         self._wakeups: list[float] = []
         self._endings: list[tuple[Any, ...]] = []
         self._last_seq = 0  # the highest event seq stored in this batch so far
+        # Steps recorded per run in this batch, not yet added to its step_count.
+        self._counted: dict[str, int] = {}
 
     async def run(self) -> WriteResult:
         batch = self.batch
         if batch.events:
             await self.ingest(batch.events)
         if batch.checkpoints:
-            await self._checkpoints()
+            await self._checkpoints(list(enumerate(batch.checkpoints)))
         for request in batch.cancels:
             self.result.cancelled.append(await self._cancel_request(request))
         for run_id in batch.replays:
             self.result.replayed.append(await self._replay(run_id))
         for ret in batch.returns:
-            row = await self.db.fetchone("return_lease", self.now, ret.run_id, ret.fence)
-            if row:
-                self.touched.add(row[0])
+            await self._return(ret.run_id, ret.fence)
         for release in batch.releases:
             await self._release(release.session_id, release.reason, release.lost)
         for run_id in batch.forgiven:  # after the releases that counted the loss
@@ -151,6 +161,164 @@ class Transaction:
         self.result.next_wakeup = min(self._wakeups, default=None)
         return self.result
 
+    async def run_isolated(self, store_errors: tuple[type[BaseException], ...]) -> WriteResult:
+        """:meth:`run`, each item in its own savepoint: what fails is undone and answered alone.
+
+        The batch comes here after :meth:`run` raised (rare: everything was checked before it
+        entered the batch). An event request that fails is refused (``result.errors``); a
+        checkpoint that fails fails its run for good, with the error, so a resent one is
+        refused instead of failing again. ``store_errors`` mean the store itself failed: they
+        end the batch as before.
+        """
+        batch, result = self.batch, self.result
+        start = 0
+        for group, size in enumerate(batch.event_groups or [1] * len(batch.events)):
+            events = batch.events[start:start + size]
+            start += size
+            error = await self._isolated(store_errors, self.ingest(events))
+            if error is not None:
+                result.errors[("events", group)] = error
+        for index, write in enumerate(batch.checkpoints):
+            error = await self._isolated(store_errors, self._checkpoints([(index, write)]))
+            if error is not None:
+                await self._checkpoint_failed(store_errors, index, write, error)
+        for index, request in enumerate(batch.cancels):
+            counted: list[int] = []
+            error = await self._isolated(store_errors, self._count(request, counted))
+            result.cancelled.append(counted[0] if counted else 0)
+            if error is not None:
+                result.errors[("cancel", index)] = error
+        for index, run_id in enumerate(batch.replays):
+            replayed: list[str | None] = []
+            error = await self._isolated(store_errors, self._replay_into(run_id, replayed))
+            result.replayed.append(replayed[0] if replayed else None)
+            if error is not None:
+                result.errors[("replay", index)] = error
+        for index, ret in enumerate(batch.returns):
+            error = await self._isolated(store_errors, self._return(ret.run_id, ret.fence))
+            if error is not None:
+                result.errors[("return", index)] = error
+        for index, release in enumerate(batch.releases):
+            # Left leased if it fails: the next start of the gateway requeues them.
+            error = await self._isolated(store_errors, self._release(
+                release.session_id, release.reason, release.lost))
+            if error is not None:
+                result.errors[("release", index)] = error
+        for run_id in batch.forgiven:  # after the releases that counted the loss
+            await self._isolated(store_errors, self.db.execute("forgive_lease_loss", run_id))
+        for index, (run_id, started_at, function_id) in enumerate(
+                await self.db.fetch("due_deadlines", self.now)):
+            error = await self._isolated(store_errors,
+                                         self._deadline(run_id, started_at, function_id))
+            if error is not None:
+                result.errors[("deadline", index)] = error
+                await self._isolated(store_errors, self._end_plain(run_id, error_json(
+                    "InternalError", f"the run's deadline could not be applied ({error}); "
+                    "the run was failed")))
+        # Each event stored is offered to its waits alone; one that fails resolves nothing.
+        stored, self.stored = self.stored, []
+        for index, event in enumerate(stored):
+            self.stored.append(event)
+            error = await self._isolated(store_errors, self._match_waits())
+            if error is not None:
+                result.errors[("waits", index)] = error
+            self.stored.clear()
+        self.result.touched_functions = self.touched
+        if batch.claims:
+            await self._claim(self.touched | batch.claim_functions)
+        if batch.find_wakeup:
+            await self._find_wakeup()
+        self.result.next_wakeup = min(self._wakeups, default=None)
+        return self.result
+
+    async def _isolated(self, store_errors: tuple[type[BaseException], ...],
+                        work: Awaitable[Any]) -> str | None:
+        """Run ``work`` in a savepoint; on failure undo it (store and memory) and say why."""
+        marks = self._marks()
+        try:
+            async with self.db.savepoint():
+                await work
+                await self._flush_runs()
+                if self._endings:
+                    await self.db.executemany("end_run", self._endings)
+                    await self.db.executemany("delete_waits", [(e[4],) for e in self._endings])
+                    self._endings = []
+        except store_errors:
+            raise
+        except Exception as exc:
+            self._undo(marks)
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def _marks(self) -> tuple[Any, ...]:
+        result = self.result
+        return (len(self.stored), len(self._wakeups), len(result.ended), len(result.revoked),
+                set(self.touched), dict(result.refused))
+
+    def _undo(self, marks: tuple[Any, ...]) -> None:
+        stored, wakeups, ended, revoked, touched, refused = marks
+        result = self.result
+        del self.stored[stored:], self._wakeups[wakeups:]
+        del result.ended[ended:], result.revoked[revoked:]
+        self.touched, result.refused = touched, refused
+        self._new_runs, self._new_links, self._endings = [], [], []
+        self._counted = {}
+
+    async def _checkpoint_failed(self, store_errors: tuple[type[BaseException], ...],
+                                 index: int, write: CheckpointWrite, error: str) -> None:
+        """A checkpoint that cannot be applied fails its run for good (if its lease is current)."""
+        msg = write.message
+        failed = error_json("InternalError", f"the gateway could not apply a {msg.type} "
+                            f"checkpoint ({error}); the run was failed so that it does not fail "
+                            "again on every resend")
+        ended: list[bool] = []
+        self.result.errors[("checkpoint", index)] = error
+        await self._isolated(store_errors, self._end_plain(msg.run_id, failed, msg.fence, ended))
+        self.result.refused[index] = (f"the gateway could not apply this checkpoint ({error})"
+                                      + ("; the run failed" if ended else ""))
+
+    async def _end_plain(self, run_id: str, error: str, fence: int | None = None,
+                         ended: list[bool] | None = None) -> None:
+        """End a run as failed with nothing that follows (no system events, no parent answer):
+        the last resort when :meth:`end_run` itself fails."""
+        row = await self.db.fetchone("run_for_end", run_id)
+        if row is None or row[5] in FINAL_STATUSES or (fence is not None and row[2] != fence):
+            return
+        await self.db.execute("end_run", RunStatus.FAILED, None, error, self.now, run_id)
+        await self.db.execute("delete_waits", run_id)
+        self.result.ended.append(RunEnded(run_id, row[0], RunStatus.FAILED))
+        if row[1] is not None:
+            self.result.revoked.append(Revocation(row[1], run_id, row[2], "failed"))
+        if ended is not None:
+            ended.append(True)
+
+    async def _count(self, request: CancelRequest, into: list[int]) -> None:
+        into.append(await self._cancel_request(request))
+
+    async def _replay_into(self, run_id: str, into: list[str | None]) -> None:
+        into.append(await self._replay(run_id))
+
+    async def _return(self, run_id: str, fence: int) -> None:
+        row = await self.db.fetchone("return_lease", self.now, run_id, fence)
+        if row:
+            self.touched.add(row[0])
+
+    async def _deadline(self, run_id: str, started_at: float | None, function_id: str) -> None:
+        """Cancel a run past a deadline: ``timeouts.start`` until the run starts (its first
+        lease), ``timeouts.finish`` from then on (see :meth:`_first_lease`)."""
+        config = await self._config(self.db, function_id)
+        timeouts = config.timeouts if config is not None else None
+        if started_at is None:
+            limit = timeouts.start if timeouts is not None else None
+            reason, since = "not started within timeouts.start", "it was queued"
+        else:
+            limit = timeouts.finish if timeouts is not None else None
+            reason, since = "not finished within timeouts.finish", "it started"
+        if limit is not None:
+            reason += f" ({float(limit):g} s after {since})"  # type: ignore[arg-type]
+        await self.end_run(run_id, RunStatus.CANCELLED,
+                           error=error_json("Timeout", f"cancelled: {reason}"))
+
     def _later(self, when: float | None) -> None:
         """Something becomes due at ``when``: the engine must wake up for it."""
         if when is not None and when > self.now:
@@ -164,10 +332,12 @@ class Transaction:
 
     # --- events and runs -----------------------------------------------------------------
 
-    async def ingest(self, events: list[NewEvent], *, match: bool = True) -> list[int | None]:
+    async def ingest(self, events: list[NewEvent], *, match: bool = True,
+                     about: tuple[str, int] | None = None) -> list[int | None]:
         """Store events (skipping duplicates) and start the runs they trigger.
 
-        Returns each event's seq, or None for a duplicate.
+        ``about`` marks system events: (function id of the run they report, chain link), for
+        the loop guard. Returns each event's seq, or None for a duplicate.
         """
         db, now = self.db, self.now
         seen = {row[0] for row in await db.fetch(
@@ -196,7 +366,10 @@ class Transaction:
             if len(self.stored) < MAX_EVENTS_PER_BATCH:
                 self.stored.append(_Stored(seq, event.name, event.payload, data))
             if match:
-                for function_id in self.batch.match(event.name, data):
+                targets = self.batch.match(event.name, data)
+                if about is not None and targets:
+                    targets = loop_guard.targets(targets, about=about[0], link=about[1])
+                for function_id in targets:
                     await self.create_run(function_id, [(seq, event.id)], event.payload, data)
         await self._flush_runs()
         return [by_event.get(id(e)) for e in events]
@@ -258,25 +431,28 @@ class Transaction:
         trigger = events[0][2]
         # Created now: events stored before now (in this batch too) do not cancel it.
         new_run = await self.create_run(function_id, [(r[0], r[1]) for r in events], trigger,
-                                        json.loads(trigger),
+                                        orjson.loads(trigger),
                                         after_seq=max(self._last_seq, *(r[0] for r in events)))
         await self._flush_runs()
         return new_run
 
     # --- checkpoints ---------------------------------------------------------------------
 
-    async def _checkpoints(self) -> None:
+    async def _checkpoints(self, writes: list[tuple[int, CheckpointWrite]]) -> None:
+        """Apply ``writes`` ((index in the batch, checkpoint)) in order."""
         db, now, result = self.db, self.now, self.result
         limits = self.batch.limits
         runs: dict[str, _Run] = {
-            row[0]: _Run(row[1], row[2], row[3], row[4], (row[5], row[6]) if row[5] else None)
+            row[0]: _Run(row[1], row[2], row[3], row[4], (row[5], row[6]) if row[5] else None,
+                         row[7])
             for row in await db.fetch(
-                "checkpoint_runs", list({c.message.run_id for c in self.batch.checkpoints}))
+                "checkpoint_runs", list({w.message.run_id for _, w in writes}))
         }
         steps: list[tuple[Any, ...]] = []
         growth: dict[str, int] = {}
         suspended: list[str] = []
-        for index, write in enumerate(self.batch.checkpoints):
+        max_steps, counted = limits.max_steps, self._counted
+        for index, write in writes:
             msg = write.message
             run = runs.get(msg.run_id)
             refusal = _refusal(run, msg)
@@ -284,13 +460,31 @@ class Transaction:
                 result.refused[index] = refusal
                 continue
             assert run is not None
-            if isinstance(msg, m.StepCompleted) and len(msg.output) > limits.max_step_result:
-                # The SDK never sends this; a worker that does fails the run, not the gateway.
-                await self._flush_steps(steps, growth)
-                await self.end_run(msg.run_id, RunStatus.FAILED, error=error_json(
+            failure = write.invalid
+            if failure is not None:
+                # Malformed (see gateway.intake): the run fails for good, the worker is told.
+                result.refused[index] = f"invalid checkpoint: {failure}; the run failed"
+                failure = error_json("InvalidCheckpoint", f"the worker sent {failure}")
+            elif isinstance(msg, _STEP_CHECKPOINTS):
+                if run.steps < max_steps:  # counted (a resend twice: see _count_step)
+                    run.steps += 1
+                    counted[msg.run_id] = counted.get(msg.run_id, 0) + 1
+                else:
+                    failure = await self._count_step(run, msg.run_id, msg.step_id, steps,
+                                                     growth)
+            if failure is None and isinstance(msg, _SIZED) and len(
+                    msg.output) > limits.max_step_result:
+                what = (f"step {msg.step_id!r} returned" if isinstance(msg, m.StepCompleted)
+                        else "the function returned")
+                failure = error_json(
                     "LimitExceeded",
-                    f"step {msg.step_id!r} returned {len(msg.output) / 2**20:.1f} MiB, over the "
-                    f"{limits.max_step_result / 2**20:.0f} MiB limit"))
+                    f"{what} {len(msg.output) / 2**20:.1f} MiB, over the "
+                    f"{limits.max_step_result / 2**20:.1f} MiB limit (--max-step-result); "
+                    "keep large data outside step results")
+            if failure is not None:
+                # The SDK never sends these; a worker that does fails its run, not the gateway.
+                await self._flush_steps(steps, growth)
+                await self.end_run(msg.run_id, RunStatus.FAILED, error=failure)
                 run.status = RunStatus.FAILED
             elif isinstance(msg, m.StepCompleted):
                 steps.append((msg.run_id, msg.step_id, "run", StepStatus.COMPLETED,
@@ -325,12 +519,13 @@ class Transaction:
             elif isinstance(msg, m.WaitRequested):
                 await self._wait_requested(msg, write.since)
             elif isinstance(msg, m.InvokeRequested):
-                await self._invoke_requested(msg)
+                await self._invoke_requested(msg, write.data or msg.data)
             elif isinstance(msg, m.EventsSent):
-                await self._events_sent(msg)
+                await self._events_sent(msg, write.events)
             elif isinstance(msg, m.RunCompleted):
                 await self._warnings(msg.run_id, msg.warnings)
-                await self._finish(msg.run_id, run, RunStatus.COMPLETED, msg.output, None)
+                await self._finish(msg.run_id, run, RunStatus.COMPLETED,
+                                   write.data or msg.output, None)
             elif isinstance(msg, m.RunFailed):
                 await self._warnings(msg.run_id, msg.warnings)
                 if msg.final:
@@ -376,14 +571,40 @@ class Transaction:
         if warnings:
             await self.db.execute("set_run_warnings", orjson.dumps(warnings).decode(), run_id)
 
+    async def _count_step(self, run: _Run, run_id: str, step_id: str,
+                          steps: list[tuple[Any, ...]], growth: dict[str, int]) -> str | None:
+        """A step of a run at ``--max-steps`` by its count: the error if it is one too many.
+
+        The count is cheap and may count a step twice (a resend, a retry and its success in
+        one batch); here, at the limit, it is made exact, so no run fails for a resend.
+        """
+        limit = self.batch.limits.max_steps
+        await self._flush_steps(steps, growth)
+        if await self.db.fetchval("step_exists", run_id, step_id):
+            return None  # recorded before: not a new step
+        run.steps = await self.db.fetchval("recount_steps", run_id)
+        if run.steps >= limit:
+            return error_json(
+                "LimitExceeded",
+                f"step {step_id!r} would be step {run.steps + 1} of the run, over the "
+                f"{limit} steps limit (--max-steps); split the work into several runs "
+                "(step.invoke or send_event)")
+        run.steps += 1
+        self._counted[run_id] = self._counted.get(run_id, 0) + 1
+        return None
+
     async def _flush_steps(self, steps: list[tuple[Any, ...]], growth: dict[str, int]) -> None:
         if steps:
             await self.db.executemany("upsert_step", steps)
             steps.clear()
+        counted = self._counted
         if growth:
-            await self.db.executemany("run_progressed",
-                                      [(size, run_id) for run_id, size in growth.items()])
+            await self.db.executemany("run_progressed", [
+                (size, run_id, counted.pop(run_id, 0)) for run_id, size in growth.items()])
             growth.clear()
+        if counted:
+            await self.db.executemany("add_steps", [(n, r) for r, n in counted.items()])
+            counted.clear()
 
     async def _suspend(self, run_id: str) -> None:
         """Every branch of the run waits: sleep until the earliest pending step is due."""
@@ -412,13 +633,13 @@ class Transaction:
         await db.execute("lock_event_name_for_wait", msg.event)
         row = await db.fetchone("run_trigger_and_seq", msg.run_id)
         trigger, after_seq = (row[0], row[1] or 0) if row else (None, 0)
-        trigger_data = json.loads(trigger) if trigger else {}
+        trigger_data = orjson.loads(trigger) if trigger else {}
         await self._insert_wait(msg.run_id, msg.step_id, "wait", msg.event, msg.if_,
                                 trigger or b"{}", trigger_data, now + msg.timeout, after_seq)
         # Look back: an event may have arrived after the run reached the wait on the worker
         # but before this checkpoint was stored. Never the run's own events, nor older ones.
         for payload, in await db.fetch("events_since", msg.event, since, after_seq):
-            candidate = json.loads(payload)
+            candidate = orjson.loads(payload)
             if matches(msg.if_, {"event": trigger_data, "async": candidate}):
                 await self._resolve_wait(msg.run_id, msg.step_id, payload)
                 return
@@ -432,7 +653,8 @@ class Transaction:
                               index.key, trigger, expires, self.now, after_seq)
         self._listens[event] = True
 
-    async def _invoke_requested(self, msg: m.InvokeRequested) -> None:
+    async def _invoke_requested(self, msg: m.InvokeRequested, data: bytes) -> None:
+        """``data`` is the invoke's JSON object, checked and re-encoded (gateway.intake)."""
         db, now = self.db, self.now
         wake = now + (YEAR if msg.timeout is None else msg.timeout)  # Inngest's default too
         if not await db.execute("insert_pending_step", msg.run_id, msg.step_id, "invoke",
@@ -447,10 +669,10 @@ class Transaction:
                 now, msg.run_id, msg.step_id)
             return
         event_id = f"{msg.run_id}-{msg.step_id}-invoke"
-        data = json.loads(msg.data)
-        body = {"name": INVOKED, "data": data, "id": event_id, "ts": int(now * 1000),
-                "user": _invoke_user(msg.user)}
-        payload = orjson.dumps(body)
+        user = _invoke_user(msg.user)
+        body = {"name": INVOKED, "data": orjson.loads(data), "id": event_id,
+                "ts": int(now * 1000), "user": user}
+        payload = event_json(INVOKED, event_id, int(now * 1000), data, orjson.dumps(user))
         (seq,) = await self.ingest([NewEvent(event_id, INVOKED, payload, body)], match=False)
         if seq is None:
             return
@@ -459,11 +681,13 @@ class Transaction:
         await self._flush_runs()
         await db.execute("set_step_child", child, msg.run_id, msg.step_id)
 
-    async def _events_sent(self, msg: m.EventsSent) -> None:
-        events = []
-        for raw in msg.events:
-            body = json.loads(raw)
-            events.append(NewEvent(str(body["id"]), str(body["name"]), raw, body))
+    async def _events_sent(self, msg: m.EventsSent, events: list[NewEvent] | None) -> None:
+        """``events`` are the step's events, checked and encoded (gateway.intake)."""
+        if events is None:  # a caller that skipped intake: decode as sent
+            events = []
+            for raw in msg.events:
+                body = orjson.loads(raw)
+                events.append(NewEvent(str(body["id"]), str(body["name"]), raw, body))
         ids = orjson.dumps([e.id for e in events])
         if not await self.db.execute("insert_done_step", msg.run_id, msg.step_id, "send_event",
                                      ids, self.now):
@@ -487,9 +711,10 @@ class Transaction:
         await db.execute("end_run", status, output, error, now, run_id)
         self.result.ended.append(RunEnded(run_id, function_id, status))
         await db.execute("delete_waits", run_id)
+        if session_id is not None:
+            # Ended by the gateway (cancelled, over a limit, ...) while a worker holds it.
+            self.result.revoked.append(Revocation(session_id, run_id, fence, status.lower()))
         if status == RunStatus.CANCELLED:
-            if session_id is not None:
-                self.result.revoked.append(Revocation(session_id, run_id, fence, "cancelled"))
             for (child,) in await db.fetch("live_children", run_id):
                 await self.end_run(child, RunStatus.CANCELLED,
                                    error=error_json("Cancelled", "its parent run was cancelled"))
@@ -518,6 +743,12 @@ class Transaction:
 
     async def _system_events(self, run_id: str, function_id: str, status: str,
                              output: bytes | None, error: str | None) -> None:
+        """Emit ``tether/function.*`` for a run's end, to those who listen.
+
+        The output, error and triggering event are spliced in as the bytes already stored:
+        nothing is encoded again, so a payload near the encoder's depth limit cannot fail
+        here. The loop guard (:mod:`gateway.loop_guard`) decides which functions they start.
+        """
         names = [FINISHED]
         if status == RunStatus.FAILED:
             names.append(FAILED)
@@ -526,20 +757,28 @@ class Transaction:
         names = [n for n in names if await self._listened(n)]
         if not names:
             return
-        trigger = await self.db.fetchval("run_trigger", run_id)
+        stored = await self.db.fetchval("run_trigger", run_id)
+        trigger = bytes(stored) if stored else b"null"
+        trigger_data = orjson.loads(trigger)
+        error_bytes = error.encode() if error is not None else b"null"
+        data_json = b"".join((
+            b'{"function_id":', orjson.dumps(function_id), b',"run_id":', orjson.dumps(run_id),
+            b',"status":', orjson.dumps(status), b',"output":', output or b"null",
+            b',"error":', error_bytes, b',"event":', trigger, b"}"))
         data = {
             "function_id": function_id, "run_id": run_id, "status": status,
-            "output": json.loads(output) if output is not None else None,
-            "error": json.loads(error) if error is not None else None,
-            "event": json.loads(trigger) if trigger else None,
+            "output": orjson.loads(output) if output is not None else None,
+            "error": json.loads(error) if error is not None else None, "event": trigger_data,
         }
+        link = loop_guard.chain_length(trigger_data) + 1
+        ts = int(self.now * 1000)
         events = []
         for name in names:
             event_id = f"{run_id}-{name.rsplit('.', 1)[1]}"
-            body = {"name": name, "data": data, "id": event_id, "ts": int(self.now * 1000),
-                    "user": None}
-            events.append(NewEvent(event_id, name, orjson.dumps(body), body))
-        await self.ingest(events)
+            body = {"name": name, "data": data, "id": event_id, "ts": ts, "user": None}
+            events.append(NewEvent(event_id, name, event_json(name, event_id, ts, data_json),
+                                   body))
+        await self.ingest(events, about=(function_id, link))
 
     async def _listened(self, name: str) -> bool:
         """Does any function or wait listen for ``name``? (Unheard system events aren't kept.)"""
@@ -559,7 +798,7 @@ class Transaction:
             ids = []
             for run_id, trigger in rows:
                 if request.if_ and not matches(
-                        request.if_, {"event": json.loads(trigger) if trigger else {}}):
+                        request.if_, {"event": orjson.loads(trigger) if trigger else {}}):
                     continue
                 ids.append(run_id)
         count = 0
@@ -570,21 +809,8 @@ class Transaction:
         return count
 
     async def _deadlines(self) -> None:
-        """Cancel runs past a deadline: ``timeouts.start`` until the run starts (its first
-        lease), ``timeouts.finish`` from then on (see :meth:`_first_lease`)."""
         for run_id, started_at, function_id in await self.db.fetch("due_deadlines", self.now):
-            config = await self._config(self.db, function_id)
-            timeouts = config.timeouts if config is not None else None
-            if started_at is None:
-                limit = timeouts.start if timeouts is not None else None
-                reason, since = "not started within timeouts.start", "it was queued"
-            else:
-                limit = timeouts.finish if timeouts is not None else None
-                reason, since = "not finished within timeouts.finish", "it started"
-            if limit is not None:
-                reason += f" ({float(limit):g} s after {since})"  # type: ignore[arg-type]
-            await self.end_run(run_id, RunStatus.CANCELLED,
-                               error=error_json("Timeout", f"cancelled: {reason}"))
+            await self._deadline(run_id, started_at, function_id)
 
     async def _release(self, session_id: str, reason: str, lost: bool) -> None:
         await self.release_runs(await self.db.fetch("session_runs", session_id), reason, lost)
@@ -622,7 +848,7 @@ class Transaction:
                         "waits_for", event.name, path, key, event.seq):
                     if expires is not None and expires <= self.now:
                         continue
-                    if if_ and not matches(if_, {"event": json.loads(trigger),
+                    if if_ and not matches(if_, {"event": orjson.loads(trigger),
                                                  "async": event.data}):
                         continue
                     if kind == "wait":
@@ -741,6 +967,13 @@ class Transaction:
             deadline = self.now + float(timeouts.finish)  # type: ignore[arg-type]
             self._later(deadline)
         await self.db.execute("set_deadline", deadline, run_id)
+
+
+#: Checkpoints that record a step (and count against ``--max-steps``).
+_STEP_CHECKPOINTS = (m.StepCompleted, m.StepFailed, m.SleepRequested, m.WaitRequested,
+                     m.InvokeRequested, m.EventsSent)
+#: Checkpoints whose ``output`` counts against ``--max-step-result``.
+_SIZED = (m.StepCompleted, m.RunCompleted)
 
 
 def _refusal(run: _Run | None, msg: m._Checkpoint) -> str | None:

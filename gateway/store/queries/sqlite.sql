@@ -57,7 +57,8 @@ ORDER BY seq;
 -- ================================ checkpoints ================================
 
 -- name: checkpoint_runs
-SELECT id, fence, status, function_id, state_bytes, parent_run_id, parent_step_id FROM runs
+SELECT id, fence, status, function_id, state_bytes, parent_run_id, parent_step_id,
+    step_count FROM runs
 WHERE id IN (SELECT value FROM json_each(?1));
 
 -- name: upsert_step
@@ -89,14 +90,25 @@ UPDATE steps SET child_run_id = ?1 WHERE run_id = ?2 AND step_id = ?3;
 -- name: run_progressed
 -- A completed step (it recorded a result, so ?1 > 0) also gives the function body a fresh
 -- retry budget, as Inngest does.
-UPDATE runs SET state_bytes = state_bytes + ?1, lease_losses = 0,
-    attempt = CASE WHEN ?1 > 0 THEN 0 ELSE attempt END
+UPDATE runs SET state_bytes = state_bytes + ?1, step_count = step_count + ?3,
+    lease_losses = 0, attempt = CASE WHEN ?1 > 0 THEN 0 ELSE attempt END
 WHERE id = ?2;
 
 -- name: reset_attempt
 -- A step completed without its result passing through run_progressed (send_event,
 -- a wait's event, a child's output, a sleep or wait timeout settled at a lease).
 UPDATE runs SET attempt = 0 WHERE id = ?1;
+
+-- name: add_steps
+UPDATE runs SET step_count = step_count + ?1 WHERE id = ?2;
+
+-- name: recount_steps
+UPDATE runs SET step_count = (SELECT count(*) FROM steps WHERE steps.run_id = runs.id)
+WHERE id = ?1
+RETURNING step_count;
+
+-- name: step_exists
+SELECT 1 FROM steps WHERE run_id = ?1 AND step_id = ?2;
 
 -- name: requeue_run
 UPDATE runs SET status = 'Queued', session_id = NULL, available_at = ?1,
