@@ -41,8 +41,6 @@ OK = Checked()
 def check_checkpoint(msg: m.Checkpoint, limits: Limits, event_limits: EventLimits,
                      now: float) -> Checked:
     """Decide whether ``msg`` may enter a batch; a pure function of the message and limits."""
-    if "\x00" in msg.run_id or "\x00" in getattr(msg, "step_id", ""):
-        return Checked(invalid="a run or step id contains a NUL character")
     if isinstance(msg, m.StepCompleted):
         # Size is the transaction's to judge (it fails the run for good); JSON is ours.
         if len(msg.output) <= limits.max_step_result:
@@ -53,16 +51,12 @@ def check_checkpoint(msg: m.Checkpoint, limits: Limits, event_limits: EventLimit
             return OK  # the transaction fails the run with LimitExceeded
         return _normalised(msg.output, "the run's output")
     if isinstance(msg, m.InvokeRequested):
-        if "\x00" in msg.function_id:
-            return Checked(invalid="step.invoke: the function id contains a NUL character")
         checked = _normalised(msg.data, f"step.invoke({msg.step_id!r}) data")
         if checked.invalid is None and not (checked.data or b"").startswith(b"{"):
             return Checked(invalid=f"step.invoke({msg.step_id!r}) data must be a JSON object")
         return checked
     if isinstance(msg, m.EventsSent):
         return _events(msg, event_limits, now)
-    if isinstance(msg, m.WaitRequested) and "\x00" in msg.event:
-        return Checked(invalid="step.wait_for_event: the event name contains a NUL character")
     return OK
 
 
@@ -104,7 +98,5 @@ def _events(msg: m.EventsSent, event_limits: EventLimits, now: float) -> Checked
             ((event, _),) = parse_events(raw, limits=event_limits, now=now)
         except InvalidInput as exc:  # also PayloadTooLarge
             return Checked(invalid=f"{where}: {exc.message}")
-        if "\x00" in event.name or "\x00" in event.id:
-            return Checked(invalid=f"{where}: the name or id contains a NUL character")
         events.append(event)
     return Checked(events=events)
