@@ -19,6 +19,7 @@ from gateway.config import Settings, db_backend
 from gateway.engine import Engine
 from gateway.http.api import build_api
 from gateway.http.events import EventLimits
+from gateway.http.server import server_config
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store.base import Limits, Store
@@ -110,10 +111,7 @@ class Gateway:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.host, self.settings.port))
         self.http_port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.api, log_config=None, access_log=False, lifespan="off", http="httptools",
-            timeout_graceful_shutdown=5,
-        )
+        config = server_config(self.api)
         config.load()
         self._http = uvicorn.Server(config)
         self._http.lifespan = config.lifespan_class(config)
