@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.engine import Engine
 from gateway.http.bulk_cancel import BulkCancel, cancel_in_bulk
 from gateway.http.events import read_body
-from gateway.registry import Registry
+from gateway.registry import Registry, WorkerEntry
 from gateway.runs import RunStatus
 from gateway.store.base import CancelRequest, RunRecord, StepRecord
 from protocol.errors import InvalidInput, NotFound
@@ -82,10 +82,29 @@ def run_json(run: RunRecord) -> dict[str, Any]:
     }
 
 
+def worker_json(w: WorkerEntry, *, monotonic: float, gateway_id: str) -> dict[str, Any]:
+    """A connected worker as the API shows it (and as gateways publish theirs to each other)."""
+    return {
+        "session_id": w.session_id,
+        "gateway_id": gateway_id,
+        "instance_id": w.instance_id,
+        "apps": w.apps,
+        "functions": sorted(w.functions),
+        "capacity": w.capacity,
+        "in_flight": len(w.in_flight),
+        "draining": w.draining,
+        "connected_at": iso(w.connected_at),
+        "last_seen_seconds_ago": round(max(0.0, monotonic - w.last_seen), 3),
+    }
+
+
 class ManagementRoutes:
-    def __init__(self, engine: Engine, registry: Registry) -> None:
+    def __init__(self, engine: Engine, registry: Registry, *, gateway_id: str = "",
+                 peer_ttl: float = 5.0) -> None:
         self.engine = engine
         self.registry = registry
+        self.gateway_id = gateway_id
+        self.peer_ttl = peer_ttl
 
     async def functions(self, request: Request) -> Response:
         _query(request, set())
@@ -105,22 +124,19 @@ class ManagementRoutes:
         return JSONResponse({"data": data, "cursor": None})
 
     async def workers(self, request: Request) -> Response:
+        """This gateway's workers, and those other gateways sharing the store published."""
         _query(request, set())
-        now = self.engine.clock.monotonic()
-        data = [
-            {
-                "session_id": w.session_id,
-                "instance_id": w.instance_id,
-                "apps": w.apps,
-                "functions": sorted(w.functions),
-                "capacity": w.capacity,
-                "in_flight": len(w.in_flight),
-                "draining": w.draining,
-                "connected_at": iso(w.connected_at),
-                "last_seen_seconds_ago": round(max(0.0, now - w.last_seen), 3),
-            }
-            for w in sorted(self.registry, key=lambda w: w.connected_at)
-        ]
+        monotonic = self.engine.clock.monotonic()
+        data = [worker_json(w, monotonic=monotonic, gateway_id=self.gateway_id)
+                for w in self.registry]
+        now = self.engine.clock.now()
+        for _, beat, published in await self.engine.store.peer_workers(
+                self.gateway_id, since=now - self.peer_ttl):
+            for worker in orjson.loads(published):
+                worker["last_seen_seconds_ago"] = round(
+                    worker["last_seen_seconds_ago"] + max(0.0, now - beat), 3)
+                data.append(worker)
+        data.sort(key=lambda w: (w["connected_at"] or "", w["session_id"]))
         return JSONResponse({"data": data, "cursor": None})
 
     async def run(self, request: Request) -> Response:

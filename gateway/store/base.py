@@ -296,6 +296,14 @@ class Store(Protocol):
         """
         ...
 
+    async def publish_workers(self, gateway_id: str, workers: str) -> None:
+        """Record this gateway's connected workers (a JSON array) for the others to list."""
+        ...
+
+    async def peer_workers(self, gateway_id: str, *, since: float) -> list[tuple[str, float, str]]:
+        """Other live gateways' published workers: (gateway id, beat time, JSON array)."""
+        ...
+
     async def subscribe(self, gateway_id: str, callback: Callable[[PeerNote], None]) -> None:
         """From now on, call ``callback`` with what other gateways publish after their commits."""
         ...

@@ -63,6 +63,12 @@ class SqlStore:
     async def keepalive(self, gateway_id: str, *, now: float, ttl: float) -> set[str]:
         return set()
 
+    async def publish_workers(self, gateway_id: str, workers: str) -> None:
+        return None  # one gateway: its registry is the whole truth
+
+    async def peer_workers(self, gateway_id: str, *, since: float) -> list[tuple[str, float, str]]:
+        return []
+
     async def subscribe(self, gateway_id: str, callback: Callable[[PeerNote], None]) -> None:
         self.gateway_id = gateway_id
 

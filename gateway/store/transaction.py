@@ -453,6 +453,7 @@ class Transaction:
         await db.execute("end_run", status, output, error, now, run_id)
         self.result.ended.append(RunEnded(run_id, function_id, status))
         await db.execute("delete_waits", run_id)
+        await db.execute("end_pending_steps", now, run_id)
         if status == RunStatus.CANCELLED:
             if session_id is not None:
                 self.result.revoked.append(Revocation(session_id, run_id, fence, "cancelled"))

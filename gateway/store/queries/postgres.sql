@@ -165,6 +165,11 @@ WHERE event_name = $1 AND match_path = $2 AND match_key = $3 ORDER BY created_at
 -- name: delete_wait
 DELETE FROM waits WHERE run_id = $1 AND step_id = $2;
 
+-- name: end_pending_steps
+-- A run ended: its sleeps, waits, invokes and retries still pending never will resolve.
+UPDATE steps SET status = 'Cancelled', ended_at = $1, wake_at = NULL
+WHERE run_id = $2 AND status IN ('Retrying', 'Sleeping', 'Waiting', 'Invoking');
+
 -- name: delete_waits
 DELETE FROM waits WHERE run_id = $1;
 
@@ -291,6 +296,13 @@ FROM runs WHERE function_id = $3 AND status = $4 AND id < $1 ORDER BY id DESC LI
 -- name: gateway_beat
 INSERT INTO gateways (id, started_at, heartbeat_at) VALUES ($1, $2, $2)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at;
+
+-- name: gateway_workers
+UPDATE gateways SET workers = $2 WHERE id = $1;
+
+-- name: peer_workers
+SELECT id, heartbeat_at, workers FROM gateways
+WHERE id <> $1 AND heartbeat_at >= $2 AND workers IS NOT NULL;
 
 -- name: dead_gateways
 SELECT id FROM gateways WHERE heartbeat_at < $1 AND id <> $2 FOR UPDATE SKIP LOCKED;

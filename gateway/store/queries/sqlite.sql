@@ -168,6 +168,11 @@ WHERE event_name = ?1 AND match_path = ?2 AND match_key = ?3 ORDER BY created_at
 -- name: delete_wait
 DELETE FROM waits WHERE run_id = ?1 AND step_id = ?2;
 
+-- name: end_pending_steps
+-- A run ended: its sleeps, waits, invokes and retries still pending never will resolve.
+UPDATE steps SET status = 'Cancelled', ended_at = ?1, wake_at = NULL
+WHERE run_id = ?2 AND status IN ('Retrying', 'Sleeping', 'Waiting', 'Invoking');
+
 -- name: delete_waits
 DELETE FROM waits WHERE run_id = ?1;
 
