@@ -31,7 +31,7 @@ MAX_CONNECTIONS = 1000
 #: Seconds from a connection's (or a request's) first byte to the end of its headers.
 HEADER_TIMEOUT = 10.0
 #: Seconds from the end of the headers to the end of the body.
-BODY_TIMEOUT = 30.0
+BODY_TIMEOUT = 20.0
 #: Seconds an idle keep-alive connection stays open between requests.
 KEEP_ALIVE_TIMEOUT = 5.0
 #: Headers per request, and bytes of request line plus headers.
@@ -135,10 +135,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             return
         log.info("http_connection_timed_out", part=part, seconds=seconds,
                  client=self.client[0] if self.client else None)
-        if self.cycle is None or self.cycle.response_complete:
-            self._answer(408, f"request {part} not received within {seconds:g} s")
-        else:
-            self.transport.close()  # its route is running: it sees a disconnect
+        if part == "headers":  # no route has this request: say why the connection ends
+            self._answer(408, f"request headers not received within {seconds:g} s")
+        else:  # its route answered already (or sees a disconnect)
+            self.transport.close()
 
     def _answer(self, status: int, message: str) -> None:
         """Write a final JSON error answer and close (no route is running on this request)."""
