@@ -248,7 +248,7 @@ values = st.recursive(
     leaves,
     lambda inner: st.one_of(
         st.lists(inner, max_size=4).map(lambda xs: "[" + ",".join(xs) + "]"),
-        st.lists(st.tuples(st.sampled_from(STRINGS + ['"k"', '"data"', '"name"']), inner),
+        st.lists(st.tuples(st.sampled_from([*STRINGS, '"k"', '"data"', '"name"']), inner),
                  max_size=4).map(lambda kv: "{" + ",".join(f"{k}:{v}" for k, v in kv) + "}"),
     ),
     max_leaves=12,
@@ -259,7 +259,7 @@ values = st.recursive(
 def bodies(draw: st.DrawFn) -> bytes:
     shape = draw(st.sampled_from(["event", "deep", "wide", "big", "raw", "array"]))
     if shape == "event":
-        name = draw(st.sampled_from(['"hostile/x"'] + STRINGS + NUMBERS[:3]))
+        name = draw(st.sampled_from(['"hostile/x"', *STRINGS, *NUMBERS[:3]]))
         fields = {"name": name, "data": draw(values), "id": draw(values), "ts": draw(values),
                   "user": draw(values)}
         keep = draw(st.lists(st.sampled_from(sorted(fields)), unique=True, min_size=1))
