@@ -102,6 +102,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     """Run the command line; return the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "keys":
+        argparse.ArgumentParser(  # --help explains (and prints no key); other arguments fail
+            prog="python -m gateway keys",
+            description="Print a fresh signing key and event key (nothing is stored).",
+        ).parse_args(argv[1:])
         print(f"signing key: signkey-{secrets.token_hex(32)}")
         print(f"event key:   evtkey-{secrets.token_hex(16)}")
         return 0
