@@ -80,6 +80,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
             return
+        if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+            # Bytes between requests (a bare CRLF starts no message) end uvicorn's keep-alive
+            # timer: the next request's headers are now due.
+            self._arm(HEADER_TIMEOUT, "headers")
         super().data_received(data)
 
     def on_message_begin(self) -> None:

@@ -333,3 +333,30 @@ async def test_cross_origin_is_not_checked_with_auth(gateway_factory):
         r = await client.post("/e/ek", json={"name": "x/y"},
                               headers={"origin": "http://app.example"})
     assert r.status_code == 200
+
+
+@pytest.mark.parametrize("data", [b"", b"\r\n", b"GET /health HTTP/1.1\r\nhost:"])
+async def test_a_request_whose_headers_never_arrive_is_closed_with_408(harness, monkeypatch,
+                                                                       data):
+    monkeypatch.setattr(server, "HEADER_TIMEOUT", 0.3)
+    answer = await raw_request(harness.gateway.http_port, data)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"request headers not received within 0.3 s" in answer
+
+
+async def test_a_keep_alive_connection_then_stalled_is_closed(harness, monkeypatch):
+    """A bare CRLF after a response stops uvicorn's keep-alive timer; ours takes over."""
+    monkeypatch.setattr(server, "HEADER_TIMEOUT", 0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", harness.gateway.http_port)
+    try:
+        writer.write(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), bound(5))
+        assert head.startswith(b"HTTP/1.1 200 ")
+        (length,) = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                     if line.lower().startswith(b"content-length:")]
+        await reader.readexactly(length)
+        writer.write(b"\r\n")
+        rest = await asyncio.wait_for(reader.read(), bound(3))  # keep-alive alone waits 5 s
+        assert rest.startswith(b"HTTP/1.1 408 ")
+    finally:
+        writer.close()
