@@ -122,6 +122,26 @@ def test_a_huge_if_in_a_registration_never_kills_the_gateway(gw, name):
     still_serves(gw)
 
 
+def test_a_huge_wait_if_from_a_worker_never_kills_the_gateway(gw):
+    """A worker's ``wait_for_event`` filter reaches the gateway at run time, in a checkpoint."""
+    async def wait_with(source: str) -> None:
+        worker = await RawWorker.open(gw.cluster.connect_port)
+        await worker.handshake(apps=[AppManifest(id="hostile-wait", version="1", functions=[
+            FunctionConfig(id="fn", triggers=[TriggerEvent("hostile/wait")])])])
+        gw.cluster.send({"name": "hostile/wait"})
+        lease = await worker.expect(m.LeaseGranted, timeout=bound(10))
+        await worker.send(m.WaitRequested(seq=worker.next_seq(), run_id=lease.run_id,
+                                          fence=lease.fence, step_id="w", event="hostile/match",
+                                          timeout=60.0, if_=source))
+        await worker.expect(m.CheckpointAck, timeout=bound(10))
+        gw.cluster.send({"name": "hostile/match", "data": {"a": 1}})  # offered to the wait
+        await worker.close()
+
+    for name in ("member chain", "calls"):
+        asyncio.run(wait_with(HOSTILE_CEL[name]))
+        still_serves(gw)
+
+
 # --- the HTTP server ------------------------------------------------------------------------
 
 
