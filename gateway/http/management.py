@@ -175,7 +175,8 @@ class ManagementRoutes:
         """A full function id from ``value``: the full id, or a short one naming one function.
 
         Raises:
-            InvalidInput: the short id names several functions (they are listed), or none.
+            InvalidInput: the short id names several functions (they are listed).
+            NotFound: it names none.
         """
         if value in self.engine.functions:
             return value
