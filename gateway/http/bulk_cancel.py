@@ -3,23 +3,23 @@
 A bulk cancel may cover every run of a function and filter them with a CEL expression over
 each run's event. None of that happens in the store's write transaction, which every event
 and checkpoint of the gateway waits for: runs are read a page at a time from the read side,
-the filter is evaluated on a thread, and only the ids selected go to the engine, one page per
-command, so intake is interleaved with the cancel. A request scans at most
-:data:`MAX_SCANNED` runs within :data:`BUDGET_SECONDS`; past either it answers with a
-``cursor`` to continue from.
+the filter is evaluated in a child process (:mod:`gateway.http.filter_process`: the CEL
+library holds the GIL, so a thread would not spare the event loop), and only the ids selected
+go to the engine, one page per command, so intake is interleaved with the cancel. A request
+scans at most :data:`MAX_SCANNED` runs within :data:`BUDGET_SECONDS`; past either it answers
+with a ``cursor`` to continue from. A filter that cannot finish one page within the budget is
+refused (400): it is too expensive for these events.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from gateway.engine import Engine
+from gateway.http.filter_process import FilterOverBudget, FilterProcess
 from gateway.store.base import CancelRequest
-from protocol.expressions import matches
+from protocol.errors import InvalidInput
 
 #: Runs read, filtered and cancelled together (one write command each).
 PAGE = 200
@@ -57,7 +57,21 @@ class BulkOutcome:
 
 
 async def cancel_in_bulk(engine: Engine, request: BulkCancel, *, reason: str) -> BulkOutcome:
-    """Cancel the runs ``request`` selects, a page at a time, within the budget."""
+    """Cancel the runs ``request`` selects, a page at a time, within the budget.
+
+    Raises:
+        InvalidInput: the filter could not evaluate one page within the budget.
+    """
+    evaluator = None if request.if_ is None else FilterProcess(request.if_)
+    try:
+        return await _cancel_pages(engine, request, evaluator, reason)
+    finally:
+        if evaluator is not None:
+            evaluator.close()
+
+
+async def _cancel_pages(engine: Engine, request: BulkCancel, evaluator: FilterProcess | None,
+                        reason: str) -> BulkOutcome:
     clock = engine.clock
     deadline = clock.monotonic() + BUDGET_SECONDS
     after = request.cursor or _FIRST
@@ -69,10 +83,20 @@ async def cancel_in_bulk(engine: Engine, request: BulkCancel, *, reason: str) ->
             after_id=after, limit=PAGE)
         if not rows:
             return BulkOutcome(cancelled, scanned, None)
-        if request.if_ is None:
+        if evaluator is None:
             chosen = [run_id for run_id, _ in rows]
         else:
-            chosen = await asyncio.to_thread(_select, request.if_, rows)
+            try:
+                chosen = await evaluator.select(
+                    rows, timeout=max(0.0, deadline - clock.monotonic()))
+            except FilterOverBudget:
+                if scanned:  # what was done stands; the next request meets this page first
+                    return BulkOutcome(cancelled, scanned, after)
+                raise InvalidInput(
+                    f"the 'if' filter did not finish within {BUDGET_SECONDS:g} s on {len(rows)} "
+                    "runs: it is too expensive for these events (comprehensions such as "
+                    "exists() or filter() over long lists are slow); simplify it"
+                ) from None
         if chosen:
             cancelled += await engine.cancel(CancelRequest(reason, run_ids=chosen))
         scanned += len(rows)
@@ -81,9 +105,3 @@ async def cancel_in_bulk(engine: Engine, request: BulkCancel, *, reason: str) ->
             return BulkOutcome(cancelled, scanned, None)
         if scanned >= MAX_SCANNED or clock.monotonic() >= deadline:
             return BulkOutcome(cancelled, scanned, after)
-
-
-def _select(expression: str, rows: list[tuple[str, bytes | None]]) -> list[str]:
-    """The runs whose first event satisfies ``expression`` (run on a thread: CPU only)."""
-    return [run_id for run_id, trigger in rows
-            if matches(expression, {"event": orjson.loads(trigger) if trigger else {}})]

@@ -74,6 +74,22 @@ def still_serves(gw: E2E) -> None:
     gw.check(run["status"] == "Completed", f"a normal run ended {run}")
 
 
+def descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` (from /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
 def post(gw: E2E, path: str, body: bytes, **headers: str) -> httpx.Response:
     with httpx.Client(timeout=bound(30)) as client:
         return client.post(f"{gw.cluster.api}{path}", content=body,
@@ -99,6 +115,36 @@ def test_the_deepest_cel_allowed_runs_in_bulk_cancel(gw):
                    "size(" * 30 + "'a'" + ")" * 30 + " == 0"):
         r = post(gw, f"/v1/functions/{FUNCTION}/cancel", json.dumps({"if": source}).encode())
         gw.check(r.status_code == 200 and r.json()["cancelled"] == 0, r.text)
+    still_serves(gw)
+
+
+def test_an_expensive_bulk_cancel_filter_never_freezes_the_gateway(gw):
+    """A comprehension over a long list runs for minutes in the CEL library (holding the GIL):
+    the filter is evaluated in a child process, killed at the budget, and refused."""
+    import threading
+
+    key = gw.new_key()
+    gw.cluster.send({"name": "e2e/three",
+                     "data": {"key": key, "gate": "a", "xs": list(range(20_000))}})
+    gw.wait_started(key, "a")
+    answers: list[tuple[str, int]] = []
+
+    def cancel() -> None:
+        r = post(gw, f"/v1/functions/{FUNCTION}/cancel", json.dumps(
+            {"if": "event.data.xs.filter(event, event > 0).size() > 0"}).encode())
+        answers.append(("cancel", r.status_code))
+
+    thread = threading.Thread(target=cancel)
+    thread.start()
+    assert gw.cluster.gateway is not None
+    gw.wait(lambda: len(descendants(gw.cluster.gateway.pid)) >= 2,  # fork server, filter
+            "the filter process to start")
+    with httpx.Client(timeout=bound(30)) as client:
+        r = client.post(f"{gw.cluster.api}/e/dev", json={"name": "hostile/none"})
+    answers.append(("event", r.status_code))
+    thread.join(timeout=bound(60))
+    assert answers == [("event", 200), ("cancel", 400)]
+    gw.open_gate(key)
     still_serves(gw)
 
 
