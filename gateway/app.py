@@ -12,6 +12,7 @@ import random
 import socket
 from typing import Any
 
+import orjson
 import structlog
 import uvicorn
 
@@ -20,6 +21,8 @@ from gateway.config import Settings, db_backend
 from gateway.engine import Engine
 from gateway.http.api import build_api
 from gateway.http.events import EventLimits
+from gateway.http.management import worker_json
+from gateway.http.server import server_config
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store.base import Limits, Store
@@ -93,6 +96,7 @@ class Gateway:
             engine=self.engine, registry=self.registry, auth=self.auth,
             limits=EventLimits(settings.max_event_size, settings.max_request_size),
             metrics=self._render_metrics, health=self._health,
+            gateway_id=self.gateway_id, peer_ttl=settings.peer_ttl,
         )
         self.http_port = 0
         self.connect_port = 0
@@ -126,10 +130,7 @@ class Gateway:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.host, self.settings.port))
         self.http_port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.api, log_config=None, access_log=False, lifespan="off", http="httptools",
-            timeout_graceful_shutdown=5,
-        )
+        config = server_config(self.api)
         config.load()
         self._http = uvicorn.Server(config)
         self._http.lifespan = config.lifespan_class(config)
@@ -192,6 +193,11 @@ class Gateway:
             self.gateway_id, now=self.clock.now(), ttl=self.settings.peer_ttl)
         if functions:
             self.engine.peer_note({"functions": sorted(functions)})
+        monotonic = self.clock.monotonic()
+        await self.store.publish_workers(self.gateway_id, orjson.dumps([
+            worker_json(w, monotonic=monotonic, gateway_id=self.gateway_id)
+            for w in self.registry
+        ]).decode())
 
     async def _keep_alive(self) -> None:
         """Beat in the shared store; requeue the leases of gateways that stopped beating."""

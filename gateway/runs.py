@@ -43,6 +43,7 @@ class StepStatus(enum.StrEnum):
     SLEEPING = "Sleeping"  # step.sleep: done at ``wake_at``
     WAITING = "Waiting"  # step.wait_for_event: an event, or null at ``wake_at``
     INVOKING = "Invoking"  # step.invoke: the child's outcome, or a timeout at ``wake_at``
+    CANCELLED = "Cancelled"  # still pending when its run ended: it never will be
 
 
 #: The longest a backoff may grow, whatever the attempt.

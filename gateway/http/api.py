@@ -2,12 +2,18 @@
 
 Every error answer is ``{"error": "what is wrong and what to do"}`` with the status the error
 class names (:mod:`protocol.errors`); unknown routes and methods answer the same way.
+
+In ``--dev`` nothing is authenticated, so any web page the developer opens could post events
+or cancel runs through their browser: writes that a browser marks as cross-origin
+(``Origin`` naming another host, or ``Sec-Fetch-Site`` other than ``same-origin``/``none``)
+are refused with 403. Clients that are not browsers send neither header and are unaffected.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from starlette.applications import Starlette
@@ -21,7 +27,7 @@ from gateway.http.events import EventLimits, EventRoutes
 from gateway.http.management import ManagementRoutes
 from gateway.registry import Registry
 from gateway.transport.auth import Authenticator
-from protocol.errors import TetherError
+from protocol.errors import AuthError, TetherError
 
 log = structlog.get_logger("tether.http")
 
@@ -29,6 +35,35 @@ log = structlog.get_logger("tether.http")
 REDACTED = "<redacted>"
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+#: Methods that change something; in --dev a browser may send them only from the same origin.
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class Forbidden(AuthError):
+    """A request the gateway refuses whoever sends it (a cross-origin write in --dev)."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+def cross_origin(method: str, headers: Mapping[str, str]) -> str | None:
+    """Why a write is cross-origin as the browser declared it, or None.
+
+    Same origin means the ``Origin`` header names the host the request was sent to.
+    """
+    if method not in WRITES:
+        return None
+    site = headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site is {site!r}"
+    origin = headers.get("origin")
+    if origin is None:
+        return None
+    host = headers.get("host", "")
+    if origin == "null" or urlsplit(origin).netloc.lower() != host.lower():
+        return f"Origin {origin[:100]!r} is not this gateway ({host[:100]!r})"
+    return None
 
 
 def build_api(
@@ -39,16 +74,34 @@ def build_api(
     limits: EventLimits,
     metrics: Callable[[], str],
     health: Callable[[], dict[str, Any]],
+    gateway_id: str = "",
+    peer_ttl: float = 5.0,
 ) -> Starlette:
     events = EventRoutes(engine, auth, limits)
-    manage = ManagementRoutes(engine, registry)
+    manage = ManagementRoutes(engine, registry, gateway_id=gateway_id, peer_ttl=peer_ttl)
+
+    def same_origin(handler: Handler) -> Handler:
+        if not auth.dev:
+            return handler
+
+        async def wrapper(request: Request) -> Response:
+            reason = cross_origin(request.method, request.headers)
+            if reason is not None:
+                raise Forbidden(
+                    f"cross-origin {request.method} refused in --dev ({reason}): a web page "
+                    "may not write to an unauthenticated gateway; send it from a script or "
+                    "the gateway's own origin"
+                )
+            return await handler(request)
+
+        return wrapper
 
     def guarded(handler: Handler) -> Handler:
         async def wrapper(request: Request) -> Response:
             auth.check_bearer(request.headers.get("authorization"), request.method)
             return await handler(request)
 
-        return wrapper
+        return same_origin(wrapper)
 
     async def health_route(request: Request) -> Response:
         return JSONResponse(health())
@@ -57,7 +110,7 @@ def build_api(
         return PlainTextResponse(metrics(), media_type="text/plain; version=0.0.4")
 
     routes = [
-        Route("/e/{event_key}", events.post, methods=["POST"]),
+        Route("/e/{event_key}", same_origin(events.post), methods=["POST"]),
         Route("/health", health_route, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
         Route("/v1/functions", guarded(manage.functions), methods=["GET"]),
@@ -76,6 +129,8 @@ def build_api(
         if exc.http_status >= 500:
             log.error("request_failed", path=loggable_path(request.url.path),
                       error=exc.message)
+        elif exc.http_status == 403:  # no path: it may hold an event key
+            log.warning("request_forbidden", method=request.method, error=exc.message)
         elif exc.http_status == 401:
             log.warning("request_unauthorized", path=loggable_path(request.url.path),
                         client=request.client.host if request.client else None)

@@ -6,17 +6,19 @@ a request is accepted whole (200 once committed) or refused whole (4xx, nothing 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.engine import Engine
+from gateway.http.server import BODY_TIMEOUT
 from gateway.store.base import NewEvent
 from gateway.transport.auth import Authenticator
-from protocol.errors import InvalidInput, PayloadTooLarge
+from protocol.errors import InvalidInput, PayloadTooLarge, TetherError
 from protocol.ids import new_id
 from protocol.names import RESERVED_PREFIX, check_no_nul, is_reserved
 
@@ -31,22 +33,41 @@ class EventLimits:
     max_events: int = 5000
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing it as soon as it is over ``limit`` bytes.
+class RequestTimeout(TetherError):
+    """The client did not send its request body in time."""
+
+    code = "request_timeout"
+    http_status = 408
+
+
+async def read_body(request: Request, limit: int, *, advice: str = "send fewer events",
+                    timeout: float = BODY_TIMEOUT) -> bytes:
+    """The request body, refusing it as soon as it is over ``limit`` bytes or ``timeout`` s.
 
     Raises:
         PayloadTooLarge: by Content-Length, or while streaming a body that lies about it.
+        RequestTimeout: the body did not arrive within ``timeout`` seconds.
+        InvalidInput: the client went away before sending all of it.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(_too_large("request", int(declared), limit, "send fewer events"))
+        raise PayloadTooLarge(_too_large("request", int(declared), limit, advice))
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(_too_large("request", size, limit, "send fewer events"))
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(_too_large("request", size, limit, advice))
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"request body not received within {timeout:g} s ({size} bytes arrived); "
+            "send the whole body at once"
+        ) from None
+    except ClientDisconnect:
+        raise InvalidInput("the client disconnected before sending the whole body") from None
     return b"".join(chunks)
 
 

@@ -1,7 +1,12 @@
-"""The management API: functions, workers, runs, events' runs. JSON shapes of SPEC §4."""
+"""The management API: functions, workers, runs, events' runs. JSON shapes of SPEC §4.
+
+Every endpoint refuses a query parameter or body field it does not know (400, naming it and
+the ones allowed): a misspelt filter must never widen what a request reads or cancels.
+"""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,15 +15,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.engine import Engine
-from gateway.registry import Registry
+from gateway.http.bulk_cancel import BulkCancel, cancel_in_bulk
+from gateway.http.events import read_body
+from gateway.registry import Registry, WorkerEntry
 from gateway.runs import RunStatus
 from gateway.store.base import CancelRequest, RunRecord, StepRecord
 from protocol.errors import InvalidInput, NotFound
 from protocol.expressions import check
 from protocol.messages import ErrorInfo
 
+#: Largest ``limit`` of a list (a larger one is refused with 400), and the default.
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
+#: Largest management request body (bulk-cancel filters and the like), in bytes.
+MAX_BODY = 64 * 1024
+
+#: A run id (and so a cursor): a 26-character ULID.
+_ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
 
 def iso(ts: float | None) -> str | None:
@@ -70,12 +83,32 @@ def run_json(run: RunRecord) -> dict[str, Any]:
     }
 
 
+def worker_json(w: WorkerEntry, *, monotonic: float, gateway_id: str) -> dict[str, Any]:
+    """A connected worker as the API shows it (and as gateways publish theirs to each other)."""
+    return {
+        "session_id": w.session_id,
+        "gateway_id": gateway_id,
+        "instance_id": w.instance_id,
+        "apps": w.apps,
+        "functions": sorted(w.functions),
+        "capacity": w.capacity,
+        "in_flight": len(w.in_flight),
+        "draining": w.draining,
+        "connected_at": iso(w.connected_at),
+        "last_seen_seconds_ago": round(max(0.0, monotonic - w.last_seen), 3),
+    }
+
+
 class ManagementRoutes:
-    def __init__(self, engine: Engine, registry: Registry) -> None:
+    def __init__(self, engine: Engine, registry: Registry, *, gateway_id: str = "",
+                 peer_ttl: float = 5.0) -> None:
         self.engine = engine
         self.registry = registry
+        self.gateway_id = gateway_id
+        self.peer_ttl = peer_ttl
 
     async def functions(self, request: Request) -> Response:
+        _query(request, set())
         # Which connected workers (instance ids) serve each function, as this gateway knows.
         serving: dict[str, set[str]] = {}
         for w in self.registry:
@@ -98,24 +131,23 @@ class ManagementRoutes:
         return JSONResponse({"data": data, "cursor": None})
 
     async def workers(self, request: Request) -> Response:
-        now = self.engine.clock.monotonic()
-        data = [
-            {
-                "session_id": w.session_id,
-                "instance_id": w.instance_id,
-                "apps": w.apps,
-                "functions": sorted(w.functions),
-                "capacity": w.capacity,
-                "in_flight": len(w.in_flight),
-                "draining": w.draining,
-                "connected_at": iso(w.connected_at),
-                "last_seen_seconds_ago": round(max(0.0, now - w.last_seen), 3),
-            }
-            for w in sorted(self.registry, key=lambda w: w.connected_at)
-        ]
+        """This gateway's workers, and those other gateways sharing the store published."""
+        _query(request, set())
+        monotonic = self.engine.clock.monotonic()
+        data = [worker_json(w, monotonic=monotonic, gateway_id=self.gateway_id)
+                for w in self.registry]
+        now = self.engine.clock.now()
+        for _, beat, published in await self.engine.store.peer_workers(
+                self.gateway_id, since=now - self.peer_ttl):
+            for worker in orjson.loads(published):
+                worker["last_seen_seconds_ago"] = round(
+                    worker["last_seen_seconds_ago"] + max(0.0, now - beat), 3)
+                data.append(worker)
+        data.sort(key=lambda w: (w["connected_at"] or "", w["session_id"]))
         return JSONResponse({"data": data, "cursor": None})
 
     async def run(self, request: Request) -> Response:
+        _query(request, set())
         return JSONResponse(run_json(await self._known_run(request.path_params["run_id"])))
 
     async def _known_run(self, run_id: str) -> RunRecord:
@@ -127,6 +159,7 @@ class ManagementRoutes:
     async def cancel_run(self, request: Request) -> Response:
         """Cancel one run: its lease is revoked, its waits, timers and child runs go."""
         run_id = request.path_params["run_id"]
+        await _json_object(request, set())
         await self._known_run(run_id)
         cancelled = await self.engine.cancel(CancelRequest("cancelled through the API",
                                                            run_id=run_id))
@@ -136,6 +169,7 @@ class ManagementRoutes:
     async def replay_run(self, request: Request) -> Response:
         """Start a new run of the same function with the same events."""
         run_id = request.path_params["run_id"]
+        await _json_object(request, set())
         await self._known_run(run_id)
         new_id = await self.engine.replay(run_id)
         if new_id is None:
@@ -144,35 +178,59 @@ class ManagementRoutes:
             )
         return JSONResponse({"run_id": new_id, "replay_of": run_id})
 
+    def function_id(self, value: str) -> str:
+        """A full function id from ``value``: the full id, or a short one naming one function.
+
+        Raises:
+            InvalidInput: the short id names several functions (they are listed).
+            NotFound: it names none.
+        """
+        if value in self.engine.functions:
+            return value
+        same = sorted(f for f in self.engine.functions if f.split("/", 1)[-1] == value)
+        if len(same) == 1:
+            return same[0]
+        if same:
+            raise InvalidInput(f"function id {value!r} is ambiguous: use one of "
+                               f"{', '.join(same)}")
+        raise NotFound(f"no function {value!r}; ids are 'app-id/function-id', see "
+                       "GET /v1/functions")
+
     async def cancel_function(self, request: Request) -> Response:
         """Bulk cancel: the function's live runs queued in a time range, matching a filter.
 
         Body (all optional): ``{"queued_after": ISO 8601, "queued_before": ISO 8601,
-        "if": CEL over event}``.
+        "if": CEL over event, "cursor": from a previous answer}``. Runs are selected outside
+        the write path within a budget (:mod:`gateway.http.bulk_cancel`); an answer with
+        ``"complete": false`` carries the ``cursor`` to send again to go on.
         """
-        function_id = request.path_params["function_id"]
-        if function_id not in self.engine.functions:
-            raise NotFound(f"no function {function_id!r}; see GET /v1/functions")
-        body = await _json_object(request)
+        function_id = self.function_id(request.path_params["function_id"])
+        body = await _json_object(request, {"queued_after", "queued_before", "if", "cursor"})
         expression = body.get("if")
         if expression is not None:
             if not isinstance(expression, str):
                 raise InvalidInput("'if' must be a CEL expression (a string)")
             check(expression, {"event"}, where="'if'")
-        count = await self.engine.cancel(CancelRequest(
-            "cancelled in bulk through the API", function_id=function_id,
-            queued_after=_time(body, "queued_after"), queued_before=_time(body, "queued_before"),
-            if_=expression,
-        ))
-        return JSONResponse({"cancelled": count})
+        cursor = body.get("cursor")
+        if cursor is not None and (not isinstance(cursor, str) or not _ULID.match(cursor)):
+            raise InvalidInput("'cursor' must be the cursor of a previous answer (a run id)")
+        outcome = await cancel_in_bulk(self.engine, BulkCancel(
+            function_id, queued_after=_time(body, "queued_after"),
+            queued_before=_time(body, "queued_before"), if_=expression, cursor=cursor,
+        ), reason="cancelled in bulk through the API")
+        return JSONResponse(outcome.json())
 
     async def event_runs(self, request: Request) -> Response:
+        _query(request, set())
         event_id = request.path_params["event_id"]
         runs = await self.engine.store.runs_for_event(event_id)
+        if not runs and not await self.engine.store.has_event(event_id):
+            raise NotFound(f"no event with id {event_id!r}; event ids are in the answer of "
+                           "POST /e/{key}")
         return JSONResponse({"data": [run_json(r) for r in runs], "cursor": None})
 
     async def runs(self, request: Request) -> Response:
-        q = request.query_params
+        q = _query(request, {"function_id", "status", "limit", "cursor"})
         status = q.get("status")
         if status is not None and status not in {s.value for s in RunStatus}:
             raise InvalidInput(
@@ -184,15 +242,49 @@ class ManagementRoutes:
             raise InvalidInput("limit must be a whole number") from None
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}")
+        cursor = q.get("cursor") or None
+        if cursor is not None and not _ULID.match(cursor):
+            raise InvalidInput(f"malformed cursor {cursor[:40]!r}: pass the 'cursor' of the "
+                               "previous page as it was returned")
+        function_id = q.get("function_id")
+        if function_id is not None and "/" not in function_id:
+            try:  # a short id: the one function it names (a full id filters as it is)
+                function_id = self.function_id(function_id)
+            except NotFound as exc:
+                raise InvalidInput(exc.message) from None
         page = await self.engine.store.list_runs(
-            function_id=q.get("function_id"), status=status, limit=limit,
-            cursor=q.get("cursor") or None,
-        )
+            function_id=function_id, status=status, limit=limit, cursor=cursor)
         return JSONResponse({"data": [run_json(r) for r in page.runs], "cursor": page.cursor})
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+def _query(request: Request, allowed: set[str]) -> dict[str, str]:
+    """The query parameters, refusing any not in ``allowed`` (and repeated ones).
+
+    Raises:
+        InvalidInput: naming the parameter and the allowed ones.
+    """
+    for key in request.query_params:
+        if key not in allowed:
+            raise InvalidInput(f"unknown query parameter {key!r} on {request.url.path}; "
+                               f"{_allowed(allowed)}")
+        if len(request.query_params.getlist(key)) > 1:
+            raise InvalidInput(f"query parameter {key!r} is given more than once")
+    return dict(request.query_params)
+
+
+def _allowed(allowed: set[str]) -> str:
+    return f"allowed: {', '.join(sorted(allowed))}" if allowed else "it takes none"
+
+
+async def _json_object(request: Request, allowed: set[str]) -> dict[str, Any]:
+    """The body as a JSON object ({} when empty), with no field outside ``allowed``.
+
+    Raises:
+        PayloadTooLarge: over :data:`MAX_BODY`.
+        InvalidInput: not a JSON object, or an unknown field (named, with the allowed ones).
+    """
+    _query(request, set())
+    raw = await read_body(request, MAX_BODY, advice="management requests are small")
     if not raw.strip():
         return {}
     try:
@@ -201,6 +293,10 @@ async def _json_object(request: Request) -> dict[str, Any]:
         raise InvalidInput(f"body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidInput("body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InvalidInput(f"unknown field {unknown[0]!r} in the body of {request.method} "
+                           f"{request.url.path}; {_allowed(allowed)}")
     return body
 
 

@@ -87,15 +87,12 @@ class CheckpointWrite:
 
 @dataclass(slots=True)
 class CancelRequest:
-    """Cancel one run, or (bulk) the runs of a function queued in a time range and matching
-    ``if_`` (CEL over ``event``)."""
+    """Cancel one run, or the runs ``run_ids`` (a bulk cancel, selected beforehand outside
+    the transaction: see :mod:`gateway.http.bulk_cancel`). Runs already ended are skipped."""
 
     reason: str
     run_id: str | None = None
-    function_id: str | None = None
-    queued_after: float | None = None
-    queued_before: float | None = None
-    if_: str | None = None
+    run_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -325,6 +322,14 @@ class Store(Protocol):
         """
         ...
 
+    async def publish_workers(self, gateway_id: str, workers: str) -> None:
+        """Record this gateway's connected workers (a JSON array) for the others to list."""
+        ...
+
+    async def peer_workers(self, gateway_id: str, *, since: float) -> list[tuple[str, float, str]]:
+        """Other live gateways' published workers: (gateway id, beat time, JSON array)."""
+        ...
+
     async def subscribe(self, gateway_id: str, callback: Callable[[PeerNote], None]) -> None:
         """From now on, call ``callback`` with what other gateways publish after their commits."""
         ...
@@ -343,6 +348,17 @@ class Store(Protocol):
 
     async def runs_for_event(self, event_id: str) -> list[RunRecord]: ...
 
+    async def has_event(self, event_id: str) -> bool:
+        """Was an event with this id ever stored (and is it still)?"""
+        ...
+
     async def list_runs(
         self, *, function_id: str | None, status: str | None, limit: int, cursor: str | None
     ) -> RunPage: ...
+
+    async def live_runs(
+        self, function_id: str, *, queued_after: float, queued_before: float, after_id: str,
+        limit: int,
+    ) -> list[tuple[str, bytes | None]]:
+        """A page of a function's unfinished runs, by id: (run id, first event's payload)."""
+        ...

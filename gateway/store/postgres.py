@@ -181,6 +181,15 @@ class PostgresStore(SqlStore):
 
         return await self._transaction(beat)
 
+    async def publish_workers(self, gateway_id: str, workers: str) -> None:
+        await self._transaction(lambda db: db.execute("gateway_workers", gateway_id, workers))
+
+    async def peer_workers(self, gateway_id: str, *, since: float) -> list[tuple[str, float, str]]:
+        async def read(db: Db) -> list[tuple[str, float, str]]:
+            return [(r[0], r[1], r[2]) for r in await db.fetch("peer_workers", gateway_id, since)]
+
+        return await self._read(read)
+
     async def leave(self, gateway_id: str) -> None:
         await self._transaction(lambda db: db.execute("delete_gateway", gateway_id))
 

@@ -89,6 +89,12 @@ class SqlStore:
     async def keepalive(self, gateway_id: str, *, now: float, ttl: float) -> set[str]:
         return set()
 
+    async def publish_workers(self, gateway_id: str, workers: str) -> None:
+        return None  # one gateway: its registry is the whole truth
+
+    async def peer_workers(self, gateway_id: str, *, since: float) -> list[tuple[str, float, str]]:
+        return []
+
     async def subscribe(self, gateway_id: str, callback: Callable[[PeerNote], None]) -> None:
         self.gateway_id = gateway_id
 
@@ -181,6 +187,12 @@ class SqlStore:
 
         return await self._read(read)
 
+    async def has_event(self, event_id: str) -> bool:
+        async def read(db: Db) -> bool:
+            return await db.fetchval("event_exists", event_id) is not None
+
+        return await self._read(read)
+
     async def list_runs(
         self, *, function_id: str | None, status: str | None, limit: int, cursor: str | None
     ) -> RunPage:
@@ -197,6 +209,17 @@ class SqlStore:
             rows = await db.fetch(name, *args)
             runs = [await _with_steps(db, _run(row)) for row in rows[:limit]]
             return RunPage(runs, runs[-1].id if len(rows) > limit else None)
+
+        return await self._read(read)
+
+    async def live_runs(
+        self, function_id: str, *, queued_after: float, queued_before: float, after_id: str,
+        limit: int,
+    ) -> list[tuple[str, bytes | None]]:
+        async def read(db: Db) -> list[tuple[str, bytes | None]]:
+            rows = await db.fetch("live_runs_page", function_id, queued_after, queued_before,
+                                  after_id, limit)
+            return [(rid, None if payload is None else bytes(payload)) for rid, payload in rows]
 
         return await self._read(read)
 

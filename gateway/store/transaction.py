@@ -714,6 +714,7 @@ class Transaction:
         if session_id is not None:
             # Ended by the gateway (cancelled, over a limit, ...) while a worker holds it.
             self.result.revoked.append(Revocation(session_id, run_id, fence, status.lower()))
+        await db.execute("end_pending_steps", now, run_id)
         if status == RunStatus.CANCELLED:
             for (child,) in await db.fetch("live_children", run_id):
                 await self.end_run(child, RunStatus.CANCELLED,
@@ -789,18 +790,8 @@ class Transaction:
         return known
 
     async def _cancel_request(self, request: CancelRequest) -> int:
-        if request.run_id is not None:
-            ids = [request.run_id]
-        else:
-            rows = await self.db.fetch(
-                "live_runs_of", request.function_id, request.queued_after or 0.0,
-                request.queued_before if request.queued_before is not None else 1e18)
-            ids = []
-            for run_id, trigger in rows:
-                if request.if_ and not matches(
-                        request.if_, {"event": orjson.loads(trigger) if trigger else {}}):
-                    continue
-                ids.append(run_id)
+        # Bulk cancels arrive as run ids: their filter was evaluated outside the transaction.
+        ids = [request.run_id] if request.run_id is not None else request.run_ids
         count = 0
         for run_id in ids:
             if await self.end_run(run_id, RunStatus.CANCELLED,

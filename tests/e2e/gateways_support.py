@@ -195,10 +195,15 @@ class Fleet:
             args=(*more, "--log-format", "json", "--drain-timeout", "1", *args),
         )
 
-    def workers_of(self, index: int) -> list[dict[str, Any]]:
-        """``GET /v1/workers`` of gateway ``index``."""
-        data: list[dict[str, Any]] = self.clusters[index].get("/v1/workers")["data"]
-        return data
+    def workers_of(self, index: int, *, everywhere: bool = False) -> list[dict[str, Any]]:
+        """``GET /v1/workers`` of gateway ``index``: those connected to it, or (``everywhere``)
+        every gateway's, as it lists them."""
+        cluster = self.clusters[index]
+        data: list[dict[str, Any]] = cluster.get("/v1/workers")["data"]
+        if everywhere:
+            return data
+        mine = cluster.get("/health")["gateway_id"]
+        return [w for w in data if w["gateway_id"] == mine]
 
     def wait_connected(self, index: int, *workers: Process, timeout: float = 20.0
                        ) -> list[dict[str, Any]]:

@@ -57,8 +57,15 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
 def _start(fleet: Fleet) -> Process:
     fleet.start_gateways()
     worker = fleet.start_worker(fleet.write_app("opsapp", OPS), [BACK])
-    fleet.wait_connected(BACK, worker)
+    (listed,) = fleet.wait_connected(BACK, worker)
     fleet.check(fleet.workers_of(FRONT) == [], "the front gateway has a worker")
+    # Every gateway lists every gateway's workers (published with the beats, read from the store).
+    back_id = fleet.clusters[BACK].get("/health")["gateway_id"]
+    seen = fleet.wait(lambda: [w for w in fleet.workers_of(FRONT, everywhere=True)
+                               if w["session_id"] == listed["session_id"]],
+                      "the front gateway to list the back gateway's worker")
+    fleet.check(seen[0]["gateway_id"] == back_id and seen[0]["functions"] == listed["functions"],
+                f"the front gateway lists {seen} for {listed}")
     return worker
 
 

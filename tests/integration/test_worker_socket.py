@@ -276,7 +276,8 @@ async def test_an_oversize_frame_closes_the_socket(gateway_factory, clock):
 # --- registration ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("if_", ["event.data.x ==", "async.data.x == 1"])
+@pytest.mark.parametrize("if_", ["event.data.x ==", "async.data.x == 1",
+                                 "event" + ".a" * 20_000, "1" + " + 1" * 20_000])
 async def test_a_bad_trigger_expression_is_refused_at_registration(gw, http, if_):
     worker = await RawWorker.open(gw.connect_port)
     await worker.authenticate()

@@ -101,3 +101,88 @@ def test_check_refuses_unknown_variables_listing_them():
 def test_check_prefixes_syntax_errors_with_where():
     with pytest.raises(ExpressionError, match=r"^here: invalid CEL expression"):
         check("event.data.x ==", {"event"}, where="here")
+
+
+# --- size limits: the binding recurses natively, so a deep expression would kill the process
+
+
+from protocol.expressions import MAX_LENGTH, MAX_NESTING, MAX_OPERATORS, check_size  # noqa: E402
+
+HOSTILE = {
+    "member chain": "event" + ".a" * 20_000,
+    "plus chain": "+".join(["1"] * 20_000),
+    "index chain": "event" + "[0]" * 10_000,
+    "or chain": " || ".join(["event.a == 1"] * 5_000),
+    "parentheses": "(" * 2_000 + "1" + ")" * 2_000,
+    "lists": "[" * 2_000 + "]" * 2_000,
+    "calls": "size(" * 2_000 + "'a'" + ")" * 2_000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_shapes_are_refused_before_compiling(name):
+    with pytest.raises(ExpressionError, match=r"CEL expression too (long|complex)|nested too"):
+        compile_expression(HOSTILE[name])
+
+
+def test_length_limit_names_the_size():
+    source = "event.data.x == '" + "a" * MAX_LENGTH + "'"
+    with pytest.raises(ExpressionError, match=rf"{len(source)} characters > {MAX_LENGTH} limit"):
+        check_size(source)
+
+
+def test_operator_limit_counts_two_character_operators_once():
+    within = " || ".join(["event.a == 1"] * (MAX_OPERATORS // 4))  # '.', '==', '||' per term
+    check_size(within)
+    with pytest.raises(ExpressionError, match=f"> {MAX_OPERATORS} limit"):
+        check_size("event" + ".a" * (MAX_OPERATORS + 1))
+
+
+def test_nesting_limit():
+    check_size("(" * MAX_NESTING + "1" + ")" * MAX_NESTING)
+    with pytest.raises(ExpressionError, match=f"{MAX_NESTING + 1} levels of brackets"):
+        check_size("[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1))
+
+
+def test_string_literals_count_only_towards_length():
+    operators = "." * 3000 + "(" * 100
+    for literal in (f"'{operators}'", f'"{operators}"', f"'''{operators}'''",
+                    f"r'\\' + {operators[:10]}'", f"'\\'{operators}'"):
+        check_size(f"event.data.x == {literal}")
+    assert evaluate(f"'{operators}'.size()", {}) == len(operators)
+
+
+def test_raw_string_backslash_does_not_hide_what_follows():
+    with pytest.raises(ExpressionError, match="too complex"):
+        check_size("r'\\' + event" + ".a" * MAX_OPERATORS)
+
+
+def test_longest_expressions_within_limits_compile_in_a_small_thread_stack():
+    """The limits hold with margin: the deepest shapes allowed run on a 256 KiB stack."""
+    import subprocess
+    import sys
+
+    script = f"""
+import threading
+from protocol.expressions import compile_expression
+k, d = {MAX_OPERATORS}, {MAX_NESTING}
+shapes = ["event" + ".a" * k, "+".join(["1"] * (k + 1)), "event" + "[0]" * (k // 2),
+          "+".join(["'a'"] * (k + 1)), "size(" * d + "'a'" + ")" * d, "[" * d + "]" * d,
+          "event" + ".a[0]" * (k // 3)]
+def run():
+    for source in shapes:
+        program = compile_expression(source)
+        try:
+            program.execute({{"event": {{"a": 1}}}})
+        except Exception:
+            pass
+    print("survived")
+threading.stack_size(256 * 1024)
+thread = threading.Thread(target=run)
+thread.start()
+thread.join()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "survived"

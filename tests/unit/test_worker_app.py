@@ -8,7 +8,7 @@ import pytest
 
 import worker
 from protocol.errors import ExpressionError, InvalidInput
-from protocol.manifest import AppManifest, Concurrency, Throttle, TriggerCron, TriggerEvent
+from protocol.manifest import AppManifest, Cancel, Concurrency, Throttle, TriggerCron, TriggerEvent
 from worker.app import FUNCTION_FAILED, App, Event, Function
 
 
@@ -160,6 +160,20 @@ def test_bad_cel_fails_at_declaration(app):
         async def big_orders(ctx):
             pass
     assert str(info.value).startswith("function 'shop/big-orders': trigger 'shop/order.paid' if_:")
+    assert app.functions == {}
+
+
+def test_oversize_cel_fails_at_declaration_before_compiling(app):
+    """A chain long enough to overflow the binding's stack is refused by size, not compiled."""
+    with pytest.raises(ExpressionError, match="too complex"):
+        @app.function(trigger=TriggerEvent("shop/order.paid", if_="event" + ".a" * 1_000))
+        async def deep(ctx):
+            pass
+    with pytest.raises(ExpressionError, match="too long"):
+        @app.function(trigger=TriggerEvent("shop/order.paid"),
+                      cancel_on=[Cancel("shop/x", if_="event.data.id == '" + "x" * 5000 + "'")])
+        async def long(ctx):
+            pass
     assert app.functions == {}
 
 

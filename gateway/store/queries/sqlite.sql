@@ -140,11 +140,12 @@ WHERE id = ?5;
 SELECT id FROM runs WHERE parent_run_id = ?1
 AND status NOT IN ('Completed', 'Failed', 'Cancelled', 'Skipped');
 
--- name: live_runs_of
+-- name: live_runs_page
 SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
               WHERE re.run_id = r.id AND re.position = 0)
 FROM runs r WHERE r.function_id = ?1 AND r.queued_at >= ?2 AND r.queued_at < ?3
-AND r.status NOT IN ('Completed', 'Failed', 'Cancelled', 'Skipped');
+AND r.id > ?4 AND r.status NOT IN ('Completed', 'Failed', 'Cancelled', 'Skipped')
+ORDER BY r.id LIMIT ?5;
 
 -- name: due_deadlines
 SELECT id, started_at, function_id FROM runs WHERE deadline_at <= ?1;
@@ -208,6 +209,11 @@ ORDER BY created_at;
 
 -- name: delete_wait
 DELETE FROM waits WHERE run_id = ?1 AND step_id = ?2;
+
+-- name: end_pending_steps
+-- A run ended: its sleeps, waits, invokes and retries still pending never will resolve.
+UPDATE steps SET status = 'Cancelled', ended_at = ?1, wake_at = NULL
+WHERE run_id = ?2 AND status IN ('Retrying', 'Sleeping', 'Waiting', 'Invoking');
 
 -- name: delete_waits
 DELETE FROM waits WHERE run_id = ?1;
@@ -305,6 +311,9 @@ FROM runs WHERE id = ?1;
 -- name: run_steps
 SELECT step_id, kind, status, attempts, output, error, started_at, ended_at
 FROM steps WHERE run_id = ?1 ORDER BY started_at, step_id;
+
+-- name: event_exists
+SELECT 1 FROM events WHERE id = ?1 LIMIT 1;
 
 -- name: runs_for_event
 SELECT r.id, r.function_id, r.status, r.fence, r.attempt, r.event_ids, r.output, r.error,
