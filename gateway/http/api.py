@@ -134,7 +134,11 @@ def build_api(
         elif exc.http_status == 401:
             log.warning("request_unauthorized", path=loggable_path(request.url.path),
                         client=request.client.host if request.client else None)
-        return JSONResponse({"error": exc.message}, status_code=exc.http_status)
+        # A body that did not arrive in time leaves the connection mid-request: close it
+        # rather than wait for (and parse) the rest of that body as the next request.
+        headers = {"connection": "close"} if exc.http_status == 408 else None
+        return JSONResponse({"error": exc.message}, status_code=exc.http_status,
+                            headers=headers)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -15,6 +15,7 @@ import pytest
 
 from gateway.http import bulk_cancel, server
 from gateway.http.management import MAX_BODY, MAX_PAGE
+from tests.helpers.keys import EVENT_KEY, SIGNING_KEY
 from tests.helpers.waiting import bound, eventually
 from tests.integration.raw_worker import EVENT, FUNCTION, RawWorker, app_manifest
 from worker import App, TriggerEvent
@@ -342,9 +343,9 @@ async def test_same_origin_and_non_browser_writes_work_in_dev(harness, http):
 
 
 async def test_cross_origin_is_not_checked_with_auth(gateway_factory):
-    gw = await gateway_factory(dev=False, signing_keys=["k" * 32], event_keys=["ek"])
+    gw = await gateway_factory(dev=False, signing_keys=[SIGNING_KEY], event_keys=[EVENT_KEY])
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.http_port}") as client:
-        r = await client.post("/e/ek", json={"name": "x/y"},
+        r = await client.post(f"/e/{EVENT_KEY}", json={"name": "x/y"},
                               headers={"origin": "http://app.example"})
     assert r.status_code == 200
 

@@ -18,8 +18,8 @@ def test_keys_help_prints_usage_and_no_key(capsys):
 
 def test_keys_refuses_arguments_it_does_not_take(capsys):
     with pytest.raises(SystemExit) as done:
-        main(["keys", "revoke", "abc"])
+        main(["keys", "frobnicate"])
     assert done.value.code == 2
     captured = capsys.readouterr()
-    assert "unrecognized arguments: revoke abc" in captured.err
+    assert "frobnicate" in captured.err
     assert "signkey-" not in captured.out
