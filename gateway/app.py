@@ -32,10 +32,10 @@ from gateway.transport.auth import Authenticator
 from gateway.transport.connection import ConnectionSettings
 from gateway.transport.server import WorkerServer
 from protocol.ids import new_id
+from protocol.limits import MISSED_HEARTBEATS, VERSION
 
 log = structlog.get_logger("tether.gateway")
 
-VERSION = "0.1.0"
 
 
 def open_store(url: str, *, owner: dict[str, Any] | None = None) -> Store:
@@ -60,7 +60,7 @@ class Gateway:
         settings.check()
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.gateway_id = settings.gateway_id or new_id()
+        self.gateway_id = settings.gateway_id or new_id(self.clock.now())
         self.store = store or open_store(settings.db, owner={
             "host": settings.host, "http_port": settings.port,
             "connect_port": settings.connect_port, "gateway_id": self.gateway_id})
@@ -83,7 +83,7 @@ class Gateway:
             settings=ConnectionSettings(
                 gateway_id=self.gateway_id,
                 heartbeat_interval=settings.heartbeat_interval,
-                lease_ttl=settings.heartbeat_interval * 3,
+                lease_ttl=settings.heartbeat_interval * MISSED_HEARTBEATS,
                 max_steps=settings.max_steps,
                 max_step_result=settings.max_step_result,
                 max_frame_in=settings.frame_limit,

@@ -12,11 +12,19 @@ from typing import Any
 
 import structlog
 
+from cmdline.logs import configure
+from cmdline.options import add_option, run_loop
 from gateway.config import DEFAULT_DB, Settings, db_backend
 from gateway.store.sqlite import DatabaseInUse, DatabaseLock, prepare_files
-from protocol.cli import add_option, run_loop
 from protocol.errors import InvalidInput, TetherError
-from protocol.logs import configure
+from protocol.limits import (
+    MAX_EVENT_SIZE,
+    MAX_REQUEST_SIZE,
+    MAX_RUN_STATE,
+    MAX_STEP_RESULT,
+    MAX_STEPS,
+    MISSED_HEARTBEATS,
+)
 
 log = structlog.get_logger("tether.gateway")
 
@@ -89,17 +97,18 @@ def _serve_parser(environ: Mapping[str, str] | None) -> argparse.ArgumentParser:
                default=10.0, help="seconds of the first retry delay; doubles per attempt")
     add_option(run, "--heartbeat-interval", env="HEARTBEAT_INTERVAL", environ=environ,
                type=float, default=5.0,
-               help="seconds between worker heartbeats; 3 missed ones lose the worker's leases")
+               help=f"seconds between worker heartbeats; {MISSED_HEARTBEATS} missed ones lose the "
+               "worker's leases")
     add_option(run, "--max-event-size", env="MAX_EVENT_SIZE", environ=environ, type=int,
-               default=512 * 1024, help="largest event accepted, in bytes")
+               default=MAX_EVENT_SIZE, help="largest event accepted, in bytes")
     add_option(run, "--max-request-size", env="MAX_REQUEST_SIZE", environ=environ, type=int,
-               default=3 * 1024 * 1024, help="largest POST /e body accepted, in bytes")
-    add_option(run, "--max-steps", env="MAX_STEPS", environ=environ, type=int, default=1000,
-               help="steps a run may take (workers enforce it)")
+               default=MAX_REQUEST_SIZE, help="largest POST /e body accepted, in bytes")
+    add_option(run, "--max-steps", env="MAX_STEPS", environ=environ, type=int,
+               default=MAX_STEPS, help="steps a run may take (workers enforce it)")
     add_option(run, "--max-step-result", env="MAX_STEP_RESULT", environ=environ, type=int,
-               default=4 * 1024 * 1024, help="largest step result or run output, in bytes")
+               default=MAX_STEP_RESULT, help="largest step result or run output, in bytes")
     add_option(run, "--max-run-state", env="MAX_RUN_STATE", environ=environ, type=int,
-               default=32 * 1024 * 1024, help="largest total of a run's step results, in bytes")
+               default=MAX_RUN_STATE, help="largest total of a run's step results, in bytes")
     logs = p.add_argument_group("logging")
     add_option(logs, "--log-format", env="LOG_FORMAT", environ=environ,
                choices=["console", "json"], default="console", help="log line format")

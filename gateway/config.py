@@ -9,6 +9,13 @@ from pathlib import Path
 from gateway.transport.auth import check_strength
 from protocol.durations import to_seconds
 from protocol.errors import InvalidInput
+from protocol.limits import (
+    MAX_EVENT_SIZE,
+    MAX_REQUEST_SIZE,
+    MAX_RUN_STATE,
+    MAX_STEP_RESULT,
+    MAX_STEPS,
+)
 
 DEFAULT_DB = "sqlite:///.tether/tether.db"
 
@@ -38,13 +45,13 @@ class Settings:
     heartbeat_interval: float = 5.0
     log_format: str = "console"
     log_level: str = "info"
-    max_event_size: int = 512 * 1024
-    max_request_size: int = 3 * 1024 * 1024
+    max_event_size: int = MAX_EVENT_SIZE
+    max_request_size: int = MAX_REQUEST_SIZE
     #: Largest frame a worker may send; by default 8 MiB, or a step result plus 1 MiB.
     max_frame_size: int | None = None
-    max_steps: int = 1000
-    max_step_result: int = 4 * 1024 * 1024
-    max_run_state: int = 32 * 1024 * 1024
+    max_steps: int = MAX_STEPS
+    max_step_result: int = MAX_STEP_RESULT
+    max_run_state: int = MAX_RUN_STATE
     gateway_id: str = ""
     #: Gateways sharing a database beat this often, and are presumed dead after ``peer_ttl``
     #: without a beat: their leases are requeued and their timers taken over by others.

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-#: System events that report a run's end (``tether/function.invoked`` is a child's trigger).
-RUN_ENDINGS = frozenset({"tether/function.finished", "tether/function.failed",
-                         "tether/function.cancelled"})
+from protocol.names import RUN_ENDINGS
 
 #: The longest chain of runs started by each other's system events.
 MAX_CHAIN = 8

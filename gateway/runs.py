@@ -17,6 +17,7 @@ import enum
 import math
 import random
 
+from protocol.limits import MAX_RETRY_AFTER
 from protocol.messages import RunFailed, StepFailed
 
 
@@ -49,8 +50,6 @@ class StepStatus(enum.StrEnum):
 #: The longest a backoff may grow, whatever the attempt.
 MAX_BACKOFF = 3600.0
 
-#: The longest a RetryAfterError may push an attempt back.
-MAX_RETRY_AFTER = 24 * 3600.0
 
 
 def backoff(attempt: int, base: float, rng: random.Random) -> float:

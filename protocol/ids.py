@@ -6,15 +6,17 @@ Sorted by creation time, so listings and indexes keep insertion order, and reada
 from __future__ import annotations
 
 import random
-import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _random = random.Random()  # ids need uniqueness, not secrecy: no syscall per id
 
 
-def new_id(now: float | None = None) -> str:
-    """Return a 26-character ULID: 48 bits of milliseconds, then 80 random bits."""
-    ms = int((time.time() if now is None else now) * 1000)
+def new_id(now: float) -> str:
+    """Return a 26-character ULID: 48 bits of ``now``'s milliseconds, then 80 random bits.
+
+    ``now`` (epoch seconds) comes from the caller's clock: this module reads none.
+    """
+    ms = int(now * 1000)
     value = (ms << 80) | _random.getrandbits(80)
     chars = []
     for _ in range(26):

@@ -32,12 +32,10 @@ from pydantic.dataclasses import dataclass
 from protocol.durations import to_seconds
 from protocol.errors import InvalidInput
 from protocol.expressions import check
-from protocol.names import check_no_nul
+from protocol.names import RESERVED_PREFIX, check_no_nul
 
 _CONFIG = ConfigDict(extra="forbid")
 
-#: Event names starting with this are the gateway's own (``tether/function.finished``...).
-RESERVED_PREFIX = "tether/"
 
 #: Options the gateway does not enforce yet, with the issue that brings each. A function that
 #: sets one is refused when it is declared (SDK) and when its app registers (gateway), so no

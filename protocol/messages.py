@@ -33,6 +33,7 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from protocol.limits import MAX_STEP_RESULT, MAX_STEPS
 from protocol.manifest import AppManifest
 
 #: Bumped on any incompatible change; both sides refuse a peer with another version.
@@ -109,8 +110,8 @@ class Ready(_Message):
     heartbeat_interval: float
     lease_ttl: float
     max_frame_size: int
-    max_steps: int = Field(default=1000, ge=1)
-    max_step_result: int = Field(default=4 * 1024 * 1024, ge=1)
+    max_steps: int = Field(default=MAX_STEPS, ge=1)
+    max_step_result: int = Field(default=MAX_STEP_RESULT, ge=1)
 
 
 class HeartbeatAck(_Message):

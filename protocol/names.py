@@ -14,6 +14,14 @@ from protocol.errors import InvalidInput
 #: Event names under this prefix (in any case) are the gateway's own system events.
 RESERVED_PREFIX = "tether/"
 
+#: The system events a run's end emits (stored only when something listens), and the event
+#: that starts a run made by ``step.invoke``.
+FUNCTION_FINISHED = "tether/function.finished"
+FUNCTION_FAILED = "tether/function.failed"
+FUNCTION_CANCELLED = "tether/function.cancelled"
+FUNCTION_INVOKED = "tether/function.invoked"
+RUN_ENDINGS = frozenset({FUNCTION_FINISHED, FUNCTION_FAILED, FUNCTION_CANCELLED})
+
 
 def is_reserved(name: str) -> bool:
     """Whether ``name`` lies under :data:`RESERVED_PREFIX`, whatever its letter case."""

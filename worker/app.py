@@ -37,12 +37,12 @@ from protocol.manifest import (
     check_function,
     describe,
 )
+from protocol.names import FUNCTION_FAILED
 from worker import serde
 
 Handler = Callable[..., Any]
 
 #: Event name of the system event that ``on_failure`` handlers are triggered by.
-FUNCTION_FAILED = "tether/function.failed"
 
 
 @dataclass(frozen=True)

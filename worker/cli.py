@@ -15,8 +15,8 @@ from types import ModuleType
 
 import structlog
 
-from protocol.cli import add_option, run_loop
-from protocol.logs import configure
+from cmdline.logs import configure
+from cmdline.options import add_option, run_loop
 from worker.app import App
 from worker.connection import FatalGatewayError
 from worker.runtime import Worker, exit_abandoned

@@ -42,6 +42,7 @@ from protocol.errors import (
     StepError,
     TetherError,
 )
+from protocol.limits import MAX_RETRY_AFTER, MAX_STEP_RESULT, MAX_STEPS
 from worker import serde
 from worker.app import Event, Function
 from worker.connection import fields_size
@@ -60,9 +61,9 @@ _SETTLE_ROUNDS = 4
 class Limits:
     """The gateway's limits (sent in ``Ready``), enforced here before anything is sent."""
 
-    max_steps: int = 1000
-    max_step_result: int = 4 * 1024 * 1024
-    max_output: int = 4 * 1024 * 1024
+    max_steps: int = MAX_STEPS
+    max_step_result: int = MAX_STEP_RESULT
+    max_output: int = MAX_STEP_RESULT
     #: Largest frame the gateway reads: one checkpoint over it could never be delivered.
     max_frame: int = DEFAULT_MAX_FRAME
 
@@ -90,8 +91,6 @@ def error_info(exc: BaseException) -> m.ErrorInfo:
     return m.ErrorInfo(name=name[:1000], message=message or name, stack=stack)
 
 
-#: The gateway waits at most this long after a RetryAfterError (and the wire takes no infinity).
-MAX_RETRY_AFTER = 24 * 3600.0
 
 
 def retry_delay(exc: BaseException) -> float | None:

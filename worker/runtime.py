@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 import structlog
 
 from protocol import messages as m
+from protocol.limits import VERSION as SDK_VERSION
 from protocol.messages import PROTOCOL_VERSION
 from worker.app import App, Function
 from worker.connection import GatewayLink, Outbox
@@ -36,7 +37,6 @@ from worker.watchdog import LoopWatchdog
 
 log = structlog.get_logger("tether.worker")
 
-SDK_VERSION = "0.1.0"
 
 #: Exit status after a second signal abandoned running steps (128 + SIGINT, as shells do).
 EXIT_ABANDONED = 130

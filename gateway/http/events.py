@@ -20,6 +20,7 @@ from gateway.store.base import NewEvent
 from gateway.transport.auth import Authenticator
 from protocol.errors import InvalidInput, PayloadTooLarge, TetherError
 from protocol.ids import new_id
+from protocol.limits import MAX_EVENT_SIZE, MAX_REQUEST_SIZE
 from protocol.names import RESERVED_PREFIX, check_no_nul, is_reserved
 
 MAX_NAME = 256
@@ -28,8 +29,8 @@ MAX_ID = 256
 
 @dataclass(frozen=True, slots=True)
 class EventLimits:
-    max_event: int = 512 * 1024
-    max_request: int = 3 * 1024 * 1024
+    max_event: int = MAX_EVENT_SIZE
+    max_request: int = MAX_REQUEST_SIZE
     max_events: int = 5000
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol.expressions import matches
-from protocol.manifest import RESERVED_PREFIX, FunctionConfig, TriggerEvent
+from protocol.manifest import FunctionConfig, TriggerEvent
+from protocol.names import is_reserved as _reserved
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,3 @@ class TriggerIndex:
             out.append(listener.function_id)
         return out
 
-
-def _reserved(name: str) -> bool:
-    """Case-insensitive, as the event API refuses ``Tether/...`` from users too."""
-    return name[:len(RESERVED_PREFIX)].lower() == RESERVED_PREFIX

@@ -26,6 +26,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from protocol.limits import MAX_RUN_STATE, MAX_STEP_RESULT, MAX_STEPS
 from protocol.manifest import AppManifest
 from protocol.messages import Checkpoint, ErrorInfo, StepMemo
 
@@ -46,9 +47,9 @@ class Limits:
     anything is sent; the store enforces the result and state sizes again on what arrives.
     """
 
-    max_steps: int = 1000
-    max_step_result: int = 4 * 1024 * 1024
-    max_run_state: int = 32 * 1024 * 1024
+    max_steps: int = MAX_STEPS
+    max_step_result: int = MAX_STEP_RESULT
+    max_run_state: int = MAX_RUN_STATE
 
 #: Which functions an event starts: ``(name, event as a dict) -> function ids``.
 Matcher = Callable[[str, dict[str, Any]], list[str]]

@@ -49,12 +49,12 @@ from protocol.durations import MAX_SLEEP, YEAR, human
 from protocol.expressions import matches
 from protocol.ids import new_id
 from protocol.manifest import FunctionConfig
+from protocol.names import FUNCTION_CANCELLED as CANCELLED
+from protocol.names import FUNCTION_FAILED as FAILED
+from protocol.names import FUNCTION_FINISHED as FINISHED
+from protocol.names import FUNCTION_INVOKED as INVOKED
 
 #: A run-ending produces system events under these names.
-FINISHED = "tether/function.finished"
-FAILED = "tether/function.failed"
-CANCELLED = "tether/function.cancelled"
-INVOKED = "tether/function.invoked"
 
 #: Statuses from which a run can be leased once ``available_at`` has come.
 READY = (RunStatus.QUEUED, RunStatus.SLEEPING, RunStatus.WAITING)

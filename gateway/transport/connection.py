@@ -36,6 +36,7 @@ from protocol.errors import (
     TetherError,
 )
 from protocol.ids import new_id
+from protocol.limits import MAX_STEP_RESULT, MAX_STEPS
 from protocol.manifest import check_function
 from protocol.messages import PROTOCOL_VERSION
 from protocol.session import Role, Session
@@ -62,8 +63,8 @@ class ConnectionSettings:
     lease_ttl: float
     max_frame_in: int  # largest frame we accept from a worker
     max_frame_out: int  # largest frame we send (the worker accepts at least this)
-    max_steps: int = 1000
-    max_step_result: int = 4 * 1024 * 1024
+    max_steps: int = MAX_STEPS
+    max_step_result: int = MAX_STEP_RESULT
     handshake_timeout: float = 10.0
     max_handshakes: int = 64  # sockets not yet authenticated, at most
 
