@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import signal
 import sys
 from collections.abc import Mapping, Sequence
@@ -296,8 +297,22 @@ EXIT_TASK_DIED = 70
 
 def _run(settings: Settings) -> int:
     code = [0]
+    _raise_open_files_limit()
     run_loop(_serve(settings, code))
     return code[0]
+
+
+def _raise_open_files_limit() -> None:
+    """Let the HTTP server's connection cap, not the common soft limit of 1,024 open files,
+    be what refuses connections: raise the soft limit to the hard one (no privilege needed)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE,
+                               (hard if hard != resource.RLIM_INFINITY else max(soft, 65536),
+                                hard))
+    except (ValueError, OSError) as exc:  # a container may forbid it: keep what we have
+        log.warning("open_files_limit_unchanged", error=str(exc))
 
 
 async def _serve(settings: Settings, code: list[int]) -> None:

@@ -67,6 +67,9 @@ class WorkerServer:
             port,
             process_request=self._check_path,
             compression=None,
+            # Workers send no Origin; a browser page always does. Refusing every Origin keeps
+            # web pages (which may open cross-origin WebSockets) off an open --dev gateway.
+            origins=[None],
             # Until a socket proves its key; raised for it once it has.
             max_size=MAX_PREAUTH_FRAME,
             max_queue=PREAUTH_QUEUE,
