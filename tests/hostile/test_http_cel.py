@@ -155,7 +155,8 @@ def test_a_huge_if_in_a_registration_never_kills_the_gateway(gw, name):
         manifest = AppManifest(id="hostile", version="1", functions=[
             FunctionConfig(id="fn", triggers=[TriggerEvent("hostile/go", if_=HOSTILE_CEL[name])])
         ])
-        await worker.send(hello(apps=[manifest]), m.Answer(mac=b""))
+        await worker.authenticate()
+        await worker.send(hello(apps=[manifest]))
         error = await worker.expect(m.Error)
         await worker.wait_closed()
         return error

@@ -67,13 +67,9 @@ async def http(gw):
 
 
 async def register(worker: RawWorker, *apps: AppManifest) -> None:
-    """Send ``apps`` in a dev-mode handshake, in whichever order this protocol version wants
-    (the auth-first handshake answers the challenge before the Hello)."""
-    if hasattr(worker, "authenticate"):
-        await worker.authenticate()
-        await worker.send(hello(apps=list(apps)))
-    else:
-        await worker.send(hello(apps=list(apps)), m.Answer(mac=b""))
+    """Send ``apps`` in a dev-mode handshake (the challenge is answered before the Hello)."""
+    await worker.authenticate()
+    await worker.send(hello(apps=list(apps)))
 
 
 async def refused(gw, *apps: AppManifest) -> m.Error:

@@ -184,7 +184,7 @@ async def test_many_revocations_at_once_commit(store):
     run_ids = await create_runs(store, 150)
     session = "g" * 40 + "." + "s" * 30
     await claim(store, T0, slots(session, capacity=150))
-    result = await store.write(batch(now=T0 + 1, cancels=[CancelRequest("bulk", function_id=FN)]))
+    result = await store.write(batch(now=T0 + 1, cancels=[CancelRequest("bulk", run_ids=run_ids)]))
     assert result.cancelled == [150]
     assert len(result.revoked) == 150
     assert {await status(store, r) for r in run_ids[:3]} == {"Cancelled"}
