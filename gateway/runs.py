@@ -14,7 +14,8 @@ The lifecycle::
       ^  |                |----failed / aborted / lease lost too often--> Failed
       |  |                |----suspended (sleep)--> Sleeping --woken / leased-->
       |  |                |----suspended (wait, invoke)--> Waiting --woken / leased-->
-      |  |                |----failed (retry) / released / lease lost / suspended (retry due)--> Queued
+      |  |                |----failed (retry), released, lease lost,
+      |  |                |    suspended (retry due)--> Queued
       |  |--skipped (flow control at admission)--> Skipped
       |  every live status --cancelled--> Cancelled, --aborted--> Failed
       +--- woken, delayed (flow control pushes ``available_at``)
@@ -157,7 +158,8 @@ def sql_list(statuses: frozenset[RunStatus] | set[RunStatus]) -> str:
     if not statuses:
         raise ValueError("an SQL IN list needs at least one status")
     order = list(RunStatus)
-    return "(" + ", ".join(f"'{RunStatus(s).value}'" for s in sorted(statuses, key=order.index)) + ")"
+    words = (f"'{RunStatus(s).value}'" for s in sorted(statuses, key=order.index))
+    return "(" + ", ".join(words) + ")"
 
 
 class StepStatus(enum.StrEnum):

@@ -1,4 +1,5 @@
-"""Batch: events grouped per key; a run starts with ``max_size`` events or ``timeout`` after the first.
+"""Batch: events grouped per key; a run starts with ``max_size`` events, or ``timeout`` after
+the first.
 
 Inngest's semantics (``batchEvents``): the run gets the events in arrival order; a batch closes
 when it is full or when ``timeout`` has passed since its first event, whichever comes first.
@@ -36,7 +37,7 @@ class OpenBatch:
 
 @dataclass(frozen=True)
 class BatchStep:
-    """After one event: ``start`` lists batches to start now, oldest first; ``open`` the open one."""
+    """After one event: ``start`` lists batches to start now (oldest first); ``open`` is open."""
 
     start: tuple[tuple[str, ...], ...]
     open: OpenBatch | None

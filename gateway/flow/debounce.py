@@ -1,4 +1,5 @@
-"""Debounce: a key's run starts ``period`` after its last event, at most ``timeout`` after its first.
+"""Debounce: a key's run starts ``period`` after its last event, at most ``timeout`` after
+its first.
 
 Inngest's semantics: each event of a key pushes the pending run back to ``period`` after
 itself, and the run gets the *last* event; ``timeout`` caps the delay counted from the first
@@ -48,7 +49,7 @@ class Window:
 
 @dataclass(frozen=True)
 class DebounceStep:
-    """After one event: ``start`` lists windows to start now, oldest first; ``pending`` the open one."""
+    """After one event: ``start`` lists windows to start now (oldest first); ``pending`` is open."""
 
     start: tuple[Window, ...]
     pending: Window | None
@@ -65,13 +66,14 @@ def on_event(window: Window | None, event_id: str, now: float,
     start: tuple[Window, ...] = ()
     if window is not None and due(window, now):
         start, window = (window,), None
-    if window is None:
-        first, events = now, (event_id,)
-    else:
+    events: tuple[str, ...] = (event_id,)
+    first = now
+    if window is not None:
         first = window.first_at
-        events = window.events + (event_id,) if config.collect else (event_id,)
+        if config.collect:
+            events = (*window.events, event_id)
     if config.collect and len(events) >= config.max_events:
-        return DebounceStep(start + (Window(first, now, events),), None)  # full: start now
+        return DebounceStep((*start, Window(first, now, events)), None)  # full: start now
     deadline = now + config.period
     if config.timeout is not None:
         deadline = min(deadline, first + config.timeout)

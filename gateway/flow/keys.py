@@ -79,7 +79,7 @@ def key_for(expression: str | None, event: dict[str, Any], *, scope: str) -> Key
         value = evaluate(expression, {"event": event})
     except ExpressionError as exc:
         return KeyFailure(f"key {exc.message}")
-    except Exception as exc:  # noqa: BLE001 - a user's expression must not crash admission
+    except Exception as exc:  # a user's expression must not crash admission
         return KeyFailure(f"key {expression!r} could not be evaluated: {type(exc).__name__}")
     text = canonical(value)
     if text is None:

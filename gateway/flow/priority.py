@@ -43,7 +43,7 @@ def priority_of(expression: str | None, event: dict[str, Any]) -> PriorityResult
         value = evaluate(expression, {"event": event})
     except ExpressionError as exc:
         return PriorityResult(0, f"priority {exc.message}")
-    except Exception as exc:  # noqa: BLE001 - a user's expression must not crash admission
+    except Exception as exc:  # a user's expression must not crash admission
         return PriorityResult(0, f"priority {expression!r} failed: {type(exc).__name__}")
     if isinstance(value, bool) or not isinstance(value, int | float) or (
             isinstance(value, float) and not math.isfinite(value)):
