@@ -68,7 +68,7 @@ def test_every_other_transition_is_refused(status: RunStatus, event: RunEvent) -
 
 
 def test_refusal_says_what_is_allowed() -> None:
-    with pytest.raises(IllegalTransition, match="'completed' in status 'Queued'.*leased"):
+    with pytest.raises(IllegalTransition, match=r"'completed' in status 'Queued'.*leased"):
         next_status(S.QUEUED, E.COMPLETED)
     with pytest.raises(IllegalTransition, match="none: it has ended"):
         next_status(S.CANCELLED, E.CANCELLED)
@@ -83,18 +83,19 @@ def test_unknown_words_are_refused() -> None:
 
 def test_derived_sets() -> None:
     assert ENDED == FINAL_STATUSES == {S.COMPLETED, S.FAILED, S.CANCELLED, S.SKIPPED}
-    assert LIVE == {S.QUEUED, S.RUNNING, S.SLEEPING, S.WAITING}
-    assert LIVE | ENDED == set(RunStatus) and not LIVE & ENDED
-    assert READY == {S.QUEUED, S.SLEEPING, S.WAITING}
-    assert HOLDS_LEASE == {S.RUNNING}
-    assert SUSPENDED == {S.SLEEPING, S.WAITING}
+    assert {S.QUEUED, S.RUNNING, S.SLEEPING, S.WAITING} == LIVE
+    assert set(RunStatus) == LIVE | ENDED and not LIVE & ENDED
+    assert {S.QUEUED, S.SLEEPING, S.WAITING} == READY
+    assert {S.RUNNING} == HOLDS_LEASE
+    assert {S.SLEEPING, S.WAITING} == SUSPENDED
     assert READY | HOLDS_LEASE == LIVE and not READY & HOLDS_LEASE
     assert INITIAL is S.QUEUED
     # Every live status can be cancelled; no ended one has an edge out.
     assert all(E.CANCELLED in TRANSITIONS[s] for s in LIVE)
     assert all(not TRANSITIONS[s] for s in ENDED)
     # Every status is reachable from the initial one.
-    seen, todo = {INITIAL}, [INITIAL]
+    seen: set[RunStatus] = {INITIAL}
+    todo: list[RunStatus] = [INITIAL]
     while todo:
         for target in TRANSITIONS[todo.pop()].values():
             if target not in seen:

@@ -9,7 +9,7 @@ from gateway.flow.singleton import Action, decide
 
 def test_no_live_run_starts() -> None:
     for mode in ("skip", "cancel"):
-        decision = decide(mode, None)  # type: ignore[arg-type]
+        decision = decide(mode, None)
         assert decision.action is Action.START and decision.reason is None
 
 
@@ -26,5 +26,5 @@ def test_cancel_replaces_the_live_run() -> None:
 
 
 def test_unknown_mode_is_refused() -> None:
-    with pytest.raises(ValueError, match="'queue'.*'skip' or 'cancel'"):
+    with pytest.raises(ValueError, match=r"'queue'.*'skip' or 'cancel'"):
         decide("queue", "run-1")  # type: ignore[arg-type]
