@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import math
 import random
+from collections.abc import Iterable
 
 from protocol.errors import TetherError
 from protocol.messages import RunFailed, StepFailed
@@ -129,6 +130,20 @@ def next_status(status: RunStatus | str, event: RunEvent | str) -> RunStatus:
         return TRANSITIONS[status][event]
     except KeyError:
         raise IllegalTransition(status, event) from None
+
+
+def suspension(pending: Iterable[StepStatus | str]) -> RunEvent:
+    """The event of a run suspending with steps in ``pending`` statuses parked.
+
+    A pending wait or invoke makes it ``Waiting``, else a pending sleep ``Sleeping``, else (a
+    retry not yet due, or nothing) it goes back to the queue.
+    """
+    parked = {StepStatus(s) for s in pending}
+    if StepStatus.WAITING in parked or StepStatus.INVOKING in parked:
+        return RunEvent.SUSPENDED_WAIT
+    if StepStatus.SLEEPING in parked:
+        return RunEvent.SUSPENDED_SLEEP
+    return RunEvent.SUSPENDED_RETRY
 
 
 def _from(event: RunEvent) -> frozenset[RunStatus]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,8 +21,10 @@ from gateway.runs import (
     IllegalTransition,
     RunEvent,
     RunStatus,
+    StepStatus,
     next_status,
     sql_list,
+    suspension,
 )
 
 S, E = RunStatus, RunEvent
@@ -133,3 +138,38 @@ def test_any_event_sequence_keeps_the_lifecycle_consistent(events: list[RunEvent
         assert (status in HOLDS_LEASE) == (status is S.RUNNING)
     if status in ENDED:
         assert all(e not in TRANSITIONS[status] for e in RunEvent)
+
+
+def test_suspension_picks_the_status_from_what_is_parked() -> None:
+    def status(*pending: StepStatus) -> RunStatus:
+        return next_status(S.RUNNING, suspension(pending))
+
+    assert status() is S.QUEUED
+    assert status(StepStatus.RETRYING) is S.QUEUED
+    assert status(StepStatus.SLEEPING, StepStatus.RETRYING) is S.SLEEPING
+    assert status(StepStatus.SLEEPING, StepStatus.WAITING) is S.WAITING
+    assert status(StepStatus.INVOKING) is S.WAITING
+    assert suspension(["Sleeping"]) is E.SUSPENDED_SLEEP  # as read back from the store
+
+
+_STORE = Path(__file__).parents[2] / "gateway" / "store"
+_LIST = re.compile(r"([a-z_.]*)status\s+(NOT\s+)?IN\s*\(([^)]*)\)", re.IGNORECASE)
+_STEP_ONLY = {s.value for s in StepStatus} - {s.value for s in RunStatus}
+
+
+def test_status_lists_typed_in_sql_are_derived_sets() -> None:
+    """Until the queries render them with sql_list, every run-status list typed in SQL must
+    be one of the sets derived from the lifecycle (a new status or edge fails this test)."""
+    derived = {"LIVE": LIVE, "ENDED": ENDED, "READY": READY, "HOLDS_LEASE": HOLDS_LEASE,
+               "SUSPENDED": SUSPENDED}
+    found = 0
+    for path in sorted(_STORE.glob("queries/*.sql")) + sorted(_STORE.glob("migrations/*/*.sql")):
+        for prefix, _, words in _LIST.findall(path.read_text()):
+            statuses = {w.strip().strip("'") for w in words.split(",")}
+            if prefix.startswith("steps.") or statuses & _STEP_ONLY:
+                continue  # a list of step statuses
+            found += 1
+            assert statuses in derived.values(), (
+                f"{path.name}: status list {sorted(statuses)} is none of the derived sets; "
+                f"use one of gateway.runs {', '.join(derived)} (sql_list)")
+    assert found >= 4
