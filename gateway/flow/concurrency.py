@@ -90,17 +90,9 @@ def plan(ready: Mapping[str, int], room_of: Mapping[str, int | None], cursor: st
     start = bisect.bisect_right(order, cursor) if cursor is not None else 0
     ring = order[start:] + order[:start]
     chosen: list[str] = []
-    while ring and len(chosen) < n:
-        still: list[str] = []
-        for key in ring:
-            if len(chosen) == n:
-                break
+    while ring and len(chosen) < n:  # one turn: each key with runs left gives one
+        turn, ring = ring[: n - len(chosen)], [k for k in ring if left[k] > 1]
+        for key in turn:
             chosen.append(key)
             left[key] -= 1
-            if left[key] > 0:
-                still.append(key)
-        else:
-            ring = still
-            continue
-        break
     return Plan(tuple(chosen), chosen[-1])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.flow.batch import BatchConfig, OpenBatch, due, on_event
 
@@ -51,3 +53,20 @@ def test_bad_config_is_refused() -> None:
         BatchConfig(max_size=0, timeout=1.0)
     with pytest.raises(ValueError, match="timeout > 0"):
         BatchConfig(max_size=2, timeout=0.0)
+
+
+@given(gaps=st.lists(st.sampled_from([0.0, 0.5, 2.0, 5.0, 9.0]), min_size=1, max_size=60),
+       max_size=st.integers(1, 7))
+def test_every_event_lands_in_one_batch_in_arrival_order(gaps: list[float], max_size: int) -> None:
+    config = BatchConfig(max_size=max_size, timeout=5.0)
+    events, now, times = [], 0.0, {}
+    for i, gap in enumerate(gaps):
+        now += gap
+        events.append((now, f"e{i}"))
+        times[f"e{i}"] = now
+    started, batch = feed(config, events)
+    batches = [*started, *([batch.events] if batch is not None else [])]
+    assert [e for b in batches for e in b] == [e for _, e in events]
+    for b in batches:
+        assert 1 <= len(b) <= max_size
+        assert times[b[-1]] - times[b[0]] < config.timeout  # nobody joins a due batch

@@ -89,3 +89,22 @@ def test_a_batch_claim_serves_b_in_its_first_turn(backlog: int, n: int) -> None:
     got = plan({"a": backlog, "b": 1}, {}, "a", n)
     assert "b" in got.keys[:2]
     assert len(got.keys) == min(n, backlog + 1)
+
+
+@given(ready=st.dictionaries(st.text("abc", min_size=1, max_size=3), st.integers(0, 20)),
+       room_of=st.dictionaries(st.text("abc", min_size=1, max_size=3),
+                               st.one_of(st.none(), st.integers(0, 5))),
+       n=st.integers(0, 100))
+def test_plan_never_overdraws_and_shares_evenly(
+        ready: dict[str, int], room_of: dict[str, int | None], n: int) -> None:
+    got = plan(ready, room_of, None, n)
+    taken = {k: got.keys.count(k) for k in set(got.keys)}
+    cap = {k: c if room_of.get(k) is None else min(c, room_of[k] or 0) for k, c in ready.items()}
+    assert all(taken[k] <= cap[k] for k in taken)
+    assert len(got.keys) == min(n, sum(max(c, 0) for c in cap.values()))
+    # Max-min fair: a key that got fewer than another was exhausted.
+    for k, count in taken.items():
+        for other in cap:
+            got = taken.get(other, 0)
+            if got < cap[other] and got < count - 1:
+                raise AssertionError(f"{other} got {got}, {k} got {count}")

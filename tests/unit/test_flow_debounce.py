@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.flow.debounce import DebounceConfig, Window, due, on_event
 
@@ -74,3 +76,21 @@ def test_bad_config_is_refused() -> None:
         DebounceConfig(period=1.0, timeout=-1.0)
     with pytest.raises(ValueError, match="max_events"):
         DebounceConfig(period=1.0, max_events=0)
+
+
+@given(gaps=st.lists(st.sampled_from([0.0, 1.0, 4.0, 9.0, 10.0, 30.0]), min_size=1, max_size=40),
+       timeout=st.one_of(st.none(), st.sampled_from([5.0, 25.0])),
+       max_events=st.integers(1, 6))
+def test_collect_loses_no_event_and_respects_the_timeout(
+        gaps: list[float], timeout: float | None, max_events: int) -> None:
+    config = DebounceConfig(period=10.0, timeout=timeout, collect=True, max_events=max_events)
+    events, now = [], 0.0
+    for i, gap in enumerate(gaps):
+        now += gap
+        events.append((now, f"e{i}"))
+    started, window = feed(config, events)
+    windows = [*started, *([window] if window is not None else [])]
+    assert [e for w in windows for e in w.events] == [e for _, e in events]
+    for w in windows:
+        assert len(w.events) <= max_events
+        assert timeout is None or w.deadline <= w.first_at + timeout
