@@ -105,6 +105,6 @@ def test_plan_never_overdraws_and_shares_evenly(
     # Max-min fair: a key that got fewer than another was exhausted.
     for k, count in taken.items():
         for other in cap:
-            got = taken.get(other, 0)
-            if got < cap[other] and got < count - 1:
-                raise AssertionError(f"{other} got {got}, {k} got {count}")
+            had = taken.get(other, 0)
+            if had < cap[other] and had < count - 1:
+                raise AssertionError(f"{other} got {had}, {k} got {count}")
