@@ -5,8 +5,9 @@ refuses any other (:class:`IllegalTransition`), as :mod:`protocol.session` does 
 A final status has no edge out: it is never left.
 
 Rule 2: the sets the store filters on (:data:`LIVE`, :data:`ENDED`, :data:`READY`,
-:data:`HOLDS_LEASE`, :data:`SUSPENDED`) are derived from the table, and SQL status lists are
-rendered from them (:func:`sql_list`), so a new status or edge changes them all at once.
+:data:`HOLDS_LEASE`, :data:`SUSPENDED`) are derived from the table. SQL status lists are these
+sets, rendered by :func:`sql_list` (a unit test checks the ones still typed in the query files),
+so a new status or edge changes them all at once.
 
 The lifecycle::
 

@@ -65,6 +65,17 @@ def room(limits: Sequence[Limit], running: Sequence[int]) -> int | None:
     return max(0, min(limit.limit - n for limit, n in zip(limits, running, strict=True)))
 
 
+def backlog_full(queued: int, max_queued: int | None) -> str | None:
+    """The skip reason for a new run of a key with ``queued`` runs waiting, or None to queue it.
+
+    ``max_queued`` (no peer has it) bounds what one tenant flooding a key can make the store
+    hold; the refused run is recorded as Skipped.
+    """
+    if max_queued is None or queued < max_queued:
+        return None
+    return f"backlog full: {queued} runs of this key are queued (max_queued={max_queued})"
+
+
 @dataclass(frozen=True)
 class Plan:
     """Keys to dispatch one run each from, in order (a key may repeat), and the new cursor."""

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.flow.concurrency import Limit, has_room, plan, room, slot
+from gateway.flow.concurrency import Limit, backlog_full, has_room, plan, room, slot
 
 
 def test_two_limits_both_must_have_room() -> None:
@@ -108,3 +108,9 @@ def test_plan_never_overdraws_and_shares_evenly(
             had = taken.get(other, 0)
             if had < cap[other] and had < count - 1:
                 raise AssertionError(f"{other} got {had}, {k} got {count}")
+
+
+def test_backlog_bound() -> None:
+    assert backlog_full(10**6, None) is None
+    assert backlog_full(2, 3) is None
+    assert backlog_full(3, 3) == "backlog full: 3 runs of this key are queued (max_queued=3)"
