@@ -1,0 +1,56 @@
+"""gateway.flow.keys: a CEL key for an event, as a hash or a typed failure; never an exception."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.flow.keys import MAX_DISPLAY, MAX_KEY_LENGTH, Key, KeyFailure, canonical, key_for
+
+EVENT = {"name": "order", "data": {"tenant": "acme", "n": 3, "f": 3.0, "x": 2.5, "ok": True,
+                                   "list": [1], "map": {"a": 1}, "none": None,
+                                   "long": "x" * (MAX_KEY_LENGTH + 1), "wide": "y" * 500}}
+
+
+def fail(expression: str) -> str:
+    got = key_for(expression, EVENT, scope="fn:shop/f")
+    assert isinstance(got, KeyFailure), got
+    return got.reason
+
+
+def test_no_expression_is_one_key_per_scope() -> None:
+    a = key_for(None, EVENT, scope="fn:shop/f")
+    b = key_for(None, {"name": "other", "data": {}}, scope="fn:shop/f")
+    c = key_for(None, EVENT, scope="fn:shop/g")
+    assert isinstance(a, Key) and a == b and isinstance(c, Key) and c.hash != a.hash
+
+
+def test_string_number_and_bool_keys() -> None:
+    acme = key_for("event.data.tenant", EVENT, scope="s")
+    assert isinstance(acme, Key) and acme.display == "acme" and len(acme.hash) == 64
+    three = key_for("event.data.n", EVENT, scope="s")
+    assert three == key_for("event.data.f", EVENT, scope="s") == key_for("'3'", EVENT, scope="s")
+    assert canonical(True) == "true" and canonical(2.5) == "2.5" and canonical(float("nan")) is None
+    # Keys are scoped: the same value in two scopes is two keys.
+    assert key_for("event.data.tenant", EVENT, scope="t") != acme
+
+
+def test_missing_field_and_type_errors_are_reasons() -> None:
+    assert "tenantt" in fail("event.data.tenantt")
+    assert "TypeError" in fail("event.data.tenant + 1")
+    assert "invalid CEL" in fail("event.data.(")
+    assert "gave null" in fail("event.data.none")
+    assert "gave list" in fail("event.data.list")
+    assert "gave dict" in fail("event.data.map")
+
+
+def test_keys_are_length_capped_and_hashed() -> None:
+    reason = fail("event.data.long")
+    assert f"{MAX_KEY_LENGTH + 1} characters" in reason and "limit" in reason
+    wide = key_for("event.data.wide", EVENT, scope="s")
+    assert isinstance(wide, Key) and len(wide.display) == MAX_DISPLAY and len(wide.hash) == 64
+
+
+@pytest.mark.parametrize("expression", ["event.data.n / 0", "event['data']['map']['b']",
+                                        "int(event.data.tenant)", "x" * 5000])
+def test_hostile_expressions_never_raise(expression: str) -> None:
+    assert isinstance(key_for(expression, EVENT, scope="s"), KeyFailure)
