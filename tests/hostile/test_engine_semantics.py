@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 
-from bench.cluster import Cluster
 from protocol.manifest import AppManifest, FunctionConfig, TriggerEvent
 from tests.e2e.harness import E2E, log_events
-from tests.helpers.waiting import bound
+from tests.hostile.support import serving_gateway, still_serves
 from tests.integration.raw_worker import RawWorker
 
 pytestmark = pytest.mark.e2e
@@ -28,29 +25,7 @@ APP = "e2e"  # the app the real worker serves (version "")
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
-    cluster = Cluster(Path(tmp_path_factory.mktemp("hostile-engine")) / "cluster",
-                      gateway_args=["--retry-base", "0.05", "--log-format", "json"])
-    e2e = E2E(cluster)
-    try:
-        e2e.start_gateway("--dev")
-        e2e.start_worker()
-        e2e.wait_workers(1)
-        yield e2e
-    finally:
-        cluster.stop()
-
-
-def still_serves(gw: E2E) -> None:
-    """The gateway is alive, answers a normal event with 200, and completes a normal run."""
-    assert gw.cluster.gateway is not None and gw.cluster.gateway.alive(), gw.logs()
-    key = gw.new_key()
-    with httpx.Client(timeout=bound(5)) as client:
-        r = client.post(f"{gw.cluster.api}/e/dev",
-                        json={"name": "e2e/three", "data": {"key": key}})
-    gw.check(r.status_code == 200, f"a normal event got {r.status_code} {r.text}")
-    (event_id,) = r.json()["ids"]
-    run = gw.wait_final(gw.run_of(event_id)["id"])
-    gw.check(run["status"] == "Completed", f"a normal run ended {run}")
+    yield from serving_gateway(tmp_path_factory, "hostile-engine")
 
 
 def impostor(functions: list[FunctionConfig]) -> AppManifest:

@@ -20,13 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.cluster import Cluster
 from gateway.http.management import MAX_BODY
 from gateway.http.server import BODY_TIMEOUT, HEADER_TIMEOUT
 from protocol import messages as m
 from protocol.manifest import AppManifest, FunctionConfig, TriggerEvent
 from tests.e2e.harness import E2E
 from tests.helpers.waiting import bound
+from tests.hostile.support import serving_gateway, still_serves
 from tests.integration.raw_worker import RawWorker, hello
 
 pytestmark = pytest.mark.e2e
@@ -49,29 +49,7 @@ HOSTILE_CEL = {
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
-    cluster = Cluster(Path(tmp_path_factory.mktemp("hostile-http")) / "cluster",
-                      gateway_args=["--retry-base", "0.05", "--log-format", "json"])
-    e2e = E2E(cluster)
-    try:
-        e2e.start_gateway("--dev")
-        e2e.start_worker()
-        e2e.wait_workers(1)
-        yield e2e
-    finally:
-        cluster.stop()
-
-
-def still_serves(gw: E2E) -> None:
-    """The gateway is alive, answers a normal event with 200, and completes a normal run."""
-    assert gw.cluster.gateway is not None and gw.cluster.gateway.alive(), gw.logs()
-    key = gw.new_key()
-    with httpx.Client(timeout=bound(5)) as client:
-        r = client.post(f"{gw.cluster.api}/e/dev",
-                        json={"name": "e2e/three", "data": {"key": key}})
-    gw.check(r.status_code == 200, f"a normal event got {r.status_code} {r.text}")
-    (event_id,) = r.json()["ids"]
-    run = gw.wait_final(gw.run_of(event_id)["id"])
-    gw.check(run["status"] == "Completed", f"a normal run ended {run}")
+    yield from serving_gateway(tmp_path_factory, "hostile-http")
 
 
 def descendants(pid: int) -> set[int]:
