@@ -153,13 +153,7 @@ class Transaction:
             await self.db.execute("forgive_lease_loss", run_id)
         await self._deadlines()
         await self._match_waits()
-        self.result.touched_functions = self.touched
-        if batch.claims:
-            await self._claim(self.touched | batch.claim_functions)
-        if batch.find_wakeup:
-            await self._find_wakeup()
-        self.result.next_wakeup = min(self._wakeups, default=None)
-        return self.result
+        return await self._lease_and_finish()
 
     async def run_isolated(self, store_errors: tuple[type[BaseException], ...]) -> WriteResult:
         """:meth:`run`, each item in its own savepoint: what fails is undone and answered alone.
@@ -223,6 +217,12 @@ class Transaction:
             if error is not None:
                 result.errors[("waits", index)] = error
             self.stored.clear()
+        return await self._lease_and_finish()
+
+    async def _lease_and_finish(self) -> WriteResult:
+        """The batch's end, whichever way its items were applied: lease, then find when the
+        engine must wake up next."""
+        batch = self.batch
         self.result.touched_functions = self.touched
         if batch.claims:
             await self._claim(self.touched | batch.claim_functions)
