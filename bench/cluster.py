@@ -117,15 +117,25 @@ class Cluster:
             )
         return Process(name, popen, log_path)
 
-    def start_gateway(self, *extra: str, wait: bool = True) -> Process:
+    def start_gateway(self, *extra: str, wait: bool = True, _tries: int = 3) -> Process:
         args = ["-m", "gateway", "--host", "127.0.0.1", "--port", str(self.http_port),
                 "--connect-port", str(self.connect_port), "--db", self.db,
                 *self.gateway_args, *extra]
         if "--signing-key" not in args and "--dev" not in args:
             args.append("--dev")
+        first = self.gateway is None and not self.workers
         self.gateway = self._spawn("gateway", args)
         if wait:
-            self.wait_healthy()
+            try:
+                self.wait_healthy()
+            except RuntimeError as exc:
+                # free_port() only found ports that were free a moment ago; another process
+                # may have taken one since. Before anyone knows the ports, take others.
+                if not (first and _tries > 1 and "address already in use" in str(exc)):
+                    raise
+                self.gateway = None
+                self.http_port, self.connect_port = free_port(), free_port()
+                return self.start_gateway(*extra, wait=wait, _tries=_tries - 1)
         return self.gateway
 
     def wait_healthy(self, timeout: float = 20.0) -> dict[str, Any]:
