@@ -121,6 +121,8 @@ class Engine:
         self._reloading: asyncio.Future[None] | None = None
         self._idle = asyncio.Event()
         self._closed = False
+        # Registration notes per worker instance, handed to it in its Ready.
+        self.warnings: dict[str, list[str]] = {}
 
     # --- startup -------------------------------------------------------------------------
 
@@ -196,12 +198,17 @@ class Engine:
                 "app_conflict", app_id=app.id, app_version=app.version,
                 instance_id=instance_id, other_instances=sorted(set(others)),
                 only_here=sorted(mine - theirs), only_there=sorted(theirs - mine),
-                hint=f"workers register app {app.id!r} (version {app.version!r}) with "
-                     "different functions; each function stays active while a worker "
-                     "serving it is connected. Give each program its own App id, or serve "
-                     "the same functions from every worker of the app",
+                hint=_conflict_hint(app),
             )
+            self.warnings.setdefault(instance_id, []).append(
+                f"app_conflict: {_conflict_hint(app)} (also connected: "
+                f"{', '.join(sorted(set(others))[:5])}; functions only they serve: "
+                f"{', '.join(sorted(theirs - mine)[:5]) or 'none'})")
         return theirs - mine
+
+    def take_warnings(self, instance_id: str) -> list[str]:
+        """What registering ``instance_id``'s apps noticed, for its ``Ready``."""
+        return self.warnings.pop(instance_id, [])[:10]
 
     def _registered(self, app: AppManifest, keep: set[str]) -> list[FunctionRecord] | None:
         """The app's records if it is registered exactly so already (besides the functions
@@ -621,3 +628,10 @@ class Engine:
         self._batch.releases.extend(batch.releases)
         self._batch.returns.extend(batch.returns)
         self._batch.forgiven.extend(batch.forgiven)
+
+
+def _conflict_hint(app: AppManifest) -> str:
+    return (f"workers register app {app.id!r} (version {app.version!r}) with different "
+            "functions; each function stays active while a worker serving it is connected. "
+            "Give each program its own App id, or serve the same functions from every worker "
+            "of the app")

@@ -112,6 +112,10 @@ class Ready(_Message):
     max_frame_size: int
     max_steps: int = Field(default=MAX_STEPS, ge=1)
     max_step_result: int = Field(default=MAX_STEP_RESULT, ge=1)
+    #: What the gateway noticed about this worker's registration (an app id that another
+    #: program serves with other functions...), for the worker to log.
+    warnings: list[Annotated[str, Field(max_length=2000)]] = Field(default_factory=list,
+                                                                  max_length=10)
 
 
 class HeartbeatAck(_Message):

@@ -233,6 +233,8 @@ class GatewayLink:
         log.info("gateway_connected", url=url, session_id=ready.session_id,
                  gateway_id=challenge.gateway_id)
         self.max_frame = ready.max_frame_size
+        for warning in ready.warnings:
+            log.warning("gateway_warning", url=url, warning=warning)
         self.outbox.renumber()
         self.connected.set()
         self.on_ready(ready)

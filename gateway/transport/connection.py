@@ -244,7 +244,8 @@ class WorkerConnection:
             m.Ready(session_id=session_id, heartbeat_interval=self.settings.heartbeat_interval,
                     lease_ttl=self.settings.lease_ttl, max_frame_size=self.settings.max_frame_in,
                     max_steps=self.settings.max_steps,
-                    max_step_result=self.settings.max_step_result)
+                    max_step_result=self.settings.max_step_result,
+                    warnings=self.engine.take_warnings(hello.instance_id))
         )
         self.log.info("worker_connected", apps=sorted(self.worker.apps),
                       functions=len(self.worker.functions), capacity=hello.capacity)

@@ -128,8 +128,8 @@ def test_timeouts_start_alone_spares_a_run_that_started_in_time(steps: Steps) ->
 def test_two_programs_with_one_app_id_both_start_runs(steps: Steps) -> None:
     gateway = steps.cluster.gateway
     assert gateway is not None
-    steps.start_worker(steps.write_app("shop_a", SHOP_A), name="orders")
-    steps.start_worker(steps.write_app("shop_b", SHOP_B), name="refunds")
+    orders = steps.start_worker(steps.write_app("shop_a", SHOP_A), name="orders")
+    refunds = steps.start_worker(steps.write_app("shop_b", SHOP_B), name="refunds")
 
     for name in ("shop/order", "shop/refund"):
         run_id = steps.run_of(steps.send(name))["id"]
@@ -142,6 +142,11 @@ def test_two_programs_with_one_app_id_both_start_runs(steps: Steps) -> None:
     steps.check(len(conflicts) == 1, f"conflicts logged: {conflicts}")
     steps.check(conflicts[0]["only_here"] == ["shop/refunds"]
                 and conflicts[0]["only_there"] == ["shop/orders"], f"{conflicts[0]}")
+    # The newcomer hears of it too, in its own log.
+    told = steps.log_events(refunds, "gateway_warning")
+    steps.check(len(told) == 1 and told[0]["warning"].startswith("app_conflict: ")
+                and "shop/orders" in told[0]["warning"], f"newcomer told: {told}")
+    steps.check(steps.log_events(orders, "gateway_warning") == [], "the first one was not")
 
     workers = {w["session_id"]: w for w in steps.cluster.get("/v1/workers")["data"]}
     by_function = {f: w["instance_id"] for w in workers.values() for f in w["functions"]}
