@@ -286,7 +286,15 @@ def _migrate(db: str) -> int:
         finally:
             lock.release()
     else:
-        applied = migrations.apply(migrations.yoyo_url(location), backend)
+        import psycopg
+
+        from gateway.store.postgres import unreachable
+
+        try:
+            applied = migrations.apply(migrations.yoyo_url(location), backend)
+        except psycopg.OperationalError as exc:
+            print(f"error: {unreachable(db, exc).message}", file=sys.stderr)
+            return 1
     log.info("migrations_applied", db=db, applied=applied or "none (schema is current)")
     return 0
 

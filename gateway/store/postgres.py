@@ -51,7 +51,7 @@ class DatabaseUnreachable(TetherError):
     http_status = 503
 
 
-def _unreachable(url: str, exc: BaseException) -> DatabaseUnreachable:
+def unreachable(url: str, exc: BaseException) -> DatabaseUnreachable:
     where = url.split("@")[-1] if "@" in url else url  # never print a password
     why = str(exc).strip().splitlines()[0].removeprefix("connection failed: ") or repr(exc)
     name = where.rpartition("/")[2].partition("?")[0]
@@ -126,7 +126,7 @@ class PostgresStore(SqlStore):
             self._pool = await asyncpg.create_pool(self.url, min_size=2,
                                                    max_size=self.pool_size)
         except (OSError, psycopg.OperationalError, asyncpg.PostgresError) as exc:
-            raise _unreachable(self.url, exc) from exc
+            raise unreachable(self.url, exc) from exc
 
     async def close(self) -> None:
         if self._listener is not None:

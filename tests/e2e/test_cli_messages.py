@@ -94,11 +94,14 @@ def test_a_file_path_serves_the_app_with_its_neighbours_importable(e2e: E2E,
     e2e.check(run["status"] == "Completed" and run["output"] == "hello", f"run: {run}")
 
 
-def test_a_missing_postgres_database_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+def test_a_missing_postgres_database_is_one_line(tmp_path: Path, command: str) -> None:
     name = f"tether_missing_{uuid.uuid4().hex[:8]}"
     url = SERVER.rsplit("/", 1)[0] + "/" + name
-    result = run_cli("-m", "gateway", "--dev", "--host", "127.0.0.1", "--port", str(free_port()),
-                     "--connect-port", str(free_port()), "--db", url, cwd=tmp_path, timeout=60)
+    args = (["migrate", "--db", url] if command == "migrate" else
+            ["--dev", "--host", "127.0.0.1", "--port", str(free_port()),
+             "--connect-port", str(free_port()), "--db", url])
+    result = run_cli("-m", "gateway", *args, cwd=tmp_path, timeout=60)
 
     assert result.returncode == 1, result
     assert "Traceback" not in result.stderr, result.stderr
