@@ -40,8 +40,8 @@ def _serve_parser(environ: Mapping[str, str] | None) -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Sub-commands: 'migrate' applies schema migrations and exits; 'keys' makes, "
-        "lists and revokes keys (keys --help); 'send' sends an event (send --help). Every option can be set from the environment "
-        "variable shown.",
+        "lists and revokes keys (keys --help); 'send' sends an event (send --help). Every "
+        "option can be set from the environment variable shown.",
     )
     opt = p.add_argument_group("server")
     add_option(opt, "--host", env="HOST", environ=environ, default="127.0.0.1",
