@@ -5,7 +5,8 @@ it cannot be guessed; an id of any other shape is answered 404 without a store r
 
 A request goes through, in order: the body (at most ``--max-event-size``: it becomes one
 event), the signature (:mod:`gateway.http.signatures`, 401), the transform
-(:mod:`gateway.http.transform`, 400), the event checks of ``POST /e`` (400/413), and the
+(:mod:`gateway.http.transform`, 400; for a large body in a child process,
+:mod:`gateway.http.transform_process`), the event checks of ``POST /e`` (400/413), and the
 engine's write path: 200 ``{"ids": [id]}`` once the event is committed. A refused request
 stores nothing.
 
@@ -29,6 +30,7 @@ from gateway.http.events import EventLimits, parse_events, read_body
 from gateway.http.management import _json_object, _query, iso
 from gateway.http.signatures import check_verify, masked, verify
 from gateway.http.transform import apply, check_transform, first_values, request_body
+from gateway.http.transform_process import INLINE_LIMIT, TransformProcess
 from gateway.store.webhooks import WebhookRecord
 from protocol.errors import InvalidInput, NotFound
 from protocol.names import check_no_nul
@@ -90,6 +92,7 @@ class WebhookRoutes:
         self.engine = engine
         self.limits = limits
         self.cache = WebhookCache(engine)
+        self.transformer = TransformProcess()
 
     # --- management (behind the bearer) --------------------------------------------------
 
@@ -154,9 +157,13 @@ class WebhookRoutes:
         now = self.engine.clock.now()
         if record.verify is not None:
             verify(record.verify, headers, raw, now=now)
-        body = request_body(raw, headers.get("content-type"))
         query = first_values((k, v) for k, v in request.query_params.multi_items())
-        event = apply(record.transform, body, headers, query)
+        content_type = headers.get("content-type")
+        if len(raw) <= INLINE_LIMIT:
+            event = apply(record.transform, request_body(raw, content_type), headers, query)
+        else:  # converting a large body for CEL holds the GIL: off the event loop
+            event = await self.transformer.apply(record.transform, raw, content_type,
+                                                 headers, query)
         try:
             ((stored, _),) = parse_events(event, limits=self.limits, now=now)
         except InvalidInput as exc:  # PayloadTooLarge keeps its 413

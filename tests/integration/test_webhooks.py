@@ -323,3 +323,20 @@ async def test_the_event_log_pages_newest_first_stably_while_events_arrive(http)
     r = await http.get("/v1/events/nope")
     assert r.status_code == 404 and "no event" in r.json()["error"]
     assert (await http.get(f"/v1/events/{first[0]}", params={"x": 1})).status_code == 400
+
+
+async def test_a_large_body_is_transformed_like_a_small_one(http):
+    """Bodies over 16 KiB are transformed in a child process: same answers, same events."""
+    hook = await make(http)
+    items = [{"k": i, "v": [i, None, True, "é"]} for i in range(700)]
+    body = json.dumps({"action": "go", "items": items}).encode()
+    assert len(body) > 16 * 1024
+    r = await post(http, hook, body, **{"X-Delivery": "big-1"})
+    assert r.status_code == 200, r.text
+    shown = (await http.get("/v1/events/big-1")).json()
+    assert shown["name"] == "raw/go" and shown["data"]["items"] == items
+    for bad, says in ((body.replace(b'"action"', b'"other"'), "transform failed"),
+                      (b"x" * 20_000, "not valid JSON")):
+        r = await post(http, hook, bad, **{"X-Delivery": "big-2"})
+        assert r.status_code == 400 and says in r.json()["error"], r.text
+    assert [e["id"] for e in (await event_log(http))["data"]] == ["big-1"]
