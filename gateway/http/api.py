@@ -129,10 +129,10 @@ def build_api(
         # webhooks and the event log
         Route("/webhooks/{webhook_id}", same_origin(webhooks.receive), methods=["POST"]),
         Route("/v1/webhooks", guarded(webhooks.create), methods=["POST"]),
-        Route("/v1/webhooks", guarded(webhooks.list), methods=["GET"]),
+        Route("/v1/webhooks", guarded(webhooks.listing), methods=["GET"]),
         Route("/v1/webhooks/{webhook_id}", guarded(webhooks.get), methods=["GET"]),
         Route("/v1/webhooks/{webhook_id}", guarded(webhooks.delete), methods=["DELETE"]),
-        Route("/v1/events", guarded(event_log.list), methods=["GET"]),
+        Route("/v1/events", guarded(event_log.listing), methods=["GET"]),
         Route("/v1/events/{event_id}", guarded(event_log.get), methods=["GET"]),
     ]
 

@@ -1,7 +1,10 @@
 """The event log: ``GET /v1/events`` (newest first) and ``GET /v1/events/{id}``.
 
 The cursor is the seq of the last event of the page (the store's order of arrival): events
-that arrive while a client pages land above it, so no page shifts or repeats.
+that arrive while a client pages land above it, so no page shifts or repeats. (On
+PostgreSQL several gateways draw seqs from one sequence and may commit them out of order: an
+event committed a moment after a page was read may sit just below that page's cursor, and the
+next page shows it.)
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class EventLogRoutes:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    async def list(self, request: Request) -> Response:
+    async def listing(self, request: Request) -> Response:
         q = _query(request, {"name", "limit", "cursor"})
         try:
             limit = int(q.get("limit", DEFAULT_PAGE))

@@ -116,7 +116,7 @@ class WebhookRoutes:
                  scheme=record.verify and record.verify["scheme"])
         return JSONResponse(webhook_json(record), status_code=201)
 
-    async def list(self, request: Request) -> Response:
+    async def listing(self, request: Request) -> Response:
         _query(request, set())
         records = await self.engine.store.list_webhooks()
         return JSONResponse({"data": [webhook_json(r) for r in records], "cursor": None})
