@@ -146,4 +146,9 @@ def test_the_gateway_still_serves_after_the_attacks(gw, hooks):
     with httpx.Client(base_url=gw.cluster.api, timeout=bound(10)) as client:
         r = client.post(hooks["whole"], json={"ok": True})
         assert r.status_code == 200, r.text
+        large = {"ok": True, "pad": ["é" * 100] * 200}  # over 16 KiB: the child process
+        r = client.post(hooks["whole"], json=large)
+        assert r.status_code == 200, r.text
+        (event_id,) = r.json()["ids"]
+        assert client.get(f"/v1/events/{event_id}").json()["data"]["b"] == large
     still_serves(gw)
