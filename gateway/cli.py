@@ -1,4 +1,5 @@
-"""``python -m gateway``: serve (the default), ``migrate``, or ``keys create|list|revoke``."""
+"""``python -m gateway``: serve (the default), ``migrate``, ``keys create|list|revoke``, or
+``send`` (one event to a running gateway)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ workers connected over a WebSocket.
   python -m gateway migrate --db sqlite:///path/to/tether.db
   python -m gateway keys create --kind signing  print a new signing key
   python -m gateway keys create --kind event --db URL   store a new event key (see keys --help)
+  python -m gateway send shop/order.created --data '{"id": 1}'   send an event (send --help)
 """
 
 
@@ -47,8 +49,8 @@ def _serve_parser(environ: Mapping[str, str] | None) -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Sub-commands: 'migrate' applies schema migrations and exits; 'keys' makes, "
-        "lists and revokes keys (keys --help). Every option can be set from the environment "
-        "variable shown.",
+        "lists and revokes keys (keys --help); 'send' sends an event (send --help). Every "
+        "option can be set from the environment variable shown.",
     )
     opt = p.add_argument_group("server")
     add_option(opt, "--host", env="HOST", environ=environ, default="127.0.0.1",
@@ -140,6 +142,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "keys":
         return _keys(argv[1:], environ)
+    if argv and argv[0] == "send":
+        return _send(argv[1:], environ)
     migrate = bool(argv) and argv[0] == "migrate"
     if migrate:
         argv = argv[1:]
@@ -261,6 +265,71 @@ def _key_table(records: Sequence[Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)
+
+
+SEND_DESCRIPTION = """\
+Send one event to a running gateway, as app.send does, and print its id once it is stored.
+
+  python -m gateway send shop/order.created --data '{"order_id": 42}'
+  python -m gateway send shop/order.created --data '{"order_id": 42}' --id order-42
+  python -m gateway send reminders/due --ts 1767225600000       start its runs at that time
+  TETHER_API_URL=https://tether.example.com TETHER_EVENT_KEY=... python -m gateway send ...
+
+An --id seen in the last 24 h is accepted again but starts nothing (deduplicated).
+Exit codes: 0 sent, 1 refused or unreachable, 2 bad arguments.
+"""
+
+
+def _send_parser(environ: Mapping[str, str] | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m gateway send", description=SEND_DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", metavar="NAME", help="the event name, e.g. shop/order.created")
+    p.add_argument("--data", default="{}", metavar="JSON",
+                   help="the event's data, a JSON object (default: {})")
+    p.add_argument("--id", default=None, metavar="ID",
+                   help="the event id, for deduplication (default: the gateway makes one)")
+    p.add_argument("--ts", default=None, type=int, metavar="MS",
+                   help="the event time in milliseconds since the epoch; in the future, its "
+                   "runs start then (default: now)")
+    add_option(p, "--api-url", env="API_URL", environ=environ,
+               default="http://127.0.0.1:8288", metavar="URL",
+               help="the gateway's HTTP API")
+    add_option(p, "--event-key", env="EVENT_KEY", environ=environ, default="dev",
+               metavar="KEY", help="an event key the gateway accepts (any works with --dev)")
+    return p
+
+
+def _send(argv: list[str], environ: Mapping[str, str] | None) -> int:
+    """``send NAME``: the id on stdout, errors on stderr."""
+    import json
+
+    from worker.app import App, Event
+
+    args = _send_parser(environ).parse_args(argv)
+    # TETHER_EVENT_KEY may list several keys for the gateway (comma-separated): use the first.
+    key = args.event_key.split(",")[0].strip()
+    try:
+        data = json.loads(args.data)
+    except ValueError as exc:
+        print(f"error: --data is not valid JSON ({exc}); quote it for the shell, e.g. "
+              """--data '{"order_id": 42}'""", file=sys.stderr)
+        return 2
+    if not isinstance(data, dict):
+        print("error: --data must be a JSON object, e.g. --data '{\"order_id\": 42}'",
+              file=sys.stderr)
+        return 2
+    try:
+        ids = App("cli").send_sync(Event(args.name, data, id=args.id, ts=args.ts),
+                                   api_url=args.api_url, event_key=key)
+    except TetherError as exc:
+        hint = ("; pass --event-key or set TETHER_EVENT_KEY" if "(401)" in exc.message
+                else "; is the gateway running? see --api-url or TETHER_API_URL"
+                if "could not reach" in exc.message else "")
+        print(f"error: {exc.message}{hint}", file=sys.stderr)
+        return 1
+    for event_id in ids:
+        print(event_id)
+    return 0
 
 
 def _migrate(db: str) -> int:

@@ -23,8 +23,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.engine import Engine
+from gateway.http.eventlog import EventLogRoutes
 from gateway.http.events import EventLimits, EventRoutes
 from gateway.http.management import ManagementRoutes
+from gateway.http.webhooks import WebhookRoutes
 from gateway.registry import Registry
 from gateway.transport.auth import Authenticator
 from protocol.errors import AuthError, TetherError
@@ -79,6 +81,8 @@ def build_api(
 ) -> Starlette:
     events = EventRoutes(engine, auth, limits)
     manage = ManagementRoutes(engine, registry, gateway_id=gateway_id, peer_ttl=peer_ttl)
+    webhooks = WebhookRoutes(engine, limits)
+    event_log = EventLogRoutes(engine)
 
     def same_origin(handler: Handler) -> Handler:
         if not auth.dev:
@@ -122,6 +126,14 @@ def build_api(
         Route("/v1/functions/{function_id:path}/cancel", guarded(manage.cancel_function),
               methods=["POST"]),
         Route("/v1/events/{event_id}/runs", guarded(manage.event_runs), methods=["GET"]),
+        # webhooks and the event log
+        Route("/webhooks/{webhook_id}", same_origin(webhooks.receive), methods=["POST"]),
+        Route("/v1/webhooks", guarded(webhooks.create), methods=["POST"]),
+        Route("/v1/webhooks", guarded(webhooks.listing), methods=["GET"]),
+        Route("/v1/webhooks/{webhook_id}", guarded(webhooks.get), methods=["GET"]),
+        Route("/v1/webhooks/{webhook_id}", guarded(webhooks.delete), methods=["DELETE"]),
+        Route("/v1/events", guarded(event_log.listing), methods=["GET"]),
+        Route("/v1/events/{event_id}", guarded(event_log.get), methods=["GET"]),
     ]
 
     async def tether_error(request: Request, exc: Exception) -> Response:
@@ -165,7 +177,10 @@ def build_api(
 
 
 def loggable_path(path: str) -> str:
-    """``path`` with any event key replaced: ``/e/{key}`` is logged as ``/e/<redacted>``."""
+    """``path`` with any event key replaced: ``/e/{key}`` is logged as ``/e/<redacted>``
+    (and a webhook id, its capability, as ``/webhooks/<redacted>``)."""
     if path.startswith("/e/"):
         return "/e/" + REDACTED
+    if path.startswith("/webhooks/"):
+        return "/webhooks/" + REDACTED
     return path

@@ -31,6 +31,8 @@ from protocol.manifest import AppManifest
 from protocol.messages import Checkpoint, ErrorInfo, StepMemo
 
 if TYPE_CHECKING:
+    from gateway.store.eventlog import EventPage, EventRecord
+    from gateway.store.webhooks import WebhookRecord
     from gateway.transport.auth import StoredKey
 
 #: An event id is deduplicated for this long (SPEC §4).
@@ -362,4 +364,25 @@ class Store(Protocol):
         limit: int,
     ) -> list[tuple[str, bytes | None]]:
         """A page of a function's unfinished runs, by id: (run id, first event's payload)."""
+        ...
+
+    # --- webhooks and the event log ------------------------------------------------------
+
+    async def add_webhook(self, record: WebhookRecord) -> None: ...
+
+    async def get_webhook(self, webhook_id: str) -> WebhookRecord | None: ...
+
+    async def list_webhooks(self) -> list[WebhookRecord]: ...
+
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        """Remove a webhook; False when there was none with that id."""
+        ...
+
+    async def event_log(self, *, name: str | None, limit: int, before: int | None
+                        ) -> EventPage:
+        """Stored events newest first, below seq ``before`` (None: from the newest)."""
+        ...
+
+    async def get_event(self, event_id: str) -> EventRecord | None:
+        """The latest event stored with ``event_id``, with the runs it is part of."""
         ...

@@ -15,7 +15,9 @@ from typing import Any, TypeVar
 import structlog
 from pydantic import TypeAdapter
 
+from gateway.store import eventlog
 from gateway.store import keys as keystore
+from gateway.store import webhooks as webhookstore
 from gateway.store.base import (
     FunctionRecord,
     PeerNote,
@@ -229,6 +231,28 @@ class SqlStore:
     async def active_keys(self) -> list[StoredKey]:
         """The event and API keys made with ``python -m gateway keys`` and not revoked."""
         return await self._read(keystore.active)
+
+    # --- webhooks and the event log ------------------------------------------------------
+
+    async def add_webhook(self, record: webhookstore.WebhookRecord) -> None:
+        await self._transaction(lambda db: webhookstore.insert(db, record))
+
+    async def get_webhook(self, webhook_id: str) -> webhookstore.WebhookRecord | None:
+        return await self._read(lambda db: webhookstore.get(db, webhook_id))
+
+    async def list_webhooks(self) -> list[webhookstore.WebhookRecord]:
+        return await self._read(webhookstore.list_all)
+
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        return await self._transaction(lambda db: webhookstore.delete(db, webhook_id))
+
+    async def event_log(self, *, name: str | None, limit: int, before: int | None
+                        ) -> eventlog.EventPage:
+        return await self._read(lambda db: eventlog.page(db, name=name, limit=limit,
+                                                          before=before))
+
+    async def get_event(self, event_id: str) -> eventlog.EventRecord | None:
+        return await self._read(lambda db: eventlog.get(db, event_id))
 
 def _run(row: Row) -> RunRecord:
     (rid, fn, status, fence, attempt, event_ids, output, error, queued, started, ended,

@@ -207,10 +207,10 @@ def check_module_command(argv: list[str], where: str) -> None:
         sub, rest = rest[0], rest[1:]
         assert sub in help_text("bench"), f"{where}: python -m bench has no {sub!r}"
         flags = help_flags("bench", sub) if sub != "all" else set()
-    elif module == "gateway" and rest and rest[0] in ("migrate", "keys"):
+    elif module == "gateway" and rest and rest[0] in ("migrate", "keys", "send"):
         sub, rest = rest[0], rest[1:]
         assert f"'{sub}'" in help_text("gateway"), f"{where}: gateway has no {sub!r}"
-        flags = help_flags("gateway")
+        flags = help_flags("gateway", sub) if sub == "send" else help_flags("gateway")
     else:
         assert module in ("gateway", "worker"), f"{where}: unknown module {module!r}"
         flags = help_flags(module)
@@ -266,7 +266,8 @@ def synopsis() -> dict[str, str]:
         text = line.split(" # ", 1)[0]
         if text.startswith("python -m "):
             words = text.split()
-            key = " ".join(words[2:4] if words[3] in ("migrate", "keys") else words[2:3])
+            key = " ".join(words[2:4] if words[3] in ("migrate", "keys", "send")
+                           else words[2:3])
             commands[key] = text
         elif line.startswith(" ") and key:
             commands[key] += " " + text
@@ -275,10 +276,11 @@ def synopsis() -> dict[str, str]:
 
 def test_command_synopsis_lists_every_flag_and_only_real_ones() -> None:
     commands = synopsis()
-    assert set(commands) == {"gateway", "gateway migrate", "gateway keys", "worker"}
-    for module in ("gateway", "worker"):
+    assert set(commands) == {"gateway", "gateway migrate", "gateway keys", "gateway send",
+                             "worker"}
+    for module in ("gateway", "worker", "gateway send"):
         shown = set(FLAG.findall(commands[module]))
-        real = help_flags(module)
+        real = help_flags(*module.split())
         assert shown == real, (f"README's synopsis of python -m {module}: missing "
                                f"{sorted(real - shown)}, unknown {sorted(shown - real)}")
     assert set(FLAG.findall(commands["gateway migrate"])) <= help_flags("gateway")

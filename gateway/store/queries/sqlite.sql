@@ -356,3 +356,33 @@ UPDATE access_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL;
 
 -- name: active_access_keys
 SELECT hash, kind, read_only FROM access_keys WHERE revoked_at IS NULL;
+
+-- webhooks and the event log
+
+-- name: insert_webhook
+INSERT INTO webhooks (id, name, transform, verify, created_at) VALUES (?1, ?2, ?3, ?4, ?5);
+
+-- name: get_webhook
+SELECT id, name, transform, verify, created_at FROM webhooks WHERE id = ?1;
+
+-- name: list_webhooks
+SELECT id, name, transform, verify, created_at FROM webhooks ORDER BY created_at, id;
+
+-- name: delete_webhook
+DELETE FROM webhooks WHERE id = ?1;
+
+-- name: event_log
+-- Newest first, below the cursor's seq: new events land above it, so a page never shifts.
+SELECT seq, payload, received_at FROM events WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2;
+
+-- name: event_log_by_name
+SELECT seq, payload, received_at FROM events WHERE name = ?3 AND seq < ?1
+ORDER BY seq DESC LIMIT ?2;
+
+-- name: event_by_id
+-- The latest event stored with this id (an id may come back after the dedup window).
+SELECT seq, payload, received_at FROM events WHERE id = ?1 ORDER BY seq DESC LIMIT 1;
+
+-- name: event_run_ids
+SELECT event_seq, run_id FROM run_events WHERE event_seq IN (SELECT value FROM json_each(?1))
+ORDER BY run_id;
