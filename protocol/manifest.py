@@ -26,9 +26,11 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic.dataclasses import dataclass
 
+from gateway.scheduler import cron as _cron
 from protocol.durations import to_seconds
 from protocol.errors import InvalidInput
 from protocol.expressions import check
@@ -52,7 +54,6 @@ UNENFORCED: dict[str, str] = {
     "priority": "flow control, issue 9",
     "idempotency": "flow control, issue 9",
     "singleton": "flow control, issue 9",
-    "TriggerCron": "cron triggers, issue 10",
 }
 
 
@@ -132,10 +133,22 @@ class TriggerEvent:
 @_plain_errors
 @dataclass(frozen=True, config=_CONFIG)
 class TriggerCron:
-    """Start a run on a cron schedule (five fields), in time zone ``tz``."""
+    """Start a run on a cron schedule, in time zone ``tz`` (or a ``TZ=Area/City `` prefix).
+
+    Five fields, or six with a leading seconds field; see :mod:`gateway.scheduler.cron`
+    (which owns the parsing, so the SDK and the gateway refuse the same expressions).
+    """
 
     cron: Annotated[str, Field(min_length=1, max_length=255)]
-    tz: str = "UTC"
+    tz: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
+
+    @model_validator(mode="after")
+    def _parses(self) -> TriggerCron:
+        try:
+            _cron.parse(self.cron, self.tz)
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 Trigger = TriggerEvent | TriggerCron

@@ -11,8 +11,13 @@ The phases, in order (each may add work for the later ones):
 5. **waits**: offer every event stored in this batch (including system events born of run
    endings in this batch) to the waits on its name; a match resumes or cancels a run. A wait
    matches only events stored after its run's own events (``after_seq``), never its trigger;
-6. **claims**: lease ready runs to workers with free slots, first settling their due sleeps,
+6. **ticks**: cron schedules that came due start their run (one per (function, tick), see
+   :meth:`Transaction._fire_schedules`);
+7. **claims**: lease ready runs to workers with free slots, first settling their due sleeps,
    wait timeouts and invoke timeouts.
+
+An event whose ``ts`` lies in the future (a delayed event) creates its runs at once, queued
+with ``available_at`` = ``ts``: they start then, and can be cancelled until then.
 
 A run's ending is handled in one place (:meth:`Transaction.end_run`): it clears the run's
 waits, answers its parent if it was invoked, cancels its children if it was cancelled, revokes
@@ -30,6 +35,7 @@ import orjson
 
 from gateway import dispatch, loop_guard
 from gateway.runs import FINAL_STATUSES, RunStatus, StepStatus
+from gateway.scheduler import cron
 from gateway.scheduler.waits import MISSING, NO_INDEX, index_for, key_at
 from gateway.store.base import (
     DEDUP_WINDOW,
@@ -46,9 +52,10 @@ from gateway.store.base import (
 from gateway.store.db import Db, Row
 from protocol import messages as m
 from protocol.durations import MAX_SLEEP, YEAR, human
+from protocol.errors import InvalidInput
 from protocol.expressions import matches
 from protocol.ids import new_id
-from protocol.manifest import FunctionConfig
+from protocol.manifest import FunctionConfig, TriggerCron
 
 #: A run-ending produces system events under these names.
 FINISHED = "tether/function.finished"
@@ -64,6 +71,9 @@ PENDING_STEPS = (StepStatus.RETRYING, StepStatus.SLEEPING, StepStatus.WAITING,
 
 #: Guard against a loop of events triggering events within one batch.
 MAX_EVENTS_PER_BATCH = 100_000
+
+#: Due cron schedules one batch fires at most (more: the next batch follows at once).
+SCHEDULES_PER_BATCH = 1000
 
 ConfigLookup = Callable[[Db, str], Awaitable[FunctionConfig | None]]
 
@@ -153,6 +163,7 @@ class Transaction:
             await self.db.execute("forgive_lease_loss", run_id)
         await self._deadlines()
         await self._match_waits()
+        await self._fire_schedules()
         self.result.touched_functions = self.touched
         if batch.claims:
             await self._claim(self.touched | batch.claim_functions)
@@ -223,6 +234,9 @@ class Transaction:
             if error is not None:
                 result.errors[("waits", index)] = error
             self.stored.clear()
+        error = await self._isolated(store_errors, self._fire_schedules())
+        if error is not None:
+            result.errors[("ticks", 0)] = error
         self.result.touched_functions = self.touched
         if batch.claims:
             await self._claim(self.touched | batch.claim_functions)
@@ -329,6 +343,7 @@ class Transaction:
         for (function_id,) in await self.db.fetch("all_function_ids"):
             self._later(await self.db.fetchval("next_ready", function_id, self.now))
         self._later(await self.db.fetchval("next_deadline", self.now))
+        self._later(await self.db.fetchval("next_schedule", self.now))
 
     # --- events and runs -----------------------------------------------------------------
 
@@ -369,8 +384,14 @@ class Transaction:
                 targets = self.batch.match(event.name, data)
                 if about is not None and targets:
                     targets = loop_guard.targets(targets, about=about[0], link=about[1])
+                if not targets:
+                    continue
+                ts = data.get("ts")
+                # A delayed event (ts in the future): its runs wait until then.
+                start = ts / 1000 if isinstance(ts, int) and ts > self.now * 1000 else None
                 for function_id in targets:
-                    await self.create_run(function_id, [(seq, event.id)], event.payload, data)
+                    await self.create_run(function_id, [(seq, event.id)], event.payload, data,
+                                          available_at=start)
         await self._flush_runs()
         return [by_event.get(id(e)) for e in events]
 
@@ -383,22 +404,26 @@ class Transaction:
         *,
         parent: tuple[str, str] | None = None,
         after_seq: int | None = None,
+        available_at: float | None = None,
     ) -> str | None:
         """Queue a run of ``function_id`` for ``events`` ((seq, id) pairs); None if unknown.
 
         Its ``cancel_on`` waits match events with a seq above ``after_seq`` (by default the
-        highest of ``events``): never its own trigger, nor an event stored before it.
+        highest of ``events``): never its own trigger, nor an event stored before it. A run
+        of a delayed event is ``available_at`` its ``ts`` (``timeouts.start`` counts from then).
         """
         config = await self._config(self.db, function_id)
         if config is None:
             return None
         run_id = new_id(self.now)
+        start = self.now if available_at is None else max(self.now, available_at)
+        self._later(start)
         deadline = None
         if config.timeouts is not None and config.timeouts.start is not None:
-            deadline = self.now + float(config.timeouts.start)  # type: ignore[arg-type]
+            deadline = start + float(config.timeouts.start)  # type: ignore[arg-type]
             self._later(deadline)
         self._new_runs.append((
-            run_id, function_id, self.now, orjson.dumps([e[1] for e in events]).decode(), self.now,
+            run_id, function_id, start, orjson.dumps([e[1] for e in events]).decode(), self.now,
             parent[0] if parent else None, parent[1] if parent else None, deadline,
         ))
         self._new_links.extend((run_id, i, seq) for i, (seq, _) in enumerate(events))
@@ -409,9 +434,59 @@ class Transaction:
             expires = None if cancel.timeout is None else self.now + float(cancel.timeout)  # type: ignore[arg-type]
             await self._insert_wait(run_id, f"cancel:{index}", "cancel", cancel.event,
                                     cancel.if_, trigger, trigger_data, expires, after_seq)
-        self.touched.add(function_id)
+        if start <= self.now:
+            self.touched.add(function_id)
         self.result.runs_created += 1
         return run_id
+
+    # --- cron ticks ----------------------------------------------------------------------
+
+    async def _fire_schedules(self) -> None:
+        """Start a run for each cron tick that came due (see :mod:`gateway.scheduler.cron`).
+
+        A schedule's row is claimed by the batch that reads it (on PostgreSQL other gateways
+        skip it until this commits); the (function, tick) key in ``cron_ticks`` makes a tick
+        start one run whatever races, so exactly one run per tick.
+        """
+        db, now = self.db, self.now
+        rows = await db.fetch("due_schedules", now, SCHEDULES_PER_BATCH)
+        for function_id, expression, tz, next_at in rows:
+            config = await self._config(db, function_id)
+            if config is None or not any(
+                    isinstance(t, TriggerCron) and (t.cron, t.tz) == (expression, tz)
+                    for t in config.triggers):
+                await db.execute("delete_schedule", function_id, expression, tz)
+                continue  # the function or its trigger is gone (a registration missed it)
+            try:
+                schedule = cron.parse(expression, tz)
+            except InvalidInput:  # stored before a rule changed: it can never tick
+                await db.execute("delete_schedule", function_id, expression, tz)
+                continue
+            fire, upcoming = cron.due(schedule, next_at, now)
+            while fire is not None:
+                await self._tick(function_id, expression, fire)
+                fire, upcoming = cron.due(schedule, upcoming, now)
+            await db.execute("set_next_tick", upcoming, function_id, expression, tz)
+            self._later(upcoming)
+        await self._flush_runs()
+        if len(rows) == SCHEDULES_PER_BATCH:
+            self.result.more_due = True
+
+    async def _tick(self, function_id: str, expression: str, tick: float) -> None:
+        """One tick's run, unless this (function, tick) started one already."""
+        tick_ms = round(tick * 1000)
+        if not await self.db.execute("insert_cron_tick", function_id, tick_ms):
+            return
+        await self.db.execute("prune_cron_ticks", function_id,
+                              tick_ms - round(DEDUP_WINDOW * 1000))
+        event_id = f"cron-{function_id}-{tick_ms}"
+        body = {"name": cron.SCHEDULED_EVENT, "data": {"cron": expression}, "id": event_id,
+                "ts": tick_ms, "user": None}
+        payload = orjson.dumps(body)
+        (seq,) = await self.ingest([NewEvent(event_id, cron.SCHEDULED_EVENT, payload, body)],
+                                   match=False)
+        if seq is not None:
+            await self.create_run(function_id, [(seq, event_id)], payload, body)
 
     async def _flush_runs(self) -> None:
         """Write the runs created so far (batched: a request of 500 events is 2 statements)."""
