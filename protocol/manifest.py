@@ -26,7 +26,6 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic.dataclasses import dataclass
 
@@ -142,13 +141,22 @@ class TriggerCron:
     cron: Annotated[str, Field(min_length=1, max_length=255)]
     tz: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
 
-    @model_validator(mode="after")
-    def _parses(self) -> TriggerCron:
+
+def _cron_checked(init: Callable[..., None]) -> Callable[..., None]:
+    """``TriggerCron(...)`` as users call it refuses a bad schedule at once (a received
+    manifest is checked by :func:`check_function` instead, with the function named)."""
+    @functools.wraps(init)
+    def __init__(self: TriggerCron, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
         try:
             _cron.parse(self.cron, self.tz)
         except InvalidInput as exc:
-            raise ValueError(str(exc)) from None
-        return self
+            raise InvalidInput(f"TriggerCron: {exc}") from None
+
+    return __init__
+
+
+TriggerCron.__init__ = _cron_checked(TriggerCron.__init__)  # type: ignore[method-assign]
 
 
 Trigger = TriggerEvent | TriggerCron
@@ -283,12 +291,18 @@ def check_function(function_id: str, config: FunctionConfig) -> None:
     """Everything registration checks of one function, SDK and gateway alike.
 
     Raises:
-        InvalidInput: a trigger's wildcard is misplaced, or an option is not enforced yet.
+        InvalidInput: a trigger's wildcard is misplaced, a cron schedule or its time zone is
+            invalid, or an option is not enforced yet.
         ExpressionError: a CEL expression does not compile.
     """
     for trigger in config.triggers:
         if isinstance(trigger, TriggerEvent):
             check_event_pattern(trigger.event, where=f"function {function_id!r}: trigger")
+        else:
+            try:
+                _cron.parse(trigger.cron, trigger.tz)
+            except InvalidInput as exc:
+                raise InvalidInput(f"function {function_id!r}: TriggerCron: {exc}") from None
     check_expressions(function_id, config)
     check_enforced(function_id, config)
 

@@ -19,7 +19,6 @@ from gateway.clock import FakeClock
 from gateway.engine import Engine
 from gateway.registry import Registry
 from gateway.store.base import CancelRequest, NewEvent, RunRecord, Store
-from protocol import messages as m
 from protocol.manifest import AppManifest, FunctionConfig, TriggerCron, TriggerEvent
 from tests.helpers.waiting import eventually
 from tests.integration.test_engine_steps import BOUND, FakeWorker, World
