@@ -5,6 +5,7 @@
     sleeps       10,000 concurrent 1 s sleeps: how late they wake (p50/p99)
     scale        throughput on SQLite, and on PostgreSQL with 1, 2 and 3 gateways
     http         HTTP API answer time, one request at a time (GET /health, POST /e)
+    cron         10,000 cron functions ticking at once: how late their runs are (p50/p99)
     takeover     PostgreSQL, 3 gateways under load: a gateway killed (kill -9) or stopped
                  (SIGTERM), and how soon its runs complete through the others
     all          every benchmark with its default options
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import sys
 
-from bench import http_api, scale, sleeps, takeover, throughput, waits
+from bench import cron, http_api, scale, sleeps, takeover, throughput, waits
 
 BENCHMARKS = {"throughput": throughput.main, "waits": waits.main, "sleeps": sleeps.main,
-              "scale": scale.main, "http": http_api.main, "takeover": takeover.main}
+              "scale": scale.main, "http": http_api.main, "takeover": takeover.main,
+              "cron": cron.main}
 
 
 def main(argv: list[str]) -> int:
