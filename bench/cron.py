@@ -70,7 +70,15 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.2)
             print(f"{total:,} cron functions ({args.cron!r}) registered in "
                   f"{time.time() - began:.1f} s; waiting for {args.ticks} tick(s)", flush=True)
-            _wait_completed(cluster, total * args.ticks, timeout=60.0 * args.ticks + 120)
+            if args.cron == "* * * * *":  # nothing completes before the first tick
+                time.sleep(max(0.0, (int(time.time()) // 60 + 1) * 60 - time.time()))
+            try:
+                _wait_completed(cluster, total * args.ticks, timeout=60.0 * args.ticks + 120)
+            except TimeoutError:
+                conn = sqlite3.connect(f"file:{workdir / 'tether.db'}?mode=ro", uri=True)
+                print("runs by status:", conn.execute(
+                    "SELECT status, count(*) FROM runs GROUP BY status").fetchall())
+                raise
             conn = sqlite3.connect(f"file:{workdir / 'tether.db'}?mode=ro", uri=True)
             rows = conn.execute("SELECT event_ids, queued_at, started_at FROM runs").fetchall()
             conn.close()

@@ -450,6 +450,8 @@ class Transaction:
         """
         db, now = self.db, self.now
         rows = await db.fetch("due_schedules", now, SCHEDULES_PER_BATCH)
+        fired: list[tuple[str, NewEvent]] = []
+        upcoming_ticks: list[tuple[float, str, str, str]] = []
         for function_id, expression, tz, next_at in rows:
             config = await self._config(db, function_id)
             if config is None or not any(
@@ -464,29 +466,35 @@ class Transaction:
                 continue
             fire, upcoming = cron.due(schedule, next_at, now)
             while fire is not None:
-                await self._tick(function_id, expression, fire)
+                event = await self._tick(function_id, expression, fire)
+                if event is not None:
+                    fired.append((function_id, event))
                 fire, upcoming = cron.due(schedule, upcoming, now)
-            await db.execute("set_next_tick", upcoming, function_id, expression, tz)
+            upcoming_ticks.append((upcoming, function_id, expression, tz))
             self._later(upcoming)
-        await self._flush_runs()
+        await db.executemany("set_next_tick", upcoming_ticks)
+        if fired:
+            seqs = await self.ingest([event for _, event in fired], match=False)
+            for (function_id, event), seq in zip(fired, seqs, strict=True):
+                if seq is not None:
+                    assert event.data is not None
+                    await self.create_run(function_id, [(seq, event.id)], event.payload,
+                                          event.data)
+            await self._flush_runs()
         if len(rows) == SCHEDULES_PER_BATCH:
             self.result.more_due = True
 
-    async def _tick(self, function_id: str, expression: str, tick: float) -> None:
-        """One tick's run, unless this (function, tick) started one already."""
+    async def _tick(self, function_id: str, expression: str, tick: float) -> NewEvent | None:
+        """The event of one tick's run, unless this (function, tick) started one already."""
         tick_ms = round(tick * 1000)
         if not await self.db.execute("insert_cron_tick", function_id, tick_ms):
-            return
+            return None
         await self.db.execute("prune_cron_ticks", function_id,
                               tick_ms - round(DEDUP_WINDOW * 1000))
         event_id = f"cron-{function_id}-{tick_ms}"
         body = {"name": cron.SCHEDULED_EVENT, "data": {"cron": expression}, "id": event_id,
                 "ts": tick_ms, "user": None}
-        payload = orjson.dumps(body)
-        (seq,) = await self.ingest([NewEvent(event_id, cron.SCHEDULED_EVENT, payload, body)],
-                                   match=False)
-        if seq is not None:
-            await self.create_run(function_id, [(seq, event_id)], payload, body)
+        return NewEvent(event_id, cron.SCHEDULED_EVENT, orjson.dumps(body), body)
 
     async def _flush_runs(self) -> None:
         """Write the runs created so far (batched: a request of 500 events is 2 statements)."""
@@ -966,7 +974,11 @@ class Transaction:
             # Ready runs read (and locked) but not leased: another gateway that skipped them
             # may believe their function has nothing ready. Say it has.
             taken = {run_id for run_id, _ in assigned}
-            self.touched.update(c[2] for c in candidates if c[1] not in taken)
+            left = {c[2] for c in candidates if c[1] not in taken}
+            self.touched.update(left)
+            # Nor is a function drained that still has runs ready (many functions with a
+            # run each, more than the free slots: ten thousand cron ticks at once).
+            result.drained_functions -= left
         await db.executemany("lease_run", [(session_id, now, run_id)
                                            for run_id, session_id in assigned])
         await self._leases([(run_id, session_id, *by_id[run_id][2:])

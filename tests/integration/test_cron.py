@@ -19,6 +19,7 @@ from gateway.clock import FakeClock
 from gateway.engine import Engine
 from gateway.registry import Registry
 from gateway.store.base import CancelRequest, NewEvent, RunRecord, Store
+from protocol import messages as m
 from protocol.manifest import AppManifest, FunctionConfig, TriggerCron, TriggerEvent
 from tests.helpers.waiting import eventually
 from tests.integration.test_engine_steps import BOUND, FakeWorker, World
@@ -80,14 +81,16 @@ def tick_ms(event_id: str) -> int:
 
 
 async def advance(world: World, seconds: float) -> None:
-    """Move time, then wait until the engine has handled everything due by then."""
+    """Move time, then wait until the engine has handled everything due by then (a schedule
+    is always ahead, so the engine knows of a future wake-up once it has)."""
     world.clock.advance(seconds)
     engine, now = world.engine, world.clock.now()
 
     async def settled() -> bool:
         await world.settle()
         return (not engine._find_wakeup and not engine._ticks_due
-                and (engine._next_wakeup is None or engine._next_wakeup > now))
+                and not engine._wake.is_set()
+                and engine._next_wakeup is not None and engine._next_wakeup > now)
 
     await eventually(settled, what="the engine handles what is due")
 
@@ -285,3 +288,23 @@ async def test_waiting_says_until_when_and_next_tick_is_listed(gateway_factory):
                                                 "ts": int((START + 400 * 86400) * 1000)})
         assert far.status_code == 400
         assert "in the future" in far.json()["error"]
+
+
+async def test_more_ticks_at_once_than_free_slots_all_run(store):
+    """Five functions tick together, the one worker has two slots: every run is leased as
+    slots free up (a function with a run left over is not taken for drained)."""
+    gw = Gateway(store, FakeClock(START))
+    world = await gw.start()
+    configs = [FunctionConfig(id=f"c{i}", triggers=[TriggerCron("* * * * *")]) for i in range(5)]
+    await world.engine.register_app(app(*configs))
+    worker = world.worker(*(f"t/c{i}" for i in range(5)), capacity=2)
+    try:
+        world.clock.advance(FIRST_MINUTE - START)
+        leased = set()
+        for _ in range(5):
+            lease = await worker.lease()
+            leased.add(lease.function_id)
+            await world.checkpoint(worker, lease, m.RunCompleted, output=b"null")
+        assert leased == {f"t/c{i}" for i in range(5)}
+    finally:
+        await gw.stop()
