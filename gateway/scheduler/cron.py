@@ -105,6 +105,7 @@ def _zone(tz: str) -> ZoneInfo:
     return ZoneInfo(tz)
 
 
+@lru_cache(maxsize=4096)  # functions sharing a schedule tick together: computed once
 def next_tick(schedule: Schedule, after: float) -> float:
     """The first tick strictly after ``after`` (epoch seconds), as epoch seconds."""
     zone = schedule.zone
@@ -116,6 +117,7 @@ def next_tick(schedule: Schedule, after: float) -> float:
             return tick
 
 
+@lru_cache(maxsize=4096)
 def latest_tick(schedule: Schedule, at: float) -> float:
     """The last tick at or before ``at`` (epoch seconds)."""
     zone = schedule.zone

@@ -144,6 +144,8 @@ class Transaction:
         self._last_seq = 0  # the highest event seq stored in this batch so far
         # Steps recorded per run in this batch, not yet added to its step_count.
         self._counted: dict[str, int] = {}
+        # (function, tick) rows of cron_ticks to prune below: older than a day.
+        self._prune: list[tuple[str, int]] = []
 
     async def run(self) -> WriteResult:
         batch = self.batch
@@ -473,6 +475,8 @@ class Transaction:
             upcoming_ticks.append((upcoming, function_id, expression, tz))
             self._later(upcoming)
         await db.executemany("set_next_tick", upcoming_ticks)
+        await db.executemany("prune_cron_ticks", self._prune)  # ticks older than a day
+        self._prune = []
         if fired:
             seqs = await self.ingest([event for _, event in fired], match=False)
             for (function_id, event), seq in zip(fired, seqs, strict=True):
@@ -489,8 +493,7 @@ class Transaction:
         tick_ms = round(tick * 1000)
         if not await self.db.execute("insert_cron_tick", function_id, tick_ms):
             return None
-        await self.db.execute("prune_cron_ticks", function_id,
-                              tick_ms - round(DEDUP_WINDOW * 1000))
+        self._prune.append((function_id, tick_ms - round(DEDUP_WINDOW * 1000)))
         event_id = f"cron-{function_id}-{tick_ms}"
         body = {"name": cron.SCHEDULED_EVENT, "data": {"cron": expression}, "id": event_id,
                 "ts": tick_ms, "user": None}
