@@ -340,16 +340,11 @@ def check_enforced(function_id: str, config: FunctionConfig) -> None:
     """
     found = [name for name in UNENFORCED
              if name in _OPTION_FIELDS and getattr(config, name) not in (None, [])]
-    found += [f"TriggerCron({t.cron!r})" for t in config.triggers
-              if isinstance(t, TriggerCron) and "TriggerCron" in UNENFORCED]
     if found:
-        reasons = "; ".join(
-            f"{name} ({UNENFORCED[name.partition('(')[0]]})" for name in found
-        )
+        reasons = "; ".join(f"{name} ({UNENFORCED[name]})" for name in found)
         raise InvalidInput(
             f"function {function_id!r}: not enforced by this version of Tether yet, so it is "
-            f"refused rather than ignored: {reasons}. Remove the option (or, for a cron "
-            "trigger, send an event on a schedule from elsewhere) until its issue lands"
+            f"refused rather than ignored: {reasons}. Remove the option until its issue lands"
         )
 
 
