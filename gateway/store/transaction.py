@@ -455,10 +455,7 @@ class Transaction:
         fired: list[tuple[str, NewEvent]] = []
         upcoming_ticks: list[tuple[float, str, str, str]] = []
         for function_id, expression, tz, next_at in rows:
-            config = await self._config(db, function_id)
-            if config is None or not any(
-                    isinstance(t, TriggerCron) and (t.cron, t.tz) == (expression, tz)
-                    for t in config.triggers):
+            if not await self._schedules_of(function_id, expression, tz):
                 await db.execute("delete_schedule", function_id, expression, tz)
                 continue  # the function or its trigger is gone (a registration missed it)
             try:
@@ -487,6 +484,19 @@ class Transaction:
             await self._flush_runs()
         if len(rows) == SCHEDULES_PER_BATCH:
             self.result.more_due = True
+
+    async def _schedules_of(self, function_id: str, expression: str, tz: str) -> bool:
+        """Does the active function still declare this cron trigger? Asked of the stored
+        config when the cached one says no (another gateway may have just registered it)."""
+        def declares(config: FunctionConfig | None) -> bool:
+            return config is not None and any(
+                isinstance(t, TriggerCron) and (t.cron, t.tz) == (expression, tz)
+                for t in config.triggers)
+
+        if declares(await self._config(self.db, function_id)):
+            return True
+        raw = await self.db.fetchval("function_config", function_id)
+        return raw is not None and declares(FunctionConfig(**json.loads(raw)))
 
     async def _tick(self, function_id: str, expression: str, tick: float) -> NewEvent | None:
         """The event of one tick's run, unless this (function, tick) started one already."""
