@@ -7,6 +7,7 @@
     http         HTTP API answer time, one request at a time (GET /health, POST /e)
     intake       events/s through POST /e (batches of 1 and 100) and a signed webhook,
                  with p50/p99 of the answer
+    cron         10,000 cron functions ticking at once: how late their runs are (p50/p99)
     takeover     PostgreSQL, 3 gateways under load: a gateway killed (kill -9) or stopped
                  (SIGTERM), and how soon its runs complete through the others
     all          every benchmark with its default options
@@ -18,11 +19,11 @@ from __future__ import annotations
 
 import sys
 
-from bench import http_api, intake, scale, sleeps, takeover, throughput, waits
+from bench import cron, http_api, intake, scale, sleeps, takeover, throughput, waits
 
 BENCHMARKS = {"throughput": throughput.main, "waits": waits.main, "sleeps": sleeps.main,
               "scale": scale.main, "http": http_api.main, "takeover": takeover.main,
-              "intake": intake.main}
+              "intake": intake.main, "cron": cron.main}
 
 
 def main(argv: list[str]) -> int:

@@ -118,6 +118,7 @@ class Engine:
         self._maybe_ready: set[str] = set()
         self._next_wakeup: float | None = None
         self._find_wakeup = True  # ask the store once at start
+        self._ticks_due = False  # cron ticks are due beyond what the last batch fired
         self._reloading: asyncio.Future[None] | None = None
         self._idle = asyncio.Event()
         self._closed = False
@@ -173,7 +174,14 @@ class Engine:
                 self._index(stale)
         for record in records:
             self._index(record)
+        self._schedules_changed(records)
         return records
+
+    def _schedules_changed(self, records: list[FunctionRecord]) -> None:
+        """Cron schedules may have been added: look for the next due time again."""
+        if any("cron" in t for r in records for t in r.config.get("triggers", ())):
+            self._find_wakeup = True
+            self._wake.set()
 
     def _served_elsewhere(self, app: AppManifest, instance_id: str) -> set[str]:
         """Functions of ``app`` that connected workers on its version serve and it lacks.
@@ -330,6 +338,7 @@ class Engine:
         for record in records:
             self._index(record)
         await self._keep_served(records)
+        self._schedules_changed(records)
         self._maybe_ready.update(r.id for r in records if r.active)
         self._wake.set()
 
@@ -428,7 +437,7 @@ class Engine:
         await self._idle.wait()
 
     def _has_work(self) -> bool:
-        if self._batch.has_writes() or self._find_wakeup:
+        if self._batch.has_writes() or self._find_wakeup or self._ticks_due:
             return True
         # Runs may be ready for a function that a worker with room serves.
         return bool(self._maybe_ready) and any(
@@ -594,6 +603,7 @@ class Engine:
                 log.info("run_ended", run_id=ended.run_id, function_id=ended.function_id,
                          status=ended.status)
 
+        self._ticks_due = result.more_due
         self._maybe_ready |= result.touched_functions
         self._maybe_ready -= result.drained_functions
         if batch.claims and not batch.has_writes() and not result.leases:

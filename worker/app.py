@@ -146,7 +146,7 @@ class App:
         ``id`` defaults to the Python name with dashes; ``retries`` counts attempts after the
         first, per step; the function body's count starts again when a step completes.
         ``on_failure`` runs once the function has failed for good. Options the gateway
-        does not enforce yet (``protocol.manifest.UNENFORCED``: flow control, cron triggers)
+        does not enforce yet (``protocol.manifest.UNENFORCED``: flow control)
         are refused here rather than ignored.
 
         Raises:

@@ -18,6 +18,7 @@ from gateway.engine import Engine
 from gateway.http.server import BODY_TIMEOUT
 from gateway.store.base import NewEvent
 from gateway.transport.auth import Authenticator
+from protocol.durations import MAX_SLEEP, human
 from protocol.errors import InvalidInput, PayloadTooLarge, TetherError
 from protocol.ids import new_id
 from protocol.limits import MAX_EVENT_SIZE, MAX_REQUEST_SIZE
@@ -25,6 +26,8 @@ from protocol.names import RESERVED_PREFIX, check_no_nul, is_reserved
 
 MAX_NAME = 256
 MAX_ID = 256
+#: How far in the future an event's ``ts`` may lie (a delayed event): the longest sleep.
+MAX_DELAY = MAX_SLEEP
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +134,11 @@ def _event(
         ts = int(now * 1000)
     elif isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
         raise InvalidInput(f"{where}: 'ts' must be a non-negative integer (milliseconds)")
+    elif ts > (now + MAX_DELAY) * 1000:
+        raise InvalidInput(
+            f"{where}: 'ts' {ts} lies {human(ts / 1000 - now)} in the future, beyond the "
+            f"{human(MAX_DELAY)} a delayed event may wait; check that 'ts' is in milliseconds "
+            "since the epoch")
     user = item.get("user")
     if user is not None and not isinstance(user, dict):
         raise InvalidInput(f"{where}: 'user' must be a JSON object, got {_kind(user)}")

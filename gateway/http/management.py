@@ -19,6 +19,7 @@ from gateway.http.bulk_cancel import BulkCancel, cancel_in_bulk
 from gateway.http.events import read_body
 from gateway.registry import Registry, WorkerEntry
 from gateway.runs import RunStatus
+from gateway.scheduler import holds
 from gateway.store.base import CancelRequest, RunRecord, StepRecord
 from protocol.errors import InvalidInput, NotFound
 from protocol.expressions import check
@@ -66,7 +67,8 @@ def step_json(step: StepRecord) -> dict[str, Any]:
     }
 
 
-def run_json(run: RunRecord) -> dict[str, Any]:
+def run_json(run: RunRecord, now: float | None = None) -> dict[str, Any]:
+    """A run as SPEC §4 shapes it; ``waiting`` needs ``now`` (null without it)."""
     return {
         "id": run.id,
         "function_id": run.function_id,
@@ -80,7 +82,31 @@ def run_json(run: RunRecord) -> dict[str, Any]:
         "ended_at": iso(run.ended_at),
         "steps": [step_json(s) for s in run.steps],
         "warnings": run.warnings,
+        "waiting": None if now is None else waiting_json(run, now),
     }
+
+
+def waiting_json(run: RunRecord, now: float) -> dict[str, Any] | None:
+    """SPEC §4's ``waiting`` object for what holds a run until a time, or None."""
+    held = holds.held(run.status, run.available_at, run.started_at, run.attempt,
+                      run.error is not None, now)
+    if held is None:
+        return None
+    option, reason = held
+    return {"reason": reason, "option": option, "key": None, "ahead": None, "running": None,
+            "until": iso(run.available_at)}
+
+
+def triggers_json(function_id: str, config: dict[str, Any],
+                  ticks: dict[tuple[str, str, str], float]) -> list[dict[str, Any]]:
+    """A function's triggers; a cron trigger with its schedule's ``next_tick`` (ISO)."""
+    out = []
+    for trigger in config.get("triggers", []):
+        if "cron" in trigger:
+            at = ticks.get((function_id, trigger["cron"], trigger.get("tz", "UTC")))
+            trigger = {**trigger, "next_tick": iso(at)}
+        out.append(trigger)
+    return out
 
 
 def worker_json(w: WorkerEntry, *, monotonic: float, gateway_id: str) -> dict[str, Any]:
@@ -114,6 +140,7 @@ class ManagementRoutes:
         for w in self.registry:
             for fid in w.functions:
                 serving.setdefault(fid, set()).add(w.instance_id)
+        ticks = await self.engine.store.schedules()
         data = [
             {
                 "id": f.id,
@@ -122,7 +149,7 @@ class ManagementRoutes:
                 "name": f.config.get("name") or f.config["id"],
                 "active": f.active,
                 "workers": sorted(serving.get(f.id, ())),
-                "triggers": f.config.get("triggers", []),
+                "triggers": triggers_json(f.id, f.config, ticks),
                 "config": f.config,
                 "updated_at": iso(f.updated_at),
             }
@@ -148,7 +175,8 @@ class ManagementRoutes:
 
     async def run(self, request: Request) -> Response:
         _query(request, set())
-        return JSONResponse(run_json(await self._known_run(request.path_params["run_id"])))
+        record = await self._known_run(request.path_params["run_id"])
+        return JSONResponse(run_json(record, self.engine.clock.now()))
 
     async def _known_run(self, run_id: str) -> RunRecord:
         record = await self.engine.store.get_run(run_id)
@@ -164,7 +192,8 @@ class ManagementRoutes:
         cancelled = await self.engine.cancel(CancelRequest("cancelled through the API",
                                                            run_id=run_id))
         record = await self._known_run(run_id)
-        return JSONResponse({"cancelled": bool(cancelled), "run": run_json(record)})
+        return JSONResponse({"cancelled": bool(cancelled),
+                             "run": run_json(record, self.engine.clock.now())})
 
     async def replay_run(self, request: Request) -> Response:
         """Start a new run of the same function with the same events."""
@@ -227,7 +256,8 @@ class ManagementRoutes:
         if not runs and not await self.engine.store.has_event(event_id):
             raise NotFound(f"no event with id {event_id!r}; event ids are in the answer of "
                            "POST /e/{key}")
-        return JSONResponse({"data": [run_json(r) for r in runs], "cursor": None})
+        return JSONResponse({"data": [run_json(r, self.engine.clock.now()) for r in runs],
+                             "cursor": None})
 
     async def runs(self, request: Request) -> Response:
         q = _query(request, {"function_id", "status", "limit", "cursor"})
@@ -254,7 +284,8 @@ class ManagementRoutes:
                 raise InvalidInput(exc.message) from None
         page = await self.engine.store.list_runs(
             function_id=function_id, status=status, limit=limit, cursor=cursor)
-        return JSONResponse({"data": [run_json(r) for r in page.runs], "cursor": page.cursor})
+        return JSONResponse({"data": [run_json(r, self.engine.clock.now()) for r in page.runs],
+                             "cursor": page.cursor})
 
 
 def _query(request: Request, allowed: set[str]) -> dict[str, str]:

@@ -233,6 +233,8 @@ class WriteResult:
     #: the earliest future time this batch made something due (a run to lease, a deadline),
     #: or, with ``find_wakeup``, the earliest the store holds
     next_wakeup: float | None = None
+    #: more cron schedules are due than one batch fires: the next batch goes on at once
+    more_due: bool = False
 
 
 @dataclass(slots=True)
@@ -345,6 +347,10 @@ class Store(Protocol):
 
     async def active_keys(self) -> list[StoredKey]:
         """The event and API keys kept in the store that are not revoked."""
+        ...
+
+    async def schedules(self) -> dict[tuple[str, str, str], float]:
+        """Every cron schedule's next tick: (function id, cron, tz) -> epoch seconds."""
         ...
 
     async def get_run(self, run_id: str) -> RunRecord | None: ...

@@ -30,7 +30,8 @@ from gateway.store.base import (
 from gateway.store.db import Db, Row
 from gateway.store.transaction import Transaction, error_from_json
 from gateway.transport.auth import StoredKey
-from protocol.manifest import AppManifest, FunctionConfig
+from protocol import cron
+from protocol.manifest import AppManifest, FunctionConfig, TriggerCron
 
 T = TypeVar("T")
 
@@ -132,6 +133,7 @@ class SqlStore:
                 full_id = f"{app.id}/{fn.id}"
                 await db.execute("upsert_function", full_id, app.id, json.dumps(config), now)
                 records.append(FunctionRecord(full_id, app.id, app.version, config, True, now))
+            await _sync_schedules(db, app, keep, now)
             await self._publish(db, None, registered=True)
             # Inside the transaction: the cache's owner is whoever runs transactions.
             self._forget_app(app.id)
@@ -147,6 +149,10 @@ class SqlStore:
     async def activate_functions(self, function_ids: Collection[str], *, now: float) -> None:
         async def activate(db: Db) -> None:
             await db.executemany("activate_function", [(fid,) for fid in sorted(function_ids)])
+            for fid in sorted(function_ids):
+                raw = await db.fetchval("function_config", fid)
+                if raw is not None:
+                    await _add_schedules(db, fid, _CONFIG.validate_python(json.loads(raw)), now)
             await self._publish(db, None, registered=True)
             self._forget(function_ids)  # inside the transaction: see register_app
 
@@ -253,6 +259,35 @@ class SqlStore:
 
     async def get_event(self, event_id: str) -> eventlog.EventRecord | None:
         return await self._read(lambda db: eventlog.get(db, event_id))
+
+    async def schedules(self) -> dict[tuple[str, str, str], float]:
+        """Every cron schedule's next tick: (function id, cron, tz) -> epoch seconds."""
+        async def read(db: Db) -> dict[tuple[str, str, str], float]:
+            return {(fid, expr, tz): float(at)
+                    for fid, expr, tz, at in await db.fetch("all_schedules")}
+
+        return await self._read(read)
+
+
+async def _sync_schedules(db: Db, app: AppManifest, keep: Collection[str], now: float) -> None:
+    """The app's schedules become its cron triggers: new ones tick from now on, removed ones
+    (a trigger or function gone) stop, unchanged ones keep their next tick. Functions in
+    ``keep`` (served by other workers) keep theirs."""
+    wanted = {(f"{app.id}/{fn.id}", t.cron, t.tz) for fn in app.functions
+              for t in fn.triggers if isinstance(t, TriggerCron)}
+    for row in await db.fetch("app_schedules", app.id):
+        key = (row[0], row[1], row[2])
+        if key not in wanted and key[0] not in keep:
+            await db.execute("delete_schedule", *key)
+    for fn in app.functions:
+        await _add_schedules(db, f"{app.id}/{fn.id}", fn, now)
+
+
+async def _add_schedules(db: Db, function_id: str, config: FunctionConfig, now: float) -> None:
+    for trigger in config.triggers:
+        if isinstance(trigger, TriggerCron):
+            first = cron.next_tick(cron.parse(trigger.cron, trigger.tz), now)
+            await db.execute("insert_schedule", function_id, trigger.cron, trigger.tz, first)
 
 def _run(row: Row) -> RunRecord:
     (rid, fn, status, fence, attempt, event_ids, output, error, queued, started, ended,

@@ -11,8 +11,13 @@ The phases, in order (each may add work for the later ones):
 5. **waits**: offer every event stored in this batch (including system events born of run
    endings in this batch) to the waits on its name; a match resumes or cancels a run. A wait
    matches only events stored after its run's own events (``after_seq``), never its trigger;
-6. **claims**: lease ready runs to workers with free slots, first settling their due sleeps,
+6. **ticks**: cron schedules that came due start their run (one per (function, tick), see
+   :meth:`Transaction._fire_schedules`);
+7. **claims**: lease ready runs to workers with free slots, first settling their due sleeps,
    wait timeouts and invoke timeouts.
+
+An event whose ``ts`` lies in the future (a delayed event) creates its runs at once, queued
+with ``available_at`` = ``ts``: they start then, and can be cancelled until then.
 
 A run's ending is handled in one place (:meth:`Transaction.end_run`): it clears the run's
 waits, answers its parent if it was invoked, cancels its children if it was cancelled, revokes
@@ -44,11 +49,13 @@ from gateway.store.base import (
     WriteResult,
 )
 from gateway.store.db import Db, Row
+from protocol import cron
 from protocol import messages as m
 from protocol.durations import MAX_SLEEP, YEAR, human
+from protocol.errors import InvalidInput
 from protocol.expressions import matches
 from protocol.ids import new_id
-from protocol.manifest import FunctionConfig
+from protocol.manifest import FunctionConfig, TriggerCron
 from protocol.names import FUNCTION_CANCELLED as CANCELLED
 from protocol.names import FUNCTION_FAILED as FAILED
 from protocol.names import FUNCTION_FINISHED as FINISHED
@@ -64,6 +71,9 @@ PENDING_STEPS = (StepStatus.RETRYING, StepStatus.SLEEPING, StepStatus.WAITING,
 
 #: Guard against a loop of events triggering events within one batch.
 MAX_EVENTS_PER_BATCH = 100_000
+
+#: Due cron schedules one batch fires at most (more: the next batch follows at once).
+SCHEDULES_PER_BATCH = 1000
 
 ConfigLookup = Callable[[Db, str], Awaitable[FunctionConfig | None]]
 
@@ -134,6 +144,8 @@ class Transaction:
         self._last_seq = 0  # the highest event seq stored in this batch so far
         # Steps recorded per run in this batch, not yet added to its step_count.
         self._counted: dict[str, int] = {}
+        # (function, tick) rows of cron_ticks to prune below: older than a day.
+        self._prune: list[tuple[str, int]] = []
 
     async def run(self) -> WriteResult:
         batch = self.batch
@@ -153,6 +165,7 @@ class Transaction:
             await self.db.execute("forgive_lease_loss", run_id)
         await self._deadlines()
         await self._match_waits()
+        await self._fire_schedules()
         return await self._lease_and_finish()
 
     async def run_isolated(self, store_errors: tuple[type[BaseException], ...]) -> WriteResult:
@@ -217,6 +230,9 @@ class Transaction:
             if error is not None:
                 result.errors[("waits", index)] = error
             self.stored.clear()
+        error = await self._isolated(store_errors, self._fire_schedules())
+        if error is not None:
+            result.errors[("ticks", 0)] = error
         return await self._lease_and_finish()
 
     async def _lease_and_finish(self) -> WriteResult:
@@ -329,6 +345,7 @@ class Transaction:
         for (function_id,) in await self.db.fetch("all_function_ids"):
             self._later(await self.db.fetchval("next_ready", function_id, self.now))
         self._later(await self.db.fetchval("next_deadline", self.now))
+        self._later(await self.db.fetchval("next_schedule", self.now))
 
     # --- events and runs -----------------------------------------------------------------
 
@@ -369,8 +386,14 @@ class Transaction:
                 targets = self.batch.match(event.name, data)
                 if about is not None and targets:
                     targets = loop_guard.targets(targets, about=about[0], link=about[1])
+                if not targets:
+                    continue
+                ts = data.get("ts")
+                # A delayed event (ts in the future): its runs wait until then.
+                start = ts / 1000 if isinstance(ts, int) and ts > self.now * 1000 else None
                 for function_id in targets:
-                    await self.create_run(function_id, [(seq, event.id)], event.payload, data)
+                    await self.create_run(function_id, [(seq, event.id)], event.payload, data,
+                                          available_at=start)
         await self._flush_runs()
         return [by_event.get(id(e)) for e in events]
 
@@ -383,22 +406,26 @@ class Transaction:
         *,
         parent: tuple[str, str] | None = None,
         after_seq: int | None = None,
+        available_at: float | None = None,
     ) -> str | None:
         """Queue a run of ``function_id`` for ``events`` ((seq, id) pairs); None if unknown.
 
         Its ``cancel_on`` waits match events with a seq above ``after_seq`` (by default the
-        highest of ``events``): never its own trigger, nor an event stored before it.
+        highest of ``events``): never its own trigger, nor an event stored before it. A run
+        of a delayed event is ``available_at`` its ``ts`` (``timeouts.start`` counts from then).
         """
         config = await self._config(self.db, function_id)
         if config is None:
             return None
         run_id = new_id(self.now)
+        start = self.now if available_at is None else max(self.now, available_at)
+        self._later(start)
         deadline = None
         if config.timeouts is not None and config.timeouts.start is not None:
-            deadline = self.now + float(config.timeouts.start)  # type: ignore[arg-type]
+            deadline = start + float(config.timeouts.start)  # type: ignore[arg-type]
             self._later(deadline)
         self._new_runs.append((
-            run_id, function_id, self.now, orjson.dumps([e[1] for e in events]).decode(), self.now,
+            run_id, function_id, start, orjson.dumps([e[1] for e in events]).decode(), self.now,
             parent[0] if parent else None, parent[1] if parent else None, deadline,
         ))
         self._new_links.extend((run_id, i, seq) for i, (seq, _) in enumerate(events))
@@ -409,9 +436,78 @@ class Transaction:
             expires = None if cancel.timeout is None else self.now + float(cancel.timeout)  # type: ignore[arg-type]
             await self._insert_wait(run_id, f"cancel:{index}", "cancel", cancel.event,
                                     cancel.if_, trigger, trigger_data, expires, after_seq)
-        self.touched.add(function_id)
+        if start <= self.now:
+            self.touched.add(function_id)
         self.result.runs_created += 1
         return run_id
+
+    # --- cron ticks ----------------------------------------------------------------------
+
+    async def _fire_schedules(self) -> None:
+        """Start a run for each cron tick that came due (see :mod:`protocol.cron`).
+
+        A schedule's row is claimed by the batch that reads it (on PostgreSQL other gateways
+        skip it until this commits); the (function, tick) key in ``cron_ticks`` makes a tick
+        start one run whatever races, so exactly one run per tick.
+        """
+        db, now = self.db, self.now
+        rows = await db.fetch("due_schedules", now, SCHEDULES_PER_BATCH)
+        fired: list[tuple[str, NewEvent]] = []
+        upcoming_ticks: list[tuple[float, str, str, str]] = []
+        for function_id, expression, tz, next_at in rows:
+            if not await self._schedules_of(function_id, expression, tz):
+                await db.execute("delete_schedule", function_id, expression, tz)
+                continue  # the function or its trigger is gone (a registration missed it)
+            try:
+                schedule = cron.parse(expression, tz)
+            except InvalidInput:  # stored before a rule changed: it can never tick
+                await db.execute("delete_schedule", function_id, expression, tz)
+                continue
+            fire, upcoming = cron.due(schedule, next_at, now)
+            while fire is not None:
+                event = await self._tick(function_id, expression, fire)
+                if event is not None:
+                    fired.append((function_id, event))
+                fire, upcoming = cron.due(schedule, upcoming, now)
+            upcoming_ticks.append((upcoming, function_id, expression, tz))
+            self._later(upcoming)
+        await db.executemany("set_next_tick", upcoming_ticks)
+        await db.executemany("prune_cron_ticks", self._prune)  # ticks older than a day
+        self._prune = []
+        if fired:
+            seqs = await self.ingest([event for _, event in fired], match=False)
+            for (function_id, event), seq in zip(fired, seqs, strict=True):
+                if seq is not None:
+                    assert event.data is not None
+                    await self.create_run(function_id, [(seq, event.id)], event.payload,
+                                          event.data)
+            await self._flush_runs()
+        if len(rows) == SCHEDULES_PER_BATCH:
+            self.result.more_due = True
+
+    async def _schedules_of(self, function_id: str, expression: str, tz: str) -> bool:
+        """Does the active function still declare this cron trigger? Asked of the stored
+        config when the cached one says no (another gateway may have just registered it)."""
+        def declares(config: FunctionConfig | None) -> bool:
+            return config is not None and any(
+                isinstance(t, TriggerCron) and (t.cron, t.tz) == (expression, tz)
+                for t in config.triggers)
+
+        if declares(await self._config(self.db, function_id)):
+            return True
+        raw = await self.db.fetchval("function_config", function_id)
+        return raw is not None and declares(FunctionConfig(**json.loads(raw)))
+
+    async def _tick(self, function_id: str, expression: str, tick: float) -> NewEvent | None:
+        """The event of one tick's run, unless this (function, tick) started one already."""
+        tick_ms = round(tick * 1000)
+        if not await self.db.execute("insert_cron_tick", function_id, tick_ms):
+            return None
+        self._prune.append((function_id, tick_ms - round(DEDUP_WINDOW * 1000)))
+        event_id = f"cron-{function_id}-{tick_ms}"
+        body = {"name": cron.SCHEDULED_EVENT, "data": {"cron": expression}, "id": event_id,
+                "ts": tick_ms, "user": None}
+        return NewEvent(event_id, cron.SCHEDULED_EVENT, orjson.dumps(body), body)
 
     async def _flush_runs(self) -> None:
         """Write the runs created so far (batched: a request of 500 events is 2 statements)."""
@@ -891,7 +987,11 @@ class Transaction:
             # Ready runs read (and locked) but not leased: another gateway that skipped them
             # may believe their function has nothing ready. Say it has.
             taken = {run_id for run_id, _ in assigned}
-            self.touched.update(c[2] for c in candidates if c[1] not in taken)
+            left = {c[2] for c in candidates if c[1] not in taken}
+            self.touched.update(left)
+            # Nor is a function drained that still has runs ready (many functions with a
+            # run each, more than the free slots: ten thousand cron ticks at once).
+            result.drained_functions -= left
         await db.executemany("lease_run", [(session_id, now, run_id)
                                            for run_id, session_id in assigned])
         await self._leases([(run_id, session_id, *by_id[run_id][2:])

@@ -46,7 +46,6 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "priority": {"priority": Priority("event.data.vip ? 60 : 0")},
     "idempotency": {"idempotency": "event.data.order_id"},
     "singleton": {"singleton": Singleton(key="event.data.customer")},
-    "TriggerCron": {"triggers": [TriggerCron("0 9 * * MON")]},
 }
 
 
@@ -119,6 +118,20 @@ async def test_a_hello_with_one_refused_app_registers_none_of_its_apps(gw, http)
 
     assert "throttle" in error.message
     await nothing_registered(http)
+
+
+@pytest.mark.parametrize(("cron", "tz", "says"), [
+    ("0 99 * * *", "UTC", "out of range"), ("0 9 * * MON", "Nowhere/Land", "unknown time zone")])
+async def test_a_bad_cron_trigger_is_refused_at_registration(gw, http, cron, tz, says):
+    app = manifest(triggers=[TriggerCron("0 9 * * MON")])
+    trigger = app.functions[0].triggers[0]
+    object.__setattr__(trigger, "cron", cron)  # as another SDK might send it
+    object.__setattr__(trigger, "tz", tz)
+    error = await refused(gw, app)
+
+    assert says in error.message and "TriggerCron" in error.message
+    await nothing_registered(http)
+    await still_serves(gw, http)
 
 
 @pytest.mark.parametrize("pattern", ["*", "raw*", "raw/go*"])

@@ -54,6 +54,9 @@ ENFORCED: dict[str, str] = {
         "tests/integration/test_engine_steps.py::test_timeouts_start_cancels_a_run_nobody_took",
     "Timeouts.finish": "tests/integration/test_step_api.py::test_timeouts_finish_cancels",
     "on_failure": "tests/integration/test_step_api.py::test_on_failure_runs_after_last_retry",
+    "TriggerCron": "tests/integration/test_cron.py::test_each_tick_starts_exactly_one_run",
+    "TriggerCron.cron": "tests/unit/test_cron.py::test_next_ticks_in_utc",
+    "TriggerCron.tz": "tests/unit/test_cron.py::test_a_time_zone_moves_the_ticks",
 }
 
 #: One way to set each option of UNENFORCED, as a user would write it.
@@ -66,11 +69,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "priority": {"priority": Priority("event.data.vip ? 60 : 0")},
     "idempotency": {"idempotency": "event.data.order_id"},
     "singleton": {"singleton": Singleton(key="event.data.customer")},
-    "TriggerCron": {"triggers": [TriggerCron("0 9 * * MON", tz="Europe/Paris")]},
 }
 
 #: Fields of the option classes of enforced options (those of unenforced ones go with them).
-OPTION_CLASSES = (TriggerEvent, Cancel, Timeouts)
+OPTION_CLASSES = (TriggerEvent, TriggerCron, Cancel, Timeouts)
 
 
 def _accepted() -> set[str]:
@@ -116,8 +118,7 @@ def test_all_unenforced_options_are_named_in_one_message():
     with pytest.raises(InvalidInput) as info:
         check_function("shop/f", config)
     message = str(info.value)
-    for name in ("throttle (flow control, issue 9)", "idempotency (flow control, issue 9)",
-                 "TriggerCron('* * * * *') (cron triggers, issue 10)"):
+    for name in ("throttle (flow control, issue 9)", "idempotency (flow control, issue 9)"):
         assert name in message
 
 

@@ -386,3 +386,40 @@ SELECT seq, payload, received_at FROM events WHERE id = ?1 ORDER BY seq DESC LIM
 -- name: event_run_ids
 SELECT event_seq, run_id FROM run_events WHERE event_seq IN (SELECT value FROM json_each(?1))
 ORDER BY run_id;
+
+-- cron ticks and delayed runs
+
+-- name: due_schedules
+SELECT function_id, cron, tz, next_tick FROM schedules WHERE next_tick <= ?1
+ORDER BY next_tick LIMIT ?2;
+
+-- name: set_next_tick
+UPDATE schedules SET next_tick = ?1 WHERE function_id = ?2 AND cron = ?3 AND tz = ?4;
+
+-- name: delete_schedule
+DELETE FROM schedules WHERE function_id = ?1 AND cron = ?2 AND tz = ?3;
+
+-- name: insert_schedule
+-- An unchanged schedule keeps its next tick (a re-registration neither skips nor repeats one).
+INSERT INTO schedules (function_id, cron, tz, next_tick) VALUES (?1, ?2, ?3, ?4)
+ON CONFLICT (function_id, cron, tz) DO NOTHING;
+
+-- name: app_schedules
+SELECT s.function_id, s.cron, s.tz FROM schedules s JOIN functions f ON f.id = s.function_id
+WHERE f.app_id = ?1;
+
+-- name: function_schedules
+SELECT cron, tz FROM schedules WHERE function_id = ?1;
+
+-- name: all_schedules
+SELECT function_id, cron, tz, next_tick FROM schedules;
+
+-- name: insert_cron_tick
+-- The (function, tick) key: a tick that started a run starts no other.
+INSERT INTO cron_ticks (function_id, tick) VALUES (?1, ?2) ON CONFLICT DO NOTHING;
+
+-- name: prune_cron_ticks
+DELETE FROM cron_ticks WHERE function_id = ?1 AND tick < ?2;
+
+-- name: next_schedule
+SELECT MIN(next_tick) FROM schedules WHERE next_tick > ?1;

@@ -1,0 +1,28 @@
+"""What holds a run back until a time: the ``waiting`` object's option and sentence (SPEC §4).
+
+A pure function of the run's stored state and ``now``; flow-control holds (concurrency,
+throttle...) are decided elsewhere and take precedence where they apply.
+"""
+
+from __future__ import annotations
+
+from gateway.runs import RunStatus
+
+
+def held(status: str, available_at: float | None, started_at: float | None, attempt: int,
+         failed_before: bool, now: float) -> tuple[str, str] | None:
+    """``(option, reason)`` when the run may not start before ``available_at``, else None.
+
+    ``delay``: queued for a delayed event (``ts`` in the future) and never started; ``retry``:
+    queued again after a failure, with a backoff; ``sleep``: a ``step.sleep`` not over yet.
+    """
+    if available_at is None or available_at <= now:
+        return None
+    if status == RunStatus.QUEUED:
+        if started_at is None and attempt == 0 and not failed_before:
+            return "delay", ("its event's ts lies in the future: the run starts then "
+                             "(a delayed event)")
+        return "retry", "an attempt failed: the next one is due then (backoff)"
+    if status == RunStatus.SLEEPING:
+        return "sleep", "a step.sleep is not over: the run resumes then"
+    return None

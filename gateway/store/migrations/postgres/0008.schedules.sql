@@ -1,0 +1,20 @@
+-- Cron schedules (issue 10). ``schedules`` holds each active cron trigger's next due tick,
+-- claimed by the gateway whose batch finds it due (FOR UPDATE SKIP LOCKED); ``cron_ticks``
+-- holds the ticks that started a run: its primary key lets one (function, tick) start one run,
+-- whatever races (restarts, re-registrations, several gateways). Ticks older than a day are
+-- pruned.
+
+CREATE TABLE schedules (
+    function_id TEXT NOT NULL,
+    cron        TEXT NOT NULL,
+    tz          TEXT NOT NULL,
+    next_tick   DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (function_id, cron, tz)
+);
+CREATE INDEX schedules_due ON schedules (next_tick);
+
+CREATE TABLE cron_ticks (
+    function_id TEXT NOT NULL,
+    tick        BIGINT NOT NULL,
+    PRIMARY KEY (function_id, tick)
+);
