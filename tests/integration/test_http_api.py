@@ -61,8 +61,8 @@ async def runs(http: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
 
 
 def metric(text: str, name: str) -> float:
-    (value,) = re.findall(rf"^tether_{name} (\S+)$", text, re.M)
-    return float(value)
+    """The sum of ``tether_{name}``'s samples, whatever their labels (0 with none)."""
+    return sum(float(v) for v in re.findall(rf"^tether_{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
 async def assert_nothing_stored(http: httpx.AsyncClient) -> None:
