@@ -368,8 +368,11 @@ class Engine:
         """The worker's socket closed: every lease it held goes back to the queue."""
         for run_id in worker.in_flight:
             self._seen.pop(run_id, None)
-        if lost:
+        if lost and worker.in_flight:
             self.metrics.leases_dropped(len(worker.in_flight))
+            log.warning("leases_lost", session_id=worker.session_id,
+                        instance_id=worker.instance_id, reason=reason,
+                        count=len(worker.in_flight), run_ids=sorted(worker.in_flight)[:20])
         if lost and worker.in_flight:  # remembered a while, for a LoopStalled that may follow
             self._lost_sessions[worker.session_id] = (worker.instance_id,
                                                       frozenset(worker.in_flight))
@@ -548,6 +551,9 @@ class Engine:
                 )
                 continue
             worker.in_flight[lease.run_id] = lease.fence
+            log.debug("lease_granted", run_id=lease.run_id, function_id=lease.function_id,
+                      fence=lease.fence, attempt=lease.attempt, session_id=worker.session_id,
+                      instance_id=worker.instance_id)
             self._seen[lease.run_id] = batch.now
             worker.send(
                 m.LeaseGranted(
@@ -574,6 +580,9 @@ class Engine:
         for revoked in result.revoked:
             self._seen.pop(revoked.run_id, None)
             worker = self.registry.get(revoked.session_id)
+            log.info("lease_revoked", run_id=revoked.run_id, fence=revoked.fence,
+                     reason=revoked.reason, session_id=revoked.session_id,
+                     instance_id=worker.instance_id if worker is not None else None)
             if worker is not None:
                 worker.drop(revoked.run_id, revoked.fence)
                 worker.send(m.LeaseRevoked(run_id=revoked.run_id, fence=revoked.fence,
