@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -34,6 +35,8 @@ from protocol.ids import id_time
 if TYPE_CHECKING:
     from gateway.registry import Registry
     from gateway.store.base import WriteBatch, WriteResult
+
+log = structlog.get_logger("tether.metrics")
 
 # No ``*_created`` sample beside every counter and histogram: twice the text, no use here.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -275,11 +278,17 @@ class Metrics:
                      now: float) -> bytes:
         """The exposition text; the queue read is reused for :data:`QUEUE_CACHE_SECONDS`."""
         scrape = self.scrape
-        if scrape.queue_read is None or time.monotonic() - scrape.queue_read >= \
-                QUEUE_CACHE_SECONDS:
+        rows: list[tuple[str, int, float | None]] | None = None
+        read = scrape.queue_read
+        if read is None or time.monotonic() - read >= QUEUE_CACHE_SECONDS:
+            try:
+                rows = await queue()
+            except Exception as exc:  # the store may be briefly away: the rest still answers
+                log.warning("metrics_queue_unread", error=str(exc))
+        if rows is not None:
             depths: dict[str, tuple[int, float | None]] = {
                 self.function_label(f): (0, None) for f in functions}
-            for function_id, count, oldest in await queue():
+            for function_id, count, oldest in rows:
                 label = self.function_label(function_id)
                 had, first = depths.get(label, (0, None))
                 if oldest is not None and (first is None or oldest < first):
