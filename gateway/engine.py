@@ -369,11 +369,11 @@ class Engine:
         for run_id in worker.in_flight:
             self._seen.pop(run_id, None)
         if lost and worker.in_flight:
+            # Counted, logged, and remembered a while for a LoopStalled that may follow.
             self.metrics.leases_dropped(len(worker.in_flight))
             log.warning("leases_lost", session_id=worker.session_id,
                         instance_id=worker.instance_id, reason=reason,
                         count=len(worker.in_flight), run_ids=sorted(worker.in_flight)[:20])
-        if lost and worker.in_flight:  # remembered a while, for a LoopStalled that may follow
             self._lost_sessions[worker.session_id] = (worker.instance_id,
                                                       frozenset(worker.in_flight))
             while len(self._lost_sessions) > 256:
