@@ -13,7 +13,10 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import Metrics
+from protocol import messages as m
 from tests.helpers.waiting import eventually
+from tests.integration.raw_worker import EVENT, RawWorker
+from tests.integration.raw_worker import FUNCTION as RAW_FUNCTION
 from worker import App, TriggerEvent
 
 FUNCTION = "metrics-app/work"
@@ -168,3 +171,29 @@ async def test_two_gateways_in_one_process_keep_their_own_counts(gateway_factory
         assert (await http.post("/e/dev", json={"name": "nobody/listens"})).status_code == 200
     assert one.metrics.registry.get_sample_value("tether_events_accepted_total") == 1
     assert two.metrics.registry.get_sample_value("tether_events_accepted_total") == 0
+
+
+async def test_a_worker_lost_holding_a_lease_counts_it_lost_and_the_run_is_leased_again(
+        harness):
+    gw, http = harness.gateway, harness.http
+    lost = await RawWorker.ready_on(gw.connect_port, instance_id="doomed")
+    (event_id,) = await harness.send({"name": EVENT})
+    lease = await lost.expect(m.LeaseGranted)
+    await lost.close()  # gone without a drain: its lease is lost
+
+    async def counted() -> Samples | None:
+        _, samples = await scrape(http)
+        return samples if value(samples, "tether_leases_lost_total") == 1 else None
+
+    samples = await eventually(counted, 10, what="one lease counted lost")
+    assert value(samples, "tether_leases_granted_total", function=RAW_FUNCTION) == 1
+    # Another worker takes the run: a second lease, and no second first step.
+    again = await RawWorker.ready_on(gw.connect_port, instance_id="heir")
+    relet = await again.expect(m.LeaseGranted)
+    assert relet.run_id == lease.run_id == (await harness.run_of(event_id))["id"]
+    _, samples = await scrape(http)
+    assert value(samples, "tether_leases_granted_total", function=RAW_FUNCTION) == 2
+    assert value(samples, "tether_queue_wait_seconds_count", function=RAW_FUNCTION) == 2
+    assert value(samples, "tether_event_to_first_step_seconds_count",
+                 function=RAW_FUNCTION) == 1
+    await again.close()
