@@ -29,8 +29,14 @@ def test_gateway_and_worker_lines_carry_run_function_and_worker(e2e: E2E) -> Non
         lines = log_events(worker)
         return lines if any(line.get("event") == "step_failed" for line in lines) else None
 
+    def gateway_lines() -> list[dict[str, Any]] | None:
+        # The API may show a run ended a moment before the gateway logs it.
+        lines = log_events(gateway)
+        ended = {line.get("run_id") for line in lines if line.get("event") == "run_ended"}
+        return lines if {ok["id"], failed["id"]} <= ended else None
+
     w_lines = e2e.wait(worker_lines, "the worker's step_failed line")
-    g_lines = log_events(gateway)
+    g_lines = e2e.wait(gateway_lines, "the gateway's run_ended lines")
     connected = one(w_lines, event="gateway_connected")
     who = {"session_id": connected["session_id"], "instance_id": connected["instance_id"]}
 
