@@ -260,9 +260,12 @@ class Metrics:
         self.cron_missed.labels(self.function_label(function_id)).inc(count)
 
     def flow(self, decision: str, reason: str, count: int = 1) -> None:
-        """A flow-control ``decision`` (``skipped`` or ``delayed``) for ``reason``."""
-        family = self.flow_skipped if decision == "skipped" else self.flow_delayed
-        family.labels(reason).inc(count)
+        """A flow-control ``decision`` (``skipped`` or ``delayed``) for ``reason``; a reason
+        not in :data:`SKIP_REASONS` / :data:`DELAY_REASONS` counts as ``other``."""
+        skipped = decision == "skipped"
+        known = SKIP_REASONS if skipped else DELAY_REASONS
+        family = self.flow_skipped if skipped else self.flow_delayed
+        family.labels(reason if reason in known else OTHER).inc(count)
 
     def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method if method in HTTP_METHODS else OTHER, status)

@@ -197,3 +197,16 @@ async def test_a_worker_lost_holding_a_lease_counts_it_lost_and_the_run_is_lease
     assert value(samples, "tether_event_to_first_step_seconds_count",
                  function=RAW_FUNCTION) == 1
     await again.close()
+
+
+def test_flow_and_cron_families_take_only_bounded_labels():
+    metrics = Metrics()
+    metrics.flow("skipped", "rate_limit")
+    metrics.flow("delayed", "throttle", 2)
+    metrics.flow("skipped", "a reason with a key in it: user-42")
+    metrics.cron_ticks_missed("app/nightly", 3)
+    get = metrics.registry.get_sample_value
+    assert get("tether_flow_skipped_total", {"reason": "rate_limit"}) == 1
+    assert get("tether_flow_delayed_total", {"reason": "throttle"}) == 2
+    assert get("tether_flow_skipped_total", {"reason": "other"}) == 1
+    assert get("tether_cron_ticks_missed_total", {"function": "app/nightly"}) == 3
