@@ -58,10 +58,11 @@ def _wait_workers(cluster: Cluster, count: int, timeout: float = 30) -> None:
 
 
 def _completed(cluster: Cluster) -> int:
-    for line in cluster.get_text("/metrics").splitlines():
-        if line.startswith("tether_runs_completed_total"):
-            return int(float(line.split()[1]))
-    return 0
+    """Runs completed, summed over functions (``tether_runs_finished_total``)."""
+    return sum(int(float(line.rsplit(" ", 1)[1]))
+               for line in cluster.get_text("/metrics").splitlines()
+               if line.startswith("tether_runs_finished_total{")
+               and 'status="Completed"' in line)
 
 
 def _wait_completed(clusters: Cluster | list[Cluster], target: int, timeout: float) -> None:

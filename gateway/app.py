@@ -232,8 +232,8 @@ class Gateway:
             "uptime_seconds": round(self.clock.now() - self._started, 3),
         }
 
-    def _render_metrics(self) -> str:
-        return self.metrics.render({
-            "workers_connected": len(self.registry),
-            "runs_in_flight": sum(len(w.in_flight) for w in self.registry),
-        })
+    async def _render_metrics(self) -> bytes:
+        return await self.metrics.render(
+            registry=self.registry,
+            functions=[f.id for f in self.engine.functions.values() if f.active],
+            queue=lambda: self.store.queue_depths(now=self.clock.now()), now=self.clock.now())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -376,7 +377,12 @@ class Engine:
         """The worker's socket closed: every lease it held goes back to the queue."""
         for run_id in worker.in_flight:
             self._seen.pop(run_id, None)
-        if lost and worker.in_flight:  # remembered a while, for a LoopStalled that may follow
+        if lost and worker.in_flight:
+            # Counted, logged, and remembered a while for a LoopStalled that may follow.
+            self.metrics.leases_dropped(len(worker.in_flight))
+            log.warning("leases_lost", session_id=worker.session_id,
+                        instance_id=worker.instance_id, reason=reason,
+                        count=len(worker.in_flight), run_ids=sorted(worker.in_flight)[:20])
             self._lost_sessions[worker.session_id] = (worker.instance_id,
                                                       frozenset(worker.in_flight))
             while len(self._lost_sessions) > 256:
@@ -402,10 +408,11 @@ class Engine:
             self._in_flight = waiters, commands
             if self.crash_on is not None and any(e.name == self.crash_on for e in batch.events):
                 raise RuntimeError(f"test fault: an event named {self.crash_on!r} arrived")
+            started = time.perf_counter()
             try:
                 result = await self.store.write(batch)
             except Exception as exc:  # the store failed: answer no one with success
-                self.metrics.batches_failed += 1
+                self.metrics.batch_failed()
                 self.failing = True
                 self._note_error("batch", exc)
                 log.error("batch_failed", error=str(exc), exc_info=True)
@@ -413,6 +420,8 @@ class Engine:
                 await self.clock.sleep(0.2)
                 continue
             self.failing = False
+            self.metrics.committed(batch, result, time.perf_counter() - started,
+                                   _refused_events(waiters, result))
             if result.errors:
                 self._item_errors(result)
             self._deliver(batch, waiters, result)
@@ -491,7 +500,6 @@ class Engine:
         self.last_error = {"kind": kind, "error": str(error), "at": self.clock.now()}
 
     def _item_errors(self, result: WriteResult) -> None:
-        self.metrics.items_failed += len(result.errors)
         for (kind, index), error in result.errors.items():
             log.error("batch_item_failed", item=kind, index=index, error=error)
             self._note_error(kind, error)
@@ -523,16 +531,6 @@ class Engine:
         waiters: list[tuple[list[NewEvent], asyncio.Future[set[str]]]],
         result: WriteResult,
     ) -> None:
-        metrics = self.metrics
-        metrics.batches_committed += 1
-        refused = sum(len(events) for group, (events, _) in enumerate(waiters)
-                      if ("events", group) in result.errors) if result.errors else 0
-        metrics.events_accepted += len(batch.events) - len(result.duplicate_events) - refused
-        metrics.events_duplicate += len(result.duplicate_events)
-        metrics.runs_created += result.runs_created
-        metrics.checkpoints_committed += len(batch.checkpoints) - len(result.refused)
-        metrics.checkpoints_refused += len(result.refused)
-        metrics.leases_granted += len(result.leases)
         acks: dict[str, int] = {}
         for index, write in enumerate(batch.checkpoints):
             msg = write.message
@@ -562,6 +560,9 @@ class Engine:
                 )
                 continue
             worker.in_flight[lease.run_id] = lease.fence
+            log.debug("lease_granted", run_id=lease.run_id, function_id=lease.function_id,
+                      fence=lease.fence, attempt=lease.attempt, session_id=worker.session_id,
+                      instance_id=worker.instance_id)
             self._seen[lease.run_id] = batch.now
             worker.send(
                 m.LeaseGranted(
@@ -588,6 +589,9 @@ class Engine:
         for revoked in result.revoked:
             self._seen.pop(revoked.run_id, None)
             worker = self.registry.get(revoked.session_id)
+            log.info("lease_revoked", run_id=revoked.run_id, fence=revoked.fence,
+                     reason=revoked.reason, session_id=revoked.session_id,
+                     instance_id=worker.instance_id if worker is not None else None)
             if worker is not None:
                 worker.drop(revoked.run_id, revoked.fence)
                 worker.send(m.LeaseRevoked(run_id=revoked.run_id, fence=revoked.fence,
@@ -595,11 +599,9 @@ class Engine:
 
         for ended in result.ended:
             if ended.status == "Completed":
-                metrics.runs_completed += 1
                 log.debug("run_ended", run_id=ended.run_id, function_id=ended.function_id,
                           status=ended.status)
             else:
-                metrics.runs_failed += 1
                 log.info("run_ended", run_id=ended.run_id, function_id=ended.function_id,
                          status=ended.status)
 
@@ -638,6 +640,15 @@ class Engine:
         self._batch.releases.extend(batch.releases)
         self._batch.returns.extend(batch.returns)
         self._batch.forgiven.extend(batch.forgiven)
+
+
+def _refused_events(waiters: list[tuple[list[NewEvent], asyncio.Future[set[str]]]],
+                    result: WriteResult) -> int:
+    """Events of the batch whose request failed alone (not stored)."""
+    if not result.errors:
+        return 0
+    return sum(len(events) for group, (events, _) in enumerate(waiters)
+               if ("events", group) in result.errors)
 
 
 def _conflict_hint(app: AppManifest) -> str:

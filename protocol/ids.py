@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_VALUES = {char: index for index, char in enumerate(_ALPHABET)}
 _random = random.Random()  # ids need uniqueness, not secrecy: no syscall per id
 
 
@@ -23,3 +24,11 @@ def new_id(now: float) -> str:
         chars.append(_ALPHABET[value & 31])
         value >>= 5
     return "".join(reversed(chars))
+
+
+def id_time(value: str) -> float:
+    """The creation time (epoch seconds, to the millisecond) of an id from :func:`new_id`."""
+    ms = 0
+    for char in value[:10]:
+        ms = (ms << 5) | _VALUES[char]
+    return ms / 1000

@@ -230,6 +230,9 @@ class GatewayLink:
         await self._expect(ws, session, m.Authenticated)
         await ws.send(encode([session.send(hello)]))
         ready = await self._expect(ws, session, m.Ready)
+        # Every line logged from this socket's tasks (runs included) names the worker.
+        structlog.contextvars.bind_contextvars(instance_id=hello.instance_id,
+                                               session_id=ready.session_id)
         log.info("gateway_connected", url=url, session_id=ready.session_id,
                  gateway_id=challenge.gateway_id)
         self.max_frame = ready.max_frame_size

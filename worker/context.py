@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from worker.app import Event
-from worker.plan import current_attempt
+from worker.plan import current_attempt, current_step
 from worker.steps import Step, SyncStep
 
 if TYPE_CHECKING:
@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 class ReplayAwareLogger:
     """``ctx.logger``: a structlog logger bound to the run, silent while replaying.
+
+    Each line carries run_id, function_id and attempt, and step_id inside a step; the
+    worker's instance_id and session_id come from the context (:mod:`worker.connection`).
 
     Code between memoized steps runs again on every replay; its log lines would repeat each
     time, so they are dropped until the run reaches a step it has not done before.
@@ -30,8 +33,15 @@ class ReplayAwareLogger:
         return ReplayAwareLogger(self._exec, {**self._values, **values})
 
     def _emit(self, level: str, event: str, **kw: Any) -> None:
-        if self._exec.replaying and current_attempt.get() is None:
+        attempt = current_attempt.get()
+        if self._exec.replaying and attempt is None:
             return
+        step = current_step.get()
+        if step is not None:  # inside a step: its id and attempt
+            kw.setdefault("step_id", step)
+            kw.setdefault("attempt", attempt)
+        else:  # the function body: the run's attempt
+            kw.setdefault("attempt", self._exec.attempt)
         if self._log is None:
             self._log = structlog.get_logger("tether.user").bind(
                 run_id=self._exec.run_id, function_id=self._exec.function.id, **self._values)

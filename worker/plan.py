@@ -16,6 +16,10 @@ from protocol import messages as m
 current_attempt: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "tether_step_attempt", default=None
 )
+#: Id of the step whose code is running in this context (None in the function body).
+current_step: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "tether_step_id", default=None
+)
 
 
 @dataclass(frozen=True, slots=True)

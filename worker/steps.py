@@ -35,7 +35,7 @@ from protocol.names import RESERVED_PREFIX, check_no_nul, is_reserved
 from worker import serde
 from worker.app import Event, Function
 from worker.interrupts import Abandoned
-from worker.plan import PARK, NewStep, Replay, current_attempt
+from worker.plan import PARK, NewStep, Replay, current_attempt, current_step
 from worker.watchdog import ACTIVITY, Doing
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ class Step:
         assert isinstance(plan, NewStep)
         run.enter(plan)
         started = time.time()
-        token = current_attempt.set(plan.attempt)
+        token, step_token = current_attempt.set(plan.attempt), current_step.set(plan.id)
         task, doing = ACTIVITY.enter(Doing(run.run_id, run.function.id, plan.id))
         try:
             if _is_async(fn):
@@ -217,6 +217,7 @@ class Step:
             outcome = run.finish_step(plan, started, result, None)
         finally:
             current_attempt.reset(token)
+            current_step.reset(step_token)
             ACTIVITY.leave(task, doing or Doing(run.run_id, run.function.id))
         if outcome is PARK:
             return await run.park()
@@ -310,7 +311,7 @@ class SyncStep:
         assert isinstance(plan, NewStep)
         self._on_loop(_call(run.enter, plan))
         started = time.time()
-        token = current_attempt.set(plan.attempt)
+        token, step_token = current_attempt.set(plan.attempt), current_step.set(plan.id)
         try:
             result: Any = fn(*args, **kwargs)
             if inspect.isawaitable(result):
@@ -323,6 +324,7 @@ class SyncStep:
             outcome = self._on_loop(_call(run.finish_step, plan, started, result, None))
         finally:
             current_attempt.reset(token)
+            current_step.reset(step_token)
         if outcome is PARK:
             return self._on_loop(run.park())  # type: ignore[no-any-return]
         return outcome  # type: ignore[no-any-return]

@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.engine import Engine
@@ -27,6 +28,7 @@ from gateway.http.eventlog import EventLogRoutes
 from gateway.http.events import EventLimits, EventRoutes
 from gateway.http.management import ManagementRoutes
 from gateway.http.webhooks import WebhookRoutes
+from gateway.metrics import TimedRequests
 from gateway.registry import Registry
 from gateway.transport.auth import Authenticator
 from protocol.errors import AuthError, TetherError
@@ -74,7 +76,7 @@ def build_api(
     registry: Registry,
     auth: Authenticator,
     limits: EventLimits,
-    metrics: Callable[[], str],
+    metrics: Callable[[], Awaitable[bytes]],
     health: Callable[[], dict[str, Any]],
     gateway_id: str = "",
     peer_ttl: float = 5.0,
@@ -111,7 +113,7 @@ def build_api(
         return JSONResponse(health())
 
     async def metrics_route(request: Request) -> Response:
-        return PlainTextResponse(metrics(), media_type="text/plain; version=0.0.4")
+        return Response(await metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     routes = [
         Route("/e/{event_key}", same_origin(events.post), methods=["POST"]),
@@ -171,6 +173,7 @@ def build_api(
 
     return Starlette(
         routes=routes,
+        middleware=[Middleware(TimedRequests, metrics=engine.metrics)],
         exception_handlers={TetherError: tether_error, HTTPException: http_error,
                             Exception: crash},
     )

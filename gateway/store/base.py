@@ -194,6 +194,9 @@ class Lease:
     attempts: dict[str, int]
     attempt: int
     deferred: list[str]
+    #: the run's first lease (it never ran before), and when it became ready to lease
+    first: bool = False
+    available_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -211,6 +214,8 @@ class WriteResult:
 
     duplicate_events: set[str] = field(default_factory=set)
     runs_created: int = 0
+    #: the function of each run created (for the metrics)
+    created_functions: list[str] = field(default_factory=list)
     #: index into ``batch.checkpoints`` -> why it was refused
     refused: dict[int, str] = field(default_factory=dict)
     leases: list[Lease] = field(default_factory=list)
@@ -364,6 +369,11 @@ class Store(Protocol):
     async def list_runs(
         self, *, function_id: str | None, status: str | None, limit: int, cursor: str | None
     ) -> RunPage: ...
+
+    async def queue_depths(self, *, now: float) -> list[tuple[str, int, float | None]]:
+        """Per function with runs ready to lease at ``now``: (function id, how many, the
+        oldest one's ready time). A read beside the writer, for ``/metrics``."""
+        ...
 
     async def live_runs(
         self, function_id: str, *, queued_after: float, queued_before: float, after_id: str,

@@ -220,6 +220,13 @@ class SqlStore:
 
         return await self._read(read)
 
+    async def queue_depths(self, *, now: float) -> list[tuple[str, int, float | None]]:
+        async def read(db: Db) -> list[tuple[str, int, float | None]]:
+            return [(fid, int(count), oldest)
+                    for fid, count, oldest in await db.fetch("queue_depths", now)]
+
+        return await self._read(read)
+
     async def live_runs(
         self, function_id: str, *, queued_after: float, queued_before: float, after_id: str,
         limit: int,

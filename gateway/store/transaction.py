@@ -439,6 +439,7 @@ class Transaction:
         if start <= self.now:
             self.touched.add(function_id)
         self.result.runs_created += 1
+        self.result.created_functions.append(function_id)
         return run_id
 
     # --- cron ticks ----------------------------------------------------------------------
@@ -994,13 +995,14 @@ class Transaction:
             result.drained_functions -= left
         await db.executemany("lease_run", [(session_id, now, run_id)
                                            for run_id, session_id in assigned])
-        await self._leases([(run_id, session_id, *by_id[run_id][2:])
+        await self._leases([(run_id, session_id, *by_id[run_id][2:], by_id[run_id][0])
                             for run_id, session_id in assigned])
 
     async def _leases(self, assigned: list[tuple[Any, ...]]) -> None:
         """Build the leases of runs just taken, with a handful of set-based queries.
 
-        ``assigned`` holds (run id, session, function id, fence before, attempt, started_at).
+        ``assigned`` holds (run id, session, function id, fence before, attempt, started_at,
+        available_at).
         Runs leased before (resumed) first have their due timers settled, then get their
         recorded steps back as memos.
         """
@@ -1023,7 +1025,7 @@ class Transaction:
         if missing:
             for run_id, payload in await db.fetch("event_payloads_of_runs", missing):
                 payloads.setdefault(run_id, []).append(payload)
-        for run_id, session_id, function_id, fence, attempt, started_at in assigned:
+        for run_id, session_id, function_id, fence, attempt, started_at, ready in assigned:
             if run_id in reset:
                 attempt = 0
             if started_at is None:
@@ -1045,7 +1047,8 @@ class Transaction:
                 else:  # sleeping, waiting, invoking: the gateway still owes the result
                     deferred.append(step_id)
             self.result.leases.append(Lease(run_id, fence + 1, session_id, function_id, events,
-                                            memos, attempts, attempt, deferred))
+                                            memos, attempts, attempt, deferred,
+                                            started_at is None, ready))
 
     async def _first_lease(self, run_id: str, function_id: str) -> None:
         """A run starts: ``timeouts.start`` is met, and the ``timeouts.finish`` clock starts."""

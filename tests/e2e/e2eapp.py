@@ -93,3 +93,16 @@ async def slow(ctx: worker.Context) -> int:
 
     pid: int = await ctx.step.run("busy", busy)
     return pid
+
+
+@app.function(id="logged", trigger=TriggerEvent("e2e/logged"))
+async def logged(ctx: worker.Context) -> str:
+    """Logs through ``ctx.logger`` in its body and inside a step."""
+    ctx.logger.info("user_body_line", note="body")
+
+    async def inside() -> str:
+        ctx.logger.info("user_step_line", note="step")
+        return "ok"
+
+    result: str = await ctx.step.run("inside", inside)
+    return result

@@ -529,7 +529,7 @@ async def _unstorable(gw: Gateway, http: httpx.AsyncClient, kind: str,
     r = await http.get(f"/v1/runs/{lease.run_id}")
     assert r.status_code == 200
     assert r.json()["steps"] == []
-    assert "tether_batches_failed_total 0\n" in (await http.get("/metrics")).text
+    assert "tether_batches_failed_total 0.0\n" in (await http.get("/metrics")).text
     await serves_a_good_worker(gw)
 
 

@@ -338,6 +338,12 @@ SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued
        started_at, ended_at, available_at, parent_run_id
 FROM runs WHERE function_id = $3 AND status = $4 AND id < $1 ORDER BY id DESC LIMIT $2;
 
+-- name: queue_depths
+-- For /metrics: runs ready to lease per function, and the oldest one's ready time.
+SELECT function_id, COUNT(*), MIN(available_at) FROM runs
+WHERE status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= $1
+GROUP BY function_id;
+
 -- ============================ gateways (PostgreSQL only) =======================
 
 -- name: gateway_beat
