@@ -13,10 +13,12 @@ from tests.e2e.harness import E2E
 from tests.helpers.waiting import bound
 
 
-def serving_gateway(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[E2E]:
-    """A ``--dev`` gateway process with one real worker serving the e2e app."""
+def serving_gateway(tmp_path_factory: pytest.TempPathFactory, name: str, *extra: str
+                    ) -> Iterator[E2E]:
+    """A ``--dev`` gateway process (with ``extra`` options) and one real worker serving the
+    e2e app."""
     cluster = Cluster(Path(tmp_path_factory.mktemp(name)) / "cluster",
-                      gateway_args=["--retry-base", "0.05", "--log-format", "json"])
+                      gateway_args=["--retry-base", "0.05", "--log-format", "json", *extra])
     e2e = E2E(cluster)
     try:
         e2e.start_gateway("--dev")

@@ -8,16 +8,14 @@ normal event gets 200 and a normal run completes.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from bench.cluster import Cluster
 from protocol.manifest import AppManifest, FunctionConfig, TriggerCron
 from tests.e2e.harness import E2E
 from tests.helpers.waiting import bound
-from tests.hostile.test_http_cel import still_serves
+from tests.hostile.support import serving_gateway, still_serves
 from tests.integration.test_registration import refused
 
 pytestmark = pytest.mark.e2e
@@ -25,16 +23,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
-    cluster = Cluster(Path(tmp_path_factory.mktemp("hostile-cron")) / "cluster",
-                      gateway_args=["--retry-base", "0.05", "--log-format", "json"])
-    e2e = E2E(cluster)
-    try:
-        e2e.start_gateway("--dev")
-        e2e.start_worker()
-        e2e.wait_workers(1)
-        yield e2e
-    finally:
-        cluster.stop()
+    yield from serving_gateway(tmp_path_factory, "hostile-cron")
 
 
 def raw_cron(cron: str, tz: str) -> AppManifest:

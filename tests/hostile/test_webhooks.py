@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,10 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.cluster import Cluster
 from tests.e2e.harness import E2E
 from tests.helpers.waiting import bound
-from tests.hostile.test_http_cel import still_serves
+from tests.hostile.support import serving_gateway, still_serves
 
 pytestmark = pytest.mark.e2e
 
@@ -39,17 +37,7 @@ ALLOWED = {200, 400, 401, 413}
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
-    cluster = Cluster(Path(tmp_path_factory.mktemp("hostile-webhooks")) / "cluster",
-                      gateway_args=["--retry-base", "0.05", "--log-format", "json",
-                                    "--max-event-size", "65536"])
-    e2e = E2E(cluster)
-    try:
-        e2e.start_gateway("--dev")
-        e2e.start_worker()
-        e2e.wait_workers(1)
-        yield e2e
-    finally:
-        cluster.stop()
+    yield from serving_gateway(tmp_path_factory, "hostile-webhooks", "--max-event-size", "65536")
 
 
 @pytest.fixture(scope="module")
