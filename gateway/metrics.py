@@ -192,6 +192,8 @@ class Metrics:
                   refused_events: int = 0) -> None:
         """A batch committed in ``seconds``: count what it did."""
         self.batches_committed.inc()
+        for function_id, count in result.ticks_missed.items():
+            self.cron_ticks_missed(function_id, count)
         self.commit_seconds.observe(seconds)
         self.batch_size.observe(len(batch.events) + len(batch.checkpoints) + len(batch.returns)
                                 + len(batch.releases) + len(batch.cancels)

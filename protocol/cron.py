@@ -144,6 +144,16 @@ def due(schedule: Schedule, next_at: float, now: float) -> tuple[float | None, f
     return fire, next_tick(schedule, fire)
 
 
+def missed(schedule: Schedule, next_at: float, fire: float, cap: int = 10_000) -> int:
+    """How many ticks from ``next_at`` up to (not including) ``fire`` a catch-up skipped
+    (counted up to ``cap``: a long outage of a fast schedule need not be walked tick by tick)."""
+    count, at = 0, next_at
+    while at < fire and count < cap:
+        count += 1
+        at = next_tick(schedule, at)
+    return count
+
+
 def _wall(at: float, zone: ZoneInfo) -> datetime:
     """The naive wall time to start croniter from, for ticks after ``at``.
 

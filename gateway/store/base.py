@@ -240,6 +240,8 @@ class WriteResult:
     next_wakeup: float | None = None
     #: more cron schedules are due than one batch fires: the next batch goes on at once
     more_due: bool = False
+    #: cron ticks skipped by a catch-up (downtime), per function, for the metrics
+    ticks_missed: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

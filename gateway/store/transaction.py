@@ -465,6 +465,10 @@ class Transaction:
                 await db.execute("delete_schedule", function_id, expression, tz)
                 continue
             fire, upcoming = cron.due(schedule, next_at, now)
+            if fire is not None and fire > next_at:
+                skipped = cron.missed(schedule, next_at, fire)
+                self.result.ticks_missed[function_id] = (
+                    self.result.ticks_missed.get(function_id, 0) + skipped)
             while fire is not None:
                 event = await self._tick(function_id, expression, fire)
                 if event is not None:

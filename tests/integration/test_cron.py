@@ -147,6 +147,9 @@ async def test_missed_ticks_after_downtime_start_one_catch_up_run(gateway):
     await world.settle()
     fired = [tick_ms(r.event_ids[0]) for r in await runs(gateway.store, "t/tick")]
     assert fired == [int(FIRST_MINUTE * 1000), int((FIRST_MINUTE + 3600) * 1000)]
+    missed = world.engine.metrics.registry.get_sample_value(
+        "tether_cron_ticks_missed_total", {"function": "t/tick"})
+    assert missed == 59  # the ticks between the last one run and the catch-up
     await advance(world, 30)  # and the schedule goes on from there
     assert len(await runs(gateway.store, "t/tick")) == 3
 

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from protocol.cron import GRACE, due, latest_tick, next_tick, parse
+from protocol.cron import GRACE, due, latest_tick, missed, next_tick, parse
 from protocol.errors import InvalidInput
 from protocol.manifest import FunctionConfig, TriggerCron, check_function
 
@@ -117,6 +117,7 @@ def test_missed_ticks_after_downtime_are_one_catch_up_run_for_the_latest():
     assert utc(fire) == "2026-01-01T13:00:00"
     assert utc(upcoming) == "2026-01-01T13:05:00"
     assert due(schedule, upcoming, now) == (None, upcoming)  # no storm
+    assert missed(schedule, tick, fire) == 35  # 10:05, 10:10, ... 12:55: counted, not run
 
 
 def test_a_schedule_removed_by_a_new_version_is_no_longer_accepted_nor_needed():
