@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.engine import Engine
+from gateway.http.dashboard import dashboard_routes
 from gateway.http.eventlog import EventLogRoutes
 from gateway.http.events import EventLimits, EventRoutes
 from gateway.http.management import ManagementRoutes
@@ -136,6 +137,7 @@ def build_api(
         Route("/v1/webhooks/{webhook_id}", guarded(webhooks.delete), methods=["DELETE"]),
         Route("/v1/events", guarded(event_log.listing), methods=["GET"]),
         Route("/v1/events/{event_id}", guarded(event_log.get), methods=["GET"]),
+        *dashboard_routes(engine, registry, auth, limits, manage),
     ]
 
     async def tether_error(request: Request, exc: Exception) -> Response:

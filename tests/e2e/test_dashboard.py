@@ -1,0 +1,202 @@
+"""The dashboard in a real browser (Debian's chromium driven by Playwright), as a new user.
+
+A real gateway and worker serve a small app; the tests click through every page, save a
+screenshot of each (the folder is printed), find a completed run by filtering, read its
+timeline, cancel a sleeping run with the button, and log in outside ``--dev`` (a wrong key is
+refused; a read-only key sees runs but cannot cancel them).
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import E2E, run_cli
+
+pytestmark = pytest.mark.e2e
+
+sync_api = pytest.importorskip("playwright.sync_api",
+                               reason="pip install playwright (the test extra)")
+CHROMIUM = shutil.which("chromium")
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--disable-sync"]
+APP_SOURCE = Path(__file__).with_name("dashapp.py")
+#: How long a page may take to show what a test waits for, in milliseconds.
+WAIT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium; "
+                    "`python3 dev.py test` installs it)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    folder = tmp_path / "screenshots"
+    folder.mkdir()
+    print(f"\ndashboard screenshots: {folder}")
+    return folder
+
+
+def serve(e2e: E2E, *gateway_args: str, worker_args: tuple[str, ...] = ()) -> None:
+    shutil.copy(APP_SOURCE, e2e.workdir / "dashapp.py")
+    e2e.start_gateway(*gateway_args)
+    e2e.cluster.start_worker("dashapp:app", args=("--log-format", "json", *worker_args))
+
+
+def test_find_a_run_read_its_timeline_cancel_a_sleeper(e2e: E2E, browser: Any,
+                                                        shots: Path) -> None:
+    serve(e2e)
+    e2e.wait(lambda: e2e.workers_connected(), "the worker connected")
+    done = e2e.run_of(e2e.send("dash/order", order="A-17"))["id"]
+    e2e.check(e2e.wait_final(done)["status"] == "Completed", "the order run completed")
+    sleeper = e2e.run_of(e2e.send("dash/nap"))["id"]
+    e2e.wait_run(sleeper, lambda r: r["status"] == "Sleeping", "asleep")
+
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(e2e.cluster.api + "/")
+    page.screenshot(path=str(shots / "runs.png"), full_page=True)
+
+    # Find the completed order run by filtering.
+    page.select_option("select[name=function_id]", "dash/order")
+    page.select_option("select[name=status]", "Completed")
+    page.click("#filters button[type=submit]")
+    page.wait_for_url("**/?function_id=dash%2Forder&status=Completed")
+    rows = page.locator("#runs-rows tr[data-run]")
+    assert rows.count() == 1, page.content()
+    assert page.locator(f"tr[data-run='{sleeper}']").count() == 0
+    page.screenshot(path=str(shots / "runs-filtered.png"), full_page=True)
+
+    # Open it: each step is a bar on the timeline, its output one click away.
+    page.click(f"a[href='/runs/{done}']")
+    page.wait_for_url(f"**/runs/{done}")
+    assert page.inner_text("#run-status") == "Completed"
+    lanes = page.locator("#timeline .lane").evaluate_all(
+        "els => els.map(e => e.dataset.step)")
+    assert lanes == ["queued", "fetch", "charge", "notify"], lanes
+    for step in ("fetch", "charge", "notify"):
+        bar = page.locator(f"#timeline .lane[data-step='{step}'] .bar")
+        assert bar.bounding_box()["width"] > 0
+    assert '"paid": "charged 20"' in page.inner_text("#run-output")
+    page.click("tr[data-step='charge'] summary")
+    assert "charged 20" in page.inner_text("tr[data-step='charge'] pre")
+    page.screenshot(path=str(shots / "run-completed.png"), full_page=True)
+
+    # Cancel the sleeper with the button (confirming) and watch its status change.
+    page.goto(e2e.cluster.api + f"/runs/{sleeper}")
+    assert page.inner_text("#run-status") == "Sleeping"
+    assert '"reason"' in page.inner_text("#waiting")
+    page.screenshot(path=str(shots / "run-sleeping.png"), full_page=True)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#cancel")
+    page.wait_for_selector("#run-status:has-text('Cancelled')")
+    assert page.locator("#cancel").count() == 0
+    assert e2e.get_run(sleeper)["status"] == "Cancelled"
+    page.screenshot(path=str(shots / "run-cancelled.png"), full_page=True)
+
+    # The runs page updates itself: a new run appears without a reload.
+    page.goto(e2e.cluster.api + "/")
+    fresh = e2e.run_of(e2e.send("dash/order", order="B-2"))["id"]
+    page.wait_for_selector(f"tr[data-run='{fresh}']")
+
+    # Functions, Workers, Events (sending a test event from the form).
+    page.click("nav >> text=Functions")
+    assert page.locator("tr[data-function='dash/order']").count() == 1
+    assert "dash/order" in page.inner_text("tr[data-function='dash/order']")
+    assert "event dash/order" in page.inner_text("tr[data-function='dash/order']")
+    page.screenshot(path=str(shots / "functions.png"), full_page=True)
+    page.click("nav >> text=Workers")
+    (worker,) = e2e.workers_connected()
+    assert page.locator(f"tr[data-instance='{worker['instance_id']}']").count() == 1
+    page.screenshot(path=str(shots / "workers.png"), full_page=True)
+    page.click("nav >> text=Events")
+    page.fill("input[name=name]", "dash/order")
+    page.fill("textarea[name=data]", '{"order": "C-3"}')
+    page.click("#send")
+    page.wait_for_selector("#sent")
+    (sent,) = page.inner_text("#sent .mono").split()
+    run = e2e.run_of(sent)
+    page.reload()
+    assert page.locator(f"tr[data-event='{sent}'] a[href='/runs/{run['id']}']").count() == 1
+    page.screenshot(path=str(shots / "events.png"), full_page=True)
+    page.fill("textarea[name=data]", "[1]")
+    page.fill("form.send input[name=name]", "dash/order")
+    page.click("#send")
+    assert "'data' must be a JSON object" in page.inner_text("#send-error")
+    page.close()
+
+
+def test_login_outside_dev(e2e: E2E, browser: Any, shots: Path) -> None:
+    signing, event_key = secrets.token_urlsafe(32), secrets.token_hex(16)
+    made = run_cli("-m", "gateway", "keys", "create", "--kind", "api", "--read-only",
+                   "--db", e2e.cluster.db, cwd=e2e.workdir)
+    assert made.returncode == 0, made.stderr
+    read_only = next(w for w in made.stdout.split() if w.startswith("apikey-"))
+    serve(e2e, "--signing-key", signing, "--event-key", event_key,
+          worker_args=("--signing-key", signing))
+    e2e.headers = {"authorization": f"Bearer {signing}"}
+    e2e.event_key = event_key
+    e2e.wait(lambda: e2e.workers_connected(), "the worker connected")
+    sleeper = e2e.run_of(e2e.send("dash/nap"))["id"]
+    e2e.wait_run(sleeper, lambda r: r["status"] == "Sleeping", "asleep")
+
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(e2e.cluster.api + f"/runs/{sleeper}")
+    page.wait_for_url("**/login?next=*")
+    page.screenshot(path=str(shots / "login.png"), full_page=True)
+
+    page.fill("input[name=key]", "apikey-" + secrets.token_urlsafe(32))
+    page.click("form.login button")
+    assert "not a signing key or API key" in page.inner_text("#login-error")
+    assert context.cookies() == []
+    page.screenshot(path=str(shots / "login-refused.png"), full_page=True)
+
+    # A read-only key: the run is shown, with no Cancel button, and a forged post is refused.
+    page.fill("input[name=key]", read_only)
+    page.click("form.login button")
+    page.wait_for_url(f"**/runs/{sleeper}")
+    assert page.inner_text("#run-status") == "Sleeping"
+    assert "read-only" in page.inner_text("#identity")
+    assert page.locator("#cancel").count() == 0
+    assert page.locator("#replay").count() == 0
+    (cookie,) = context.cookies()
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert read_only not in cookie["value"]
+    csrf = page.locator("header input[name=csrf]").get_attribute("value")
+    refused = page.request.post(e2e.cluster.api + f"/runs/{sleeper}/cancel",
+                                form={"csrf": csrf}, max_redirects=0)
+    assert refused.status == 403 and "read-only" in refused.json()["error"]
+    assert e2e.get_run(sleeper)["status"] == "Sleeping"
+    page.screenshot(path=str(shots / "run-read-only.png"), full_page=True)
+
+    # Log out; the signing key may cancel, and only with the session's CSRF token.
+    page.click("header form button")
+    page.wait_for_url("**/login")
+    page.goto(e2e.cluster.api + f"/runs/{sleeper}")
+    page.fill("input[name=key]", signing)
+    page.click("form.login button")
+    page.wait_for_url(f"**/runs/{sleeper}")
+    forged = page.request.post(e2e.cluster.api + f"/runs/{sleeper}/cancel",
+                               form={"csrf": "guess"}, max_redirects=0)
+    assert forged.status == 403 and "CSRF" in forged.json()["error"]
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#cancel")
+    page.wait_for_selector("#run-status:has-text('Cancelled')")
+    page.screenshot(path=str(shots / "run-cancelled-after-login.png"), full_page=True)
+    context.close()
