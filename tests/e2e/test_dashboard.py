@@ -88,9 +88,13 @@ def test_find_a_run_read_its_timeline_cancel_a_sleeper(e2e: E2E, browser: Any,
     lanes = page.locator("#timeline .lane").evaluate_all(
         "els => els.map(e => e.dataset.step)")
     assert lanes == ["queued", "fetch", "charge", "notify"], lanes
-    for step in ("fetch", "charge", "notify"):
-        bar = page.locator(f"#timeline .lane[data-step='{step}'] .bar")
-        assert bar.bounding_box()["width"] > 0
+    track = page.locator("#timeline .lane[data-step='fetch'] .track").bounding_box()
+    boxes = [page.locator(f"#timeline .lane[data-step='{step}'] .bar").bounding_box()
+             for step in ("fetch", "charge", "notify")]
+    # One after the other on one axis: each starts no earlier than the one before, and
+    # together they span no more than the run (each has a minimum width of 0.5%).
+    assert boxes[0]["x"] <= boxes[1]["x"] <= boxes[2]["x"], boxes
+    assert sum(b["width"] for b in boxes) <= track["width"] * 1.05, (boxes, track)
     assert '"paid": "charged 20"' in page.inner_text("#run-output")
     page.click("tr[data-step='charge'] summary")
     assert "charged 20" in page.inner_text("tr[data-step='charge'] pre")

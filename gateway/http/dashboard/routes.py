@@ -63,6 +63,7 @@ class Dashboard:
                                autoescape=select_autoescape(["html"]))
         self.env.filters["json"] = lambda v: orjson.dumps(
             v, option=orjson.OPT_INDENT_2).decode()
+        self.env.filters["seconds"] = _seconds
 
     # --- sessions ------------------------------------------------------------------------
 
@@ -79,7 +80,8 @@ class Dashboard:
                             headers={"cache-control": "no-store",
                                      "x-frame-options": "DENY",
                                      "content-security-policy":
-                                         "default-src 'self'; frame-ancestors 'none'"})
+                                         "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                         "frame-ancestors 'none'"})
 
     def to_login(self, request: Request) -> Response:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -302,6 +304,11 @@ class Dashboard:
             raise NotFound(f"no dashboard file {name[:40]!r}")
         return FileResponse(HERE / "static" / name, media_type=STATIC[name],
                             headers={"cache-control": "max-age=300"})
+
+
+def _seconds(value: float) -> str:
+    """A duration for people: milliseconds under a second."""
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
 
 
 def _safe_next(request: Request, value: str | None = None) -> str:
