@@ -4,7 +4,8 @@
     python3 dev.py gateway [GATEWAY OPTIONS]   install, then run the gateway (--dev, SQLite)
     python3 dev.py worker MODULE:APP [...]     install, then run a worker
     python3 dev.py test [PYTEST OPTIONS]       install with test tools (and PostgreSQL if no
-                                               server runs on 127.0.0.1:5432), run every test
+                                               server runs on 127.0.0.1:5432, and chromium for
+                                               the dashboard's browser tests), run every test
     python3 dev.py bench [BENCH OPTIONS]       install, then run the benchmark
 
 Everything goes into ./.venv; re-running skips the install when pyproject.toml is unchanged.
@@ -103,6 +104,21 @@ def ensure_postgres() -> str:
     sys.exit("dev.py: PostgreSQL did not come up on 127.0.0.1:5432")
 
 
+def ensure_chromium() -> None:
+    """Debian's chromium for the dashboard's browser tests (Playwright drives it; no browser
+    download). Without root or apt-get, say how to get it: those tests skip meanwhile."""
+    if shutil.which("chromium"):
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        print("dev.py: chromium is not installed, so the dashboard's browser tests skip; "
+              "install it (Debian: apt-get install chromium)", flush=True)
+        return
+    print("dev.py: installing chromium for the dashboard's browser tests", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(__doc__)
@@ -118,6 +134,7 @@ def main(argv: list[str]) -> int:
     if command == "test":
         ensure_env("test")
         env = {**os.environ, "TETHER_TEST_PG_URL": ensure_postgres()}
+        ensure_chromium()
         return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT, env=env)
     if command == "bench":
         ensure_env()

@@ -180,6 +180,8 @@ class Dashboard:
         status = q.get("status") or None
         cursor = q.get("cursor") or None
         problem = None
+        if function_id is not None and "\x00" in function_id:
+            problem, function_id = "a function id holds no NUL character", None
         if status is not None and status not in {s.value for s in RunStatus}:
             problem, status = f"unknown status {status!r}", None
         if cursor is not None and not _ULID.match(cursor):
@@ -239,6 +241,8 @@ class Dashboard:
         if session is None:
             return self.to_login(request)
         name = request.query_params.get("name") or None
+        if name is not None and "\x00" in name:
+            name = None  # no event name holds one (and PostgreSQL refuses it in a query)
         before = request.query_params.get("cursor") or None
         page = await self.engine.store.event_log(
             name=name, limit=DEFAULT_PAGE,
