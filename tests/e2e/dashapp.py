@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import worker
-from worker import App, TriggerEvent
+from worker import App, TriggerCron, TriggerEvent
 
 app = App("dash")
 
@@ -38,3 +38,8 @@ async def napper(ctx: worker.Context) -> str:
     await ctx.step.run("before", notify, "x")
     await ctx.step.sleep("nap", 3600)
     return "woke"
+
+
+@app.function(id="nightly", trigger=TriggerCron("0 3 * * *"))
+async def nightly(ctx: worker.Context) -> None:
+    """A schedule, for the Functions page's next tick."""

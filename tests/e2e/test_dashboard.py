@@ -122,10 +122,13 @@ def test_find_a_run_read_its_timeline_cancel_a_sleeper(e2e: E2E, browser: Any,
     assert page.locator("tr[data-function='dash/order']").count() == 1
     assert "dash/order" in page.inner_text("tr[data-function='dash/order']")
     assert "event dash/order" in page.inner_text("tr[data-function='dash/order']")
+    nightly = page.inner_text("tr[data-function='dash/nightly']")
+    assert "cron 0 3 * * *" in nightly and "T03:00:00" in nightly, nightly
     page.screenshot(path=str(shots / "functions.png"), full_page=True)
     page.click("nav >> text=Workers")
     (worker,) = e2e.workers_connected()
-    assert page.locator(f"tr[data-instance='{worker['instance_id']}']").count() == 1
+    row = page.inner_text(f"tr[data-instance='{worker['instance_id']}']")
+    assert "dash" in row and f"{worker['capacity']}" in row, row
     page.screenshot(path=str(shots / "workers.png"), full_page=True)
     page.click("nav >> text=Events")
     page.fill("input[name=name]", "dash/order")

@@ -150,7 +150,7 @@ class Dashboard:
             pass
         try:
             self.auth.check_bearer(bearer, "GET")
-            return "read-only API key", True
+            return "API key", True
         except AuthError:
             return None
 
