@@ -182,6 +182,11 @@ class Authenticator:
             "API key>'"
         )
 
+    def stored_api_key(self, hash_: str) -> bool | None:
+        """Whether the stored API key with SHA-256 ``hash_`` is read-only; None once revoked
+        (or never stored). The dashboard asks on every request of a session made with one."""
+        return self._stored_api.get(hash_)
+
 
 def _known(secret: str, keys: list[str]) -> bool:
     found = False

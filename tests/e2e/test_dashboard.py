@@ -153,7 +153,8 @@ def test_login_outside_dev(e2e: E2E, browser: Any, shots: Path) -> None:
                    "--db", e2e.cluster.db, cwd=e2e.workdir)
     assert made.returncode == 0, made.stderr
     read_only = next(w for w in made.stdout.split() if w.startswith("apikey-"))
-    serve(e2e, "--signing-key", signing, "--event-key", event_key,
+    key_id = made.stderr.split()[2]  # "api key ID stored (read-only); ..."
+    serve(e2e, "--signing-key", signing, "--event-key", event_key, "--key-refresh", "0.2",
           worker_args=("--signing-key", signing))
     e2e.headers = {"authorization": f"Bearer {signing}"}
     e2e.event_key = event_key
@@ -207,3 +208,19 @@ def test_login_outside_dev(e2e: E2E, browser: Any, shots: Path) -> None:
     page.wait_for_selector("#run-status:has-text('Cancelled')")
     page.screenshot(path=str(shots / "run-cancelled-after-login.png"), full_page=True)
     context.close()
+
+    # A session made with a stored key ends when the key is revoked.
+    other = browser.new_context()
+    watcher = other.new_page()
+    watcher.set_default_timeout(WAIT_MS)
+    watcher.goto(e2e.cluster.api + "/login")
+    watcher.fill("input[name=key]", read_only)
+    watcher.click("form.login button")
+    watcher.wait_for_url(e2e.cluster.api + "/")
+    assert watcher.locator("#identity").count() == 1
+    revoked = run_cli("-m", "gateway", "keys", "revoke", key_id, "--db", e2e.cluster.db,
+                      cwd=e2e.workdir)
+    assert revoked.returncode == 0, revoked.stderr
+    e2e.wait(lambda: "/login" in other.request.get(e2e.cluster.api + "/", max_redirects=0)
+             .headers.get("location", ""), "the revoked key's session to end")
+    other.close()

@@ -29,7 +29,7 @@ from gateway.http.management import _ULID, DEFAULT_PAGE, ManagementRoutes, run_j
 from gateway.registry import Registry
 from gateway.runs import RunStatus
 from gateway.store.base import CancelRequest
-from gateway.transport.auth import Authenticator
+from gateway.transport.auth import Authenticator, key_hash
 from protocol.errors import AuthError, InvalidInput, NotFound, PayloadTooLarge
 
 HERE = Path(__file__).resolve().parent
@@ -70,7 +70,12 @@ class Dashboard:
     def session(self, request: Request) -> Session | None:
         if self.auth.dev:
             return self.dev_session
-        return self.sessions.get(request.cookies.get(COOKIE), self.engine.clock.now())
+        session = self.sessions.get(request.cookies.get(COOKIE), self.engine.clock.now())
+        if session is not None and session.stored_hash is not None and (
+                self.auth.stored_api_key(session.stored_hash) != session.read_only):
+            self.sessions.end(session.id)  # its key was revoked (within --key-refresh)
+            return None
+        return session
 
     def render(self, request: Request, template: str, session: Session | None,
                code: int = 200, **context: Any) -> HTMLResponse:
@@ -130,27 +135,31 @@ class Dashboard:
         if identity is None:
             return self.render(request, "login.html", None, code=401, next=target,
                                error="that key is not a signing key or API key of this gateway")
-        name, read_only = identity
-        session = self.sessions.create(name, read_only=read_only, now=self.engine.clock.now())
+        name, read_only, stored_hash = identity
+        session = self.sessions.create(name, read_only=read_only, now=self.engine.clock.now(),
+                                       stored_hash=stored_hash)
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(COOKIE, session.id, max_age=SESSION_SECONDS, path="/",
                             httponly=True, samesite="strict",
                             secure=request.url.scheme == "https")
         return response
 
-    def identify(self, key: str) -> tuple[str, bool] | None:
-        """(who, read-only) for a key the guarded API would accept, or None."""
+    def identify(self, key: str) -> tuple[str, bool, str | None] | None:
+        """(who, read-only, its hash if it is a stored key) for a key the guarded API would
+        accept, or None."""
         if not key:
             return None
         bearer = f"Bearer {key}"
+        stored = key_hash(key) if self.auth.stored_api_key(key_hash(key)) is not None else None
         try:
             self.auth.check_bearer(bearer, "POST")
-            return ("signing key" if key in self.auth.worker_keys() else "API key"), False
+            return ("signing key" if key in self.auth.worker_keys() else "API key"), False, \
+                stored
         except AuthError:
             pass
         try:
             self.auth.check_bearer(bearer, "GET")
-            return "API key", True
+            return "API key", True, stored
         except AuthError:
             return None
 

@@ -18,22 +18,28 @@ MAX_SESSIONS = 10_000
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    """Who is looking: ``identity`` names the kind of key, never the key itself."""
+    """Who is looking: ``identity`` names the kind of key, never the key itself.
+
+    ``stored_hash`` is the SHA-256 of a key from the store (None for one given on the command
+    line, fixed for the gateway's life): such a session ends when that key is revoked.
+    """
 
     id: str
     identity: str
     read_only: bool
     csrf: str
     expires_at: float
+    stored_hash: str | None = None
 
 
 class Sessions:
     def __init__(self) -> None:
         self._by_id: OrderedDict[str, Session] = OrderedDict()
 
-    def create(self, identity: str, *, read_only: bool, now: float) -> Session:
+    def create(self, identity: str, *, read_only: bool, now: float,
+               stored_hash: str | None = None) -> Session:
         session = Session(secrets.token_urlsafe(32), identity, read_only,
-                          secrets.token_urlsafe(32), now + SESSION_SECONDS)
+                          secrets.token_urlsafe(32), now + SESSION_SECONDS, stored_hash)
         self._by_id[session.id] = session
         while len(self._by_id) > MAX_SESSIONS:
             self._by_id.popitem(last=False)
