@@ -148,7 +148,7 @@ def test_find_a_run_read_its_timeline_cancel_a_sleeper(e2e: E2E, browser: Any,
 
 
 def test_login_outside_dev(e2e: E2E, browser: Any, shots: Path) -> None:
-    signing, event_key = secrets.token_urlsafe(32), secrets.token_hex(16)
+    signing, event_key = "signkey-" + secrets.token_urlsafe(32), secrets.token_hex(16)
     made = run_cli("-m", "gateway", "keys", "create", "--kind", "api", "--read-only",
                    "--db", e2e.cluster.db, cwd=e2e.workdir)
     assert made.returncode == 0, made.stderr
@@ -192,6 +192,9 @@ def test_login_outside_dev(e2e: E2E, browser: Any, shots: Path) -> None:
     assert refused.status == 403 and "read-only" in refused.json()["error"]
     assert e2e.get_run(sleeper)["status"] == "Sleeping"
     page.screenshot(path=str(shots / "run-read-only.png"), full_page=True)
+    page.click("nav >> text=Events")
+    assert page.locator("form.send").count() == 0  # no test events from a read-only key
+    page.click(f"a[href='/runs/{sleeper}']")
 
     # Log out; the signing key may cancel, and only with the session's CSRF token.
     page.click("header form button")

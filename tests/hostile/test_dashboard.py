@@ -134,6 +134,9 @@ def test_oversized_and_garbage_input(gw: E2E, client: httpx.Client) -> None:
     for query in ("cursor=" + "9" * 500, "cursor=-1", "name=%00"):
         assert client.get("/events?" + query).status_code == 200, query
     assert client.get("/runs/" + "x" * 3000).status_code == 404
+    assert client.get("/runs/%00").status_code == 404
+    r = client.post("/runs/%00/cancel", data={"csrf": csrf})
+    assert r.status_code == 404, r.text
     assert client.get("/static/../routes.py").status_code == 404
     assert client.get("/static/%2e%2e%2froutes.py").status_code == 404
     assert client.get("/static/live.js").status_code == 200

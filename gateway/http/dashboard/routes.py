@@ -216,7 +216,7 @@ class Dashboard:
         if session is None:
             return self.to_login(request)
         run_id = request.path_params["run_id"]
-        record = await self.engine.store.get_run(run_id)
+        record = await self.engine.store.get_run(run_id) if _ULID.match(run_id) else None
         if record is None:
             return self.render(request, "missing.html", session, code=404,
                                what=f"no run with id {run_id[:40]!r}")
@@ -276,7 +276,7 @@ class Dashboard:
     async def cancel(self, request: Request) -> Response:
         await self.action(request)
         run_id = request.path_params["run_id"]
-        if await self.engine.store.get_run(run_id) is None:
+        if not _ULID.match(run_id) or await self.engine.store.get_run(run_id) is None:
             raise NotFound(f"no run with id {run_id[:40]!r}")
         cancelled = await self.engine.cancel(CancelRequest("cancelled from the dashboard",
                                                            run_id=run_id))
@@ -287,7 +287,7 @@ class Dashboard:
     async def replay(self, request: Request) -> Response:
         await self.action(request)
         run_id = request.path_params["run_id"]
-        if await self.engine.store.get_run(run_id) is None:
+        if not _ULID.match(run_id) or await self.engine.store.get_run(run_id) is None:
             raise NotFound(f"no run with id {run_id[:40]!r}")
         new_id = await self.engine.replay(run_id)
         if new_id is None:
