@@ -117,6 +117,26 @@ def test_find_a_run_read_its_timeline_cancel_a_sleeper(e2e: E2E, browser: Any,
     fresh = e2e.run_of(e2e.send("dash/order", order="B-2"))["id"]
     page.wait_for_selector(f"tr[data-run='{fresh}']")
 
+    # Paging: newest first, 20 to a page, the next page through "Older runs".
+    e2e.cluster.send([{"name": "dash/order", "data": {"order": f"P-{i}"}} for i in range(21)])
+    page.goto(e2e.cluster.api + "/?function_id=dash%2Forder")
+    first = page.locator("#runs-rows tr[data-run]").evaluate_all(
+        "els => els.map(e => e.dataset.run)")
+    page.click("#older")
+    second = page.locator("#runs-rows tr[data-run]").evaluate_all(
+        "els => els.map(e => e.dataset.run)")
+    assert len(first) == 20 and len(second) == 3, (first, second)
+    assert first + second == sorted(first + second, reverse=True)
+    assert {done, fresh} <= set(first + second)
+
+    # Replay the completed run from its page: a new run of the same event completes.
+    page.goto(e2e.cluster.api + f"/runs/{done}")
+    page.click("#replay")
+    page.wait_for_selector("#message:has-text('replay of')")
+    replayed = page.url.rsplit("/", 1)[-1].split("?")[0]
+    assert replayed != done
+    e2e.check(e2e.wait_final(replayed)["status"] == "Completed", "the replay completed")
+
     # Functions, Workers, Events (sending a test event from the form).
     page.click("nav >> text=Functions")
     assert page.locator("tr[data-function='dash/order']").count() == 1
