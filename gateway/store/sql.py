@@ -184,14 +184,14 @@ class SqlStore:
     async def get_run(self, run_id: str) -> RunRecord | None:
         async def read(db: Db) -> RunRecord | None:
             row = await db.fetchone("get_run", run_id)
-            return None if row is None else await _with_steps(db, _run(row))
+            return None if row is None else (await _with_steps(db, [_run(row)]))[0]
 
         return await self._read(read)
 
     async def runs_for_event(self, event_id: str) -> list[RunRecord]:
         async def read(db: Db) -> list[RunRecord]:
-            return [await _with_steps(db, _run(r)) for r in await db.fetch("runs_for_event",
-                                                                            event_id)]
+            return await _with_steps(db, [_run(r) for r in await db.fetch("runs_for_event",
+                                                                          event_id)])
 
         return await self._read(read)
 
@@ -215,7 +215,7 @@ class SqlStore:
             elif status is not None:
                 name, args = "list_runs_by_status", [*args, status]
             rows = await db.fetch(name, *args)
-            runs = [await _with_steps(db, _run(row)) for row in rows[:limit]]
+            runs = await _with_steps(db, [_run(row) for row in rows[:limit]])
             return RunPage(runs, runs[-1].id if len(rows) > limit else None)
 
         return await self._read(read)
@@ -306,13 +306,17 @@ def _run(row: Row) -> RunRecord:
     )
 
 
-async def _with_steps(db: Db, run: RunRecord) -> RunRecord:
-    warnings = await db.fetchval("run_warnings", run.id)
-    run.warnings = json.loads(warnings) if warnings else []
-    run.steps = [
-        StepRecord(sid, kind, status, attempts, None if output is None else bytes(output),
-                   error_from_json(error), started, ended)
-        for sid, kind, status, attempts, output, error, started, ended in await db.fetch(
-            "run_steps", run.id)
-    ]
-    return run
+async def _with_steps(db: Db, runs: list[RunRecord]) -> list[RunRecord]:
+    """Fill in the runs' steps and warnings: two queries for a whole page, not two per run."""
+    if not runs:
+        return runs
+    ids = [run.id for run in runs]
+    by_id = {run.id: run for run in runs}
+    for rid, warnings in await db.fetch("runs_warnings", ids):
+        by_id[rid].warnings = json.loads(warnings)
+    for rid, sid, kind, status, attempts, output, error, started, ended in await db.fetch(
+            "runs_steps", ids):
+        by_id[rid].steps.append(
+            StepRecord(sid, kind, status, attempts, None if output is None else bytes(output),
+                       error_from_json(error), started, ended))
+    return runs

@@ -160,8 +160,8 @@ UPDATE runs SET lease_losses = $1 WHERE id = $2;
 -- name: set_run_warnings
 UPDATE runs SET warnings = $1 WHERE id = $2;
 
--- name: run_warnings
-SELECT warnings FROM runs WHERE id = $1;
+-- name: runs_warnings
+SELECT id, warnings FROM runs WHERE id = ANY($1::text[]) AND warnings IS NOT NULL;
 
 -- name: forgive_lease_loss
 UPDATE runs SET lease_losses = lease_losses - 1 WHERE id = $1 AND lease_losses > 0;
@@ -305,9 +305,11 @@ SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued
        started_at, ended_at, available_at, parent_run_id
 FROM runs WHERE id = $1;
 
--- name: run_steps
-SELECT step_id, kind, status, attempts, output, error, started_at, ended_at
-FROM steps WHERE run_id = $1 ORDER BY started_at, step_id;
+-- name: runs_steps
+-- The steps of a page of runs, in one query (not one per run).
+SELECT run_id, step_id, kind, status, attempts, output, error, started_at, ended_at
+FROM steps WHERE run_id = ANY($1::text[])
+ORDER BY run_id, started_at, step_id;
 
 -- name: event_exists
 SELECT 1 FROM events WHERE id = $1 LIMIT 1;
