@@ -309,6 +309,8 @@ def _run(row: Row) -> RunRecord:
 async def _with_steps(db: Db, run: RunRecord) -> RunRecord:
     warnings = await db.fetchval("run_warnings", run.id)
     run.warnings = json.loads(warnings) if warnings else []
+    skipped = await db.fetchval("run_skipped", run.id)
+    run.skipped = json.loads(skipped) if skipped else None
     run.steps = [
         StepRecord(sid, kind, status, attempts, None if output is None else bytes(output),
                    error_from_json(error), started, ended)

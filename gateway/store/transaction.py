@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 
 from gateway import dispatch, loop_guard
+from gateway.flow import admission
 from gateway.runs import FINAL_STATUSES, RunStatus, StepStatus
 from gateway.scheduler.waits import MISSING, NO_INDEX, index_for, key_at
 from gateway.store.base import (
@@ -407,17 +408,32 @@ class Transaction:
         parent: tuple[str, str] | None = None,
         after_seq: int | None = None,
         available_at: float | None = None,
+        replay: bool = False,
     ) -> str | None:
         """Queue a run of ``function_id`` for ``events`` ((seq, id) pairs); None if unknown.
 
         Its ``cancel_on`` waits match events with a seq above ``after_seq`` (by default the
         highest of ``events``): never its own trigger, nor an event stored before it. A run
         of a delayed event is ``available_at`` its ``ts`` (``timeouts.start`` counts from then).
+        Flow control decides first (:mod:`gateway.flow.admission`): a refused run is recorded
+        ``Skipped`` (its id is still returned); ``replay`` marks a replay, which only
+        ``singleton`` holds back.
         """
         config = await self._config(self.db, function_id)
         if config is None:
             return None
         run_id = new_id(self.now)
+        held = admission.ADMIT
+        if admission.applies(config):
+            held = await admission.admit(self.db, function_id, config, trigger_data, self.now,
+                                         flush=self._flush_runs, replay=replay)
+            if held.skip is not None:
+                await self._skip_run(run_id, function_id, events, held.skip, parent)
+                return run_id
+            if held.cancel is not None:
+                await self.end_run(held.cancel, RunStatus.CANCELLED, error=error_json(
+                    "Cancelled", f"singleton: run {run_id} of the same key started (mode "
+                    "'cancel')"))
         start = self.now if available_at is None else max(self.now, available_at)
         self._later(start)
         deadline = None
@@ -440,7 +456,28 @@ class Transaction:
             self.touched.add(function_id)
         self.result.runs_created += 1
         self.result.created_functions.append(function_id)
+        if held.singleton_key is not None:
+            await self._flush_runs()
+            await self.db.execute("set_singleton_key", held.singleton_key, run_id)
         return run_id
+
+    async def _skip_run(self, run_id: str, function_id: str, events: list[tuple[int, str]],
+                        skip: admission.Skip, parent: tuple[str, str] | None) -> None:
+        """Record a run flow control refused: ``Skipped`` at once, with why (SPEC §4)."""
+        await self.db.execute(
+            "insert_skipped_run", run_id, function_id,
+            orjson.dumps([e[1] for e in events]).decode(), self.now,
+            parent[0] if parent else None, parent[1] if parent else None, skip.json())
+        await self.db.executemany("insert_run_event", [
+            (run_id, i, seq) for i, (seq, _) in enumerate(events)])
+        self.result.runs_created += 1
+        self.result.created_functions.append(function_id)
+        self.result.ended.append(RunEnded(run_id, function_id, RunStatus.SKIPPED))
+        skipped = self.result.flow_skipped
+        skipped[skip.reason] = skipped.get(skip.reason, 0) + 1
+        if parent is not None:  # the invoker's step fails: the run it asked for never starts
+            await self._answer_parent(parent[0], parent[1], RunStatus.SKIPPED, None,
+                                      error_json("Skipped", skip.message))
 
     # --- cron ticks ----------------------------------------------------------------------
 
@@ -533,7 +570,8 @@ class Transaction:
         # Created now: events stored before now (in this batch too) do not cancel it.
         new_run = await self.create_run(function_id, [(r[0], r[1]) for r in events], trigger,
                                         orjson.loads(trigger),
-                                        after_seq=max(self._last_seq, *(r[0] for r in events)))
+                                        after_seq=max(self._last_seq, *(r[0] for r in events)),
+                                        replay=True)
         await self._flush_runs()
         return new_run
 

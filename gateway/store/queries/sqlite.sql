@@ -429,3 +429,30 @@ DELETE FROM cron_ticks WHERE function_id = ?1 AND tick < ?2;
 
 -- name: next_schedule
 SELECT MIN(next_tick) FROM schedules WHERE next_tick > ?1;
+
+-- ============================== flow control: admission ==============================
+
+-- name: lock_flow_key
+-- The key's row, created if new, and its value. One writer owns a SQLite file: no lock needed.
+INSERT INTO flow_keys (function_id, kind, key_hash, until_at) VALUES (?1, ?2, ?3, NULL)
+ON CONFLICT (function_id, kind, key_hash) DO UPDATE SET until_at = flow_keys.until_at
+RETURNING until_at;
+
+-- name: set_flow_key
+UPDATE flow_keys SET until_at = ?1 WHERE function_id = ?2 AND kind = ?3 AND key_hash = ?4;
+
+-- name: singleton_live_run
+SELECT id FROM runs WHERE singleton_key = ?1
+AND status IN ('Queued', 'Running', 'Sleeping', 'Waiting') ORDER BY id LIMIT 1;
+
+-- name: set_singleton_key
+UPDATE runs SET singleton_key = ?1 WHERE id = ?2;
+
+-- name: insert_skipped_run
+-- A run flow control refused at admission: created and ended at once, never leased.
+INSERT INTO runs (id, function_id, status, available_at, event_ids, queued_at, parent_run_id,
+                  parent_step_id, ended_at, skipped)
+VALUES (?1, ?2, 'Skipped', NULL, ?3, ?4, ?5, ?6, ?4, ?7);
+
+-- name: run_skipped
+SELECT skipped FROM runs WHERE id = ?1;

@@ -1,0 +1,138 @@
+"""Admission of a new run: idempotency, rate limit and singleton, over the store's state.
+
+The store-facing glue of :mod:`.idempotency`, :mod:`.rate_limit` and :mod:`.singleton`, called
+by the transaction that creates the run (``Transaction.create_run``). Each option's key row in
+``flow_keys`` is taken with ``lock_flow_key`` (an upsert: on PostgreSQL it holds the row until
+commit), so two gateways admitting events of one key decide one after the other, and a
+restart changes nothing: the state is all in the store.
+
+The options are decided in a fixed order, idempotency, rate limit, singleton (keys locked in
+that order too), and state is written only for a run that starts: an event the rate limit
+refuses does not take the idempotency key, nor use a rate-limit slot when its key is held.
+A key expression that fails for an event skips the run with the expression's error; nothing
+is locked or written for it.
+
+A replay (``POST /v1/runs/{id}/replay``) is the user asking for a run again: only singleton
+applies to it (its key would be held by the run it replays for 24 h, which would make
+replaying an idempotent function impossible).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.flow import idempotency, rate_limit, singleton
+from gateway.flow.keys import NO_KEY, Key, KeyFailure, key_for
+from gateway.store.db import Db
+from protocol.durations import human
+from protocol.manifest import FunctionConfig
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Why a run was skipped: SPEC §4's ``skipped`` object."""
+
+    reason: str  # "idempotency", "rate_limit" or "singleton"
+    key: str | None  # the key's value (its first characters), None without a key expression
+    message: str
+
+    def json(self) -> str:
+        return json.dumps({"reason": self.reason, "key": self.key, "message": self.message})
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Start the run unless ``skip``; first cancel ``cancel`` (a singleton's live run).
+
+    ``singleton_key`` is the key hash the new run holds while it is live.
+    """
+
+    skip: Skip | None = None
+    cancel: str | None = None
+    singleton_key: str | None = None
+
+
+#: What a function without any of these options gets: no work at all.
+ADMIT = Admission()
+
+
+def applies(config: FunctionConfig) -> bool:
+    """Does admission have anything to decide for this function? (The hot path asks first.)"""
+    return bool(config.idempotency or config.rate_limit or config.singleton)
+
+
+def _display(expression: str | None, key: Key) -> str | None:
+    return None if expression is None else key.display
+
+
+async def admit(db: Db, function_id: str, config: FunctionConfig, event: dict[str, Any],
+                now: float, *, flush: Callable[[], Awaitable[None]],
+                replay: bool = False) -> Admission:
+    """Decide whether a run of ``function_id`` for ``event`` starts, inside its transaction.
+
+    ``flush`` writes the runs created earlier in the batch, so a singleton sees them.
+    """
+    idem_expr = None if replay else config.idempotency
+    rate = None if replay else config.rate_limit
+    single = config.singleton
+    # Keys first: an expression that fails skips the run before anything is locked.
+    keys: dict[str, tuple[str | None, Key]] = {}
+    options: list[tuple[str, str | None]] = []
+    if idem_expr is not None:
+        options.append(("idempotency", idem_expr))
+    if rate is not None:
+        options.append(("rate_limit", rate.key))
+    if single is not None:
+        options.append(("singleton", single.key))
+    for option, expression in options:
+        found = key_for(expression, event, scope=f"{option}:{function_id}")
+        if isinstance(found, KeyFailure):
+            return Admission(Skip(option, None, f"{option}: {found.reason}"))
+        keys[option] = (expression, found)
+
+    writes: list[tuple[float | None, str, str]] = []  # (until, kind, key hash)
+    if "idempotency" in keys:
+        expression, key = keys["idempotency"]
+        held = await db.fetchval("lock_flow_key", function_id, "idempotency", key.hash)
+        decision = idempotency.decide(held, now)
+        if not decision.start:
+            return Admission(Skip("idempotency", _display(expression, key), (
+                f"idempotency: key {key.display!r} already started a run in the last "
+                f"{human(idempotency.WINDOW)}; the key frees up in "
+                f"{human(decision.held_until - now)}")))
+        writes.append((decision.held_until, "idempotency", key.hash))
+    if "rate_limit" in keys:
+        assert rate is not None
+        expression, key = keys["rate_limit"]
+        tat = await db.fetchval("lock_flow_key", function_id, "rate_limit", key.hash)
+        config_ = rate_limit.RateLimitConfig(rate.limit, float(rate.period))  # type: ignore[arg-type]
+        verdict = rate_limit.decide(tat, now, config_)
+        if not verdict.allowed:
+            which = "" if expression is None else f" of key {key.display!r}"
+            return Admission(Skip("rate_limit", _display(expression, key), (
+                f"rate limit: {rate.limit} runs per {human(config_.period)}{which} reached; "
+                f"the next run may start in {human(verdict.retry_at - now)}")))
+        writes.append((verdict.tat, "rate_limit", key.hash))
+    cancel = singleton_key = None
+    if "singleton" in keys:
+        assert single is not None
+        expression, key = keys["singleton"]
+        await db.fetchval("lock_flow_key", function_id, "singleton", key.hash)
+        await flush()  # runs of this key created earlier in the batch are live too
+        live = await db.fetchval("singleton_live_run", key.hash)
+        choice = singleton.decide(single.mode, live)
+        if choice.action is singleton.Action.SKIP:
+            shown = key.display if expression is not None else NO_KEY
+            which = f" of key {shown!r}" if expression is not None else ""
+            return Admission(Skip("singleton", _display(expression, key), (
+                f"singleton: run {live}{which} is still live (mode 'skip'); this run was not "
+                "started")))
+        if choice.action is singleton.Action.CANCEL_AND_START:
+            cancel = choice.live_run
+        singleton_key = key.hash
+    for until, kind, key_hash in writes:
+        await db.execute("set_flow_key", until, function_id, kind, key_hash)
+    return Admission(None, cancel, singleton_key)
