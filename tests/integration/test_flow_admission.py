@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 
 from gateway.app import open_store
+from gateway.clock import FakeClock
+from gateway.engine import Engine
+from gateway.registry import Registry
 from gateway.store.base import CancelRequest, NewEvent, RunRecord, Store, WorkerSlots, WriteBatch
+from protocol import messages as m
 from protocol.ids import new_id
 from protocol.manifest import AppManifest, FunctionConfig, RateLimit, Singleton, TriggerEvent
+from tests.integration.test_engine_steps import BOUND, World
 
 T0 = 1_700_000_000.0
 DAY = 24 * 3600.0
@@ -209,3 +215,65 @@ async def test_two_gateways_on_postgres_never_both_admit(db_url):
     finally:
         for s in stores:
             await s.close()
+
+
+# --- through the engine, with fake workers and the injected clock ------------------------------
+
+
+@pytest.fixture
+async def world(store) -> AsyncIterator[World]:
+    clock = FakeClock(T0)
+    registry = Registry()
+    engine = Engine(store, registry, clock, retry_base=1.0)
+    await engine.register_app(AppManifest(id="t", functions=[
+        FunctionConfig(id="solo", triggers=[TriggerEvent("go.solo")],
+                       singleton=Singleton(key="event.data.user", mode="cancel")),
+        FunctionConfig(id="parent", triggers=[TriggerEvent("go.parent")]),
+        FunctionConfig(id="child", rate_limit=RateLimit(1, "1h", key="event.data.user")),
+        FunctionConfig(id="hourly", triggers=[TriggerEvent("go.hourly")],
+                       rate_limit=RateLimit(1, "1h")),
+    ]))
+    await engine.load()
+    task = asyncio.create_task(engine.run())
+    yield World(engine, clock, registry)
+    await engine.close()
+    await asyncio.wait_for(task, BOUND)
+
+
+async def test_engine_singleton_cancel_revokes_the_lease_and_leases_the_new_run(world):
+    worker = world.worker("t/solo")
+    await world.send("go.solo", {"user": "u1"})
+    first = await worker.lease()
+    await world.send("go.solo", {"user": "u1"})
+    revoked = await worker.next(m.LeaseRevoked)
+    assert (revoked.run_id, revoked.fence) == (first.run_id, first.fence)
+    second = await worker.lease()
+    assert second.run_id != first.run_id
+    assert (await world.run(first.run_id))["status"] == "Cancelled"
+    # The old lease's checkpoints are refused: the cancelled run stays cancelled.
+    ack = await world.checkpoint(worker, first, m.RunCompleted, output=b"1")
+    assert isinstance(ack, m.CheckpointRefused)
+
+
+async def test_engine_rate_limit_follows_the_clock_and_counts_skips(world):
+    await world.send("go.hourly")
+    await world.send("go.hourly")
+    world.clock.advance(3600)
+    await world.send("go.hourly")
+    await world.settle()
+    page = await world.engine.store.list_runs(function_id="t/hourly", status=None, limit=10,
+                                              cursor=None)
+    assert sorted(r.status for r in page.runs) == ["Queued", "Queued", "Skipped"]
+    get = world.engine.metrics.registry.get_sample_value
+    assert get("tether_flow_skipped_total", {"reason": "rate_limit"}) == 1
+    assert get("tether_runs_finished_total", {"function": "t/hourly", "status": "Skipped"}) == 1
+
+
+async def test_an_invoked_run_that_is_skipped_fails_the_invoking_step(world):
+    # The child's rate-limit key is missing from the invoke's data: its run is Skipped.
+    parents, _, lease = await world.invoking("t/child", data=b'{"other": 1}')
+    again = await parents.lease()  # the step resolved: the parent runs again
+    assert again.run_id == lease.run_id
+    kid = (await world.run(lease.run_id))["steps"]["kid"]
+    assert kid.status == "Failed"
+    assert kid.error.message.startswith("the invoked run skipped: rate_limit: key ")
