@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import structlog
 from pydantic import TypeAdapter
 
+from gateway.runs import RunStatus
 from gateway.store import eventlog
 from gateway.store import keys as keystore
 from gateway.store import webhooks as webhookstore
@@ -309,8 +310,9 @@ def _run(row: Row) -> RunRecord:
 async def _with_steps(db: Db, run: RunRecord) -> RunRecord:
     warnings = await db.fetchval("run_warnings", run.id)
     run.warnings = json.loads(warnings) if warnings else []
-    skipped = await db.fetchval("run_skipped", run.id)
-    run.skipped = json.loads(skipped) if skipped else None
+    if run.status == RunStatus.SKIPPED:  # only flow control skips a run, and says why
+        skipped = await db.fetchval("run_skipped", run.id)
+        run.skipped = json.loads(skipped) if skipped else None
     run.steps = [
         StepRecord(sid, kind, status, attempts, None if output is None else bytes(output),
                    error_from_json(error), started, ended)
