@@ -57,6 +57,8 @@ class Admission:
 
 #: What a function without any of these options gets: no work at all.
 ADMIT = Admission()
+#: Expired ``flow_keys`` rows one sweep drops at most (a sweep runs once per function a batch).
+SWEEP_LIMIT = 1000
 
 
 def applies(config: FunctionConfig) -> bool:
@@ -70,11 +72,15 @@ def _display(expression: str | None, key: Key) -> str | None:
 
 async def admit(db: Db, function_id: str, config: FunctionConfig, event: dict[str, Any],
                 now: float, *, flush: Callable[[], Awaitable[None]],
-                replay: bool = False) -> Admission:
+                swept: set[str], replay: bool = False) -> Admission:
     """Decide whether a run of ``function_id`` for ``event`` starts, inside its transaction.
 
     ``flush`` writes the runs created earlier in the batch, so a singleton sees them.
+    ``swept`` holds the functions whose expired key rows this batch dropped already.
     """
+    if function_id not in swept:
+        swept.add(function_id)
+        await db.execute("sweep_flow_keys", function_id, now, SWEEP_LIMIT)
     idem_expr = None if replay else config.idempotency
     rate = None if replay else config.rate_limit
     single = config.singleton
@@ -133,6 +139,7 @@ async def admit(db: Db, function_id: str, config: FunctionConfig, event: dict[st
         if choice.action is singleton.Action.CANCEL_AND_START:
             cancel = choice.live_run
         singleton_key = key.hash
+        writes.append((now, "singleton", key.hash))  # swept once unused
     for until, kind, key_hash in writes:
         await db.execute("set_flow_key", until, function_id, kind, key_hash)
     return Admission(None, cancel, singleton_key)

@@ -147,6 +147,8 @@ class Transaction:
         self._counted: dict[str, int] = {}
         # (function, tick) rows of cron_ticks to prune below: older than a day.
         self._prune: list[tuple[str, int]] = []
+        # Functions whose expired flow-control keys this batch swept (gateway.flow.admission).
+        self._swept: set[str] = set()
 
     async def run(self) -> WriteResult:
         batch = self.batch
@@ -426,7 +428,8 @@ class Transaction:
         held = admission.ADMIT
         if admission.applies(config):
             held = await admission.admit(self.db, function_id, config, trigger_data, self.now,
-                                         flush=self._flush_runs, replay=replay)
+                                         flush=self._flush_runs, swept=self._swept,
+                                         replay=replay)
             if held.skip is not None:
                 await self._skip_run(run_id, function_id, events, held.skip, parent)
                 return run_id

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 
 from gateway.app import open_store
@@ -277,3 +279,28 @@ async def test_an_invoked_run_that_is_skipped_fails_the_invoking_step(world):
     kid = (await world.run(lease.run_id))["steps"]["kid"]
     assert kid.status == "Failed"
     assert kid.error.message.startswith("the invoked run skipped: rate_limit: key ")
+
+
+async def count_keys(db_url: str) -> int:
+    """Rows of ``flow_keys`` (state the API does not show: read from the database)."""
+    if db_url.startswith("sqlite"):
+        with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+            return int(conn.execute("SELECT count(*) FROM flow_keys").fetchone()[0])
+    conn = await asyncpg.connect(db_url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM flow_keys"))
+    finally:
+        await conn.close()
+
+
+async def test_expired_keys_are_swept_and_decide_like_new_ones(store, db_url):
+    await send(store, T0, *(event("idem", order=f"o{i}") for i in range(20)))
+    await send(store, T0, event("skip", user="u1"))
+    assert await count_keys(db_url) == 21
+    # Past a day the holds have passed: the function's next admission sweeps them (each
+    # function its own: the singleton's lock row waits for its function's next event).
+    again, = await send(store, T0 + DAY + 1, event("idem", order="o1"))
+    assert again.status == "Queued"
+    assert await count_keys(db_url) == 2  # o1's new hold and the singleton's lock
+    await send(store, T0 + DAY + 1, event("skip", user="u2"))
+    assert await count_keys(db_url) == 2  # u1's lock swept, u2's taken

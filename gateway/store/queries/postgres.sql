@@ -468,6 +468,14 @@ RETURNING until_at;
 -- name: set_flow_key
 UPDATE flow_keys SET until_at = $1 WHERE function_id = $2 AND kind = $3 AND key_hash = $4;
 
+-- name: sweep_flow_keys
+-- Rows whose time has passed decide like absent ones (a TAT or a hold in the past, a
+-- singleton lock not taken since): dropped so high-cardinality keys do not pile up.
+-- At most $3 rows a time, and none another transaction holds (it never waits).
+DELETE FROM flow_keys WHERE (function_id, kind, key_hash) IN (
+    SELECT function_id, kind, key_hash FROM flow_keys WHERE function_id = $1 AND until_at < $2
+    LIMIT $3 FOR UPDATE SKIP LOCKED);
+
 -- name: singleton_live_run
 SELECT id FROM runs WHERE singleton_key = $1
 AND status IN ('Queued', 'Running', 'Sleeping', 'Waiting') ORDER BY id LIMIT 1;
