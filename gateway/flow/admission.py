@@ -15,17 +15,21 @@ is locked or written for it.
 A replay (``POST /v1/runs/{id}/replay``) is the user asking for a run again: only singleton
 applies to it (its key would be held by the run it replays for 24 h, which would make
 replaying an idempotent function impossible).
+
+Cheap on the hot path: a function with none of the options costs one attribute test; a key
+is read (and locked) once per batch, its new value written with the batch's runs, and a
+singleton's live run is looked up in the store only when no run of its key was created in the
+batch since the last write.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.flow import idempotency, rate_limit, singleton
-from gateway.flow.keys import NO_KEY, Key, KeyFailure, key_for
+from gateway.flow.keys import Key, KeyFailure, key_for
 from gateway.store.db import Db
 from protocol.durations import human
 from protocol.manifest import FunctionConfig
@@ -70,76 +74,123 @@ def _display(expression: str | None, key: Key) -> str | None:
     return None if expression is None else key.display
 
 
-async def admit(db: Db, function_id: str, config: FunctionConfig, event: dict[str, Any],
-                now: float, *, flush: Callable[[], Awaitable[None]],
-                swept: set[str], replay: bool = False) -> Admission:
-    """Decide whether a run of ``function_id`` for ``event`` starts, inside its transaction.
+_Row = tuple[str, str, str]  # (function id, kind, key hash) of a flow_keys row
 
-    ``flush`` writes the runs created earlier in the batch, so a singleton sees them.
-    ``swept`` holds the functions whose expired key rows this batch dropped already.
+
+@dataclass
+class Admissions:
+    """One transaction's admissions: the key rows it locked, and what it has yet to write.
+
+    :meth:`flush` writes the pending state; the transaction calls it with its runs (inside the
+    savepoint of the item that created them), and :meth:`reset` forgets what a failed item
+    did, as the savepoint's rollback did in the store.
     """
-    if function_id not in swept:
-        swept.add(function_id)
-        await db.execute("sweep_flow_keys", function_id, now, SWEEP_LIMIT)
-    idem_expr = None if replay else config.idempotency
-    rate = None if replay else config.rate_limit
-    single = config.singleton
-    # Keys first: an expression that fails skips the run before anything is locked.
-    keys: dict[str, tuple[str | None, Key]] = {}
-    options: list[tuple[str, str | None]] = []
-    if idem_expr is not None:
-        options.append(("idempotency", idem_expr))
-    if rate is not None:
-        options.append(("rate_limit", rate.key))
-    if single is not None:
-        options.append(("singleton", single.key))
-    for option, expression in options:
-        found = key_for(expression, event, scope=f"{option}:{function_id}")
-        if isinstance(found, KeyFailure):
-            return Admission(Skip(option, None, f"{option}: {found.reason}"))
-        keys[option] = (expression, found)
 
-    writes: list[tuple[float | None, str, str]] = []  # (until, kind, key hash)
-    if "idempotency" in keys:
-        expression, key = keys["idempotency"]
-        held = await db.fetchval("lock_flow_key", function_id, "idempotency", key.hash)
-        decision = idempotency.decide(held, now)
-        if not decision.start:
-            return Admission(Skip("idempotency", _display(expression, key), (
-                f"idempotency: key {key.display!r} already started a run in the last "
-                f"{human(idempotency.WINDOW)}; the key frees up in "
-                f"{human(decision.held_until - now)}")))
-        writes.append((decision.held_until, "idempotency", key.hash))
-    if "rate_limit" in keys:
-        assert rate is not None
-        expression, key = keys["rate_limit"]
-        tat = await db.fetchval("lock_flow_key", function_id, "rate_limit", key.hash)
-        config_ = rate_limit.RateLimitConfig(rate.limit, float(rate.period))  # type: ignore[arg-type]
-        verdict = rate_limit.decide(tat, now, config_)
-        if not verdict.allowed:
-            which = "" if expression is None else f" of key {key.display!r}"
-            return Admission(Skip("rate_limit", _display(expression, key), (
-                f"rate limit: {rate.limit} runs per {human(config_.period)}{which} reached; "
-                f"the next run may start in {human(verdict.retry_at - now)}")))
-        writes.append((verdict.tat, "rate_limit", key.hash))
-    cancel = singleton_key = None
-    if "singleton" in keys:
-        assert single is not None
-        expression, key = keys["singleton"]
-        await db.fetchval("lock_flow_key", function_id, "singleton", key.hash)
-        await flush()  # runs of this key created earlier in the batch are live too
-        live = await db.fetchval("singleton_live_run", key.hash)
-        choice = singleton.decide(single.mode, live)
-        if choice.action is singleton.Action.SKIP:
-            shown = key.display if expression is not None else NO_KEY
-            which = f" of key {shown!r}" if expression is not None else ""
-            return Admission(Skip("singleton", _display(expression, key), (
-                f"singleton: run {live}{which} is still live (mode 'skip'); this run was not "
-                "started")))
-        if choice.action is singleton.Action.CANCEL_AND_START:
-            cancel = choice.live_run
-        singleton_key = key.hash
-        writes.append((now, "singleton", key.hash))  # swept once unused
-    for until, kind, key_hash in writes:
-        await db.execute("set_flow_key", until, function_id, kind, key_hash)
-    return Admission(None, cancel, singleton_key)
+    values: dict[_Row, float | None] = field(default_factory=dict)
+    pending: dict[_Row, float | None] = field(default_factory=dict)
+    #: singleton key hash -> the run of the key created since the last flush
+    unflushed: dict[str, str] = field(default_factory=dict)
+    singleton_keys: list[tuple[str, str]] = field(default_factory=list)  # (key hash, run id)
+    swept: set[str] = field(default_factory=set)
+
+    async def _lock(self, db: Db, row: _Row) -> float | None:
+        """The row's value, locked for this transaction (read once: then it is ours)."""
+        if row not in self.values:
+            self.values[row] = await db.fetchval("lock_flow_key", *row)
+        return self.values[row]
+
+    def _set(self, row: _Row, value: float | None) -> None:
+        self.values[row] = self.pending[row] = value
+
+    async def flush(self, db: Db) -> None:
+        """Write the keys' new state and the singleton keys of the runs (after their insert)."""
+        if self.pending:
+            await db.executemany("set_flow_key", [
+                (value, *row) for row, value in self.pending.items()])
+            self.pending = {}
+        if self.singleton_keys:
+            await db.executemany("set_singleton_key", self.singleton_keys)
+            self.singleton_keys = []
+        self.unflushed = {}
+
+    def reset(self) -> None:
+        self.values, self.pending, self.unflushed, self.singleton_keys = {}, {}, {}, []
+
+    def started(self, run_id: str, admission: Admission) -> None:
+        """The admitted run was created (its row is written with the batch's runs)."""
+        if admission.singleton_key is not None:
+            self.unflushed[admission.singleton_key] = run_id
+            self.singleton_keys.append((admission.singleton_key, run_id))
+
+    async def admit(self, db: Db, function_id: str, config: FunctionConfig,
+                    event: dict[str, Any], now: float, *, replay: bool = False) -> Admission:
+        """Decide whether a run of ``function_id`` for ``event`` starts, in the transaction."""
+        if function_id not in self.swept:
+            self.swept.add(function_id)
+            await db.execute("sweep_flow_keys", function_id, now, SWEEP_LIMIT)
+        idem_expr = None if replay else config.idempotency
+        rate = None if replay else config.rate_limit
+        single = config.singleton
+        # Keys first: an expression that fails skips the run before anything is locked.
+        keys: dict[str, tuple[str | None, Key]] = {}
+        options: list[tuple[str, str | None]] = []
+        if idem_expr is not None:
+            options.append(("idempotency", idem_expr))
+        if rate is not None:
+            options.append(("rate_limit", rate.key))
+        if single is not None:
+            options.append(("singleton", single.key))
+        for option, expression in options:
+            found = key_for(expression, event, scope=f"{option}:{function_id}")
+            if isinstance(found, KeyFailure):
+                return Admission(Skip(option, None, f"{option}: {found.reason}"))
+            keys[option] = (expression, found)
+
+        writes: list[tuple[_Row, float]] = []
+        if "idempotency" in keys:
+            expression, key = keys["idempotency"]
+            row = (function_id, "idempotency", key.hash)
+            decision = idempotency.decide(await self._lock(db, row), now)
+            if not decision.start:
+                return Admission(Skip("idempotency", _display(expression, key), (
+                    f"idempotency: key {key.display!r} already started a run in the last "
+                    f"{human(idempotency.WINDOW)}; the key frees up in "
+                    f"{human(decision.held_until - now)}")))
+            writes.append((row, decision.held_until))
+        if "rate_limit" in keys:
+            assert rate is not None
+            expression, key = keys["rate_limit"]
+            row = (function_id, "rate_limit", key.hash)
+            limits = rate_limit.RateLimitConfig(rate.limit, float(rate.period))  # type: ignore[arg-type]
+            verdict = rate_limit.decide(await self._lock(db, row), now, limits)
+            if not verdict.allowed:
+                which = "" if expression is None else f" of key {key.display!r}"
+                return Admission(Skip("rate_limit", _display(expression, key), (
+                    f"rate limit: {rate.limit} runs per {human(limits.period)}{which} reached; "
+                    f"the next run may start in {human(verdict.retry_at - now)}")))
+            assert verdict.tat is not None
+            writes.append((row, verdict.tat))
+        cancel = singleton_key = None
+        if "singleton" in keys:
+            assert single is not None
+            expression, key = keys["singleton"]
+            row = (function_id, "singleton", key.hash)
+            await self._lock(db, row)
+            # A run of the key created since the last flush is live (nothing ends a run not
+            # yet written); otherwise the store knows.
+            live = self.unflushed.get(key.hash)
+            if live is None:
+                live = await db.fetchval("singleton_live_run", key.hash)
+            choice = singleton.decide(single.mode, live)
+            if choice.action is singleton.Action.SKIP:
+                which = f" of key {key.display!r}" if expression is not None else ""
+                return Admission(Skip("singleton", _display(expression, key), (
+                    f"singleton: run {live}{which} is still live (mode 'skip'); this run was "
+                    "not started")))
+            if choice.action is singleton.Action.CANCEL_AND_START:
+                cancel = choice.live_run
+            singleton_key = key.hash
+            writes.append((row, now))  # the lock's last use: swept once unused
+        for row, value in writes:
+            self._set(row, value)
+        return Admission(None, cancel, singleton_key)

@@ -147,8 +147,8 @@ class Transaction:
         self._counted: dict[str, int] = {}
         # (function, tick) rows of cron_ticks to prune below: older than a day.
         self._prune: list[tuple[str, int]] = []
-        # Functions whose expired flow-control keys this batch swept (gateway.flow.admission).
-        self._swept: set[str] = set()
+        # Flow-control keys this batch locked and has yet to write (gateway.flow.admission).
+        self._admissions = admission.Admissions()
 
     async def run(self) -> WriteResult:
         batch = self.batch
@@ -282,6 +282,7 @@ class Transaction:
         self.touched, result.refused = touched, refused
         self._new_runs, self._new_links, self._endings = [], [], []
         self._counted = {}
+        self._admissions.reset()
 
     async def _checkpoint_failed(self, store_errors: tuple[type[BaseException], ...],
                                  index: int, write: CheckpointWrite, error: str) -> None:
@@ -427,13 +428,13 @@ class Transaction:
         run_id = new_id(self.now)
         held = admission.ADMIT
         if admission.applies(config):
-            held = await admission.admit(self.db, function_id, config, trigger_data, self.now,
-                                         flush=self._flush_runs, swept=self._swept,
-                                         replay=replay)
+            held = await self._admissions.admit(self.db, function_id, config, trigger_data,
+                                                self.now, replay=replay)
             if held.skip is not None:
                 await self._skip_run(run_id, function_id, events, held.skip, parent)
                 return run_id
             if held.cancel is not None:
+                await self._flush_runs()  # the live run may be one created in this batch
                 await self.end_run(held.cancel, RunStatus.CANCELLED, error=error_json(
                     "Cancelled", f"singleton: run {run_id} of the same key started (mode "
                     "'cancel')"))
@@ -459,9 +460,7 @@ class Transaction:
             self.touched.add(function_id)
         self.result.runs_created += 1
         self.result.created_functions.append(function_id)
-        if held.singleton_key is not None:
-            await self._flush_runs()
-            await self.db.execute("set_singleton_key", held.singleton_key, run_id)
+        self._admissions.started(run_id, held)
         return run_id
 
     async def _skip_run(self, run_id: str, function_id: str, events: list[tuple[int, str]],
@@ -560,6 +559,7 @@ class Transaction:
             await self.db.executemany("insert_run", self._new_runs)
             await self.db.executemany("insert_run_event", self._new_links)
             self._new_runs, self._new_links = [], []
+        await self._admissions.flush(self.db)
 
     async def _replay(self, run_id: str) -> str | None:
         row = await self.db.fetchone("run_for_replay", run_id)
