@@ -304,3 +304,17 @@ async def test_expired_keys_are_swept_and_decide_like_new_ones(store, db_url):
     assert await count_keys(db_url) == 2  # o1's new hold and the singleton's lock
     await send(store, T0 + DAY + 1, event("skip", user="u2"))
     assert await count_keys(db_url) == 2  # u1's lock swept, u2's taken
+
+
+async def test_a_request_that_fails_alone_takes_no_admission_state(store):
+    # The first request's run is admitted, then its poisoned event fails the request: it is
+    # undone whole, so the next request's event of the key is the key's first.
+    hourly = event("all", order="A")
+    poisoned = NewEvent("poison-1", "go", b"{not json", None)
+    again = event("all", order="A")
+    result = await store.write(WriteBatch(now=T0, events=[hourly, poisoned, again],
+                                          event_groups=[2, 1], match=match))
+    assert set(result.errors) == {("events", 0)}
+    assert await store.runs_for_event(hourly.id) == []
+    run, = await store.runs_for_event(again.id)
+    assert run.status == "Queued"
