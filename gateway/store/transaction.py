@@ -272,14 +272,14 @@ class Transaction:
     def _marks(self) -> tuple[Any, ...]:
         result = self.result
         return (len(self.stored), len(self._wakeups), len(result.ended), len(result.revoked),
-                set(self.touched), dict(result.refused))
+                set(self.touched), dict(result.refused), dict(result.flow_skipped))
 
     def _undo(self, marks: tuple[Any, ...]) -> None:
-        stored, wakeups, ended, revoked, touched, refused = marks
+        stored, wakeups, ended, revoked, touched, refused, skipped = marks
         result = self.result
         del self.stored[stored:], self._wakeups[wakeups:]
         del result.ended[ended:], result.revoked[revoked:]
-        self.touched, result.refused = touched, refused
+        self.touched, result.refused, result.flow_skipped = touched, refused, skipped
         self._new_runs, self._new_links, self._endings = [], [], []
         self._counted = {}
         self._admissions.reset()
