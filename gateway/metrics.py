@@ -194,6 +194,8 @@ class Metrics:
         self.batches_committed.inc()
         for function_id, count in result.ticks_missed.items():
             self.cron_ticks_missed(function_id, count)
+        for reason, count in result.flow_skipped.items():
+            self.flow("skipped", reason, count)
         self.commit_seconds.observe(seconds)
         self.batch_size.observe(len(batch.events) + len(batch.checkpoints) + len(batch.returns)
                                 + len(batch.releases) + len(batch.cancels)

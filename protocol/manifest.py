@@ -45,12 +45,9 @@ _CONFIG = ConfigDict(extra="forbid")
 UNENFORCED: dict[str, str] = {
     "concurrency": "flow control, issue 9",
     "throttle": "flow control, issue 9",
-    "rate_limit": "flow control, issue 9",
     "debounce": "flow control, issue 9",
     "batch": "flow control, issue 9",
     "priority": "flow control, issue 9",
-    "idempotency": "flow control, issue 9",
-    "singleton": "flow control, issue 9",
 }
 
 

@@ -2,9 +2,10 @@
 
 Inngest compiles ``idempotency`` to ``rateLimit{limit: 1, period: 24h, key}``; with a limit
 of one that is exact, so Tether keeps the simpler state that says the same thing: per
-(function, key), when the key frees up. An event whose key is held starts no run at all (not
-even a Skipped one: Inngest records nothing either), and the hold is *not* extended by the
-refused event: 24 h after the run that took the key, the next event starts a run.
+(function, key), when the key frees up. An event whose key is held starts no run: the store
+records a Skipped one with reason ``idempotency`` (SPEC §4; Inngest records nothing, which
+leaves users guessing why), and the hold is *not* extended by the refused event: 24 h after
+the run that took the key, the next event starts a run.
 
 The key is the CEL value hashed with the function's id (:mod:`gateway.flow.keys`), so two
 functions with the same expression do not share keys. This is separate from the event-id

@@ -82,6 +82,7 @@ def run_json(run: RunRecord, now: float | None = None) -> dict[str, Any]:
         "ended_at": iso(run.ended_at),
         "steps": [step_json(s) for s in run.steps],
         "warnings": run.warnings,
+        "skipped": run.skipped,
         "waiting": None if now is None else waiting_json(run, now),
     }
 

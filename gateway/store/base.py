@@ -242,6 +242,8 @@ class WriteResult:
     more_due: bool = False
     #: cron ticks skipped by a catch-up (downtime), per function, for the metrics
     ticks_missed: dict[str, int] = field(default_factory=dict)
+    #: runs flow control skipped at admission, per reason, for the metrics
+    flow_skipped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -283,6 +285,8 @@ class RunRecord:
     parent_run_id: str | None = None
     steps: list[StepRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: why flow control skipped the run (SPEC §4's ``skipped`` object), or None
+    skipped: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

@@ -307,13 +307,16 @@ def _run(row: Row) -> RunRecord:
 
 
 async def _with_steps(db: Db, runs: list[RunRecord]) -> list[RunRecord]:
-    """Fill in the runs' steps and warnings: two queries for a whole page, not two per run."""
+    """Fill in the runs' steps, warnings and flow-control notes: two queries for a whole
+    page, not two per run."""
     if not runs:
         return runs
     ids = [run.id for run in runs]
     by_id = {run.id: run for run in runs}
-    for rid, warnings in await db.fetch("runs_warnings", ids):
-        by_id[rid].warnings = json.loads(warnings)
+    for rid, warnings, skipped in await db.fetch("runs_notes", ids):
+        run = by_id[rid]
+        run.warnings = json.loads(warnings) if warnings else []
+        run.skipped = json.loads(skipped) if skipped else None  # only flow control skips
     for rid, sid, kind, status, attempts, output, error, started, ended in await db.fetch(
             "runs_steps", ids):
         by_id[rid].steps.append(

@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 
 from gateway import dispatch, loop_guard
+from gateway.flow import admission
 from gateway.runs import FINAL_STATUSES, RunStatus, StepStatus
 from gateway.scheduler.waits import MISSING, NO_INDEX, index_for, key_at
 from gateway.store.base import (
@@ -146,6 +147,8 @@ class Transaction:
         self._counted: dict[str, int] = {}
         # (function, tick) rows of cron_ticks to prune below: older than a day.
         self._prune: list[tuple[str, int]] = []
+        # Flow-control keys this batch locked and has yet to write (gateway.flow.admission).
+        self._admissions = admission.Admissions()
 
     async def run(self) -> WriteResult:
         batch = self.batch
@@ -269,16 +272,17 @@ class Transaction:
     def _marks(self) -> tuple[Any, ...]:
         result = self.result
         return (len(self.stored), len(self._wakeups), len(result.ended), len(result.revoked),
-                set(self.touched), dict(result.refused))
+                set(self.touched), dict(result.refused), dict(result.flow_skipped))
 
     def _undo(self, marks: tuple[Any, ...]) -> None:
-        stored, wakeups, ended, revoked, touched, refused = marks
+        stored, wakeups, ended, revoked, touched, refused, skipped = marks
         result = self.result
         del self.stored[stored:], self._wakeups[wakeups:]
         del result.ended[ended:], result.revoked[revoked:]
-        self.touched, result.refused = touched, refused
+        self.touched, result.refused, result.flow_skipped = touched, refused, skipped
         self._new_runs, self._new_links, self._endings = [], [], []
         self._counted = {}
+        self._admissions.reset()
 
     async def _checkpoint_failed(self, store_errors: tuple[type[BaseException], ...],
                                  index: int, write: CheckpointWrite, error: str) -> None:
@@ -407,17 +411,33 @@ class Transaction:
         parent: tuple[str, str] | None = None,
         after_seq: int | None = None,
         available_at: float | None = None,
+        replay: bool = False,
     ) -> str | None:
         """Queue a run of ``function_id`` for ``events`` ((seq, id) pairs); None if unknown.
 
         Its ``cancel_on`` waits match events with a seq above ``after_seq`` (by default the
         highest of ``events``): never its own trigger, nor an event stored before it. A run
         of a delayed event is ``available_at`` its ``ts`` (``timeouts.start`` counts from then).
+        Flow control decides first (:mod:`gateway.flow.admission`): a refused run is recorded
+        ``Skipped`` (its id is still returned); ``replay`` marks a replay, which only
+        ``singleton`` holds back.
         """
         config = await self._config(self.db, function_id)
         if config is None:
             return None
         run_id = new_id(self.now)
+        held = admission.ADMIT
+        if admission.applies(config):
+            held = await self._admissions.admit(self.db, function_id, config, trigger_data,
+                                                self.now, replay=replay)
+            if held.skip is not None:
+                await self._skip_run(run_id, function_id, events, held.skip, parent)
+                return run_id
+            if held.cancel is not None:
+                await self._flush_runs()  # the live run may be one created in this batch
+                await self.end_run(held.cancel, RunStatus.CANCELLED, error=error_json(
+                    "Cancelled", f"singleton: run {run_id} of the same key started (mode "
+                    "'cancel')"))
         start = self.now if available_at is None else max(self.now, available_at)
         self._later(start)
         deadline = None
@@ -440,7 +460,26 @@ class Transaction:
             self.touched.add(function_id)
         self.result.runs_created += 1
         self.result.created_functions.append(function_id)
+        self._admissions.started(run_id, held)
         return run_id
+
+    async def _skip_run(self, run_id: str, function_id: str, events: list[tuple[int, str]],
+                        skip: admission.Skip, parent: tuple[str, str] | None) -> None:
+        """Record a run flow control refused: ``Skipped`` at once, with why (SPEC §4)."""
+        await self.db.execute(
+            "insert_skipped_run", run_id, function_id,
+            orjson.dumps([e[1] for e in events]).decode(), self.now,
+            parent[0] if parent else None, parent[1] if parent else None, skip.json())
+        await self.db.executemany("insert_run_event", [
+            (run_id, i, seq) for i, (seq, _) in enumerate(events)])
+        self.result.runs_created += 1
+        self.result.created_functions.append(function_id)
+        self.result.ended.append(RunEnded(run_id, function_id, RunStatus.SKIPPED))
+        skipped = self.result.flow_skipped
+        skipped[skip.reason] = skipped.get(skip.reason, 0) + 1
+        if parent is not None:  # the invoker's step fails: the run it asked for never starts
+            await self._answer_parent(parent[0], parent[1], RunStatus.SKIPPED, None,
+                                      error_json("Skipped", skip.message))
 
     # --- cron ticks ----------------------------------------------------------------------
 
@@ -520,6 +559,7 @@ class Transaction:
             await self.db.executemany("insert_run", self._new_runs)
             await self.db.executemany("insert_run_event", self._new_links)
             self._new_runs, self._new_links = [], []
+        await self._admissions.flush(self.db)
 
     async def _replay(self, run_id: str) -> str | None:
         row = await self.db.fetchone("run_for_replay", run_id)
@@ -533,7 +573,8 @@ class Transaction:
         # Created now: events stored before now (in this batch too) do not cancel it.
         new_run = await self.create_run(function_id, [(r[0], r[1]) for r in events], trigger,
                                         orjson.loads(trigger),
-                                        after_seq=max(self._last_seq, *(r[0] for r in events)))
+                                        after_seq=max(self._last_seq, *(r[0] for r in events)),
+                                        replay=True)
         await self._flush_runs()
         return new_run
 

@@ -106,3 +106,19 @@ async def logged(ctx: worker.Context) -> str:
 
     result: str = await ctx.step.run("inside", inside)
     return result
+
+
+@app.function(id="limited", trigger=TriggerEvent("e2e/limited"),
+              rate_limit=worker.RateLimit(2, "1h", key="event.data.key"))
+async def limited(ctx: worker.Context) -> int:
+    """Two runs per key per hour; an event over that starts a Skipped run."""
+    pid: int = await ctx.step.run("work", work, ctx.event.data["key"], "work", False)
+    return pid
+
+
+@app.function(id="single", trigger=TriggerEvent("e2e/single"),
+              singleton=worker.Singleton(key="event.data.key"))
+async def single(ctx: worker.Context) -> int:
+    """One live run per key; its step waits for ``go-KEY``: events meanwhile are Skipped."""
+    pid: int = await ctx.step.run("hold", work, ctx.event.data["key"], "hold", True)
+    return pid

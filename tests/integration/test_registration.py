@@ -26,8 +26,6 @@ from protocol.manifest import (
     Debounce,
     FunctionConfig,
     Priority,
-    RateLimit,
-    Singleton,
     Throttle,
     TriggerCron,
     TriggerEvent,
@@ -40,12 +38,9 @@ from worker import App
 OPTIONS: dict[str, dict[str, Any]] = {
     "concurrency": {"concurrency": [Concurrency(5)]},
     "throttle": {"throttle": Throttle(3, 60.0)},
-    "rate_limit": {"rate_limit": RateLimit(10, 3600.0)},
     "debounce": {"debounce": Debounce(5.0)},
     "batch": {"batch": Batch(100, 2.0)},
     "priority": {"priority": Priority("event.data.vip ? 60 : 0")},
-    "idempotency": {"idempotency": "event.data.order_id"},
-    "singleton": {"singleton": Singleton(key="event.data.customer")},
 }
 
 

@@ -57,22 +57,35 @@ ENFORCED: dict[str, str] = {
     "TriggerCron": "tests/integration/test_cron.py::test_each_tick_starts_exactly_one_run",
     "TriggerCron.cron": "tests/unit/test_cron.py::test_next_ticks_in_utc",
     "TriggerCron.tz": "tests/unit/test_cron.py::test_a_time_zone_moves_the_ticks",
+    "idempotency":
+        "tests/integration/test_flow_admission.py::test_idempotency_one_run_per_key_per_24_hours",
+    "rate_limit": "tests/integration/test_flow_admission.py::"
+                  "test_rate_limit_skips_the_excess_and_the_next_period_admits",
+    "RateLimit.limit": "tests/integration/test_flow_admission.py::"
+                       "test_rate_limit_skips_the_excess_and_the_next_period_admits",
+    "RateLimit.period": "tests/integration/test_flow_admission.py::"
+                        "test_rate_limit_skips_the_excess_and_the_next_period_admits",
+    "RateLimit.key": "tests/integration/test_flow_admission.py::"
+                     "test_rate_limit_skips_the_excess_and_the_next_period_admits",
+    "singleton": "tests/integration/test_flow_admission.py::"
+                 "test_singleton_skip_while_the_key_has_a_live_run",
+    "Singleton.key": "tests/integration/test_flow_admission.py::"
+                     "test_singleton_skip_while_the_key_has_a_live_run",
+    "Singleton.mode": "tests/integration/test_flow_admission.py::"
+                      "test_singleton_cancel_cancels_the_live_run_and_revokes_its_lease",
 }
 
 #: One way to set each option of UNENFORCED, as a user would write it.
 SETTINGS: dict[str, dict[str, Any]] = {
     "concurrency": {"concurrency": 5},
     "throttle": {"throttle": Throttle(3, "1m")},
-    "rate_limit": {"rate_limit": RateLimit(10, "1h")},
     "debounce": {"debounce": Debounce("5s")},
     "batch": {"batch": Batch(100, "2s")},
     "priority": {"priority": Priority("event.data.vip ? 60 : 0")},
-    "idempotency": {"idempotency": "event.data.order_id"},
-    "singleton": {"singleton": Singleton(key="event.data.customer")},
 }
 
 #: Fields of the option classes of enforced options (those of unenforced ones go with them).
-OPTION_CLASSES = (TriggerEvent, TriggerCron, Cancel, Timeouts)
+OPTION_CLASSES = (TriggerEvent, TriggerCron, Cancel, Timeouts, RateLimit, Singleton)
 
 
 def _accepted() -> set[str]:
@@ -113,12 +126,12 @@ def test_each_unenforced_option_is_refused_at_declaration_with_a_message(option)
 
 
 def test_all_unenforced_options_are_named_in_one_message():
-    config = FunctionConfig(id="f", throttle=Throttle(3, "1m"), idempotency="event.data.id",
+    config = FunctionConfig(id="f", throttle=Throttle(3, "1m"), debounce=Debounce("5s"),
                             triggers=[TriggerCron("* * * * *")])
     with pytest.raises(InvalidInput) as info:
         check_function("shop/f", config)
     message = str(info.value)
-    for name in ("throttle (flow control, issue 9)", "idempotency (flow control, issue 9)"):
+    for name in ("throttle (flow control, issue 9)", "debounce (flow control, issue 9)"):
         assert name in message
 
 

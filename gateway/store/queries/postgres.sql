@@ -160,8 +160,10 @@ UPDATE runs SET lease_losses = $1 WHERE id = $2;
 -- name: set_run_warnings
 UPDATE runs SET warnings = $1 WHERE id = $2;
 
--- name: runs_warnings
-SELECT id, warnings FROM runs WHERE id = ANY($1::text[]) AND warnings IS NOT NULL;
+-- name: runs_notes
+-- What the worker noticed (warnings) and why flow control skipped a run, for a page of runs.
+SELECT id, warnings, skipped FROM runs WHERE id = ANY($1::text[])
+AND (warnings IS NOT NULL OR skipped IS NOT NULL);
 
 -- name: forgive_lease_loss
 UPDATE runs SET lease_losses = lease_losses - 1 WHERE id = $1 AND lease_losses > 0;
@@ -457,3 +459,37 @@ DELETE FROM cron_ticks WHERE function_id = $1 AND tick < $2;
 
 -- name: next_schedule
 SELECT MIN(next_tick) FROM schedules WHERE next_tick > $1;
+
+-- ============================== flow control: admission ==============================
+
+-- name: lock_flow_key
+-- The key's row, created if new, locked until commit, and its value: a second gateway
+-- admitting an event of the same key waits here, then decides on this one's outcome.
+INSERT INTO flow_keys (function_id, kind, key_hash, until_at) VALUES ($1, $2, $3, NULL)
+ON CONFLICT (function_id, kind, key_hash) DO UPDATE SET until_at = flow_keys.until_at
+RETURNING until_at;
+
+-- name: set_flow_key
+UPDATE flow_keys SET until_at = $1 WHERE function_id = $2 AND kind = $3 AND key_hash = $4;
+
+-- name: sweep_flow_keys
+-- Rows whose time has passed decide like absent ones (a TAT or a hold in the past, a
+-- singleton lock not taken since): dropped so high-cardinality keys do not pile up.
+-- At most $3 rows a time, and none another transaction holds (it never waits).
+DELETE FROM flow_keys WHERE (function_id, kind, key_hash) IN (
+    SELECT function_id, kind, key_hash FROM flow_keys WHERE function_id = $1 AND until_at < $2
+    LIMIT $3 FOR UPDATE SKIP LOCKED);
+
+-- name: singleton_live_run
+SELECT id FROM runs WHERE singleton_key = $1
+AND status IN ('Queued', 'Running', 'Sleeping', 'Waiting') ORDER BY id LIMIT 1;
+
+-- name: set_singleton_key
+UPDATE runs SET singleton_key = $1 WHERE id = $2;
+
+-- name: insert_skipped_run
+-- A run flow control refused at admission: created and ended at once, never leased.
+INSERT INTO runs (id, function_id, status, available_at, event_ids, queued_at, parent_run_id,
+                  parent_step_id, ended_at, skipped)
+VALUES ($1, $2, 'Skipped', NULL, $3, $4, $5, $6, $4, $7);
+
