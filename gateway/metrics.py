@@ -194,6 +194,8 @@ class Metrics:
         self.batches_committed.inc()
         for function_id, count in result.ticks_missed.items():
             self.cron_ticks_missed(function_id, count)
+        for option in result.flow_delayed:
+            self.flow("delayed", option)
         self.commit_seconds.observe(seconds)
         self.batch_size.observe(len(batch.events) + len(batch.checkpoints) + len(batch.returns)
                                 + len(batch.releases) + len(batch.cancels)

@@ -242,6 +242,8 @@ class WriteResult:
     more_due: bool = False
     #: cron ticks skipped by a catch-up (downtime), per function, for the metrics
     ticks_missed: dict[str, int] = field(default_factory=dict)
+    #: flow-control options that delayed a run created in this batch, one entry per run
+    flow_delayed: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -283,6 +285,8 @@ class RunRecord:
     parent_run_id: str | None = None
     steps: list[StepRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: the flow-control option (and key, as shown) that set its available_at: ``waiting``
+    hold: tuple[str, str | None] | None = None
 
 
 @dataclass(slots=True)

@@ -184,7 +184,13 @@ class SqlStore:
     async def get_run(self, run_id: str) -> RunRecord | None:
         async def read(db: Db) -> RunRecord | None:
             row = await db.fetchone("get_run", run_id)
-            return None if row is None else await _with_steps(db, _run(row))
+            if row is None:
+                return None
+            run = await _with_steps(db, _run(row))
+            hold = await db.fetchone("run_hold", run_id)
+            if hold is not None and hold[0] is not None:
+                run.hold = (hold[0], hold[1])
+            return run
 
         return await self._read(read)
 

@@ -429,3 +429,30 @@ DELETE FROM cron_ticks WHERE function_id = ?1 AND tick < ?2;
 
 -- name: next_schedule
 SELECT MIN(next_tick) FROM schedules WHERE next_tick > ?1;
+
+-- ===================== flow control: throttle and priority =====================
+
+-- name: throttle_seed
+INSERT INTO throttle_tat (function_id, key_hash, tat) VALUES (?1, ?2, NULL)
+ON CONFLICT DO NOTHING;
+
+-- name: throttle_tat
+-- The writer holds the database: no other transaction moves the TAT meanwhile.
+SELECT tat FROM throttle_tat WHERE function_id = ?1 AND key_hash = ?2;
+
+-- name: set_throttle_tat
+UPDATE throttle_tat SET tat = ?1 WHERE function_id = ?2 AND key_hash = ?3;
+
+-- name: set_run_flow
+UPDATE runs SET hold_option = ?1, hold_key = ?2, priority = ?3, arrival = ?4 WHERE id = ?5;
+
+-- name: ready_runs_by_priority
+-- As ready_runs, in priority order (runs_by_priority): as if queued ``priority`` s earlier,
+-- ties by arrival.
+SELECT available_at, id, function_id, fence, attempt, started_at, available_at - priority
+FROM runs
+WHERE function_id = ?1 AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= ?2
+ORDER BY available_at - priority, arrival LIMIT ?3;
+
+-- name: run_hold
+SELECT hold_option, hold_key FROM runs WHERE id = ?1;
