@@ -25,10 +25,8 @@ from protocol.manifest import (
     Concurrency,
     Debounce,
     FunctionConfig,
-    Priority,
     RateLimit,
     Singleton,
-    Throttle,
     TriggerCron,
     TriggerEvent,
 )
@@ -39,11 +37,9 @@ from worker import App
 #: One way to set each option of UNENFORCED, as another SDK's manifest would carry it.
 OPTIONS: dict[str, dict[str, Any]] = {
     "concurrency": {"concurrency": [Concurrency(5)]},
-    "throttle": {"throttle": Throttle(3, 60.0)},
     "rate_limit": {"rate_limit": RateLimit(10, 3600.0)},
     "debounce": {"debounce": Debounce(5.0)},
     "batch": {"batch": Batch(100, 2.0)},
-    "priority": {"priority": Priority("event.data.vip ? 60 : 0")},
     "idempotency": {"idempotency": "event.data.order_id"},
     "singleton": {"singleton": Singleton(key="event.data.customer")},
 }
@@ -114,9 +110,9 @@ async def test_an_unenforced_option_is_refused_at_registration(gw, http, option)
 
 
 async def test_a_hello_with_one_refused_app_registers_none_of_its_apps(gw, http):
-    error = await refused(gw, app_manifest("fine"), manifest("flowy", throttle=Throttle(1, 1.0)))
+    error = await refused(gw, app_manifest("fine"), manifest("flowy", debounce=Debounce(1.0)))
 
-    assert "throttle" in error.message
+    assert "debounce" in error.message
     await nothing_registered(http)
 
 
