@@ -10,13 +10,15 @@ expression that fails gives 0 without failing anything.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
+import orjson
 import pytest
 
 from gateway.clock import FakeClock
-from gateway.store.base import RunRecord, Store
+from gateway.store.base import NewEvent, RunRecord, Store
 from protocol import messages as m
 from protocol.manifest import AppManifest, FunctionConfig, Priority, Throttle, TriggerEvent
 from tests.helpers.waiting import eventually
@@ -221,3 +223,25 @@ async def test_priority_is_clamped_and_a_failing_expression_gives_zero(gateway):
         order.append(lease.run_id)
     assert order == [ids[f"e{i}-go.ranked"] for i in (2, 3, 4, 6, 5)]
     assert (await world.run(ids["e5-go.ranked"]))["status"] == "Running"
+
+
+async def test_two_gateways_on_postgres_share_a_throttle_key(gateway_factory, db_url):
+    """Events of one key sent to two gateways at once get distinct slots, 5 s apart."""
+    if not db_url.startswith("postgres"):
+        pytest.skip("several gateways share PostgreSQL only")
+    clock = FakeClock(START)
+    first, second = await gateway_factory(clock=clock), await gateway_factory(clock=clock)
+    await first.engine.register_app(app(SPREAD))
+
+    async def known() -> bool:
+        return "t/spread" in second.engine.functions
+
+    await eventually(known, what="the second gateway loads t/spread")
+    def event(i: int) -> list[NewEvent]:
+        body = {"name": "go.spread", "data": {}, "id": f"two-{i}", "ts": 0, "user": None}
+        return [NewEvent(body["id"], "go.spread", orjson.dumps(body), body)]
+
+    # At once: the two gateways' transactions queue on the key's row lock.
+    await asyncio.gather(*((first, second)[i % 2].engine.ingest(event(i)) for i in range(6)))
+    slots = sorted(r.available_at - START for r in await runs(first.store, "t/spread"))  # type: ignore[operator]
+    assert slots == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0]
