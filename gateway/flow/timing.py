@@ -15,7 +15,7 @@ import structlog
 
 from gateway.flow.keys import KeyFailure, key_for
 from gateway.flow.priority import priority_of
-from gateway.flow.throttle import ThrottleConfig, admit
+from gateway.flow.throttle import ThrottleConfig, admit, earliest_start
 from gateway.scheduler.holds import THROTTLE
 from gateway.store.db import Db
 from protocol.manifest import FunctionConfig
@@ -54,7 +54,13 @@ async def timing(db: Db, function_id: str, config: FunctionConfig, event: dict[s
                           throttle.burst)
     await db.execute("throttle_seed", function_id, key.hash)
     tat = await db.fetchval("throttle_tat", function_id, key.hash)
-    admitted = admit(tat, start, gcra)
-    await db.execute("set_throttle_tat", admitted.tat, function_id, key.hash)
-    hold = (THROTTLE, key.display) if admitted.start_at > max(start, now) else None
-    return Timing(admitted.start_at, hold=hold, priority=priority)
+    if start > now:
+        # A delayed event (ts ahead): wait for the slots reserved before it, reserve none, or
+        # one event a day ahead would hold every later event of its key back until then.
+        at = earliest_start(tat, start, gcra)
+    else:
+        admitted = admit(tat, start, gcra)
+        await db.execute("set_throttle_tat", admitted.tat, function_id, key.hash)
+        at = admitted.start_at
+    hold = (THROTTLE, key.display) if at > start else None
+    return Timing(at, hold=hold, priority=priority)

@@ -22,7 +22,7 @@ from gateway.store.base import NewEvent, RunRecord, Store
 from protocol import messages as m
 from protocol.manifest import AppManifest, FunctionConfig, Priority, Throttle, TriggerEvent
 from tests.helpers.waiting import eventually
-from tests.integration.test_cron import Gateway
+from tests.integration.test_cron import Gateway, send_at
 from tests.integration.test_engine_steps import FakeWorker, World
 
 START = 1_700_000_000.0
@@ -132,6 +132,18 @@ async def test_throttle_keys_are_independent_and_excess_waits_in_order(gateway):
     assert set(order[:2]) == {ids["e1-go.tenant"], ids["e3-go.tenant"]}
     assert set(order[2:4]) == {ids["e2-go.tenant"], ids["e5-go.tenant"]}
     assert order[4] == ids["e4-go.tenant"]
+
+
+async def test_a_delayed_event_waits_for_earlier_slots_and_holds_no_later_event(gateway):
+    world = gateway.world
+    await world.send("go.spread")                       # slot 0
+    await send_at(world, "go.spread", START + 2, "soon")  # ts 2: behind slot 5 s, reserves none
+    await send_at(world, "go.spread", START + 3600, "later")  # ts in an hour: at its ts
+    await world.send("go.spread")                       # slot 5 s: not held back an hour
+    by_event = {r.event_ids[0]: r.available_at - START  # type: ignore[operator]
+                for r in await runs(gateway.store, "t/spread")}
+    assert by_event == {"e1-go.spread": 0.0, "soon": 5.0, "later": 3600.0,
+                        "e2-go.spread": 5.0}
 
 
 async def test_throttle_state_survives_a_restart(gateway):
