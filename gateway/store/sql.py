@@ -184,13 +184,7 @@ class SqlStore:
     async def get_run(self, run_id: str) -> RunRecord | None:
         async def read(db: Db) -> RunRecord | None:
             row = await db.fetchone("get_run", run_id)
-            if row is None:
-                return None
-            run = await _with_steps(db, _run(row))
-            hold = await db.fetchone("run_hold", run_id)
-            if hold is not None and hold[0] is not None:
-                run.hold = (hold[0], hold[1])
-            return run
+            return None if row is None else await _with_steps(db, _run(row))
 
         return await self._read(read)
 
@@ -315,6 +309,9 @@ def _run(row: Row) -> RunRecord:
 async def _with_steps(db: Db, run: RunRecord) -> RunRecord:
     warnings = await db.fetchval("run_warnings", run.id)
     run.warnings = json.loads(warnings) if warnings else []
+    hold = await db.fetchone("run_hold", run.id)
+    if hold is not None and hold[0] is not None:
+        run.hold = (hold[0], hold[1])
     run.steps = [
         StepRecord(sid, kind, status, attempts, None if output is None else bytes(output),
                    error_from_json(error), started, ended)

@@ -189,6 +189,9 @@ async def test_waiting_names_the_throttle_its_key_and_until(gateway_factory):
         assert waiting["key"] == "acme"
         assert waiting["until"] == "2023-11-14T22:14:20.000000Z"  # START + 60 s
         assert "throttle" in waiting["reason"]
+        listed = (await client.get("/v1/runs?function_id=t/tenant")).json()["data"]
+        assert {r["id"]: r["waiting"] and r["waiting"]["option"] for r in listed} == {
+            first.id: None, second.id: "throttle"}
 
 
 # --- priority ------------------------------------------------------------------------------
