@@ -192,6 +192,8 @@ async def test_waiting_names_the_throttle_its_key_and_until(gateway_factory):
         listed = (await client.get("/v1/runs?function_id=t/tenant")).json()["data"]
         assert {r["id"]: r["waiting"] and r["waiting"]["option"] for r in listed} == {
             first.id: None, second.id: "throttle"}
+        metrics = (await client.get("/metrics")).text
+        assert 'tether_flow_delayed_total{reason="throttle"} 1.0' in metrics
 
 
 # --- priority ------------------------------------------------------------------------------
