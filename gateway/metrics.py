@@ -196,6 +196,8 @@ class Metrics:
             self.cron_ticks_missed(function_id, count)
         for reason, count in result.flow_skipped.items():
             self.flow("skipped", reason, count)
+        for option in result.flow_delayed:
+            self.flow("delayed", option)
         self.commit_seconds.observe(seconds)
         self.batch_size.observe(len(batch.events) + len(batch.checkpoints) + len(batch.returns)
                                 + len(batch.releases) + len(batch.cancels)

@@ -44,10 +44,8 @@ _CONFIG = ConfigDict(extra="forbid")
 #: (tests/unit/test_options.py lists every option the SDK accepts and fails until you do).
 UNENFORCED: dict[str, str] = {
     "concurrency": "flow control, issue 9",
-    "throttle": "flow control, issue 9",
     "debounce": "flow control, issue 9",
     "batch": "flow control, issue 9",
-    "priority": "flow control, issue 9",
 }
 
 

@@ -90,11 +90,12 @@ def run_json(run: RunRecord, now: float | None = None) -> dict[str, Any]:
 def waiting_json(run: RunRecord, now: float) -> dict[str, Any] | None:
     """SPEC §4's ``waiting`` object for what holds a run until a time, or None."""
     held = holds.held(run.status, run.available_at, run.started_at, run.attempt,
-                      run.error is not None, now)
+                      run.error is not None, now, run.hold[0] if run.hold else None)
     if held is None:
         return None
     option, reason = held
-    return {"reason": reason, "option": option, "key": None, "ahead": None, "running": None,
+    key = run.hold[1] if run.hold and run.hold[0] == option else None
+    return {"reason": reason, "option": option, "key": key, "ahead": None, "running": None,
             "until": iso(run.available_at)}
 
 

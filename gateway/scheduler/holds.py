@@ -8,18 +8,27 @@ from __future__ import annotations
 
 from gateway.runs import RunStatus
 
+#: The option of a run whose throttle reserved it a later start (stored as its ``hold_option``).
+THROTTLE = "throttle"
+
 
 def held(status: str, available_at: float | None, started_at: float | None, attempt: int,
-         failed_before: bool, now: float) -> tuple[str, str] | None:
+         failed_before: bool, now: float, hold_option: str | None = None,
+         ) -> tuple[str, str] | None:
     """``(option, reason)`` when the run may not start before ``available_at``, else None.
 
     ``delay``: queued for a delayed event (``ts`` in the future) and never started; ``retry``:
-    queued again after a failure, with a backoff; ``sleep``: a ``step.sleep`` not over yet.
+    queued again after a failure, with a backoff; ``sleep``: a ``step.sleep`` not over yet;
+    ``throttle``: its start was reserved at a later slot of its key (``hold_option``, stored
+    at admission).
     """
     if available_at is None or available_at <= now:
         return None
     if status == RunStatus.QUEUED:
         if started_at is None and attempt == 0 and not failed_before:
+            if hold_option == THROTTLE:
+                return THROTTLE, ("its throttle key has started its limit of runs for now: "
+                                    "the run starts at its reserved slot then (GCRA)")
             return "delay", ("its event's ts lies in the future: the run starts then "
                              "(a delayed event)")
         return "retry", "an attempt failed: the next one is due then (backoff)"

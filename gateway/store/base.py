@@ -244,6 +244,8 @@ class WriteResult:
     ticks_missed: dict[str, int] = field(default_factory=dict)
     #: runs flow control skipped at admission, per reason, for the metrics
     flow_skipped: dict[str, int] = field(default_factory=dict)
+    #: flow-control options that delayed a run created in this batch, one entry per run
+    flow_delayed: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -287,6 +289,8 @@ class RunRecord:
     warnings: list[str] = field(default_factory=list)
     #: why flow control skipped the run (SPEC §4's ``skipped`` object), or None
     skipped: dict[str, Any] | None = None
+    #: the flow-control option (and key, as shown) that set its available_at: ``waiting``
+    hold: tuple[str, str | None] | None = None
 
 
 @dataclass(slots=True)

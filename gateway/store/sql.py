@@ -313,10 +313,12 @@ async def _with_steps(db: Db, runs: list[RunRecord]) -> list[RunRecord]:
         return runs
     ids = [run.id for run in runs]
     by_id = {run.id: run for run in runs}
-    for rid, warnings, skipped in await db.fetch("runs_notes", ids):
+    for rid, warnings, skipped, hold_option, hold_key in await db.fetch("runs_notes", ids):
         run = by_id[rid]
         run.warnings = json.loads(warnings) if warnings else []
         run.skipped = json.loads(skipped) if skipped else None  # only flow control skips
+        if hold_option is not None:  # the option (and key) that set its available_at
+            run.hold = (hold_option, hold_key)
     for rid, sid, kind, status, attempts, output, error, started, ended in await db.fetch(
             "runs_steps", ids):
         by_id[rid].steps.append(

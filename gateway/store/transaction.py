@@ -35,6 +35,7 @@ import orjson
 
 from gateway import dispatch, loop_guard
 from gateway.flow import admission
+from gateway.flow.timing import timing
 from gateway.runs import FINAL_STATUSES, RunStatus, StepStatus
 from gateway.scheduler.waits import MISSING, NO_INDEX, index_for, key_at
 from gateway.store.base import (
@@ -138,6 +139,10 @@ class Transaction:
         self._listens: dict[str, bool] = {}
         self._new_runs: list[tuple[Any, ...]] = []
         self._new_links: list[tuple[str, int, int]] = []
+        # (hold option, hold key, priority, arrival, run id) of new runs with flow control,
+        # and the runs that fail at once (a throttle key that gave no key).
+        self._flow: list[tuple[Any, ...]] = []
+        self._flow_failures: list[tuple[str, str]] = []
         # Trigger payloads of runs created in this batch: a lease of one needs no query.
         self._triggers: dict[str, bytes] = {}
         self._wakeups: list[float] = []
@@ -272,15 +277,17 @@ class Transaction:
     def _marks(self) -> tuple[Any, ...]:
         result = self.result
         return (len(self.stored), len(self._wakeups), len(result.ended), len(result.revoked),
-                set(self.touched), dict(result.refused), dict(result.flow_skipped))
+                set(self.touched), dict(result.refused), dict(result.flow_skipped),
+                len(result.flow_delayed))
 
     def _undo(self, marks: tuple[Any, ...]) -> None:
-        stored, wakeups, ended, revoked, touched, refused, skipped = marks
+        stored, wakeups, ended, revoked, touched, refused, skipped, delayed = marks
         result = self.result
-        del self.stored[stored:], self._wakeups[wakeups:]
+        del self.stored[stored:], self._wakeups[wakeups:], result.flow_delayed[delayed:]
         del result.ended[ended:], result.revoked[revoked:]
         self.touched, result.refused, result.flow_skipped = touched, refused, skipped
         self._new_runs, self._new_links, self._endings = [], [], []
+        self._flow, self._flow_failures = [], []
         self._counted = {}
         self._admissions.reset()
 
@@ -439,6 +446,18 @@ class Transaction:
                     "Cancelled", f"singleton: run {run_id} of the same key started (mode "
                     "'cancel')"))
         start = self.now if available_at is None else max(self.now, available_at)
+        if after_seq is None:
+            after_seq = max(seq for seq, _ in events)
+        if config.throttle is not None or config.priority is not None:
+            flow = await timing(self.db, function_id, config, trigger_data, start, self.now)
+            start = flow.start
+            self._flow.append((flow.hold[0] if flow.hold else None,
+                               flow.hold[1] if flow.hold else None, flow.priority, after_seq,
+                               run_id))
+            if flow.failure is not None:
+                self._flow_failures.append((run_id, flow.failure))
+            if flow.hold is not None:
+                self.result.flow_delayed.append(flow.hold[0])
         self._later(start)
         deadline = None
         if config.timeouts is not None and config.timeouts.start is not None:
@@ -450,8 +469,6 @@ class Transaction:
         ))
         self._new_links.extend((run_id, i, seq) for i, (seq, _) in enumerate(events))
         self._triggers[run_id] = trigger
-        if after_seq is None:
-            after_seq = max(seq for seq, _ in events)
         for index, cancel in enumerate(config.cancel_on):
             expires = None if cancel.timeout is None else self.now + float(cancel.timeout)  # type: ignore[arg-type]
             await self._insert_wait(run_id, f"cancel:{index}", "cancel", cancel.event,
@@ -560,6 +577,13 @@ class Transaction:
             await self.db.executemany("insert_run_event", self._new_links)
             self._new_runs, self._new_links = [], []
         await self._admissions.flush(self.db)
+        if self._flow:
+            await self.db.executemany("set_run_flow", self._flow)
+            self._flow = []
+        failures, self._flow_failures = self._flow_failures, []
+        for run_id, reason in failures:  # a flow-control key that gave no key: see timing
+            await self.end_run(run_id, RunStatus.FAILED, error=error_json("FlowControlError",
+                                                                          reason))
 
     async def _replay(self, run_id: str) -> str | None:
         row = await self.db.fetchone("run_for_replay", run_id)
@@ -1014,19 +1038,27 @@ class Transaction:
             for fn in w.functions:
                 served[fn] = served.get(fn, 0) + w.free
         candidates: list[tuple[Any, ...]] = []
+        rank: dict[str, float] = {}  # a run's place: available_at, less its priority
         for fn in wanted:
             limit = served.get(fn, 0)
             if limit <= 0:
                 continue
             # Rows come back locked where the backend can lock (PostgreSQL's SKIP LOCKED),
             # so the fences read here are the ones the update below bumps.
-            rows = await db.fetch("ready_runs", fn, now, limit)
+            config = await self._config(db, fn)
+            if config is not None and config.priority is not None:
+                rows = await db.fetch("ready_runs_by_priority", fn, now, limit)
+                rank.update((r[1], r[6]) for r in rows)
+                rows = [tuple(r[:6]) for r in rows]
+            else:
+                rows = await db.fetch("ready_runs", fn, now, limit)
             if len(rows) < limit:
                 result.drained_functions.add(fn)
             candidates.extend(rows)
         if not candidates:
             return
-        candidates.sort()
+        # Stable: a function's runs keep the order its query gave (priority, then arrival).
+        candidates.sort(key=lambda c: (rank.get(c[1], c[0]),) if rank else c)
         by_id = {c[1]: c for c in candidates}
         assigned = dispatch.assign(workers, [(c[1], c[2]) for c in candidates])
         if len(assigned) < len(candidates):

@@ -25,8 +25,6 @@ from protocol.manifest import (
     Concurrency,
     Debounce,
     FunctionConfig,
-    Priority,
-    Throttle,
     TriggerCron,
     TriggerEvent,
 )
@@ -37,10 +35,8 @@ from worker import App
 #: One way to set each option of UNENFORCED, as another SDK's manifest would carry it.
 OPTIONS: dict[str, dict[str, Any]] = {
     "concurrency": {"concurrency": [Concurrency(5)]},
-    "throttle": {"throttle": Throttle(3, 60.0)},
     "debounce": {"debounce": Debounce(5.0)},
     "batch": {"batch": Batch(100, 2.0)},
-    "priority": {"priority": Priority("event.data.vip ? 60 : 0")},
 }
 
 
@@ -109,9 +105,9 @@ async def test_an_unenforced_option_is_refused_at_registration(gw, http, option)
 
 
 async def test_a_hello_with_one_refused_app_registers_none_of_its_apps(gw, http):
-    error = await refused(gw, app_manifest("fine"), manifest("flowy", throttle=Throttle(1, 1.0)))
+    error = await refused(gw, app_manifest("fine"), manifest("flowy", debounce=Debounce(1.0)))
 
-    assert "throttle" in error.message
+    assert "debounce" in error.message
     await nothing_registered(http)
 
 

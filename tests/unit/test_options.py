@@ -35,6 +35,8 @@ from protocol.manifest import (
 )
 from worker import App
 
+_FLOW = "tests/integration/test_flow_throttle.py::"
+
 #: Option (or option field, or trigger type) -> the test that shows the gateway honours it.
 ENFORCED: dict[str, str] = {
     "id": "tests/unit/test_worker_app.py::test_decorator_with_options",
@@ -73,19 +75,25 @@ ENFORCED: dict[str, str] = {
                      "test_singleton_skip_while_the_key_has_a_live_run",
     "Singleton.mode": "tests/integration/test_flow_admission.py::"
                       "test_singleton_cancel_cancels_the_live_run_and_revokes_its_lease",
+    "throttle": _FLOW + "test_throttle_spreads_starts_per_gcra",
+    "Throttle.limit": _FLOW + "test_throttle_spreads_starts_per_gcra",
+    "Throttle.period": _FLOW + "test_throttle_spreads_starts_per_gcra",
+    "Throttle.burst": _FLOW + "test_throttle_burst_starts_at_once_then_at_the_rate",
+    "Throttle.key": _FLOW + "test_throttle_keys_are_independent_and_excess_waits_in_order",
+    "priority": _FLOW + "test_priority_reorders_waiting_runs_and_never_preempts",
+    "Priority.run": _FLOW + "test_priority_is_clamped_and_a_failing_expression_gives_zero",
 }
 
 #: One way to set each option of UNENFORCED, as a user would write it.
 SETTINGS: dict[str, dict[str, Any]] = {
     "concurrency": {"concurrency": 5},
-    "throttle": {"throttle": Throttle(3, "1m")},
     "debounce": {"debounce": Debounce("5s")},
     "batch": {"batch": Batch(100, "2s")},
-    "priority": {"priority": Priority("event.data.vip ? 60 : 0")},
 }
 
 #: Fields of the option classes of enforced options (those of unenforced ones go with them).
-OPTION_CLASSES = (TriggerEvent, TriggerCron, Cancel, Timeouts, RateLimit, Singleton)
+OPTION_CLASSES = (TriggerEvent, TriggerCron, Cancel, Timeouts, RateLimit, Singleton, Throttle,
+                  Priority)
 
 
 def _accepted() -> set[str]:
@@ -126,12 +134,12 @@ def test_each_unenforced_option_is_refused_at_declaration_with_a_message(option)
 
 
 def test_all_unenforced_options_are_named_in_one_message():
-    config = FunctionConfig(id="f", throttle=Throttle(3, "1m"), debounce=Debounce("5s"),
+    config = FunctionConfig(id="f", debounce=Debounce("5s"), batch=Batch(100, "2s"),
                             triggers=[TriggerCron("* * * * *")])
     with pytest.raises(InvalidInput) as info:
         check_function("shop/f", config)
     message = str(info.value)
-    for name in ("throttle (flow control, issue 9)", "debounce (flow control, issue 9)"):
+    for name in ("debounce (flow control, issue 9)", "batch (flow control, issue 9)"):
         assert name in message
 
 
@@ -142,7 +150,9 @@ def test_enforced_options_are_accepted():
                   triggers=[TriggerEvent("shop/y.*")], retries=2,
                   cancel_on=[Cancel("shop/stop", if_="async.data.id == event.data.id",
                                     timeout="1d")],
-                  timeouts=Timeouts(start="1m", finish="1h"), on_failure=lambda ctx: None)
+                  timeouts=Timeouts(start="1m", finish="1h"), on_failure=lambda ctx: None,
+                  throttle=Throttle(3, "1m", burst=2, key="event.data.tenant"),
+                  priority=Priority("event.data.vip ? 60 : 0"))
     async def f(ctx):
         pass
 

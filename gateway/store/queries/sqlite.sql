@@ -160,9 +160,11 @@ UPDATE runs SET lease_losses = ?1 WHERE id = ?2;
 UPDATE runs SET warnings = ?1 WHERE id = ?2;
 
 -- name: runs_notes
--- What the worker noticed (warnings) and why flow control skipped a run, for a page of runs.
-SELECT id, warnings, skipped FROM runs WHERE id IN (SELECT value FROM json_each(?1))
-AND (warnings IS NOT NULL OR skipped IS NOT NULL);
+-- What the worker noticed (warnings), why flow control skipped a run or what holds it back,
+-- for a page of runs.
+SELECT id, warnings, skipped, hold_option, hold_key FROM runs
+WHERE id IN (SELECT value FROM json_each(?1))
+AND (warnings IS NOT NULL OR skipped IS NOT NULL OR hold_option IS NOT NULL);
 
 -- name: forgive_lease_loss
 UPDATE runs SET lease_losses = lease_losses - 1 WHERE id = ?1 AND lease_losses > 0;
@@ -434,7 +436,8 @@ DELETE FROM cron_ticks WHERE function_id = ?1 AND tick < ?2;
 -- name: next_schedule
 SELECT MIN(next_tick) FROM schedules WHERE next_tick > ?1;
 
--- ============================== flow control: admission ==============================
+-- ============================== flow control: admission =======================
+
 
 -- name: lock_flow_key
 -- The key's row, created if new, and its value. One writer owns a SQLite file: no lock needed.
@@ -465,4 +468,29 @@ UPDATE runs SET singleton_key = ?1 WHERE id = ?2;
 INSERT INTO runs (id, function_id, status, available_at, event_ids, queued_at, parent_run_id,
                   parent_step_id, ended_at, skipped)
 VALUES (?1, ?2, 'Skipped', NULL, ?3, ?4, ?5, ?6, ?4, ?7);
+
+=======
+-- ===================== flow control: throttle and priority =====================
+
+-- name: throttle_seed
+INSERT INTO throttle_tat (function_id, key_hash, tat) VALUES (?1, ?2, NULL)
+ON CONFLICT DO NOTHING;
+
+-- name: throttle_tat
+-- The writer holds the database: no other transaction moves the TAT meanwhile.
+SELECT tat FROM throttle_tat WHERE function_id = ?1 AND key_hash = ?2;
+
+-- name: set_throttle_tat
+UPDATE throttle_tat SET tat = ?1 WHERE function_id = ?2 AND key_hash = ?3;
+
+-- name: set_run_flow
+UPDATE runs SET hold_option = ?1, hold_key = ?2, priority = ?3, arrival = ?4 WHERE id = ?5;
+
+-- name: ready_runs_by_priority
+-- As ready_runs, in priority order (runs_by_priority): as if queued ``priority`` s earlier,
+-- ties by arrival.
+SELECT available_at, id, function_id, fence, attempt, started_at, available_at - priority
+FROM runs INDEXED BY runs_by_priority  -- without statistics SQLite would sort every ready run
+WHERE function_id = ?1 AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= ?2
+ORDER BY available_at - priority, arrival LIMIT ?3;
 
