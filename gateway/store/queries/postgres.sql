@@ -461,7 +461,7 @@ DELETE FROM cron_ticks WHERE function_id = $1 AND tick < $2;
 -- name: next_schedule
 SELECT MIN(next_tick) FROM schedules WHERE next_tick > $1;
 
--- ============================== flow control: admission =======================
+-- ========================== flow control: admission ==========================
 
 
 -- name: lock_flow_key
@@ -495,7 +495,6 @@ INSERT INTO runs (id, function_id, status, available_at, event_ids, queued_at, p
                   parent_step_id, ended_at, skipped)
 VALUES ($1, $2, 'Skipped', NULL, $3, $4, $5, $6, $4, $7);
 
-=======
 -- ===================== flow control: throttle and priority =====================
 
 -- name: throttle_seed
