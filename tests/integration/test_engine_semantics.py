@@ -12,14 +12,12 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.clock import FakeClock
-from gateway.engine import Engine
-from gateway.registry import Registry, WorkerEntry
+from gateway.registry import WorkerEntry
 from gateway.store.base import NewEvent
 from protocol import messages as m
 from protocol.manifest import AppManifest, Cancel, Timeouts
 from tests.helpers.waiting import eventually
-from tests.integration.test_engine_steps import BOUND, World, fn
+from tests.integration.test_engine_steps import World, fn, running_world
 
 
 def event(name: str, data: dict | None = None, event_id: str | None = None) -> NewEvent:
@@ -40,10 +38,7 @@ async def run_of(world: World, event_id: str) -> str:
 
 @pytest.fixture
 async def world(store) -> AsyncIterator[World]:
-    clock = FakeClock()
-    registry = Registry()
-    engine = Engine(store, registry, clock, retry_base=1.0)
-    await engine.register_app(AppManifest(id="t", functions=[
+    async with running_world(store, [
         # "Cancel the older run when a new update arrives."
         fn("updater", "x/updated",
            cancel_on=[Cancel("x/updated", if_="async.data.id == event.data.id")]),
@@ -53,12 +48,8 @@ async def world(store) -> AsyncIterator[World]:
         fn("bounded", "go.bounded", timeouts=Timeouts(finish=5)),
         fn("both", "go.both", timeouts=Timeouts(start=10, finish=50)),
         fn("flaky", "go.flaky", retries=1),
-    ]))
-    await engine.load()
-    task = asyncio.create_task(engine.run())
-    yield World(engine, clock, registry)
-    await engine.close()
-    await asyncio.wait_for(task, BOUND)
+    ]) as world:
+        yield world
 
 
 # --- cancel_on -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ gateway sends them. Time only moves when a test calls ``clock.advance``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -127,23 +128,33 @@ def fn(fid: str, *triggers: str, **options) -> FunctionConfig:
     return FunctionConfig(id=fid, triggers=[TriggerEvent(t) for t in triggers], **options)
 
 
-@pytest.fixture
-async def world(store) -> AsyncIterator[World]:
-    clock = FakeClock()
+@contextlib.asynccontextmanager
+async def running_world(store, functions: list[FunctionConfig], clock: FakeClock | None = None
+                        ) -> AsyncIterator[World]:
+    """An engine over ``store`` serving app ``t`` with ``functions``, running until the end."""
+    clock = clock or FakeClock()
     registry = Registry()
     engine = Engine(store, registry, clock, retry_base=1.0)
-    await engine.register_app(AppManifest(id="t", functions=[
+    await engine.register_app(AppManifest(id="t", functions=functions))
+    await engine.load()
+    task = asyncio.create_task(engine.run())
+    try:
+        yield World(engine, clock, registry)
+    finally:
+        await engine.close()
+        await asyncio.wait_for(task, BOUND)
+
+
+@pytest.fixture
+async def world(store) -> AsyncIterator[World]:
+    async with running_world(store, [
         fn("sleepy", "go.sleep"),
         fn("waiter", "go.wait"),
         fn("parent", "go.parent"),
         fn("child"),
         fn("impatient", "go.impatient", timeouts=Timeouts(start=10)),
-    ]))
-    await engine.load()
-    task = asyncio.create_task(engine.run())
-    yield World(engine, clock, registry)
-    await engine.close()
-    await asyncio.wait_for(task, BOUND)
+    ]) as world:
+        yield world
 
 
 async def test_a_sleep_is_leased_again_only_when_due(world):

@@ -18,13 +18,11 @@ import pytest
 
 from gateway.app import open_store
 from gateway.clock import FakeClock
-from gateway.engine import Engine
-from gateway.registry import Registry
 from gateway.store.base import CancelRequest, NewEvent, RunRecord, Store, WorkerSlots, WriteBatch
 from protocol import messages as m
 from protocol.ids import new_id
 from protocol.manifest import AppManifest, FunctionConfig, RateLimit, Singleton, TriggerEvent
-from tests.integration.test_engine_steps import BOUND, World
+from tests.integration.test_engine_steps import World, running_world
 
 T0 = 1_700_000_000.0
 DAY = 24 * 3600.0
@@ -224,22 +222,15 @@ async def test_two_gateways_on_postgres_never_both_admit(db_url):
 
 @pytest.fixture
 async def world(store) -> AsyncIterator[World]:
-    clock = FakeClock(T0)
-    registry = Registry()
-    engine = Engine(store, registry, clock, retry_base=1.0)
-    await engine.register_app(AppManifest(id="t", functions=[
+    async with running_world(store, [
         FunctionConfig(id="solo", triggers=[TriggerEvent("go.solo")],
                        singleton=Singleton(key="event.data.user", mode="cancel")),
         FunctionConfig(id="parent", triggers=[TriggerEvent("go.parent")]),
         FunctionConfig(id="child", rate_limit=RateLimit(1, "1h", key="event.data.user")),
         FunctionConfig(id="hourly", triggers=[TriggerEvent("go.hourly")],
                        rate_limit=RateLimit(1, "1h")),
-    ]))
-    await engine.load()
-    task = asyncio.create_task(engine.run())
-    yield World(engine, clock, registry)
-    await engine.close()
-    await asyncio.wait_for(task, BOUND)
+    ], clock=FakeClock(T0)) as world:
+        yield world
 
 
 async def test_engine_singleton_cancel_revokes_the_lease_and_leases_the_new_run(world):

@@ -5,16 +5,12 @@ are not in the way.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from gateway.clock import FakeClock
-from gateway.engine import Engine
-from gateway.registry import Registry
 from protocol import messages as m
 from protocol.durations import YEAR
 from protocol.manifest import (
@@ -29,7 +25,7 @@ from protocol.manifest import (
     TriggerEvent,
 )
 from tests.integration.raw_worker import EVENT, FN_ID, RawWorker, app_manifest, hello
-from tests.integration.test_engine_steps import World
+from tests.integration.test_engine_steps import World, running_world
 from worker import App
 
 #: One way to set each option of UNENFORCED, as another SDK's manifest would carry it.
@@ -164,22 +160,15 @@ async def test_the_child_of_an_invoke_gets_the_user_given_or_none(harness):
 
 @pytest.fixture
 async def world(store) -> AsyncIterator[World]:
-    clock = FakeClock()
-    registry = Registry()
-    engine = Engine(store, registry, clock, retry_base=1.0)
-    await engine.register_app(AppManifest(id="t", functions=[
+    async with running_world(store, [
         FunctionConfig(id="sleepy", triggers=[TriggerEvent("go.sleep")]),
         FunctionConfig(id="parent", triggers=[TriggerEvent("go.parent")]),
         FunctionConfig(id="child"),
         FunctionConfig(id="cancellable", triggers=[TriggerEvent("go.c")],
                        cancel_on=[Cancel("stop", if_="async.data.n == event.data.n",
                                          timeout=10.0)]),
-    ]))
-    await engine.load()
-    task = asyncio.create_task(engine.run())
-    yield World(engine, clock, registry)
-    await engine.close()
-    await asyncio.wait_for(task, 5)
+    ]) as world:
+        yield world
 
 
 async def test_cancel_on_timeout_ends_the_cancel_window(world):
