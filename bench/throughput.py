@@ -60,7 +60,8 @@ def _wait_workers(cluster: Cluster, count: int, timeout: float = 30) -> None:
 def _completed(cluster: Cluster) -> int:
     """Runs completed, summed over functions (``tether_runs_finished_total``)."""
     return sum(int(float(line.rsplit(" ", 1)[1]))
-               for line in cluster.get_text("/metrics").splitlines()
+               for line in cluster.get_text(
+                   "/metrics?name[]=tether_runs_finished_total").splitlines()
                if line.startswith("tether_runs_finished_total{")
                and 'status="Completed"' in line)
 

@@ -10,6 +10,7 @@ import asyncio
 import os
 import random
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -232,8 +233,9 @@ class Gateway:
             "uptime_seconds": round(self.clock.now() - self._started, 3),
         }
 
-    async def _render_metrics(self) -> bytes:
+    async def _render_metrics(self, names: Sequence[str] = ()) -> bytes:
         return await self.metrics.render(
             registry=self.registry,
             functions=[f.id for f in self.engine.functions.values() if f.active],
-            queue=lambda: self.store.queue_depths(now=self.clock.now()), now=self.clock.now())
+            queue=lambda: self.store.queue_depths(now=self.clock.now()), now=self.clock.now(),
+            names=names)

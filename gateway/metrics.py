@@ -15,7 +15,7 @@ time, so ending or first leasing a run costs no query.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -284,8 +284,18 @@ class Metrics:
 
     async def render(self, *, registry: Registry, functions: Iterable[str],
                      queue: Callable[[], Awaitable[list[tuple[str, int, float | None]]]],
-                     now: float) -> bytes:
-        """The exposition text; the queue read is reused for :data:`QUEUE_CACHE_SECONDS`."""
+                     now: float, names: Sequence[str] = ()) -> bytes:
+        """The exposition text; the queue read is reused for :data:`QUEUE_CACHE_SECONDS`.
+
+        ``names`` (``GET /metrics?name[]=...``, as Prometheus clients offer) restricts it to
+        those samples: a cheap read for a script polling one counter.
+        """
+        if names:
+            wanted = set(names)
+            if not wanted & {"tether_queue_depth", "tether_queue_oldest_age_seconds",
+                             "tether_workers_connected", "tether_worker_slots_free",
+                             "tether_runs_in_flight"}:
+                return generate_latest(self.registry.restricted_registry(sorted(wanted)))
         scrape = self.scrape
         rows: list[tuple[str, int, float | None]] | None = None
         read = scrape.queue_read
@@ -307,6 +317,8 @@ class Metrics:
             scrape.queue_read = time.monotonic()
         scrape.now = now
         scrape.workers = [(len(w.in_flight), w.capacity, w.draining) for w in registry]
+        if names:
+            return generate_latest(self.registry.restricted_registry(sorted(set(names))))
         return generate_latest(self.registry)
 
 

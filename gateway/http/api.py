@@ -11,7 +11,7 @@ are refused with 403. Clients that are not browsers send neither header and are 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -77,7 +77,7 @@ def build_api(
     registry: Registry,
     auth: Authenticator,
     limits: EventLimits,
-    metrics: Callable[[], Awaitable[bytes]],
+    metrics: Callable[[Sequence[str]], Awaitable[bytes]],
     health: Callable[[], dict[str, Any]],
     gateway_id: str = "",
     peer_ttl: float = 5.0,
@@ -114,7 +114,9 @@ def build_api(
         return JSONResponse(health())
 
     async def metrics_route(request: Request) -> Response:
-        return Response(await metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        names = request.query_params.getlist("name[]")[:100]
+        return Response(await metrics(names),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
 
     routes = [
         Route("/e/{event_key}", same_origin(events.post), methods=["POST"]),

@@ -210,3 +210,16 @@ def test_flow_and_cron_families_take_only_bounded_labels():
     assert get("tether_flow_delayed_total", {"reason": "throttle"}) == 2
     assert get("tether_flow_skipped_total", {"reason": "other"}) == 1
     assert get("tether_cron_ticks_missed_total", {"function": "app/nightly"}) == 3
+
+
+async def test_a_scrape_can_ask_for_some_families_only(harness):
+    """``?name[]=`` (as Prometheus clients offer): a cheap read for a script polling one
+    counter, here the runs finished."""
+    response = await harness.http.get("/metrics", params=[
+        ("name[]", "tether_runs_finished_total"), ("name[]", "tether_batches_committed_total")])
+    assert response.status_code == 200
+    names = {s.name for family in text_string_to_metric_families(response.text)
+             for s in family.samples}
+    assert names == {"tether_batches_committed_total"}  # no run has finished yet: no sample
+    _, everything = await scrape(harness.http)
+    assert len({name for name, _ in everything}) > 10
