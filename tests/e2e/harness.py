@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +38,16 @@ class Entry:
     step: str
     pid: int
     extra: tuple[str, ...]
+
+
+def cluster_with_app(tmp_path: Path, module: str, source: str) -> Iterator[Cluster]:
+    """A cluster (JSON logs) whose processes can import ``module`` (``source``); stopped after."""
+    cluster = Cluster(tmp_path / "cluster", gateway_args=["--log-format", "json"])
+    (cluster.workdir / f"{module}.py").write_text(source)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def log_events(proc: Process, event: str | None = None) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ import pytest
 
 from bench.cluster import Cluster
 from tests.e2e.gateways_support import Fleet, fleet_fixture
+from tests.e2e.harness import cluster_with_app
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -42,12 +43,7 @@ TICK = 2000  # ms between ticks
 
 @pytest.fixture
 def app_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path / "cluster", gateway_args=["--log-format", "json"])
-    (cluster.workdir / "cronapp.py").write_text(APP)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from cluster_with_app(tmp_path, "cronapp", APP)
 
 
 def tick_runs(cluster: Cluster) -> list[dict[str, Any]]:

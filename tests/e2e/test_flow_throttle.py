@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from bench.cluster import Cluster
+from tests.e2e.harness import cluster_with_app
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -35,12 +36,7 @@ EMISSION = 1.0  # seconds between starts: period / limit
 
 @pytest.fixture
 def app_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path / "cluster", gateway_args=["--log-format", "json"])
-    (cluster.workdir / "flowapp.py").write_text(APP)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from cluster_with_app(tmp_path, "flowapp", APP)
 
 
 def seconds(text: str) -> float:
