@@ -43,7 +43,6 @@ _CONFIG = ConfigDict(extra="forbid")
 #: option is ever silently ignored. Remove an entry in the change that enforces it
 #: (tests/unit/test_options.py lists every option the SDK accepts and fails until you do).
 UNENFORCED: dict[str, str] = {
-    "concurrency": "flow control, issue 9",
     "debounce": "flow control, issue 9",
     "batch": "flow control, issue 9",
 }
@@ -158,11 +157,13 @@ Trigger = TriggerEvent | TriggerCron
 @_plain_errors
 @dataclass(frozen=True, config=_CONFIG)
 class Concurrency:
-    """At most ``limit`` runs executing at once, per ``key`` (CEL) if given."""
+    """At most ``limit`` runs executing at once, per ``key`` (CEL) if given; at most
+    ``max_queued`` runs of a key waiting (more are recorded ``Skipped``)."""
 
     limit: Annotated[int, Field(ge=1)]
     key: str | None = None
     scope: Literal["fn", "app"] = "fn"
+    max_queued: Annotated[int, Field(ge=1)] | None = None
 
 
 @_plain_errors

@@ -5,32 +5,36 @@ sleeping and waiting runs hold no slot. A function has at most two limits; each 
 (CEL, default: one key for the whole function) and a scope: ``fn`` (the key's runs of this
 function) or ``app`` (the key's runs of every function of the app that uses it; Inngest's
 ``env``/``account`` scopes have no counterpart). A run may be leased only when every one of its
-slots has room.
+slots has room under its own function's limit.
 
 Counts are never stored as counters that could leak: the store derives them from the leased
-runs themselves (``runs`` whose status is in :data:`gateway.runs.HOLDS_LEASE`, grouped by slot),
-so every way a lease ends (completion, failure, suspension, cancel, timeout, worker or gateway
+runs themselves (``runs`` whose status is in :data:`gateway.runs.HOLDS_LEASE`, by slot), so
+every way a lease ends (completion, failure, suspension, cancel, timeout, worker or gateway
 death) frees its slot by changing the run's status.
 
-Fairness. Each key is its own queue. :func:`plan` serves the keys that can dispatch (a ready
-run and room in every slot) round-robin, in key order from a cursor, one run per key per turn.
-Bound: a key that becomes ready has its first run dispatched within ``k`` dispatches, where
-``k`` is the number of keys able to dispatch (itself included), whatever their backlogs: with
-10,000 runs of key A queued, key B's first run is dispatched within 2 dispatches. Inngest
-shuffles partitions with weights instead (its "fair multi-tenant queue"), which bounds the wait
-only in expectation. The cursor is per function; with several gateways sharing it through the
-store the bound holds as stated (each claim moves the shared cursor).
+Fairness. A run's *queue* is the pair of its slots: with ``Concurrency(10)`` and
+``Concurrency(2, key="event.data.tenant")`` each tenant is a queue. :func:`plan` serves the
+queues that can dispatch (a ready run and room in every slot) round-robin, in key order from a
+cursor, one run per queue per turn. Bound: a queue that becomes ready has its first run
+dispatched within ``k`` dispatches, where ``k`` is the number of queues able to dispatch
+(itself included), whatever their backlogs: with 10,000 runs of tenant A queued, tenant B's
+first run is dispatched within 2 dispatches. Inngest shuffles partitions with weights instead
+(its "fair multi-tenant queue"), which bounds the wait only in expectation. The cursor is per
+function and kept in the store, so several gateways claiming in turn keep the bound.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 #: Most limits a function may set (Inngest's too).
 MAX_LIMITS = 2
+#: Characters of a slot: hex, so keys sort alike in Python and in every store collation.
+SLOT_LENGTH = 40
 
 
 @dataclass(frozen=True)
@@ -44,66 +48,87 @@ class Limit:
 
 
 def slot(limit: Limit, key_hash: str, *, function_id: str, app_id: str) -> str:
-    """The slot a run takes under ``limit``: what the store groups leased runs by."""
+    """The slot a run takes under ``limit``: what the store counts leased runs by.
+
+    A digest (the store indexes it on every leased run): scope, owner and key hash.
+    """
     owner = f"fn:{function_id}" if limit.scope == "fn" else f"app:{app_id}"
-    return f"{owner}/{key_hash}"
+    return hashlib.sha256(f"{owner}\0{key_hash}".encode()).hexdigest()[:SLOT_LENGTH]
 
 
-def has_room(limits: Sequence[Limit], running: Sequence[int]) -> bool:
-    """True when a run whose slots hold ``running[i]`` leases under ``limits[i]`` may be leased."""
-    if len(limits) > MAX_LIMITS:
-        raise ValueError(f"at most {MAX_LIMITS} concurrency limits per function, got {len(limits)}")
-    if len(limits) != len(running):
-        raise ValueError("one running count per limit")
-    return all(n < limit.limit for limit, n in zip(limits, running, strict=True))
+def queue_of(slots: Sequence[str]) -> str:
+    """A run's queue: its slots together (one queue per key pair, served fairly)."""
+    return "".join(slots)
 
 
-def room(limits: Sequence[Limit], running: Sequence[int]) -> int | None:
-    """How many more runs of these slots may be leased now (None: no limit)."""
-    if not limits:
-        return None
-    return max(0, min(limit.limit - n for limit, n in zip(limits, running, strict=True)))
+def slots_of(queue: str) -> tuple[str, ...]:
+    """The slots a queue stands for (:func:`queue_of` reversed)."""
+    return tuple(queue[i:i + SLOT_LENGTH] for i in range(0, len(queue), SLOT_LENGTH))
 
 
 def backlog_full(queued: int, max_queued: int | None) -> str | None:
-    """The skip reason for a new run of a key with ``queued`` runs waiting, or None to queue it.
+    """The skip message for a new run of a key with ``queued`` runs waiting, or None to queue it.
 
     ``max_queued`` (no peer has it) bounds what one tenant flooding a key can make the store
     hold; the refused run is recorded as Skipped.
     """
     if max_queued is None or queued < max_queued:
         return None
-    return f"backlog full: {queued} runs of this key are queued (max_queued={max_queued})"
+    return (f"backlog full: {queued} runs of this concurrency key are already waiting "
+            f"(max_queued={max_queued}); this run was not queued")
+
+
+@dataclass(frozen=True)
+class Queue:
+    """One key's queue as a claim sees it: runs ready now, and its (slot, limit) pairs."""
+
+    key: str
+    ready: int
+    slots: tuple[tuple[str, int], ...]
+
+    def has_room(self, used: Mapping[str, int]) -> bool:
+        return all(used.get(s, 0) < limit for s, limit in self.slots)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Keys to dispatch one run each from, in order (a key may repeat), and the new cursor."""
+    """Queues to dispatch one run each from, in order (a queue may repeat), and the cursor."""
 
     keys: tuple[str, ...]
     cursor: str | None
 
 
-def plan(ready: Mapping[str, int], room_of: Mapping[str, int | None], cursor: str | None,
-         n: int) -> Plan:
-    """Choose up to ``n`` dispatches round-robin over keys, starting after ``cursor``.
+def plan(queues: Sequence[Queue], used: Mapping[str, int], cursor: str | None, n: int) -> Plan:
+    """Choose up to ``n`` dispatches round-robin over ``queues``, starting after ``cursor``.
 
-    ``ready[k]`` is how many runs of key ``k`` are ready; ``room_of[k]`` how many more may be
-    leased (None or missing: unlimited). Keys are visited in sorted order from the first key
-    after ``cursor`` (wrapping round), one dispatch per key per turn, until ``n`` are chosen or
-    no key can take more. The returned cursor is the last key served.
+    ``used[slot]`` is how many runs hold the slot now (leased, or chosen earlier in the same
+    claim). Queues are visited in key order from the first key after ``cursor`` (wrapping
+    round), one dispatch per queue per turn, each taking a place in every one of its slots,
+    until ``n`` are chosen or no queue can take more. The returned cursor is the last key
+    served (unchanged when none was).
     """
-    left = {k: c if room_of.get(k) is None else min(c, room_of[k] or 0)
-            for k, c in ready.items()}
-    order = sorted(k for k, c in left.items() if c > 0)
+    taken = dict(used)
+    by_key = {q.key: q for q in queues if q.ready > 0}
+    left = {k: q.ready for k, q in by_key.items()}
+    order = sorted(by_key)
     if not order or n <= 0:
         return Plan((), cursor)
     start = bisect.bisect_right(order, cursor) if cursor is not None else 0
     ring = order[start:] + order[:start]
     chosen: list[str] = []
-    while ring and len(chosen) < n:  # one turn: each key with runs left gives one
-        turn, ring = ring[: n - len(chosen)], [k for k in ring if left[k] > 1]
-        for key in turn:
+    while ring and len(chosen) < n:  # one turn: each queue with room and runs left gives one
+        later: list[str] = []
+        for key in ring:
+            if len(chosen) == n:
+                break
+            queue = by_key[key]
+            if not queue.has_room(taken):
+                continue  # full for this claim: places only fill up within it
             chosen.append(key)
+            for s, _ in queue.slots:
+                taken[s] = taken.get(s, 0) + 1
             left[key] -= 1
-    return Plan(tuple(chosen), chosen[-1])
+            if left[key] > 0:
+                later.append(key)
+        ring = later
+    return Plan(tuple(chosen), chosen[-1] if chosen else cursor)

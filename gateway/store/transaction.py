@@ -34,7 +34,8 @@ from typing import Any
 import orjson
 
 from gateway import dispatch, loop_guard
-from gateway.flow import admission
+from gateway.flow import admission, queues
+from gateway.flow.concurrency import backlog_full
 from gateway.flow.timing import timing
 from gateway.runs import FINAL_STATUSES, RunStatus, StepStatus
 from gateway.scheduler.waits import MISSING, NO_INDEX, index_for, key_at
@@ -154,6 +155,11 @@ class Transaction:
         self._prune: list[tuple[str, int]] = []
         # Flow-control keys this batch locked and has yet to write (gateway.flow.admission).
         self._admissions = admission.Admissions()
+        # (slot1, slot2, queue, key shown, run id) of new runs with concurrency limits, and
+        # how many runs each queue gained in the batch and not yet written (max_queued).
+        self._conc: list[tuple[Any, ...]] = []
+        self._queued: dict[str, int] = {}
+        self._claimer = queues.Claimer()
 
     async def run(self) -> WriteResult:
         batch = self.batch
@@ -247,6 +253,7 @@ class Transaction:
         """The batch's end, whichever way its items were applied: lease, then find when the
         engine must wake up next."""
         batch = self.batch
+        await self._slots_freed()
         self.result.touched_functions = self.touched
         if batch.claims:
             await self._claim(self.touched | batch.claim_functions)
@@ -254,6 +261,23 @@ class Transaction:
             await self._find_wakeup()
         self.result.next_wakeup = min(self._wakeups, default=None)
         return self.result
+
+    async def _slots_freed(self) -> None:
+        """Runs that ended may have freed concurrency slots: their functions may start more
+        (with an app-scoped limit, every function of the app that uses one)."""
+        apps: set[str] = set()
+        for fn in {e.function_id for e in self.result.ended} | self.touched:
+            config = await self._config(self.db, fn)
+            if config is None or not config.concurrency:
+                continue
+            self.touched.add(fn)
+            if any(c.scope == "app" for c in config.concurrency):
+                apps.add(queues.app_of(fn))
+        for app in sorted(apps):
+            for (fn,) in await self.db.fetch("app_function_ids", app):
+                config = await self._config(self.db, fn)
+                if config is not None and any(c.scope == "app" for c in config.concurrency):
+                    self.touched.add(fn)
 
     async def _isolated(self, store_errors: tuple[type[BaseException], ...],
                         work: Awaitable[Any]) -> str | None:
@@ -288,6 +312,7 @@ class Transaction:
         self.touched, result.refused, result.flow_skipped = touched, refused, skipped
         self._new_runs, self._new_links, self._endings = [], [], []
         self._flow, self._flow_failures = [], []
+        self._conc, self._queued = [], {}
         self._counted = {}
         self._admissions.reset()
 
@@ -433,6 +458,13 @@ class Transaction:
         if config is None:
             return None
         run_id = new_id(self.now)
+        placed = None
+        if config.concurrency:
+            placed = queues.place(function_id, config, trigger_data)
+            full = await self._backlog(function_id, config, placed)
+            if full is not None:
+                await self._skip_run(run_id, function_id, events, full, parent)
+                return run_id
         held = admission.ADMIT
         if admission.applies(config):
             held = await self._admissions.admit(self.db, function_id, config, trigger_data,
@@ -473,12 +505,33 @@ class Transaction:
             expires = None if cancel.timeout is None else self.now + float(cancel.timeout)  # type: ignore[arg-type]
             await self._insert_wait(run_id, f"cancel:{index}", "cancel", cancel.event,
                                     cancel.if_, trigger, trigger_data, expires, after_seq)
+        if placed is not None:
+            if placed.failure is not None:
+                self._flow_failures.append((run_id, placed.failure))
+            else:
+                slots = placed.slots
+                self._conc.append((slots[0], slots[1] if len(slots) > 1 else None,
+                                   placed.queue, placed.shown, run_id))
+                self._queued[placed.queue] = self._queued.get(placed.queue, 0) + 1
         if start <= self.now:
             self.touched.add(function_id)
         self.result.runs_created += 1
         self.result.created_functions.append(function_id)
         self._admissions.started(run_id, held)
         return run_id
+
+    async def _backlog(self, function_id: str, config: FunctionConfig,
+                       placed: queues.Placement) -> admission.Skip | None:
+        """The skip of a run whose concurrency queue is full (``max_queued``), or None."""
+        bounds = [c.max_queued for c in config.concurrency if c.max_queued is not None]
+        if not bounds or placed.failure is not None:
+            return None
+        bound = min(bounds)
+        waiting = self._queued.get(placed.queue, 0) + await self.db.fetchval(
+            "conc_waiting", function_id, placed.queue, bound)
+        message = backlog_full(waiting, bound)
+        return None if message is None else admission.Skip("backlog_full", placed.shown,
+                                                           message)
 
     async def _skip_run(self, run_id: str, function_id: str, events: list[tuple[int, str]],
                         skip: admission.Skip, parent: tuple[str, str] | None) -> None:
@@ -580,6 +633,9 @@ class Transaction:
         if self._flow:
             await self.db.executemany("set_run_flow", self._flow)
             self._flow = []
+        if self._conc:
+            await self.db.executemany("set_run_concurrency", self._conc)
+            self._conc, self._queued = [], {}
         failures, self._flow_failures = self._flow_failures, []
         for run_id, reason in failures:  # a flow-control key that gave no key: see timing
             await self.end_run(run_id, RunStatus.FAILED, error=error_json("FlowControlError",
@@ -1039,13 +1095,25 @@ class Transaction:
                 served[fn] = served.get(fn, 0) + w.free
         candidates: list[tuple[Any, ...]] = []
         rank: dict[str, float] = {}  # a run's place: available_at, less its priority
-        for fn in wanted:
-            limit = served.get(fn, 0)
-            if limit <= 0:
-                continue
+        configs = {fn: await self._config(db, fn) for fn in wanted if served.get(fn, 0) > 0}
+        limited = {fn for fn, config in configs.items() if config is not None
+                   and config.concurrency}
+        if limited:  # one lock call, in one order: claims elsewhere wait for this commit
+            await db.fetch("lock_concurrency", sorted({
+                o for fn in limited for o in queues.owners(fn, configs[fn])}))  # type: ignore[arg-type]
+        for fn, config in configs.items():
+            limit = served[fn]
             # Rows come back locked where the backend can lock (PostgreSQL's SKIP LOCKED),
             # so the fences read here are the ones the update below bumps.
-            config = await self._config(db, fn)
+            if fn in limited:
+                assert config is not None
+                rows, drained = await self._claimer.claim(db, fn, config, now, limit)
+                if drained:
+                    result.drained_functions.add(fn)
+                if config.priority is not None:
+                    rank.update((r[1], r[7]) for r in rows)
+                candidates.extend(tuple(r[:6]) for r in rows)
+                continue
             if config is not None and config.priority is not None:
                 rows = await db.fetch("ready_runs_by_priority", fn, now, limit)
                 rank.update((r[1], r[6]) for r in rows)

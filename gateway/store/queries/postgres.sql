@@ -520,3 +520,88 @@ FROM runs
 WHERE function_id = $1 AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= $2
 ORDER BY available_at - priority, arrival LIMIT $3 FOR UPDATE SKIP LOCKED;
 
+
+-- ========================= flow control: concurrency =========================
+
+-- name: set_run_concurrency
+UPDATE runs SET slot1 = $1, slot2 = $2, cqueue = $3, conc_key = $4 WHERE id = $5;
+
+-- name: conc_waiting
+SELECT COUNT(*) FROM (SELECT 1 FROM runs WHERE function_id = $1 AND cqueue = $2
+    AND cqueue IS NOT NULL AND status IN ('Queued', 'Sleeping', 'Waiting') LIMIT $3) w;
+
+-- name: lock_concurrency
+-- Claims of the functions (and apps, for app-scoped limits) named in $1 wait for each other
+-- across gateways until commit, in one order (no deadlock): a slot's count and the leases
+-- that fill it are then one decision.
+SELECT pg_advisory_xact_lock(hashtextextended(o, 9)) FROM (
+    SELECT unnest($1::text[]) AS o ORDER BY 1) owners;
+
+-- name: conc_cursor
+SELECT cursor FROM conc_cursors WHERE function_id = $1;
+
+-- name: set_conc_cursor
+INSERT INTO conc_cursors (function_id, cursor) VALUES ($1, $2)
+ON CONFLICT (function_id) DO UPDATE SET cursor = excluded.cursor;
+
+-- name: conc_queues
+WITH RECURSIVE q(k, n) AS (
+    SELECT (SELECT MIN(cqueue) FROM runs WHERE function_id = $1 AND cqueue > $2
+            AND cqueue IS NOT NULL AND status IN ('Queued', 'Sleeping', 'Waiting')
+            AND available_at <= $3), 1
+    UNION ALL
+    SELECT (SELECT MIN(cqueue) FROM runs WHERE function_id = $1 AND cqueue > q.k
+            AND cqueue IS NOT NULL AND status IN ('Queued', 'Sleeping', 'Waiting')
+            AND available_at <= $3), q.n + 1
+    FROM q WHERE q.k IS NOT NULL AND q.n < $4
+)
+SELECT k, (SELECT COUNT(*) FROM (SELECT 1 FROM runs WHERE function_id = $1 AND cqueue = q.k
+            AND cqueue IS NOT NULL AND status IN ('Queued', 'Sleeping', 'Waiting')
+            AND available_at <= $3 LIMIT $5) c)
+FROM q WHERE k IS NOT NULL;
+
+-- name: conc_heads
+SELECT r.available_at, r.id, r.function_id, r.fence, r.attempt, r.started_at, r.cqueue,
+       r.available_at - r.priority
+FROM runs r WHERE r.id IN (
+    SELECT h.id FROM unnest($3::text[]) AS k(q) CROSS JOIN LATERAL (
+        SELECT id FROM runs WHERE function_id = $1 AND cqueue = k.q AND cqueue IS NOT NULL
+            AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= $2
+        ORDER BY available_at LIMIT $4) h)
+FOR UPDATE OF r SKIP LOCKED;
+
+-- name: conc_heads_by_priority
+SELECT r.available_at, r.id, r.function_id, r.fence, r.attempt, r.started_at, r.cqueue,
+       r.available_at - r.priority
+FROM runs r WHERE r.id IN (
+    SELECT h.id FROM unnest($3::text[]) AS k(q) CROSS JOIN LATERAL (
+        SELECT id FROM runs WHERE function_id = $1 AND cqueue = k.q AND cqueue IS NOT NULL
+            AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= $2
+        ORDER BY available_at - priority, arrival LIMIT $4) h)
+FOR UPDATE OF r SKIP LOCKED;
+
+-- name: slots_running
+SELECT slot, COUNT(*) FROM (
+    SELECT slot1 AS slot FROM runs WHERE slot1 = ANY($1::text[])
+        AND slot1 IS NOT NULL AND status = 'Running'
+    UNION ALL
+    SELECT slot2 FROM runs WHERE slot2 = ANY($1::text[])
+        AND slot2 IS NOT NULL AND status = 'Running' AND slot2 IS DISTINCT FROM slot1) s
+GROUP BY slot;
+
+-- name: run_concurrency
+SELECT cqueue, conc_key, (SELECT COUNT(*) FROM runs o WHERE o.function_id = r.function_id
+        AND o.cqueue = r.cqueue AND o.cqueue IS NOT NULL
+        AND o.status IN ('Queued', 'Sleeping', 'Waiting') AND o.available_at <= $2
+        AND (o.available_at < r.available_at OR (o.available_at = r.available_at AND o.id < r.id)))
+FROM runs r WHERE r.id = $1 AND r.cqueue IS NOT NULL;
+
+-- name: conc_key_counts
+SELECT cqueue, MAX(conc_key), SUM(CASE WHEN status = 'Running' THEN 0 ELSE 1 END),
+       SUM(CASE WHEN status = 'Running' THEN 1 ELSE 0 END)
+FROM runs WHERE function_id = $1 AND cqueue IS NOT NULL
+    AND status IN ('Queued', 'Running', 'Sleeping', 'Waiting')
+GROUP BY cqueue ORDER BY 3 DESC, 4 DESC LIMIT $2;
+
+-- name: app_function_ids
+SELECT id FROM functions WHERE app_id = $1 AND active = 1;

@@ -493,3 +493,90 @@ FROM runs INDEXED BY runs_by_priority  -- without statistics SQLite would sort e
 WHERE function_id = ?1 AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= ?2
 ORDER BY available_at - priority, arrival LIMIT ?3;
 
+
+-- ========================= flow control: concurrency =========================
+
+-- name: set_run_concurrency
+UPDATE runs SET slot1 = ?1, slot2 = ?2, cqueue = ?3, conc_key = ?4 WHERE id = ?5;
+
+-- name: conc_waiting
+-- Runs of a queue not started or not running (for max_queued), counted up to ?3.
+SELECT COUNT(*) FROM (SELECT 1 FROM runs WHERE function_id = ?1 AND cqueue = ?2
+    AND cqueue IS NOT NULL AND status IN ('Queued', 'Sleeping', 'Waiting') LIMIT ?3);
+
+-- name: lock_concurrency
+-- One writer owns a SQLite file: claims are serialised already.
+SELECT 1 WHERE ?1 IS NOT NULL;
+
+-- name: conc_cursor
+SELECT cursor FROM conc_cursors WHERE function_id = ?1;
+
+-- name: set_conc_cursor
+INSERT INTO conc_cursors (function_id, cursor) VALUES (?1, ?2)
+ON CONFLICT (function_id) DO UPDATE SET cursor = excluded.cursor;
+
+-- name: conc_queues
+-- Up to ?4 queues of function ?1 after ?2, in key order, with a run ready at ?3, and how many
+-- are ready (counted up to ?5): a skip-scan through runs_cqueue, one seek per queue whatever
+-- the backlogs.
+WITH RECURSIVE q(k, n) AS (
+    SELECT (SELECT MIN(cqueue) FROM runs WHERE function_id = ?1 AND cqueue > ?2
+            AND cqueue IS NOT NULL AND status IN ('Queued', 'Sleeping', 'Waiting')
+            AND available_at <= ?3), 1
+    UNION ALL
+    SELECT (SELECT MIN(cqueue) FROM runs WHERE function_id = ?1 AND cqueue > q.k
+            AND cqueue IS NOT NULL AND status IN ('Queued', 'Sleeping', 'Waiting')
+            AND available_at <= ?3), q.n + 1
+    FROM q WHERE q.k IS NOT NULL AND q.n < ?4
+)
+SELECT k, (SELECT COUNT(*) FROM (SELECT 1 FROM runs WHERE function_id = ?1 AND cqueue = q.k
+            AND cqueue IS NOT NULL AND status IN ('Queued', 'Sleeping', 'Waiting')
+            AND available_at <= ?3 LIMIT ?5))
+FROM q WHERE k IS NOT NULL;
+
+-- name: conc_heads
+-- The first ?4 ready runs of each queue in ?3 (a JSON list), in queue order (arrival).
+SELECT r.available_at, r.id, r.function_id, r.fence, r.attempt, r.started_at, r.cqueue,
+       r.available_at - r.priority
+FROM json_each(?3) AS k JOIN runs r ON r.id IN (
+    SELECT id FROM runs WHERE function_id = ?1 AND cqueue = k.value AND cqueue IS NOT NULL
+        AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= ?2
+    ORDER BY available_at LIMIT ?4);
+
+-- name: conc_heads_by_priority
+-- As conc_heads, in priority order within each queue (ties by arrival).
+SELECT r.available_at, r.id, r.function_id, r.fence, r.attempt, r.started_at, r.cqueue,
+       r.available_at - r.priority
+FROM json_each(?3) AS k JOIN runs r ON r.id IN (
+    SELECT id FROM runs WHERE function_id = ?1 AND cqueue = k.value AND cqueue IS NOT NULL
+        AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= ?2
+    ORDER BY available_at - priority, arrival LIMIT ?4);
+
+-- name: slots_running
+-- Leased runs per slot, for the slots in ?1 (a run whose two slots are one counts once).
+SELECT slot, COUNT(*) FROM (
+    SELECT slot1 AS slot FROM runs WHERE slot1 IN (SELECT value FROM json_each(?1))
+        AND slot1 IS NOT NULL AND status = 'Running'
+    UNION ALL
+    SELECT slot2 FROM runs WHERE slot2 IN (SELECT value FROM json_each(?1))
+        AND slot2 IS NOT NULL AND status = 'Running' AND slot2 IS NOT slot1)
+GROUP BY slot;
+
+-- name: run_concurrency
+-- A run's queue and key as shown, and how many runs of its queue are ready before it.
+SELECT cqueue, conc_key, (SELECT COUNT(*) FROM runs o WHERE o.function_id = r.function_id
+        AND o.cqueue = r.cqueue AND o.cqueue IS NOT NULL
+        AND o.status IN ('Queued', 'Sleeping', 'Waiting') AND o.available_at <= ?2
+        AND (o.available_at < r.available_at OR (o.available_at = r.available_at AND o.id < r.id)))
+FROM runs r WHERE r.id = ?1 AND r.cqueue IS NOT NULL;
+
+-- name: conc_key_counts
+-- Per concurrency key of a function: runs waiting and running (top keys by waiting).
+SELECT cqueue, MAX(conc_key), SUM(CASE WHEN status = 'Running' THEN 0 ELSE 1 END),
+       SUM(CASE WHEN status = 'Running' THEN 1 ELSE 0 END)
+FROM runs WHERE function_id = ?1 AND cqueue IS NOT NULL
+    AND status IN ('Queued', 'Running', 'Sleeping', 'Waiting')
+GROUP BY cqueue ORDER BY 3 DESC, 4 DESC LIMIT ?2;
+
+-- name: app_function_ids
+SELECT id FROM functions WHERE app_id = ?1 AND active = 1;
