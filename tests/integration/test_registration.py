@@ -30,7 +30,6 @@ from worker import App
 
 #: One way to set each option of UNENFORCED, as another SDK's manifest would carry it.
 OPTIONS: dict[str, dict[str, Any]] = {
-    "concurrency": {"concurrency": [Concurrency(5)]},
     "debounce": {"debounce": Debounce(5.0)},
     "batch": {"batch": Batch(100, 2.0)},
 }

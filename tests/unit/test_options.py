@@ -36,6 +36,7 @@ from protocol.manifest import (
 from worker import App
 
 _FLOW = "tests/integration/test_flow_throttle.py::"
+_CONC = "tests/integration/test_flow_concurrency.py::"
 
 #: Option (or option field, or trigger type) -> the test that shows the gateway honours it.
 ENFORCED: dict[str, str] = {
@@ -82,18 +83,22 @@ ENFORCED: dict[str, str] = {
     "Throttle.key": _FLOW + "test_throttle_keys_are_independent_and_excess_waits_in_order",
     "priority": _FLOW + "test_priority_reorders_waiting_runs_and_never_preempts",
     "Priority.run": _FLOW + "test_priority_is_clamped_and_a_failing_expression_gives_zero",
+    "concurrency": _CONC + "test_a_limit_of_one_serialises_runs",
+    "Concurrency.limit": _CONC + "test_two_limits_both_hold",
+    "Concurrency.key": _CONC + "test_each_key_has_its_own_limit",
+    "Concurrency.scope": _CONC + "test_app_scope_shares_one_limit_between_functions",
+    "Concurrency.max_queued": _CONC + "test_max_queued_skips_what_a_full_backlog_would_queue",
 }
 
 #: One way to set each option of UNENFORCED, as a user would write it.
 SETTINGS: dict[str, dict[str, Any]] = {
-    "concurrency": {"concurrency": 5},
     "debounce": {"debounce": Debounce("5s")},
     "batch": {"batch": Batch(100, "2s")},
 }
 
 #: Fields of the option classes of enforced options (those of unenforced ones go with them).
 OPTION_CLASSES = (TriggerEvent, TriggerCron, Cancel, Timeouts, RateLimit, Singleton, Throttle,
-                  Priority)
+                  Priority, Concurrency)
 
 
 def _accepted() -> set[str]:
