@@ -92,11 +92,29 @@ def waiting_json(run: RunRecord, now: float) -> dict[str, Any] | None:
     held = holds.held(run.status, run.available_at, run.started_at, run.attempt,
                       run.error is not None, now, run.hold[0] if run.hold else None)
     if held is None:
-        return None
+        return _queued_json(run)
     option, reason = held
     key = run.hold[1] if run.hold and run.hold[0] == option else None
     return {"reason": reason, "option": option, "key": key, "ahead": None, "running": None,
             "until": iso(run.available_at)}
+
+
+def _queued_json(run: RunRecord) -> dict[str, Any] | None:
+    """``waiting`` for a ready run of a function with concurrency limits (else None)."""
+    queue = run.queue
+    if queue is None:
+        return None
+    if queue.full:
+        which = "its concurrency key" if queue.key is None else f"concurrency key {queue.key!r}"
+        option, reason = "concurrency", (
+            f"{which} has {queue.running} runs executing, its limit: the run starts when one "
+            f"of them ends ({queue.ahead} runs of the key are ahead of it)")
+    else:
+        option, reason = "capacity", (
+            "ready: waiting for a worker that serves the function to have a free slot "
+            f"({queue.ahead} runs of its concurrency key are ahead of it)")
+    return {"reason": reason, "option": option, "key": queue.key, "ahead": queue.ahead,
+            "running": queue.running, "until": None}
 
 
 def triggers_json(function_id: str, config: dict[str, Any],
@@ -181,7 +199,7 @@ class ManagementRoutes:
         return JSONResponse(run_json(record, self.engine.clock.now()))
 
     async def _known_run(self, run_id: str) -> RunRecord:
-        record = await self.engine.store.get_run(run_id)
+        record = await self.engine.store.get_run(run_id, self.engine.clock.now())
         if record is None:
             raise NotFound(f"no run with id {run_id!r}; list runs with GET /v1/runs")
         return record

@@ -291,6 +291,20 @@ class RunRecord:
     skipped: dict[str, Any] | None = None
     #: the flow-control option (and key, as shown) that set its available_at: ``waiting``
     hold: tuple[str, str | None] | None = None
+    #: a ready run's place in its concurrency queue (read with ``now``), or None
+    queue: QueueWait | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueWait:
+    """Where a ready run of a function with concurrency limits stands: its key as shown,
+    the runs of its queue ready before it, and the leased runs of its fullest slot (``full``:
+    at that slot's limit, so the limit holds the run back)."""
+
+    key: str | None
+    ahead: int
+    running: int
+    full: bool
 
 
 @dataclass(slots=True)
@@ -368,7 +382,15 @@ class Store(Protocol):
         """Every cron schedule's next tick: (function id, cron, tz) -> epoch seconds."""
         ...
 
-    async def get_run(self, run_id: str) -> RunRecord | None: ...
+    async def get_run(self, run_id: str, now: float | None = None) -> RunRecord | None:
+        """The run; with ``now``, a ready run's place in its concurrency queue too."""
+        ...
+
+    async def concurrency_keys(self, function_id: str, limit: int
+                               ) -> list[tuple[str | None, int, int]]:
+        """The function's concurrency keys with the most runs waiting: (key as shown,
+        waiting, running), at most ``limit``."""
+        ...
 
     async def runs_for_event(self, event_id: str) -> list[RunRecord]: ...
 

@@ -21,12 +21,15 @@ from gateway.store import webhooks as webhookstore
 from gateway.store.base import (
     FunctionRecord,
     PeerNote,
+    QueueWait,
     RunPage,
     RunRecord,
     StepRecord,
     WriteBatch,
     WriteResult,
 )
+from gateway.flow.concurrency import slots_of
+from gateway.runs import READY
 from gateway.store.db import Db, Row
 from gateway.store.transaction import Transaction, error_from_json
 from gateway.transport.auth import StoredKey
@@ -181,10 +184,39 @@ class SqlStore:
 
         return await self._read(read)
 
-    async def get_run(self, run_id: str) -> RunRecord | None:
+    async def get_run(self, run_id: str, now: float | None = None) -> RunRecord | None:
         async def read(db: Db) -> RunRecord | None:
             row = await db.fetchone("get_run", run_id)
-            return None if row is None else (await _with_steps(db, [_run(row)]))[0]
+            if row is None:
+                return None
+            run = (await _with_steps(db, [_run(row)]))[0]
+            if (now is not None and run.status in READY and run.available_at is not None
+                    and run.available_at <= now):
+                run.queue = await self._queue_wait(db, run, now)
+            return run
+
+        return await self._read(read)
+
+    async def _queue_wait(self, db: Db, run: RunRecord, now: float) -> QueueWait | None:
+        row = await db.fetchone("run_concurrency", run.id, now)
+        config = await self._config(db, run.function_id)
+        if row is None or config is None or not config.concurrency:
+            return None
+        queue, shown, ahead = row
+        slots = slots_of(queue)
+        counts = dict(await db.fetch("slots_running", list(set(slots))))
+        limits: dict[str, int] = {}
+        for s, option in zip(slots, config.concurrency, strict=False):
+            limits[s] = min(option.limit, limits.get(s, option.limit))
+        tightest = max(slots, key=lambda s: int(counts.get(s, 0)) - limits[s])
+        running = int(counts.get(tightest, 0))
+        return QueueWait(shown, int(ahead), running, running >= limits[tightest])
+
+    async def concurrency_keys(self, function_id: str, limit: int
+                               ) -> list[tuple[str | None, int, int]]:
+        async def read(db: Db) -> list[tuple[str | None, int, int]]:
+            return [(shown, int(waiting), int(running)) for _, shown, waiting, running
+                    in await db.fetch("conc_key_counts", function_id, limit)]
 
         return await self._read(read)
 

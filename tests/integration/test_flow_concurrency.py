@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway.http.management import waiting_json
 from gateway.runs import RunStatus
 from gateway.store.base import CancelRequest
 from protocol import messages as m
@@ -184,3 +185,20 @@ async def test_priority_orders_runs_within_a_key(world):
     (lease,) = await held(world, worker)
     records = {r.id: r for r in await runs(world.engine.store, "t/ranked")}
     assert records[lease.run_id].event_ids == ["e3-go.ranked"]
+
+
+async def test_why_is_it_waiting(world, store):
+    worker = world.worker("t/tenant")
+    for _ in range(3):
+        await world.send("go.tenant", {"tenant": "acme"})
+    (lease,) = await held(world, worker)
+    queued = [r for r in await runs(store, "t/tenant") if r.id != lease.run_id]
+    now = world.clock.now()
+    views = [await store.get_run(r.id, now) for r in queued]
+    waits = sorted((v.queue.ahead, v.queue.running, v.queue.full, v.queue.key)  # type: ignore[union-attr]
+                   for v in views)
+    assert waits == [(0, 1, True, "acme"), (1, 1, True, "acme")]
+    shown = waiting_json(views[0], now)  # type: ignore[arg-type]
+    assert shown is not None and shown["option"] == "concurrency" and shown["key"] == "acme"
+    assert shown["running"] == 1 and "'acme' has 1 runs executing" in shown["reason"]
+    assert await store.concurrency_keys("t/tenant", 10) == [("acme", 2, 1)]

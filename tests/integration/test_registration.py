@@ -18,7 +18,6 @@ from protocol.manifest import (
     AppManifest,
     Batch,
     Cancel,
-    Concurrency,
     Debounce,
     FunctionConfig,
     TriggerCron,

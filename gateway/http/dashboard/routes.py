@@ -216,7 +216,8 @@ class Dashboard:
         if session is None:
             return self.to_login(request)
         run_id = request.path_params["run_id"]
-        record = await self.engine.store.get_run(run_id) if _ULID.match(run_id) else None
+        record = (await self.engine.store.get_run(run_id, self.engine.clock.now())
+                  if _ULID.match(run_id) else None)
         if record is None:
             return self.render(request, "missing.html", session, code=404,
                                what=f"no run with id {run_id[:40]!r}")
