@@ -163,8 +163,17 @@ def ms(values: list[float]) -> str:
 
 def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
             concurrency: int = 1000, events: int = 20000, batch: int = 500, senders: int = 2,
-            light: int = 300, gap: float = 0.01, progress: bool = True) -> Figures:
-    """Run both phases once and return the figures."""
+            light: int = 300, gap: float = 0.01, progress: bool = True,
+            event: str = "bench/go", tenants: int = 0) -> Figures:
+    """Run both phases once and return the figures.
+
+    ``event`` names the function's trigger (see bench/app.py); with ``tenants``, event ``i``
+    carries ``data.tenant`` ``i % tenants`` (the key of the flow-controlled functions).
+    """
+
+    def data(i: int) -> dict[str, object]:
+        return {"i": i, "tenant": f"t{i % tenants}"} if tenants else {"i": i}
+
     with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
         workdir = Path(tmp)
         db = Database(db_kind, workdir)
@@ -189,7 +198,7 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
             sent: dict[str, float] = {}
             for i in range(light):
                 t0 = time.time()
-                (event_id,) = group[i % gateways].send({"name": "bench/go", "data": {"i": i}})
+                (event_id,) = group[i % gateways].send({"name": event, "data": data(i)})
                 sent[event_id] = t0
                 time.sleep(gap)
             _wait_completed(group, light, timeout=60)
@@ -198,7 +207,7 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
             heavy: dict[str, float] = {}
             lock = threading.Lock()
             batches = [
-                [{"name": "bench/go", "data": {"i": i}}
+                [{"name": event, "data": data(i)}
                  for i in range(start, min(start + batch, events))]
                 for start in range(0, events, batch)
             ]
