@@ -84,7 +84,7 @@ class Claimer:
         wanted = sorted({s for s in slots if s not in used})
         if not wanted:
             return
-        counts = dict(await db.fetch("slots_running", wanted))
+        counts: dict[str, int] = dict(await db.fetch("slots_running", wanted))
         for s in wanted:
             used[s] = int(counts.get(s, 0)) + self.taken.get(s, 0)
 

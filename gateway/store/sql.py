@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 import structlog
 from pydantic import TypeAdapter
 
+from gateway.flow.concurrency import slots_of
+from gateway.runs import READY
 from gateway.store import eventlog
 from gateway.store import keys as keystore
 from gateway.store import webhooks as webhookstore
@@ -28,8 +30,6 @@ from gateway.store.base import (
     WriteBatch,
     WriteResult,
 )
-from gateway.flow.concurrency import slots_of
-from gateway.runs import READY
 from gateway.store.db import Db, Row
 from gateway.store.transaction import Transaction, error_from_json
 from gateway.transport.auth import StoredKey
@@ -204,7 +204,7 @@ class SqlStore:
             return None
         queue, shown, ahead = row
         slots = slots_of(queue)
-        counts = dict(await db.fetch("slots_running", list(set(slots))))
+        counts: dict[str, int] = dict(await db.fetch("slots_running", list(set(slots))))
         limits: dict[str, int] = {}
         for s, option in zip(slots, config.concurrency, strict=False):
             limits[s] = min(option.limit, limits.get(s, option.limit))
