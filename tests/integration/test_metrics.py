@@ -122,7 +122,16 @@ async def test_metrics_move_as_runs_are_queued_leased_and_finished(harness):
     (event_id,) = await harness.send({"name": "metrics/again"})
     run = await harness.run_of(event_id)
     await harness.wait_status(run["id"], "Completed")
-    _, after = await scrape(http)
+
+    async def finished_counted() -> Samples | None:
+        # The API reads the commit (on PostgreSQL, another connection) a moment before the
+        # engine, back from that commit, counts it.
+        _, now = await scrape(http)
+        counted = value(now, "tether_runs_finished_total", **finished)
+        return now if counted == value(samples, "tether_runs_finished_total", **finished) + 1 \
+            else None
+
+    after = await eventually(finished_counted, what="the metrics to count the run")
     for name, labels in [("tether_runs_finished_total", finished),
                          ("tether_run_duration_seconds_count", finished),
                          ("tether_runs_created_total", {"function": FUNCTION}),
