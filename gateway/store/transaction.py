@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from gateway import dispatch, loop_guard
-from gateway.flow import admission
+from gateway.flow import admission, windows
 from gateway.flow.timing import timing
 from gateway.runs import FINAL_STATUSES, RunStatus, StepStatus
 from gateway.scheduler.waits import MISSING, NO_INDEX, index_for, key_at
@@ -154,6 +154,8 @@ class Transaction:
         self._prune: list[tuple[str, int]] = []
         # Flow-control keys this batch locked and has yet to write (gateway.flow.admission).
         self._admissions = admission.Admissions()
+        # Debounce and batch windows (gateway.flow.windows): all their state is in the store.
+        self._windows = windows.Windows()
 
     async def run(self) -> WriteResult:
         batch = self.batch
@@ -448,6 +450,24 @@ class Transaction:
         start = self.now if available_at is None else max(self.now, available_at)
         if after_seq is None:
             after_seq = max(seq for seq, _ in events)
+        window = None
+        if windows.applies(config) and not replay and parent is None and len(events) == 1:
+            # Invocations and replays start at once with their events: nobody else's window.
+            placed = await self._windows.place(self.db, function_id, config, events[0][1],
+                                               trigger_data, self.now)
+            if placed.run_id is not None:
+                await self._grow_window(function_id, config, placed, events[0][0], trigger,
+                                        trigger_data, start)
+                return placed.run_id
+            if placed.failure is not None:
+                self._flow_failures.append((run_id, placed.failure))
+            elif not placed.own:
+                window = placed
+                assert placed.key is not None
+                start = max(start, placed.start)
+                self._flow.append((placed.option, placed.key.display, 0, after_seq, run_id))
+                if start > self.now:
+                    self.result.flow_delayed.append(placed.option)
         if config.throttle is not None or config.priority is not None:
             flow = await timing(self.db, function_id, config, trigger_data, start, self.now)
             start = flow.start
@@ -468,7 +488,8 @@ class Transaction:
             parent[0] if parent else None, parent[1] if parent else None, deadline,
         ))
         self._new_links.extend((run_id, i, seq) for i, (seq, _) in enumerate(events))
-        self._triggers[run_id] = trigger
+        if window is None:  # a window's events change until it starts: the lease reads them
+            self._triggers[run_id] = trigger
         for index, cancel in enumerate(config.cancel_on):
             expires = None if cancel.timeout is None else self.now + float(cancel.timeout)  # type: ignore[arg-type]
             await self._insert_wait(run_id, f"cancel:{index}", "cancel", cancel.event,
@@ -478,7 +499,49 @@ class Transaction:
         self.result.runs_created += 1
         self.result.created_functions.append(function_id)
         self._admissions.started(run_id, held)
+        if window is not None:
+            assert window.key is not None
+            await self._flush_runs()  # the next event of the key may grow this run
+            if window.open:
+                await self.db.execute("set_window", run_id, window.first_at, window.start,
+                                      function_id, window.key.hash)
+            else:
+                await self.db.execute("close_window", function_id, window.key.hash)
         return run_id
+
+    async def _grow_window(self, function_id: str, config: FunctionConfig,
+                           placed: windows.Placement, seq: int, trigger: bytes,
+                           trigger_data: dict[str, Any], earliest: float) -> None:
+        """An event joined the open window of run ``placed.run_id`` (locked by ``place``):
+        the run gets it, and its start moves (later for a debounce, now when it is full)."""
+        db, run_id = self.db, placed.run_id
+        assert run_id is not None and placed.key is not None
+        start = max(placed.start, earliest)
+        deadline = None
+        if config.timeouts is not None and config.timeouts.start is not None:
+            deadline = start + float(config.timeouts.start)  # type: ignore[arg-type]
+            self._later(deadline)
+        await db.execute("grow_window_run", json.dumps(list(placed.events)), start, deadline,
+                         seq, run_id)
+        if placed.replace:  # a plain debounce keeps the last event only
+            await db.execute("delete_run_events", run_id)
+        await db.execute("insert_run_event", run_id, len(placed.events) - 1, seq)
+        if placed.open:
+            await db.execute("set_window", run_id, placed.first_at, placed.start,
+                             function_id, placed.key.hash)
+        else:
+            await db.execute("close_window", function_id, placed.key.hash)
+        self._triggers.pop(run_id, None)
+        if placed.replace and config.cancel_on:
+            # cancel_on's ``event`` is the run's event, now this one: its waits follow it.
+            await db.execute("delete_waits", run_id)
+            for index, cancel in enumerate(config.cancel_on):
+                expires = None if cancel.timeout is None else self.now + float(cancel.timeout)  # type: ignore[arg-type]
+                await self._insert_wait(run_id, f"cancel:{index}", "cancel", cancel.event,
+                                        cancel.if_, trigger, trigger_data, expires, seq)
+        if start <= self.now:
+            self.touched.add(function_id)
+        self._later(start)
 
     async def _skip_run(self, run_id: str, function_id: str, events: list[tuple[int, str]],
                         skip: admission.Skip, parent: tuple[str, str] | None) -> None:
