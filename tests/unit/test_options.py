@@ -36,6 +36,7 @@ from protocol.manifest import (
 from worker import App
 
 _FLOW = "tests/integration/test_flow_throttle.py::"
+_WINDOWS = "tests/integration/test_flow_windows.py::"
 
 #: Option (or option field, or trigger type) -> the test that shows the gateway honours it.
 ENFORCED: dict[str, str] = {
@@ -82,18 +83,27 @@ ENFORCED: dict[str, str] = {
     "Throttle.key": _FLOW + "test_throttle_keys_are_independent_and_excess_waits_in_order",
     "priority": _FLOW + "test_priority_reorders_waiting_runs_and_never_preempts",
     "Priority.run": _FLOW + "test_priority_is_clamped_and_a_failing_expression_gives_zero",
+    "debounce": _WINDOWS + "test_debounce_starts_after_the_quiet_period_with_the_last_event",
+    "Debounce.period": _WINDOWS + "test_debounce_starts_after_the_quiet_period_with_the_last_event",
+    "Debounce.key": _WINDOWS + "test_debounce_starts_after_the_quiet_period_with_the_last_event",
+    "Debounce.timeout": _WINDOWS + "test_debounce_reset_at_the_timeout_then_a_new_window",
+    "Debounce.collect":
+        _WINDOWS + "test_debounce_collect_gives_every_event_and_a_full_window_starts_at_once",
+    "batch": _WINDOWS + "test_batch_starts_full_batches_at_once_in_arrival_order",
+    "Batch.max_size": _WINDOWS + "test_batch_starts_full_batches_at_once_in_arrival_order",
+    "Batch.timeout": _WINDOWS + "test_batch_cut_by_timeout_and_keys_are_independent",
+    "Batch.key": _WINDOWS + "test_batch_cut_by_timeout_and_keys_are_independent",
+    "Batch.if_": _WINDOWS + "test_batch_if_false_gets_a_run_of_its_own_at_once",
 }
 
 #: One way to set each option of UNENFORCED, as a user would write it.
 SETTINGS: dict[str, dict[str, Any]] = {
     "concurrency": {"concurrency": 5},
-    "debounce": {"debounce": Debounce("5s")},
-    "batch": {"batch": Batch(100, "2s")},
 }
 
 #: Fields of the option classes of enforced options (those of unenforced ones go with them).
 OPTION_CLASSES = (TriggerEvent, TriggerCron, Cancel, Timeouts, RateLimit, Singleton, Throttle,
-                  Priority)
+                  Priority, Debounce, Batch)
 
 
 def _accepted() -> set[str]:
@@ -134,13 +144,13 @@ def test_each_unenforced_option_is_refused_at_declaration_with_a_message(option)
 
 
 def test_all_unenforced_options_are_named_in_one_message():
-    config = FunctionConfig(id="f", debounce=Debounce("5s"), batch=Batch(100, "2s"),
+    config = FunctionConfig(id="f", concurrency=[Concurrency(2)],
                             triggers=[TriggerCron("* * * * *")])
     with pytest.raises(InvalidInput) as info:
         check_function("shop/f", config)
     message = str(info.value)
-    for name in ("debounce (flow control, issue 9)", "batch (flow control, issue 9)"):
-        assert name in message
+    for name in sorted(UNENFORCED):
+        assert f"{name} ({UNENFORCED[name]})" in message
 
 
 def test_enforced_options_are_accepted():
@@ -228,3 +238,55 @@ def test_a_bad_option_type_names_the_function():
 def test_durations_still_normalise():
     assert Timeouts(start=timedelta(minutes=1), finish="1h") == Timeouts(60.0, 3600.0)
     assert Concurrency(2).limit == 2
+
+
+# --- debounce and batch: bounds and combinations (README, "Debounce", "Batch") -------------
+
+
+def test_window_options_are_accepted_with_what_combines_with_them():
+    app = App("shop")
+    app.function(id="d", trigger=TriggerEvent("shop/x"),
+                 debounce=Debounce("5s", key="event.data.user", timeout="1m", collect=True),
+                 cancel_on=[Cancel("shop/stop")], timeouts=Timeouts(start="1h"), retries=1)(
+        lambda ctx: None)
+    app.function(id="b", trigger=TriggerEvent("shop/x"),
+                 batch=Batch(10, "5s", key="event.data.tenant", if_="event.data.small"),
+                 timeouts=Timeouts(finish="1h"))(lambda ctx: None)
+    assert set(app.functions) == {"d", "b"}
+
+
+@pytest.mark.parametrize(("options", "pair"), [
+    ({"debounce": Debounce("5s"), "batch": Batch(2, "5s")}, "debounce with batch"),
+    ({"batch": Batch(2, "5s"), "cancel_on": [Cancel("shop/stop")]}, "batch with cancel_on"),
+    ({"batch": Batch(2, "5s"), "priority": Priority("1")}, "batch with priority"),
+    ({"batch": Batch(2, "5s"), "rate_limit": RateLimit(1, "1m")}, "batch with rate_limit"),
+    ({"batch": Batch(2, "5s"), "singleton": Singleton()}, "batch with singleton"),
+    ({"debounce": Debounce("5s"), "throttle": Throttle(1, "1m")}, "debounce with throttle"),
+    ({"debounce": Debounce("5s"), "idempotency": "event.data.id"},
+     "debounce with idempotency"),
+])
+def test_combinations_without_one_meaning_are_refused_with_why(options, pair):
+    with pytest.raises(InvalidInput) as info:
+        App("shop").function(id="f", trigger=TriggerEvent("shop/x"), **options)(
+            lambda ctx: None)
+    message = str(info.value)
+    assert message.startswith("function 'shop/f': options that cannot be combined: ")
+    assert pair + ": " in message and message.endswith("Remove one option of each pair")
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: Debounce(0), "Debounce.period: 0 s is out of range"),
+    (lambda: Debounce("1s", timeout="8d"), "Debounce.timeout: 691200 s is out of range"),
+    (lambda: Batch(2, "0s"), "Batch.timeout: 0 s is out of range"),
+    (lambda: Batch(101, "1s"), "Batch.max_size: Input should be less than or equal to 100"),
+])
+def test_window_bounds_are_checked_where_the_option_is_written(make, message):
+    with pytest.raises(InvalidInput, match="^" + message):
+        make()
+
+
+def test_a_batch_if_that_does_not_compile_names_the_function_and_the_option():
+    from protocol.errors import ExpressionError
+    with pytest.raises(ExpressionError, match=r"function 'shop/f': batch.if_"):
+        App("shop").function(id="f", trigger=TriggerEvent("shop/x"),
+                             batch=Batch(2, "1s", if_="event.data.(("))(lambda ctx: None)
