@@ -488,7 +488,9 @@ class Transaction:
             parent[0] if parent else None, parent[1] if parent else None, deadline,
         ))
         self._new_links.extend((run_id, i, seq) for i, (seq, _) in enumerate(events))
-        if window is None:  # a window's events change until it starts: the lease reads them
+        if window is None and len(events) == 1:
+            # The lease needs no query; a window's events change until it starts, and a run
+            # of several events (a replayed batch) gets them all: the lease reads those.
             self._triggers[run_id] = trigger
         for index, cancel in enumerate(config.cancel_on):
             expires = None if cancel.timeout is None else self.now + float(cancel.timeout)  # type: ignore[arg-type]

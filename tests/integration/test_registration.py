@@ -31,8 +31,6 @@ from worker import App
 #: One way to set each option of UNENFORCED, as another SDK's manifest would carry it.
 OPTIONS: dict[str, dict[str, Any]] = {
     "concurrency": {"concurrency": [Concurrency(5)]},
-    "debounce": {"debounce": Debounce(5.0)},
-    "batch": {"batch": Batch(100, 2.0)},
 }
 
 
@@ -101,10 +99,21 @@ async def test_an_unenforced_option_is_refused_at_registration(gw, http, option)
 
 
 async def test_a_hello_with_one_refused_app_registers_none_of_its_apps(gw, http):
-    error = await refused(gw, app_manifest("fine"), manifest("flowy", debounce=Debounce(1.0)))
+    error = await refused(gw, app_manifest("fine"), manifest(
+        "flowy", debounce=Debounce(1.0), batch=Batch(2, 1.0)))
 
-    assert "debounce" in error.message
+    assert "debounce with batch" in error.message
     await nothing_registered(http)
+
+
+async def test_a_combination_without_one_meaning_is_refused_at_registration(gw, http):
+    error = await refused(gw, manifest(batch=Batch(10, 2.0), cancel_on=[Cancel("raw/stop")]))
+
+    assert error.code == "invalid_input"
+    assert error.message.startswith(
+        f"function 'raw/{FN_ID}': options that cannot be combined: batch with cancel_on: ")
+    await nothing_registered(http)
+    await still_serves(gw, http)
 
 
 @pytest.mark.parametrize(("cron", "tz", "says"), [
