@@ -178,6 +178,18 @@ async def test_batch_if_false_gets_a_run_of_its_own_at_once(gateway):
     assert events_of(await lease_at(world, worker, 5)) == ["in"]
 
 
+async def test_a_replayed_batch_run_gets_all_its_events_at_once(gateway):
+    world = gateway.world
+    worker = world.worker("t/grouped")
+    await world.engine.ingest([event("go.grouped", f"r{i}", {"tenant": "r", "small": True})
+                               for i in range(3)])
+    original = await worker.lease()
+    await world.checkpoint(worker, original, m.RunCompleted, output=b"null")
+    replay = await world.engine.replay(original.run_id)
+    lease = await worker.lease()  # not a window: it starts now, with the original's events
+    assert lease.run_id == replay and events_of(lease) == ["r0", "r1", "r2"]
+
+
 # --- both ----------------------------------------------------------------------------------
 
 async def test_a_window_key_that_fails_fails_the_run_with_the_reason(gateway):
