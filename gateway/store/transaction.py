@@ -451,20 +451,22 @@ class Transaction:
         if after_seq is None:
             after_seq = max(seq for seq, _ in events)
         window = None
-        if windows.applies(config) and not replay and parent is None and len(events) == 1:
-            # Invocations and replays start at once with their events: nobody else's window.
+        if (windows.applies(config) and not replay and parent is None and len(events) == 1
+                and start <= self.now):
+            # Invocations, replays and delayed events start with their own events: they join
+            # nobody's window.
             placed = await self._windows.place(self.db, function_id, config, events[0][1],
                                                trigger_data, self.now)
             if placed.run_id is not None:
                 await self._grow_window(function_id, config, placed, events[0][0], trigger,
-                                        trigger_data, start)
+                                        trigger_data)
                 return placed.run_id
             if placed.failure is not None:
                 self._flow_failures.append((run_id, placed.failure))
             elif not placed.own:
                 window = placed
                 assert placed.key is not None
-                start = max(start, placed.start)
+                start = placed.start
                 self._flow.append((placed.option, placed.key.display, 0, after_seq, run_id))
                 if start > self.now:
                     self.result.flow_delayed.append(placed.option)
@@ -513,12 +515,12 @@ class Transaction:
 
     async def _grow_window(self, function_id: str, config: FunctionConfig,
                            placed: windows.Placement, seq: int, trigger: bytes,
-                           trigger_data: dict[str, Any], earliest: float) -> None:
+                           trigger_data: dict[str, Any]) -> None:
         """An event joined the open window of run ``placed.run_id`` (locked by ``place``):
         the run gets it, and its start moves (later for a debounce, now when it is full)."""
         db, run_id = self.db, placed.run_id
         assert run_id is not None and placed.key is not None
-        start = max(placed.start, earliest)
+        start = placed.start
         deadline = None
         if config.timeouts is not None and config.timeouts.start is not None:
             deadline = start + float(config.timeouts.start)  # type: ignore[arg-type]

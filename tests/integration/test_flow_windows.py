@@ -190,6 +190,17 @@ async def test_a_replayed_batch_run_gets_all_its_events_at_once(gateway):
     assert lease.run_id == replay and events_of(lease) == ["r0", "r1", "r2"]
 
 
+async def test_a_delayed_event_gets_a_run_of_its_own_at_its_ts(gateway):
+    world = gateway.world
+    await world.send("go.grouped", {"tenant": "a", "small": True}, event_id="now")
+    body = {"name": "go.grouped", "data": {"tenant": "a", "small": True}, "id": "later",
+            "ts": int((START + 60) * 1000), "user": None}
+    await world.engine.ingest([NewEvent("later", "go.grouped", orjson.dumps(body), body)])
+    by_event = {r.event_ids[0]: r.available_at - START  # type: ignore[operator]
+                for r in await runs(gateway.store, "t/grouped")}
+    assert by_event == {"now": 5.0, "later": 60.0}
+
+
 # --- both ----------------------------------------------------------------------------------
 
 async def test_a_window_key_that_fails_fails_the_run_with_the_reason(gateway):
