@@ -28,7 +28,7 @@ from gateway.flow.keys import Key, KeyFailure, key_for
 from gateway.runs import RunStatus
 from gateway.store.db import Db
 from protocol.errors import ExpressionError
-from protocol.expressions import matches
+from protocol.expressions import evaluate
 from protocol.manifest import MAX_RUN_EVENTS, FunctionConfig
 
 log = structlog.get_logger("tether.flow")
@@ -87,10 +87,11 @@ class Windows:
             config.batch.key if config.batch is not None else None)
         if config.batch is not None and config.batch.if_ is not None:
             try:
-                batched = matches(config.batch.if_, {"event": event})
-            except ExpressionError as exc:
-                log.warning("batch if_ failed for an event: it gets a run of its own",
-                            function_id=function_id, reason=exc.message)
+                batched = evaluate(config.batch.if_, {"event": event}) is True
+            except Exception as exc:  # a user's expression must never crash the batch
+                reason = exc.message if isinstance(exc, ExpressionError) else repr(exc)
+                log.warning("batch if_ could not be evaluated: the event gets a run of its own",
+                            function_id=function_id, reason=reason)
                 batched = False
             if not batched:
                 return Placement(option, own=True)
@@ -100,8 +101,9 @@ class Windows:
         if function_id not in self.swept:
             self.swept.add(function_id)
             await db.execute("sweep_windows", function_id, now, SWEEP_LIMIT)
-        run_id, first_at, deadline = await db.fetchone("lock_window", function_id, found.hash) \
-            or (None, None, None)
+        locked = await db.fetchone("lock_window", function_id, found.hash)
+        assert locked is not None  # an upsert's RETURNING
+        run_id, first_at, deadline = locked
         window = None
         if run_id is not None:
             row = await db.fetchone("window_run", run_id)
