@@ -272,3 +272,25 @@ async def test_two_gateways_on_postgres_share_a_batch_key(gateway_factory, db_ur
     batches = [r.event_ids for r in await runs(first.store, "t/grouped")]
     assert sorted(e for b in batches for e in b) == sorted(sent)
     assert sorted(len(b) for b in batches) == [3, 3, 3, 3]
+
+
+async def test_two_gateways_on_postgres_share_a_debounce_key(gateway_factory, db_url):
+    """Events of one key sent to two gateways at once: one pending run, one event in it."""
+    if not db_url.startswith("postgres"):
+        pytest.skip("several gateways share PostgreSQL only")
+    clock = FakeClock(START)
+    first, second = await gateway_factory(clock=clock), await gateway_factory(clock=clock)
+    await first.engine.register_app(app(QUIET, COLLECT))
+
+    async def known() -> bool:
+        return {"t/quiet", "t/collect"} <= set(second.engine.functions)
+
+    await eventually(known, what="the second gateway loads the functions")
+    await asyncio.gather(*((first, second)[i % 2].engine.ingest(
+        [event("go.quiet", f"q{i}", {"user": "ann"}), event("go.collect", f"c{i}")])
+        for i in range(10)))
+    (quiet,) = await runs(first.store, "t/quiet")
+    assert quiet.status == "Queued" and len(quiet.event_ids) == 1
+    assert quiet.available_at == START + 10
+    (collected,) = await runs(first.store, "t/collect")
+    assert sorted(collected.event_ids) == sorted(f"c{i}" for i in range(10))
