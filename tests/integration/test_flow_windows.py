@@ -27,6 +27,7 @@ from protocol.manifest import (
     Cancel,
     Debounce,
     FunctionConfig,
+    Timeouts,
     TriggerEvent,
 )
 from tests.helpers.waiting import eventually
@@ -43,6 +44,8 @@ COLLECT = FunctionConfig(id="collect", triggers=[TriggerEvent("go.collect")],
 CANCELLABLE = FunctionConfig(id="cancellable", triggers=[TriggerEvent("go.cancellable")],
                              debounce=Debounce(10.0),
                              cancel_on=[Cancel("stop.cancellable")])
+TIMED = FunctionConfig(id="timed", triggers=[TriggerEvent("go.timed")],
+                       debounce=Debounce(10.0), timeouts=Timeouts(start=5.0))
 GROUPED = FunctionConfig(id="grouped", triggers=[TriggerEvent("go.grouped")],
                          batch=Batch(3, 5.0, key="event.data.tenant",
                                      if_="event.data.small == true"))
@@ -56,7 +59,7 @@ def app(*functions: FunctionConfig) -> AppManifest:
 async def gateway(store) -> AsyncIterator[Gateway]:
     gw = Gateway(store, FakeClock(START))
     world = await gw.start()
-    await world.engine.register_app(app(QUIET, COLLECT, CANCELLABLE, GROUPED))
+    await world.engine.register_app(app(QUIET, COLLECT, CANCELLABLE, TIMED, GROUPED))
     yield gw
     await gw.stop()
 
@@ -140,6 +143,19 @@ async def test_cancel_on_cancels_a_pending_debounce_and_the_next_event_opens_a_w
     worker = world.worker("t/cancellable")
     lease = await lease_at(world, worker, 10)
     assert lease.run_id != cancelled.id and events_of(lease) == ["three"]
+
+
+async def test_timeouts_start_counts_from_the_window_deadline(gateway):
+    world = gateway.world
+    await world.send("go.timed")
+    await advance(world, 8)
+    await world.send("go.timed")  # the window now ends at 18 s: the run may wait until 23 s
+    (run,) = await runs(gateway.store, "t/timed")
+    await advance(world, 14.9)  # 22.9 s
+    assert (await world.run(run.id))["status"] == "Queued"
+    await advance(world, 0.2)
+    cancelled = await world.run(run.id)
+    assert cancelled["status"] == "Cancelled" and "timeouts.start" in cancelled["error"].message
 
 
 # --- batch ---------------------------------------------------------------------------------
