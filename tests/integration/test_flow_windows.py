@@ -267,6 +267,9 @@ async def test_waiting_names_the_window_its_key_and_until(gateway_factory):
         assert (waiting["option"], waiting["key"]) == ("batch", "acme")
         assert waiting["until"] == "2023-11-14T22:13:25.000000Z"  # START + 5 s
         assert "batch" in waiting["reason"]
+        metrics = (await client.get("/metrics")).text
+        for option in ("debounce", "batch"):  # one window opened each
+            assert f'tether_flow_delayed_total{{reason="{option}"}} 1.0' in metrics
 
 
 async def test_two_gateways_on_postgres_share_a_batch_key(gateway_factory, db_url):
