@@ -90,8 +90,8 @@ class Windows:
                 batched = evaluate(config.batch.if_, {"event": event}) is True
             except Exception as exc:  # a user's expression must never crash the batch
                 reason = exc.message if isinstance(exc, ExpressionError) else repr(exc)
-                log.warning("batch if_ could not be evaluated: the event gets a run of its own",
-                            function_id=function_id, reason=reason)
+                log.warning("batch_if_failed", function_id=function_id, event_id=event_id,
+                            reason=reason, outcome="the event gets a run of its own")
                 batched = False
             if not batched:
                 return Placement(option, own=True)

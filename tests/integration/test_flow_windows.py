@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import httpx
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.clock import FakeClock
 from gateway.store.base import NewEvent
@@ -188,7 +189,10 @@ async def test_batch_if_false_gets_a_run_of_its_own_at_once(gateway):
     worker = world.worker("t/grouped")
     await world.send("go.grouped", {"tenant": "a", "small": True}, event_id="in")
     await world.send("go.grouped", {"tenant": "a", "small": False}, event_id="alone")
-    await world.send("go.grouped", {"tenant": "a"}, event_id="alone-too")  # if_ fails: alone
+    with capture_logs() as logs:
+        await world.send("go.grouped", {"tenant": "a"}, event_id="alone-too")  # if_ fails
+    (failed,) = [e for e in logs if e["event"] == "batch_if_failed"]
+    assert failed["event_id"] == "alone-too" and "small" in failed["reason"]
     firsts = sorted([events_of(await worker.lease()) for _ in range(2)])
     assert firsts == [["alone"], ["alone-too"]]
     assert events_of(await lease_at(world, worker, 5)) == ["in"]
