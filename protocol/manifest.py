@@ -43,9 +43,12 @@ _CONFIG = ConfigDict(extra="forbid")
 #: option is ever silently ignored. Remove an entry in the change that enforces it
 #: (tests/unit/test_options.py lists every option the SDK accepts and fails until you do).
 UNENFORCED: dict[str, str] = {
-    "debounce": "flow control, issue 9",
-    "batch": "flow control, issue 9",
 }
+
+#: The most events one run of a batch or a collecting debounce holds (a lease carries them all).
+MAX_RUN_EVENTS = 100
+#: The longest debounce period or timeout, and batch timeout (Inngest's debounce bound).
+MAX_WINDOW = 7 * 86400.0
 
 
 def _seconds(value: Any, info: ValidationInfo) -> float:
@@ -190,21 +193,49 @@ class RateLimit:
 @_plain_errors
 @dataclass(frozen=True, config=_CONFIG)
 class Debounce:
-    """Run once with the last event after ``period`` of quiet, at the latest after ``timeout``."""
+    """Run once with the last event after ``period`` of quiet, at the latest after ``timeout``.
+
+    ``collect=True``: the run gets every event of the window (``ctx.events``, in arrival
+    order, at most :data:`MAX_RUN_EVENTS`; the event that fills it starts the run at once).
+    """
 
     period: Seconds
     key: str | None = None
     timeout: Seconds | None = None
+    collect: bool = False
+
+    @field_validator("period", "timeout")
+    @classmethod
+    def _window(cls, value: float | None, info: ValidationInfo) -> float | None:
+        return _window_bound(value, f"Debounce.{info.field_name}")
 
 
 @_plain_errors
 @dataclass(frozen=True, config=_CONFIG)
 class Batch:
-    """Collect up to ``max_size`` events, or what arrived within ``timeout``, into one run."""
+    """Collect up to ``max_size`` events, or what arrived within ``timeout``, into one run.
 
-    max_size: Annotated[int, Field(ge=1)]
+    ``if_`` (CEL over ``event``): an event for which it is false gets a run of its own, at once.
+    """
+
+    max_size: Annotated[int, Field(ge=1, le=MAX_RUN_EVENTS)]
     timeout: Seconds
     key: str | None = None
+    if_: str | None = None
+
+    @field_validator("timeout")
+    @classmethod
+    def _window(cls, value: float) -> float:
+        bounded = _window_bound(value, "Batch.timeout")
+        assert bounded is not None
+        return bounded
+
+
+def _window_bound(value: float | None, where: str) -> float | None:
+    if value is not None and not 0 < value <= MAX_WINDOW:
+        raise ValueError(f"{where}: {value:g} s is out of range; give more than 0 and at most "
+                         "7 days")
+    return value
 
 
 @_plain_errors
@@ -299,6 +330,7 @@ def check_function(function_id: str, config: FunctionConfig) -> None:
                 raise InvalidInput(f"function {function_id!r}: TriggerCron: {exc}") from None
     check_expressions(function_id, config)
     check_enforced(function_id, config)
+    check_combinations(function_id, config)
 
 
 def check_event_pattern(pattern: str, *, where: str = "trigger") -> None:
@@ -342,6 +374,49 @@ def check_enforced(function_id: str, config: FunctionConfig) -> None:
         )
 
 
+#: Options debounce and batch refuse beside them, and why: each would act per event before
+#: the window, or per run after it, with no one meaning a user could rely on (README).
+_WINDOW_REFUSES: dict[str, str] = {
+    "idempotency": "idempotency keeps one run per key, but a window's run gathers events "
+                   "whose keys may differ",
+    "rate_limit": "a rate limit would count events or windows, two different meanings",
+    "singleton": "a singleton would judge each event or each window, two different meanings",
+    "throttle": "throttle reserves a start per run at creation, before the window knows "
+                "when it ends",
+    "priority": "priority is computed from one event at creation, before the window knows "
+                "its events (Inngest refuses it with batch too)",
+}
+
+
+def check_combinations(function_id: str, config: FunctionConfig) -> None:
+    """Refuse options that have no single meaning together (README, "Combinations").
+
+    Raises:
+        InvalidInput: naming the function, both options and why.
+    """
+    window = "debounce" if config.debounce is not None else (
+        "batch" if config.batch is not None else None)
+    if window is None:
+        return
+    clashes: list[str] = []
+    if config.debounce is not None and config.batch is not None:
+        clashes.append("debounce with batch: both decide when the run starts and with which "
+                       "events")
+    for option, why in _WINDOW_REFUSES.items():
+        if getattr(config, option) is not None:
+            clashes.append(f"{window} with {option}: {why}")
+    if any(c.max_queued is not None for c in config.concurrency):
+        clashes.append(f"{window} with concurrency max_queued: a window's events join one "
+                       "run, so they are not refused one by one; bound the window instead "
+                       "(batch max_size, debounce timeout)")
+    if config.batch is not None and config.cancel_on:
+        clashes.append("batch with cancel_on: one event would cancel a run of many (Inngest "
+                       "refuses it too)")
+    if clashes:
+        raise InvalidInput(f"function {function_id!r}: options that cannot be combined: "
+                           + "; ".join(clashes) + ". Remove one option of each pair")
+
+
 def check_expressions(function_id: str, config: FunctionConfig) -> None:
     """Compile every CEL expression of a function, checking the variables each may read.
 
@@ -366,6 +441,8 @@ def check_expressions(function_id: str, config: FunctionConfig) -> None:
         found.append((f"{name}.key", getattr(option, "key", None), event_only))
     if config.priority is not None:
         found.append(("priority.run", config.priority.run, event_only))
+    if config.batch is not None:
+        found.append(("batch.if_", config.batch.if_, event_only))
     for where, source, allowed in found:
         if source is not None:
             check(source, allowed, where=f"function {function_id!r}: {where}")

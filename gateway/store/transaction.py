@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from gateway import dispatch, loop_guard
-from gateway.flow import admission, queues
+from gateway.flow import admission, queues, windows
 from gateway.flow.concurrency import backlog_full
 from gateway.flow.timing import timing
 from gateway.runs import FINAL_STATUSES, RunStatus, StepStatus
@@ -160,6 +160,8 @@ class Transaction:
         self._conc: list[tuple[Any, ...]] = []
         self._queued: dict[str, int] = {}
         self._claimer = queues.Claimer()
+        # Debounce and batch windows (gateway.flow.windows): all their state is in the store.
+        self._windows = windows.Windows()
 
     async def run(self) -> WriteResult:
         batch = self.batch
@@ -458,10 +460,10 @@ class Transaction:
         if config is None:
             return None
         run_id = new_id(self.now)
-        placed = None
+        slots = None
         if config.concurrency:
-            placed = queues.place(function_id, config, trigger_data)
-            full = await self._backlog(function_id, config, placed)
+            slots = queues.place(function_id, config, trigger_data)
+            full = await self._backlog(function_id, config, slots)
             if full is not None:
                 await self._skip_run(run_id, function_id, events, full, parent)
                 return run_id
@@ -480,6 +482,26 @@ class Transaction:
         start = self.now if available_at is None else max(self.now, available_at)
         if after_seq is None:
             after_seq = max(seq for seq, _ in events)
+        window = None
+        if (windows.applies(config) and not replay and parent is None and len(events) == 1
+                and start <= self.now):
+            # Invocations, replays and delayed events start with their own events: they join
+            # nobody's window.
+            placed = await self._windows.place(self.db, function_id, config, events[0][1],
+                                               trigger_data, self.now)
+            if placed.run_id is not None:
+                await self._grow_window(function_id, config, placed, events[0][0], trigger,
+                                        trigger_data)
+                return placed.run_id
+            if placed.failure is not None:
+                self._flow_failures.append((run_id, placed.failure))
+            elif not placed.own:
+                window = placed
+                assert placed.key is not None
+                start = placed.start
+                self._flow.append((placed.option, placed.key.display, 0, after_seq, run_id))
+                if start > self.now:
+                    self.result.flow_delayed.append(placed.option)
         if config.throttle is not None or config.priority is not None:
             flow = await timing(self.db, function_id, config, trigger_data, start, self.now)
             start = flow.start
@@ -500,25 +522,44 @@ class Transaction:
             parent[0] if parent else None, parent[1] if parent else None, deadline,
         ))
         self._new_links.extend((run_id, i, seq) for i, (seq, _) in enumerate(events))
-        self._triggers[run_id] = trigger
+        if window is None and len(events) == 1:
+            # The lease needs no query; a window's events change until it starts, and a run
+            # of several events (a replayed batch) gets them all: the lease reads those.
+            self._triggers[run_id] = trigger
         for index, cancel in enumerate(config.cancel_on):
             expires = None if cancel.timeout is None else self.now + float(cancel.timeout)  # type: ignore[arg-type]
             await self._insert_wait(run_id, f"cancel:{index}", "cancel", cancel.event,
                                     cancel.if_, trigger, trigger_data, expires, after_seq)
-        if placed is not None:
-            if placed.failure is not None:
-                self._flow_failures.append((run_id, placed.failure))
-            else:
-                slots = placed.slots
-                self._conc.append((slots[0], slots[1] if len(slots) > 1 else None,
-                                   placed.queue, placed.shown, run_id))
-                self._queued[placed.queue] = self._queued.get(placed.queue, 0) + 1
+        if slots is not None:
+            self._place(run_id, slots)
         if start <= self.now:
             self.touched.add(function_id)
         self.result.runs_created += 1
         self.result.created_functions.append(function_id)
         self._admissions.started(run_id, held)
+        if window is not None:
+            assert window.key is not None
+            await self._flush_runs()  # the next event of the key may grow this run
+            if window.open:
+                await self.db.execute("set_window", run_id, window.first_at, window.start,
+                                      function_id, window.key.hash)
+            else:
+                await self.db.execute("close_window", function_id, window.key.hash)
         return run_id
+
+    def _place(self, run_id: str, placed: queues.Placement) -> None:
+        """A new run takes its concurrency slots (written with the batch's runs)."""
+        if placed.failure is not None:
+            self._flow_failures.append((run_id, placed.failure))
+            return
+        self._conc.append(self._conc_row(run_id, placed))
+        self._queued[placed.queue] = self._queued.get(placed.queue, 0) + 1
+
+    @staticmethod
+    def _conc_row(run_id: str, placed: queues.Placement) -> tuple[Any, ...]:
+        slots = placed.slots
+        return (slots[0], slots[1] if len(slots) > 1 else None, placed.queue, placed.shown,
+                run_id)
 
     async def _backlog(self, function_id: str, config: FunctionConfig,
                        placed: queues.Placement) -> admission.Skip | None:
@@ -532,6 +573,45 @@ class Transaction:
         message = backlog_full(waiting, bound)
         return None if message is None else admission.Skip("backlog_full", placed.shown,
                                                            message)
+    async def _grow_window(self, function_id: str, config: FunctionConfig,
+                           placed: windows.Placement, seq: int, trigger: bytes,
+                           trigger_data: dict[str, Any]) -> None:
+        """An event joined the open window of run ``placed.run_id`` (locked by ``place``):
+        the run gets it, and its start moves (later for a debounce, now when it is full)."""
+        db, run_id = self.db, placed.run_id
+        assert run_id is not None and placed.key is not None
+        start = placed.start
+        deadline = None
+        if config.timeouts is not None and config.timeouts.start is not None:
+            deadline = start + float(config.timeouts.start)  # type: ignore[arg-type]
+            self._later(deadline)
+        await db.execute("grow_window_run", json.dumps(list(placed.events)), start, deadline,
+                         seq, run_id)
+        if placed.replace:  # a plain debounce keeps the last event only
+            await db.execute("delete_run_events", run_id)
+        await db.execute("insert_run_event", run_id, len(placed.events) - 1, seq)
+        if placed.open:
+            await db.execute("set_window", run_id, placed.first_at, placed.start,
+                             function_id, placed.key.hash)
+        else:
+            await db.execute("close_window", function_id, placed.key.hash)
+        self._triggers.pop(run_id, None)
+        if placed.replace and config.concurrency:
+            # Its key follows the run's event, now this one ("debounce, then concurrency").
+            slots = queues.place(function_id, config, trigger_data)
+            if slots.failure is None:
+                await self._flush_runs()
+                await db.execute("set_run_concurrency", *self._conc_row(run_id, slots))
+        if placed.replace and config.cancel_on:
+            # cancel_on's ``event`` is the run's event, now this one: its waits follow it.
+            await db.execute("delete_waits", run_id)
+            for index, cancel in enumerate(config.cancel_on):
+                expires = None if cancel.timeout is None else self.now + float(cancel.timeout)  # type: ignore[arg-type]
+                await self._insert_wait(run_id, f"cancel:{index}", "cancel", cancel.event,
+                                        cancel.if_, trigger, trigger_data, expires, seq)
+        if start <= self.now:
+            self.touched.add(function_id)
+        self._later(start)
 
     async def _skip_run(self, run_id: str, function_id: str, events: list[tuple[int, str]],
                         skip: admission.Skip, parent: tuple[str, str] | None) -> None:

@@ -28,3 +28,10 @@ def test_a_sleeping_run_is_held_by_sleep():
     ("Completed", None), ("Waiting", NOW + 60)])
 def test_nothing_holds_a_run_that_may_start_or_is_not_held_by_time(status, available_at):
     assert held(status, available_at, None, 0, False, NOW) is None
+
+
+@pytest.mark.parametrize("option", ["debounce", "batch"])
+def test_an_open_window_holds_its_run_until_its_deadline(option):
+    found = held("Queued", NOW + 5, None, 0, False, NOW, option)
+    assert found is not None and found[0] == option and option in found[1]
+    assert held("Queued", NOW, None, 0, False, NOW, option) is None  # due: nothing holds it

@@ -37,6 +37,7 @@ from worker import App
 
 _FLOW = "tests/integration/test_flow_throttle.py::"
 _CONC = "tests/integration/test_flow_concurrency.py::"
+_WINDOWS = "tests/integration/test_flow_windows.py::"
 
 #: Option (or option field, or trigger type) -> the test that shows the gateway honours it.
 ENFORCED: dict[str, str] = {
@@ -88,17 +89,33 @@ ENFORCED: dict[str, str] = {
     "Concurrency.key": _CONC + "test_each_key_has_its_own_limit",
     "Concurrency.scope": _CONC + "test_app_scope_shares_one_limit_between_functions",
     "Concurrency.max_queued": _CONC + "test_max_queued_skips_what_a_full_backlog_would_queue",
+    "debounce": _WINDOWS + "test_debounce_starts_after_the_quiet_period_with_the_last_event",
+    "Debounce.period": _WINDOWS + "test_debounce_starts_after_the_quiet_period_with_the_last_event",
+    "Debounce.key": _WINDOWS + "test_debounce_starts_after_the_quiet_period_with_the_last_event",
+    "Debounce.timeout": _WINDOWS + "test_debounce_reset_at_the_timeout_then_a_new_window",
+    "Debounce.collect":
+        _WINDOWS + "test_debounce_collect_gives_every_event_and_a_full_window_starts_at_once",
+    "batch": _WINDOWS + "test_batch_starts_full_batches_at_once_in_arrival_order",
+    "Batch.max_size": _WINDOWS + "test_batch_starts_full_batches_at_once_in_arrival_order",
+    "Batch.timeout": _WINDOWS + "test_batch_cut_by_timeout_and_keys_are_independent",
+    "Batch.key": _WINDOWS + "test_batch_cut_by_timeout_and_keys_are_independent",
+    "Batch.if_": _WINDOWS + "test_batch_if_false_gets_a_run_of_its_own_at_once",
 }
 
-#: One way to set each option of UNENFORCED, as a user would write it.
-SETTINGS: dict[str, dict[str, Any]] = {
-    "debounce": {"debounce": Debounce("5s")},
-    "batch": {"batch": Batch(100, "2s")},
-}
+#: Every option is enforced today; the refusal machinery stays for the next one that lands
+#: before its enforcement. These tests stand one in: "batch", as if it were not enforced.
+STAND_IN = "batch"
+STAND_IN_SETTING: dict[str, Any] = {"batch": Batch(100, "2s")}
+
+
+@pytest.fixture
+def unenforced(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setitem(UNENFORCED, STAND_IN, "flow control, issue 9")
+    return STAND_IN
 
 #: Fields of the option classes of enforced options (those of unenforced ones go with them).
 OPTION_CLASSES = (TriggerEvent, TriggerCron, Cancel, Timeouts, RateLimit, Singleton, Throttle,
-                  Priority, Concurrency)
+                  Priority, Concurrency, Debounce, Batch)
 
 
 def _accepted() -> set[str]:
@@ -113,7 +130,6 @@ def test_every_accepted_option_is_enforced_or_refused():
     assert accepted - set(ENFORCED) - set(UNENFORCED) == set(), \
         "an option is neither enforced (ENFORCED, with its test) nor refused (UNENFORCED)"
     assert set(ENFORCED) & set(UNENFORCED) == set()
-    assert set(SETTINGS) == set(UNENFORCED)
 
 
 @pytest.mark.parametrize("option", sorted(ENFORCED))
@@ -123,11 +139,11 @@ def test_each_enforced_option_names_a_test_that_exists(option):
     assert callable(getattr(module, name, None)), f"{option}: no test {ENFORCED[option]}"
 
 
-@pytest.mark.parametrize("option", sorted(UNENFORCED))
-def test_each_unenforced_option_is_refused_at_declaration_with_a_message(option):
+def test_an_unenforced_option_is_refused_at_declaration_with_a_message(unenforced):
+    option = unenforced
     app = App("shop")
     with pytest.raises(InvalidInput) as info:
-        @app.function(id="f", trigger=TriggerEvent("shop/x"), **SETTINGS[option])
+        @app.function(id="f", trigger=TriggerEvent("shop/x"), **STAND_IN_SETTING)
         async def f(ctx):
             pass
 
@@ -138,14 +154,15 @@ def test_each_unenforced_option_is_refused_at_declaration_with_a_message(option)
     assert app.functions == {}
 
 
-def test_all_unenforced_options_are_named_in_one_message():
-    config = FunctionConfig(id="f", debounce=Debounce("5s"), batch=Batch(100, "2s"),
+def test_all_unenforced_options_are_named_in_one_message(unenforced, monkeypatch):
+    monkeypatch.setitem(UNENFORCED, "concurrency", "flow control, issue 9")
+    config = FunctionConfig(id="f", concurrency=[Concurrency(2)], batch=Batch(10, 1.0),
                             triggers=[TriggerCron("* * * * *")])
     with pytest.raises(InvalidInput) as info:
         check_function("shop/f", config)
     message = str(info.value)
-    for name in ("debounce (flow control, issue 9)", "batch (flow control, issue 9)"):
-        assert name in message
+    for name in sorted(UNENFORCED):
+        assert f"{name} ({UNENFORCED[name]})" in message
 
 
 def test_enforced_options_are_accepted():
@@ -233,3 +250,55 @@ def test_a_bad_option_type_names_the_function():
 def test_durations_still_normalise():
     assert Timeouts(start=timedelta(minutes=1), finish="1h") == Timeouts(60.0, 3600.0)
     assert Concurrency(2).limit == 2
+
+
+# --- debounce and batch: bounds and combinations (README, "Debounce", "Batch") -------------
+
+
+def test_window_options_are_accepted_with_what_combines_with_them():
+    app = App("shop")
+    app.function(id="d", trigger=TriggerEvent("shop/x"),
+                 debounce=Debounce("5s", key="event.data.user", timeout="1m", collect=True),
+                 cancel_on=[Cancel("shop/stop")], timeouts=Timeouts(start="1h"), retries=1)(
+        lambda ctx: None)
+    app.function(id="b", trigger=TriggerEvent("shop/x"),
+                 batch=Batch(10, "5s", key="event.data.tenant", if_="event.data.small"),
+                 timeouts=Timeouts(finish="1h"))(lambda ctx: None)
+    assert set(app.functions) == {"d", "b"}
+
+
+@pytest.mark.parametrize(("options", "pair"), [
+    ({"debounce": Debounce("5s"), "batch": Batch(2, "5s")}, "debounce with batch"),
+    ({"batch": Batch(2, "5s"), "cancel_on": [Cancel("shop/stop")]}, "batch with cancel_on"),
+    ({"batch": Batch(2, "5s"), "priority": Priority("1")}, "batch with priority"),
+    ({"batch": Batch(2, "5s"), "rate_limit": RateLimit(1, "1m")}, "batch with rate_limit"),
+    ({"batch": Batch(2, "5s"), "singleton": Singleton()}, "batch with singleton"),
+    ({"debounce": Debounce("5s"), "throttle": Throttle(1, "1m")}, "debounce with throttle"),
+    ({"debounce": Debounce("5s"), "idempotency": "event.data.id"},
+     "debounce with idempotency"),
+])
+def test_combinations_without_one_meaning_are_refused_with_why(options, pair):
+    with pytest.raises(InvalidInput) as info:
+        App("shop").function(id="f", trigger=TriggerEvent("shop/x"), **options)(
+            lambda ctx: None)
+    message = str(info.value)
+    assert message.startswith("function 'shop/f': options that cannot be combined: ")
+    assert pair + ": " in message and message.endswith("Remove one option of each pair")
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: Debounce(0), "Debounce.period: 0 s is out of range"),
+    (lambda: Debounce("1s", timeout="8d"), "Debounce.timeout: 691200 s is out of range"),
+    (lambda: Batch(2, "0s"), "Batch.timeout: 0 s is out of range"),
+    (lambda: Batch(101, "1s"), "Batch.max_size: Input should be less than or equal to 100"),
+])
+def test_window_bounds_are_checked_where_the_option_is_written(make, message):
+    with pytest.raises(InvalidInput, match="^" + message):
+        make()
+
+
+def test_a_batch_if_that_does_not_compile_names_the_function_and_the_option():
+    from protocol.errors import ExpressionError
+    with pytest.raises(ExpressionError, match=r"function 'shop/f': batch.if_"):
+        App("shop").function(id="f", trigger=TriggerEvent("shop/x"),
+                             batch=Batch(2, "1s", if_="event.data.(("))(lambda ctx: None)

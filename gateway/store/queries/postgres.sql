@@ -605,3 +605,40 @@ GROUP BY cqueue ORDER BY 3 DESC, 4 DESC LIMIT $2;
 
 -- name: app_function_ids
 SELECT id FROM functions WHERE app_id = $1 AND active = 1;
+
+-- ======================= flow control: debounce and batch =======================
+
+-- name: lock_window
+-- The key's window row, created if new (no run yet), locked until commit: a second gateway
+-- placing an event of the same key waits here, then sees this one's window.
+INSERT INTO flow_windows (function_id, key_hash, run_id, first_at, deadline)
+VALUES ($1, $2, NULL, NULL, NULL)
+ON CONFLICT (function_id, key_hash) DO UPDATE SET run_id = flow_windows.run_id
+RETURNING run_id, first_at, deadline;
+
+-- name: window_run
+-- The window's pending run, locked: a claim that took it first has committed by the time this
+-- answers (and it is then no longer Queued at fence 0: the window is closed).
+SELECT status, fence, event_ids FROM runs WHERE id = $1 FOR UPDATE;
+
+-- name: set_window
+UPDATE flow_windows SET run_id = $1, first_at = $2, deadline = $3
+WHERE function_id = $4 AND key_hash = $5;
+
+-- name: close_window
+DELETE FROM flow_windows WHERE function_id = $1 AND key_hash = $2;
+
+-- name: sweep_windows
+-- Windows past their deadline are closed (their run is due): dropped, at most $3 at a time,
+-- none another transaction holds (it never waits).
+DELETE FROM flow_windows WHERE (function_id, key_hash) IN (
+    SELECT function_id, key_hash FROM flow_windows WHERE function_id = $1 AND deadline < $2
+    LIMIT $3 FOR UPDATE SKIP LOCKED);
+
+-- name: grow_window_run
+-- The pending run after an event joined its window: its events, start and start deadline.
+UPDATE runs SET event_ids = $1, available_at = $2, deadline_at = $3, arrival = $4
+WHERE id = $5 AND status = 'Queued' AND fence = 0;
+
+-- name: delete_run_events
+DELETE FROM run_events WHERE run_id = $1;
