@@ -18,7 +18,15 @@ from gateway.http.management import waiting_json
 from gateway.runs import RunStatus
 from gateway.store.base import CancelRequest
 from protocol import messages as m
-from protocol.manifest import AppManifest, Concurrency, Priority
+from protocol.errors import InvalidInput
+from protocol.manifest import (
+    AppManifest,
+    Batch,
+    Concurrency,
+    Debounce,
+    Priority,
+    check_function,
+)
 from tests.helpers.waiting import eventually
 from tests.integration.test_engine_steps import FakeWorker, World, fn, running_world
 from tests.integration.test_flow_throttle import runs
@@ -245,3 +253,18 @@ async def test_two_gateways_on_postgres_hold_one_limit(gateway_factory, db_url):
         await complete(world, worker, lease)
         done += 1
     assert most == 2
+
+
+async def test_debounce_then_concurrency_keys_the_run_by_its_last_event(store):
+    quiet = fn("quiet", "go.quiet", debounce=Debounce(5.0),
+               concurrency=[Concurrency(1, key="event.data.t")])
+    async with running_world(store, [quiet]) as world:
+        await world.send("go.quiet", {"t": "first"})
+        await world.send("go.quiet", {"t": "last"})
+        assert await store.concurrency_keys("t/quiet", 10) == [("last", 1, 0)]
+
+
+def test_max_queued_with_a_window_is_refused():
+    with pytest.raises(InvalidInput, match="concurrency max_queued"):
+        check_function("t/w", fn("w", "go.w", batch=Batch(10, 1.0),
+                                 concurrency=[Concurrency(1, max_queued=5)]))
