@@ -134,6 +134,19 @@ def next_status(status: RunStatus | str, event: RunEvent | str) -> RunStatus:
         raise IllegalTransition(status, event) from None
 
 
+def edge(event: RunEvent) -> RunStatus:
+    """The one status ``event`` leads to, from every status that has the edge.
+
+    For the moves the store applies to many runs at once (a lease, a requeue), whatever
+    ready or leased status each is in. Raises ValueError if the table ever makes the target
+    depend on the source: then the caller must use :func:`next_status` run by run.
+    """
+    targets = {edges[event] for edges in TRANSITIONS.values() if event in edges}
+    if len(targets) != 1:
+        raise ValueError(f"run event {event.value!r} leads to {sorted(targets)}: not one status")
+    return targets.pop()
+
+
 def suspension(pending: Iterable[StepStatus | str]) -> RunEvent:
     """The event of a run suspending with steps in ``pending`` statuses parked.
 

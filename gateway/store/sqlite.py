@@ -25,6 +25,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.runs import RunEvent, edge
 from gateway.store import migrations
 from gateway.store.db import Row, queries
 from gateway.store.sql import SqlStore
@@ -262,7 +263,8 @@ class SQLiteStore(SqlStore):
 
     async def recover(self, *, now: float) -> int:
         # One gateway owns a SQLite file: every lease in it died with the previous process.
-        return await self._transaction(lambda db: db.execute("recover_leases", now))
+        return await self._transaction(lambda db: db.execute("recover_leases", now,
+                                                                     edge(RunEvent.LEASE_LOST)))
 
     async def _transaction(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         thread = self._writer

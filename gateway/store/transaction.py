@@ -37,7 +37,15 @@ from gateway import dispatch, loop_guard
 from gateway.flow import admission, queues, windows
 from gateway.flow.concurrency import backlog_full
 from gateway.flow.timing import timing
-from gateway.runs import FINAL_STATUSES, RunStatus, StepStatus
+from gateway.runs import (
+    FINAL_STATUSES,
+    RunEvent,
+    RunStatus,
+    StepStatus,
+    edge,
+    next_status,
+    suspension,
+)
 from gateway.scheduler.waits import MISSING, NO_INDEX, index_for, key_at
 from gateway.store.base import (
     DEDUP_WINDOW,
@@ -77,6 +85,17 @@ MAX_EVENTS_PER_BATCH = 100_000
 
 #: Due cron schedules one batch fires at most (more: the next batch follows at once).
 SCHEDULES_PER_BATCH = 1000
+
+#: Where the moves the store applies to runs in bulk lead (gateway.runs.TRANSITIONS): every
+#: status a run changes to in this module comes from the lifecycle table, here or through
+#: next_status() where the run's status is at hand.
+LEASED = edge(RunEvent.LEASED)
+RELEASED = edge(RunEvent.RELEASED)
+LEASE_LOST = edge(RunEvent.LEASE_LOST)
+WOKEN = edge(RunEvent.WOKEN)
+#: The event that gives a run each final status it may be given by end_run().
+_ENDING = {RunStatus.COMPLETED: RunEvent.COMPLETED, RunStatus.FAILED: RunEvent.ABORTED,
+           RunStatus.CANCELLED: RunEvent.CANCELLED}
 
 ConfigLookup = Callable[[Db, str], Awaitable[FunctionConfig | None]]
 
@@ -353,7 +372,7 @@ class Transaction:
         into.append(await self._replay(run_id))
 
     async def _return(self, run_id: str, fence: int) -> None:
-        row = await self.db.fetchone("return_lease", self.now, run_id, fence)
+        row = await self.db.fetchone("return_lease", self.now, run_id, fence, RELEASED)
         if row:
             self.touched.add(row[0])
 
@@ -838,8 +857,9 @@ class Transaction:
                     # first, so this failure's count is the one kept.
                     await self._flush_steps(steps, growth)
                     retry_at = write.retry_at if write.retry_at is not None else now
+                    run.status = next_status(run.status, RunEvent.FAILED_RETRY)
                     await db.execute("requeue_run", retry_at, msg.attempt + 1,
-                                     error_of(msg.error), msg.run_id)
+                                     error_of(msg.error), msg.run_id, run.status)
                     self._later(retry_at)
                     run.status = RunStatus.QUEUED
                     self.touched.add(run.function_id)
@@ -847,8 +867,8 @@ class Transaction:
                 suspended.append(msg.run_id)
                 run.status = RunStatus.QUEUED
             elif isinstance(msg, m.LeaseReleased):
-                await db.execute("requeue_run", now, None, None, msg.run_id)
-                run.status = RunStatus.QUEUED
+                run.status = next_status(run.status, RunEvent.RELEASED)
+                await db.execute("requeue_run", now, None, None, msg.run_id, run.status)
                 self.touched.add(run.function_id)
         await self._flush_steps(steps, growth)
         if self._endings:
@@ -861,7 +881,8 @@ class Transaction:
     async def _finish(self, run_id: str, run: _Run, status: str, output: bytes | None,
                       error: str | None) -> None:
         """:meth:`end_run` for a run that returned or failed, its row written in bulk later."""
-        run.status = status
+        final = RunEvent.COMPLETED if status == RunStatus.COMPLETED else RunEvent.FAILED_FINAL
+        run.status = next_status(run.status, final)
         self._endings.append((status, output, error, self.now, run_id))
         self.result.ended.append(RunEnded(run_id, run.function_id, status))
         if run.parent is not None:
@@ -912,14 +933,10 @@ class Transaction:
         """Every branch of the run waits: sleep until the earliest pending step is due."""
         pending = {row[0]: row for row in await self.db.fetch("pending_steps", run_id)}
         available: float | None = self.now
-        status = RunStatus.QUEUED
+        status = next_status(RunStatus.RUNNING, suspension(pending))
         if pending:
             dues = [row[1] for row in pending.values() if row[1] is not None]
             available = min(dues) if dues else None
-            if StepStatus.WAITING in pending or StepStatus.INVOKING in pending:
-                status = RunStatus.WAITING
-            elif StepStatus.SLEEPING in pending:
-                status = RunStatus.SLEEPING
         self._later(available)
         row = await self.db.fetchone("suspend_run", status, available, run_id)
         if row is not None:
@@ -1009,7 +1026,8 @@ class Transaction:
         row = await db.fetchone("run_for_end", run_id)
         if row is None or row[5] in FINAL_STATUSES:
             return False
-        function_id, session_id, fence, parent_run, parent_step, _ = row
+        function_id, session_id, fence, parent_run, parent_step, current = row
+        status = next_status(current, _ENDING[RunStatus(status)])  # refuses a move it lacks
         await db.execute("end_run", status, output, error, now, run_id)
         self.result.ended.append(RunEnded(run_id, function_id, status))
         await db.execute("delete_waits", run_id)
@@ -1119,7 +1137,7 @@ class Transaction:
                     f"the run lost its worker {losses} times in a row without progress (last: "
                     f"{reason}); a step may be crashing its worker"))
             else:
-                await self.db.execute("release_run", self.now, losses, run_id)
+                await self.db.execute("release_run", self.now, losses, run_id, LEASE_LOST)
                 self.touched.add(function_id)
 
     # --- waits ---------------------------------------------------------------------------
@@ -1160,7 +1178,7 @@ class Transaction:
 
     async def _wake(self, run_id: str) -> None:
         """A pending step of a suspended run resolved: the run is ready now."""
-        row = await self.db.fetchone("wake_run", self.now, run_id)
+        row = await self.db.fetchone("wake_run", self.now, run_id, WOKEN)
         if row is not None:
             self.touched.add(row[0])
 
@@ -1218,7 +1236,7 @@ class Transaction:
             # Nor is a function drained that still has runs ready (many functions with a
             # run each, more than the free slots: ten thousand cron ticks at once).
             result.drained_functions -= left
-        await db.executemany("lease_run", [(session_id, now, run_id)
+        await db.executemany("lease_run", [(session_id, now, run_id, LEASED)
                                            for run_id, session_id in assigned])
         await self._leases([(run_id, session_id, *by_id[run_id][2:], by_id[run_id][0])
                             for run_id, session_id in assigned])

@@ -111,7 +111,7 @@ RETURNING step_count;
 SELECT 1 FROM steps WHERE run_id = $1 AND step_id = $2;
 
 -- name: requeue_run
-UPDATE runs SET status = 'Queued', session_id = NULL, available_at = $1,
+UPDATE runs SET status = $5, session_id = NULL, available_at = $1,
     attempt = COALESCE($2, attempt), error = COALESCE($3, error)
 WHERE id = $4;
 
@@ -171,12 +171,12 @@ UPDATE runs SET lease_losses = lease_losses - 1 WHERE id = $1 AND lease_losses >
 
 -- name: release_run
 -- A revoked lease: bump the fence now, so its holder's late checkpoints are refused.
-UPDATE runs SET status = 'Queued', session_id = NULL, available_at = $1, lease_losses = $2,
+UPDATE runs SET status = $4, session_id = NULL, available_at = $1, lease_losses = $2,
     fence = fence + 1
 WHERE id = $3;
 
 -- name: return_lease
-UPDATE runs SET status = 'Queued', session_id = NULL, available_at = $1, fence = fence + 1
+UPDATE runs SET status = $4, session_id = NULL, available_at = $1, fence = fence + 1
 WHERE id = $2 AND fence = $3 AND status = 'Running' RETURNING function_id;
 
 -- =================================== waits ===================================
@@ -219,7 +219,7 @@ WHERE run_id = $2 AND status IN ('Retrying', 'Sleeping', 'Waiting', 'Invoking');
 DELETE FROM waits WHERE run_id = $1;
 
 -- name: wake_run
-UPDATE runs SET status = 'Queued', available_at = $1
+UPDATE runs SET status = $3, available_at = $1
 WHERE id = $2 AND status IN ('Queued', 'Sleeping', 'Waiting') RETURNING function_id;
 
 -- =================================== leases ==================================
@@ -230,7 +230,7 @@ WHERE function_id = $1 AND status IN ('Queued', 'Sleeping', 'Waiting') AND avail
 ORDER BY available_at LIMIT $3 FOR UPDATE SKIP LOCKED;
 
 -- name: lease_run
-UPDATE runs SET status = 'Running', fence = fence + 1, session_id = $1,
+UPDATE runs SET status = $4, fence = fence + 1, session_id = $1,
     started_at = COALESCE(started_at, $2)
 WHERE id = $3;
 
