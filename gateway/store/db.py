@@ -1,7 +1,8 @@
 """Named queries, and the small async interface the shared store logic runs them through.
 
-Each backend keeps its SQL in ``queries/<backend>.sql`` as blocks headed ``-- name: <name>``
-(the procrastinate way): the logic in :mod:`gateway.store.transaction` and
+Queries live in ``queries/common.sql`` (what both backends run as written) and
+``queries/<backend>.sql`` (what truly differs), as blocks headed ``-- name: <name>`` (the
+procrastinate way): the logic in :mod:`gateway.store.transaction` and
 :mod:`gateway.store.reads` is written once against names, and every backend answers the same
 names. A list argument is an ``IN (...)`` set: each backend passes it its own way.
 """
@@ -20,19 +21,37 @@ _HEADER = re.compile(r"^--\s*name:\s*([a-z_0-9]+)\s*$", re.MULTILINE)
 Row = tuple[Any, ...]
 
 
-@cache
-def queries(backend: str) -> dict[str, str]:
-    """Every named query of ``backend``, by name."""
-    text = (_QUERIES / f"{backend}.sql").read_text()
+def _named(text: str) -> dict[str, str]:
     parts = _HEADER.split(text)
     named: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         sql = "\n".join(line for line in body.splitlines()
                         if not line.strip().startswith("--")).strip().rstrip(";")
         if name in named:
-            raise ValueError(f"query {name!r} is defined twice in {backend}.sql")
+            raise ValueError(f"query {name!r} is defined twice")
         named[name] = sql
     return named
+
+
+#: A positional parameter of common.sql (``$1``), which SQLite reads as ``?1``.
+_PARAMETER = re.compile(r"\$(\d+)")
+
+
+@cache
+def queries(backend: str) -> dict[str, str]:
+    """Every named query of ``backend``, by name: common.sql's, and the backend's own.
+
+    A query is written once in common.sql unless the backends truly differ (list parameters,
+    locks, sequences, conflicts): then ``<backend>.sql`` has it, under the same name.
+    """
+    common = _named((_QUERIES / "common.sql").read_text())
+    if backend == "sqlite":
+        common = {name: _PARAMETER.sub(r"?\1", sql) for name, sql in common.items()}
+    own = _named((_QUERIES / f"{backend}.sql").read_text())
+    both = sorted(common.keys() & own.keys())
+    if both:
+        raise ValueError(f"queries {both} are in common.sql and in {backend}.sql: keep one")
+    return {**common, **own}
 
 
 class Db(Protocol):
