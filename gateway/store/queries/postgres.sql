@@ -20,7 +20,8 @@ SELECT pg_advisory_xact_lock_shared(hashtext(n)) FROM unnest($1::text[]) AS n OR
 SELECT pg_advisory_xact_lock(hashtext($1));
 
 -- name: insert_event
-INSERT INTO events (seq, id, name, payload, received_at) VALUES ($1, $2, $3, $4, $5);
+INSERT INTO events (seq, id, name, payload, received_at, traceparent)
+VALUES ($1, $2, $3, $4, $5, $6);
 
 -- name: insert_run
 INSERT INTO runs (id, function_id, status, available_at, event_ids, queued_at, parent_run_id,
@@ -520,3 +521,9 @@ FROM runs
 WHERE function_id = $1 AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= $2
 ORDER BY available_at - priority, arrival LIMIT $3 FOR UPDATE SKIP LOCKED;
 
+-- ========================= tracing (OpenTelemetry) ==========================
+
+-- name: trace_parents_of_runs
+-- The traceparent of each run's first event: the parent of the run's span (migration 0011).
+SELECT re.run_id, e.traceparent FROM run_events re JOIN events e ON e.seq = re.event_seq
+WHERE re.run_id = ANY($1::text[]) AND re.position = 0;

@@ -20,7 +20,8 @@ SELECT 1 WHERE ?1 IS NOT NULL;
 SELECT 1 WHERE ?1 IS NOT NULL;
 
 -- name: insert_event
-INSERT INTO events (seq, id, name, payload, received_at) VALUES (?1, ?2, ?3, ?4, ?5);
+INSERT INTO events (seq, id, name, payload, received_at, traceparent)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6);
 
 -- name: insert_run
 INSERT INTO runs (id, function_id, status, available_at, event_ids, queued_at, parent_run_id,
@@ -493,3 +494,9 @@ FROM runs INDEXED BY runs_by_priority  -- without statistics SQLite would sort e
 WHERE function_id = ?1 AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= ?2
 ORDER BY available_at - priority, arrival LIMIT ?3;
 
+-- ========================= tracing (OpenTelemetry) ==========================
+
+-- name: trace_parents_of_runs
+-- The traceparent of each run's first event: the parent of the run's span (migration 0011).
+SELECT re.run_id, e.traceparent FROM run_events re JOIN events e ON e.seq = re.event_seq
+WHERE re.run_id IN (SELECT value FROM json_each(?1)) AND re.position = 0;
