@@ -83,11 +83,10 @@ async def traced(tmp_path: Path) -> AsyncIterator[Traced]:
     await gateway.stop()
 
 
-def _app(calls: dict[str, int] | None = None) -> App:
+def _app(user_tracer: trace.Tracer) -> App:
     """A parent run with a step that fails once, a user span, a sleep and a child run."""
     app = App("t")
-    user_tracer = trace.get_tracer("user-code")
-    counts = calls if calls is not None else {}
+    counts: dict[str, int] = {}
 
     @app.function(id="child", trigger=TriggerEvent("t/child"))
     async def child(ctx):
@@ -122,9 +121,9 @@ def _parent_id(span: ReadableSpan) -> int | None:
 
 
 async def test_an_event_with_a_traceparent_gives_one_trace_of_runs_steps_and_children(traced):
-    # The user's spans inside a step go to the global provider: make it this test's (once).
-    trace.set_tracer_provider(traced.provider)
-    app = _app()
+    # The user's code makes spans with its own tracer; they nest by context, whatever the
+    # provider (the worker's command line makes its provider the global one).
+    app = _app(traced.provider.get_tracer("user-code"))
     await traced.start_worker([app])
     response = await _post(traced.harness, {"name": "t/parent", "data": {}},
                            {"traceparent": SENDER})
