@@ -317,3 +317,44 @@ async def test_postgres_keeps_the_trace_parent_too(tmp_path, pg_url):
     finally:
         await harness.close()
         await gateway.stop()
+
+
+async def test_a_run_resumed_by_a_restarted_gateway_continues_its_trace(tmp_path):
+    """The trace context is durable: a sleeping run, a gateway stopped and started again on
+    its database (with a new provider, as a new process would have), the same trace."""
+    first, first_spans = _provider()
+    gateway = await _gateway(tmp_path, first)
+    harness = Harness(gateway)
+    app = App("t")
+
+    @app.function(id="f", trigger=TriggerEvent("t/f"))
+    async def f(ctx):
+        await ctx.step.run("before", lambda: 1)
+        await ctx.step.sleep("nap", 0.3)
+        return await ctx.step.run("after", lambda: 2)
+
+    await harness.start_worker([app], tracer_provider=first)
+    response = await _post(harness, {"name": "t/f"}, {"traceparent": SENDER})
+    run = await harness.run_of(response.json()["ids"][0])
+    await harness.wait_status(run["id"], "Sleeping")
+    await harness.close()
+    await gateway.stop()
+
+    second, second_spans = _provider()
+    gateway = await _gateway(tmp_path, second)
+    harness = Harness(gateway)
+    try:
+        await harness.start_worker([app], tracer_provider=second)
+        await harness.wait_status(run["id"], "Completed")
+
+        async def run_span() -> list[ReadableSpan]:
+            return [s for s in second_spans.get_finished_spans() if s.name == "run t/f"]
+        (span,) = await eventually(run_span, what="the run's span from the second gateway")
+    finally:
+        await harness.close()
+        await gateway.stop()
+    (before,) = [s for s in first_spans.get_finished_spans() if s.name == "step.run before"]
+    (after,) = [s for s in second_spans.get_finished_spans() if s.name == "step.run after"]
+    assert span.context.trace_id == before.context.trace_id == after.context.trace_id \
+        == SENDER_TRACE
+    assert _parent_id(before) == _parent_id(after) == span.context.span_id
