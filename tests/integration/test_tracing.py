@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
@@ -180,8 +179,10 @@ async def test_an_event_with_a_traceparent_gives_one_trace_of_runs_steps_and_chi
 
 @pytest.mark.parametrize("header", [
     "garbage", "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-    f"00-{SENDER_TRACE:032x}-0000000000000000-01", f"ff-{SENDER_TRACE:032x}-{SENDER_SPAN:016x}-01",
-    f"00-{SENDER_TRACE:032X}-{SENDER_SPAN:016x}-01", f"00-{SENDER_TRACE:032x}-{SENDER_SPAN:016x}-01-x",
+    f"00-{SENDER_TRACE:032x}-0000000000000000-01",
+    f"ff-{SENDER_TRACE:032x}-{SENDER_SPAN:016x}-01",
+    f"00-{SENDER_TRACE:032X}-{SENDER_SPAN:016x}-01",
+    f"00-{SENDER_TRACE:032x}-{SENDER_SPAN:016x}-01-x",
 ])
 async def test_a_malformed_traceparent_is_ignored_and_a_new_trace_starts(traced, header):
     app = App("t")
@@ -232,9 +233,8 @@ async def test_app_send_and_send_event_carry_the_trace_on(traced):
 
 
 async def test_without_a_provider_nothing_is_traced_and_tracing_code_never_runs(tmp_path):
-    """Tracing off: no span, no trace link, and (measured) no call into any tracing code
-    on the way from the event to the last checkpoint."""
-    provider, exporter = _provider()
+    """Tracing off: no trace link, and (measured) no call into OpenTelemetry or any tracing
+    code on the way from the event to the last checkpoint, so no span either."""
     gateway = await _gateway(tmp_path, None)
     harness = Harness(gateway)
     try:
@@ -269,8 +269,6 @@ async def test_without_a_provider_nothing_is_traced_and_tracing_code_never_runs(
         intake = {f"{_tracecontext_file()}:{fn}" for fn in ("clean", "parse", "header")}
         assert called <= intake, called
         assert "trace_id" not in await harness.run(run["id"])
-        assert exporter.get_finished_spans() == ()
-        assert provider is not None
     finally:
         await harness.close()
         await gateway.stop()
