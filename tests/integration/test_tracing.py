@@ -356,3 +356,32 @@ async def test_a_run_resumed_by_a_restarted_gateway_continues_its_trace(tmp_path
     assert span.context.trace_id == before.context.trace_id == after.context.trace_id \
         == SENDER_TRACE
     assert _parent_id(before) == _parent_id(after) == span.context.span_id
+
+
+async def test_a_def_functions_steps_nest_user_spans_too(traced):
+    """A plain ``def`` function runs on a thread: its step spans and the user's spans in
+    them nest the same way, and code between steps sees the run's span as current."""
+    app = App("t")
+    user = traced.provider.get_tracer("user-code")
+
+    def lookup() -> int:
+        with user.start_as_current_span("db-query"):
+            return 7
+
+    @app.function(id="sync", trigger=TriggerEvent("t/sync"))
+    def sync(ctx):
+        with user.start_as_current_span("between-steps"):
+            pass
+        return ctx.step.run("lookup", lookup)
+
+    await traced.start_worker([app])
+    response = await _post(traced.harness, {"name": "t/sync"}, {"traceparent": SENDER})
+    run = await traced.harness.run_of(response.json()["ids"][0])
+    assert (await traced.harness.wait_status(run["id"], "Completed"))["output"] == 7
+    (run_span,) = await traced.wait_spans("run t/sync")
+    (step,) = traced.spans("step.run lookup")
+    (query,) = traced.spans("db-query")
+    (between,) = traced.spans("between-steps")
+    assert _parent_id(step) == _parent_id(between) == run_span.context.span_id
+    assert _parent_id(query) == step.context.span_id
+    assert {s.context.trace_id for s in (run_span, step, query, between)} == {SENDER_TRACE}
