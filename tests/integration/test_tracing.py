@@ -175,6 +175,8 @@ async def test_an_event_with_a_traceparent_gives_one_trace_of_runs_steps_and_chi
     links = await traced.harness.run(run["id"])
     assert links["trace_id"] == f"{SENDER_TRACE:032x}"
     assert links["trace_url"] == f"http://traces/{SENDER_TRACE:032x}"
+    page = await traced.harness.http.get(f"/runs/{run['id']}")  # the dashboard's run page
+    assert f'href="http://traces/{SENDER_TRACE:032x}"' in page.text, page.text
 
 
 @pytest.mark.parametrize("header", [
