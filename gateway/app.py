@@ -11,12 +11,13 @@ import os
 import random
 import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
 import uvicorn
 
+from cmdline.tracing import tracer_provider
 from gateway.clock import Clock, SystemClock
 from gateway.config import Settings, db_backend
 from gateway.engine import Engine
@@ -34,6 +35,9 @@ from gateway.transport.connection import ConnectionSettings
 from gateway.transport.server import WorkerServer
 from protocol.ids import new_id
 from protocol.limits import MISSED_HEARTBEATS, VERSION
+
+if TYPE_CHECKING:
+    from gateway.tracing import GatewayTracing
 
 log = structlog.get_logger("tether.gateway")
 
@@ -57,7 +61,10 @@ class Gateway:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         store: Store | None = None,
+        tracer_provider: Any = None,
     ) -> None:
+        """``tracer_provider``: an OpenTelemetry SDK ``TracerProvider`` to trace with
+        (embedding, tests); by default one is built when ``settings.traces`` asks for it."""
         settings.check()
         self.settings = settings
         self.clock = clock or SystemClock()
@@ -74,6 +81,7 @@ class Gateway:
             event_limits=EventLimits(settings.max_event_size, settings.max_request_size),
         )
         self.engine.crash_on = os.environ.get("TETHER_TEST_ENGINE_CRASH") or None
+        self.engine.tracing = self._tracing(tracer_provider)
         self.auth = Authenticator(
             dev=settings.dev, signing_keys=settings.signing_keys, event_keys=settings.event_keys,
             api_keys=settings.api_keys, previous_signing_keys=settings.previous_signing_keys,
@@ -121,6 +129,8 @@ class Gateway:
         self._watched(asyncio.create_task(self._refresh_keys(), name="tether-keys"))
         await self.engine.load()
         self._watched(asyncio.create_task(self.engine.run(), name="tether-engine"))
+        if self.engine.tracing is not None:
+            self.engine.tracing.start()
         self.connect_port = await self.workers.start(self.settings.host,
                                                      self.settings.connect_port)
         self._watched(asyncio.create_task(self.workers.reap(), name="tether-reaper"))
@@ -142,6 +152,18 @@ class Gateway:
         log.info("gateway_started", http=f"http://{self.settings.host}:{self.http_port}",
                  connect=f"ws://{self.settings.host}:{self.connect_port}/connect",
                  db=self.settings.db, dev=self.settings.dev, gateway_id=self.gateway_id)
+
+    def _tracing(self, provider: Any) -> GatewayTracing | None:
+        """The gateway's spans, or None (tracing off: OpenTelemetry is not even imported)."""
+        owned = provider is None
+        if owned:
+            if self.settings.traces == "none":
+                return None
+            provider = tracer_provider(self.settings.traces, service_name="tether-gateway")
+        from gateway.tracing import GatewayTracing
+
+        return GatewayTracing(provider, self.store, trace_url=self.settings.trace_url,
+                              owned=owned)
 
     def _watched(self, task: asyncio.Task[None]) -> None:
         self._tasks.append(task)
@@ -182,6 +204,8 @@ class Gateway:
         if self.failure is None:
             await self.engine.close()  # with a dead engine, nothing more can commit
         await self.workers.close()
+        if self.engine.tracing is not None:
+            await self.engine.tracing.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

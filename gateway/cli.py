@@ -16,6 +16,7 @@ import structlog
 
 from cmdline.logs import configure
 from cmdline.options import add_option, run_loop
+from cmdline.tracing import add_trace_options
 from gateway.config import DEFAULT_DB, Settings, db_backend
 from gateway.store.sqlite import DatabaseInUse, DatabaseLock, prepare_files
 from protocol.errors import InvalidInput, TetherError
@@ -118,6 +119,11 @@ def _serve_parser(environ: Mapping[str, str] | None) -> argparse.ArgumentParser:
     add_option(logs, "--log-level", env="LOG_LEVEL", environ=environ,
                choices=["debug", "info", "warning", "error"], default="info",
                help="lowest level logged")
+    traces = p.add_argument_group("tracing (OpenTelemetry)")
+    add_trace_options(traces, environ)
+    add_option(traces, "--trace-url", env="TRACE_URL", environ=environ, default=None,
+               metavar="TEMPLATE", help="link from a run to its trace, {trace_id} replaced "
+               "(e.g. http://localhost:16686/trace/{trace_id}): GET /v1/runs/ID's trace_url")
     return p
 
 
@@ -133,7 +139,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         log_format=args.log_format, log_level=args.log_level,
         max_event_size=args.max_event_size, max_request_size=args.max_request_size,
         max_steps=args.max_steps, max_step_result=args.max_step_result,
-        max_run_state=args.max_run_state,
+        max_run_state=args.max_run_state, traces=args.traces, trace_url=args.trace_url,
     )
 
 

@@ -59,6 +59,10 @@ class Settings:
     peer_ttl: float = 5.0
     #: On stop, how long workers told to go away get to disconnect by themselves.
     go_away_grace: float = 5.0
+    #: OpenTelemetry span export: none, otlp or console (cmdline.tracing; extra tether[otel]).
+    traces: str = "none"
+    #: A link to a run's trace in the tracing UI, with ``{trace_id}`` in it (API, dashboard).
+    trace_url: str | None = None
 
     @property
     def frame_limit(self) -> int:
@@ -92,6 +96,9 @@ class Settings:
             raise InvalidInput("--max-steps, --max-step-result and --max-run-state must be "
                                "positive")
         db_backend(self.db)
+        if self.trace_url is not None and "{trace_id}" not in self.trace_url:
+            raise InvalidInput(f"--trace-url {self.trace_url!r} has no {{trace_id}} in it; "
+                               "e.g. http://localhost:16686/trace/{trace_id}")
 
     def _check_keys(self) -> None:
         groups = (("--signing-key", self.signing_keys, "signing"),

@@ -48,6 +48,7 @@ from protocol.manifest import AppManifest, FunctionConfig, check_function
 
 if TYPE_CHECKING:  # gateway.http.events imports this module
     from gateway.http.events import EventLimits
+    from gateway.tracing import GatewayTracing  # imports OpenTelemetry: only when tracing
 
 log = structlog.get_logger("tether.engine")
 
@@ -125,6 +126,8 @@ class Engine:
         self._closed = False
         # Registration notes per worker instance, handed to it in its Ready.
         self.warnings: dict[str, list[str]] = {}
+        #: Spans (``--traces``); None when tracing is off, which costs an ``is None`` test.
+        self.tracing: GatewayTracing | None = None
 
     # --- startup -------------------------------------------------------------------------
 
@@ -490,6 +493,7 @@ class Engine:
             # Due while the loop was busy (it only sleeps when idle): the timer fires here.
             self._timer_fired()
         batch.find_wakeup, self._find_wakeup = self._find_wakeup, False
+        batch.trace = self.tracing is not None
         slots = self.registry.free_slots()
         if slots:
             batch.claims = slots
@@ -564,11 +568,15 @@ class Engine:
                       fence=lease.fence, attempt=lease.attempt, session_id=worker.session_id,
                       instance_id=worker.instance_id)
             self._seen[lease.run_id] = batch.now
+            traceparent = None
+            if self.tracing is not None:
+                traceparent = self.tracing.leased(lease, now=batch.now,
+                                                  instance_id=worker.instance_id)
             worker.send(
                 m.LeaseGranted(
                     run_id=lease.run_id, fence=lease.fence, function_id=lease.function_id,
                     events=lease.events, memos=lease.memos, attempts=lease.attempts,
-                    deferred=lease.deferred, attempt=lease.attempt,
+                    deferred=lease.deferred, attempt=lease.attempt, traceparent=traceparent,
                 )
             )
         if orphaned:
@@ -597,6 +605,8 @@ class Engine:
                 worker.send(m.LeaseRevoked(run_id=revoked.run_id, fence=revoked.fence,
                                            reason=revoked.reason))
 
+        if self.tracing is not None and result.ended:
+            self.tracing.ended(result.ended)
         for ended in result.ended:
             if ended.status == "Completed":
                 log.debug("run_ended", run_id=ended.run_id, function_id=ended.function_id,

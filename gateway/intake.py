@@ -17,6 +17,7 @@ import orjson
 from gateway.store.base import Limits, NewEvent
 from protocol import messages as m
 from protocol.errors import InvalidInput
+from protocol.tracecontext import clean
 
 if TYPE_CHECKING:  # gateway.http.events imports the engine, which imports this module
     from gateway.http.events import EventLimits
@@ -84,6 +85,8 @@ def _events(msg: m.EventsSent, event_limits: EventLimits, now: float) -> Checked
     from gateway.http.events import parse_events  # the same rules as POST /e
 
     events: list[NewEvent] = []
+    # The step's span (a malformed one is ignored): the runs these events start continue it.
+    trace = clean(msg.traceparent) if msg.traceparent is not None else None
     for index, raw in enumerate(msg.events):
         where = f"step.send_event({msg.step_id!r}) event {index}"
         try:
@@ -98,5 +101,6 @@ def _events(msg: m.EventsSent, event_limits: EventLimits, now: float) -> Checked
             ((event, _),) = parse_events(raw, limits=event_limits, now=now)
         except InvalidInput as exc:  # also PayloadTooLarge
             return Checked(invalid=f"{where}: {exc.message}")
+        event.traceparent = trace
         events.append(event)
     return Checked(events=events)

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.limits import MAX_STEP_RESULT, MAX_STEPS
 from protocol.manifest import AppManifest
+from protocol.tracecontext import MAX_TRACEPARENT
 
 #: Bumped on any incompatible change; both sides refuse a peer with another version.
 #: 2: the worker proves its key (``Answer``) before it sends its manifest (``Hello``).
@@ -45,6 +46,10 @@ PROTOCOL_VERSION = 2
 #: buffer or parse megabytes.
 MAX_PREAUTH_FRAME = 64 * 1024
 
+
+#: A W3C ``traceparent`` header (see :mod:`protocol.tracecontext`); checked where it is used,
+#: and a malformed one is ignored there, as W3C says.
+TraceParentHeader = Annotated[str, Field(max_length=MAX_TRACEPARENT)]
 
 #: Sequence numbers, fences and attempts: small enough for any database integer column.
 Count = Annotated[int, Field(ge=0, le=2**53)]
@@ -129,7 +134,8 @@ class LeaseGranted(_Message):
 
     ``memos`` are the steps already recorded; ``attempts`` counts the failed attempts of
     steps that are still to be retried, and ``deferred`` names those whose retry is not due
-    yet (park them); ``attempt`` is the function body's attempt.
+    yet (park them); ``attempt`` is the function body's attempt. ``traceparent`` is the
+    run's span when the gateway traces: the worker's step spans are its children.
     """
 
     type: Literal["lease_granted"] = "lease_granted"
@@ -141,6 +147,7 @@ class LeaseGranted(_Message):
     attempts: dict[str, int] = Field(default_factory=dict)
     deferred: list[str] = Field(default_factory=list)
     attempt: Count = 0
+    traceparent: TraceParentHeader | None = None
 
 
 class CheckpointAck(_Message):
@@ -323,6 +330,7 @@ class InvokeRequested(_Checkpoint):
 
     The step's result is the child's output; the child's failure, or ``timeout`` seconds
     passing first, makes it a failed step. ``user`` (JSON bytes) is the child event's ``user``.
+    ``traceparent``: the invoke step's span, which the child run's span continues.
     """
 
     type: Literal["invoke_requested"] = "invoke_requested"
@@ -331,6 +339,7 @@ class InvokeRequested(_Checkpoint):
     data: bytes
     timeout: float | None = None
     user: bytes | None = None
+    traceparent: TraceParentHeader | None = None
 
 
 class EventsSent(_Checkpoint):
@@ -338,11 +347,13 @@ class EventsSent(_Checkpoint):
 
     The events are stored in the same transaction that records the step, so they are sent
     exactly once however often the run is replayed; the step's result is their ids.
+    ``traceparent``: the step's span, which the runs the events start continue.
     """
 
     type: Literal["events_sent"] = "events_sent"
     step_id: Name
     events: list[bytes]
+    traceparent: TraceParentHeader | None = None
 
 
 class RunSuspended(_Checkpoint):

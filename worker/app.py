@@ -10,6 +10,7 @@ import asyncio
 import inspect
 import json
 import os
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -241,7 +242,7 @@ class App:
                                ) from exc
         request = urllib.request.Request(
             f"{url}/e/{key}", data=body, method="POST",
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **trace_headers()},
         )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
@@ -255,6 +256,21 @@ class App:
             raise TetherError(f"the gateway refused the events ({exc.code}): {detail}") from exc
         except OSError as exc:
             raise TetherError(f"could not reach the gateway at {url}: {exc}") from exc
+
+
+def trace_headers() -> dict[str, str]:
+    """The caller's trace context (W3C ``traceparent``), so the runs continue its trace.
+
+    Only when OpenTelemetry is loaded already (someone traces in this process): sending an
+    event never imports it, and the propagators configured there (``OTEL_PROPAGATORS``) apply.
+    """
+    if "opentelemetry.trace" not in sys.modules:
+        return {}
+    from opentelemetry import propagate
+
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return headers
 
 
 def _config(fn_id: str, options: dict[str, Any], handler: Handler) -> FunctionConfig:

@@ -12,11 +12,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import structlog
 
 from cmdline.logs import configure
 from cmdline.options import add_option, run_loop
+from cmdline.tracing import add_trace_options, tracer_provider
+from protocol.errors import InvalidInput
 from worker.app import App
 from worker.connection import FatalGatewayError
 from worker.runtime import Worker, exit_abandoned
@@ -61,6 +64,7 @@ def _parser(environ: Mapping[str, str] | None) -> argparse.ArgumentParser:
     add_option(p, "--log-level", env="LOG_LEVEL", environ=environ,
                choices=["debug", "info", "warning", "error"], default="info",
                help="lowest level logged")
+    add_trace_options(p, environ)
     return p
 
 
@@ -129,20 +133,41 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.concurrency < 1:
         print("error: --concurrency must be at least 1", file=sys.stderr)
         return 2
+    try:
+        provider = _tracer_provider(args.traces)
+    except InvalidInput as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
     apps = [load_app(spec) for spec in args.apps]
     worker = Worker(
         apps, gateways=args.gateways or ["ws://127.0.0.1:8289/connect"],
         concurrency=args.concurrency, instance_id=args.instance_id,
         signing_key=args.signing_key, drain_timeout=args.drain_timeout,
+        tracer_provider=provider,
     )
     try:
         run_loop(_serve(worker))
     except FatalGatewayError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
+    finally:
+        if provider is not None:
+            provider.shutdown()  # export the spans still buffered
     if worker.abandoned is not None:
         exit_abandoned()
     return 0
+
+
+def _tracer_provider(exporter: str) -> Any:
+    """With ``--traces``: the SDK provider, made global so that the user's own spans (and
+    instrumented libraries) go where the worker's go, nested under their steps."""
+    if exporter == "none":
+        return None
+    provider = tracer_provider(exporter, service_name="tether-worker")
+    from opentelemetry import trace
+
+    trace.set_tracer_provider(provider)
+    return provider
 
 
 async def _serve(worker: Worker) -> None:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -43,6 +43,7 @@ from protocol.errors import (
     TetherError,
 )
 from protocol.limits import MAX_RETRY_AFTER, MAX_STEP_RESULT, MAX_STEPS
+from protocol.tracecontext import step_traceparent
 from worker import serde
 from worker.app import Event, Function
 from worker.connection import fields_size
@@ -50,6 +51,9 @@ from worker.context import Context
 from worker.interrupts import Abandoned
 from worker.plan import PARK, NewStep, Park, Replay
 from worker.watchdog import ACTIVITY, Doing
+
+if TYPE_CHECKING:
+    from worker.tracing import RunTracing  # imports OpenTelemetry: only when tracing
 
 log = structlog.get_logger("tether.worker")
 
@@ -136,6 +140,7 @@ class RunExecution:
         limits: Limits,
         on_end: Callable[[RunExecution], None] = lambda execution: None,
         lease_ok: Callable[[], bool] = lambda: True,
+        tracing: RunTracing | None = None,
     ) -> None:
         self.lease = lease
         self.run_id = lease.run_id
@@ -174,6 +179,10 @@ class RunExecution:
         self._log: Any = None
         self._calls: list[tuple[Coroutine[Any, Any, Any], str, str]] = []  # step calls made
         self.warnings: list[str] = []  # for the run's record (replay divergence)
+        #: This lease's spans (None: the worker does not trace). ``traceparent`` is the run's
+        #: span, handed on to child runs and sent events whether or not this worker traces.
+        self.tracing = tracing
+        self.traceparent = tracing.traceparent if tracing is not None else lease.traceparent
 
     @property
     def log(self) -> Any:
@@ -256,6 +265,10 @@ class RunExecution:
     async def _body(self) -> None:
         ctx = Context(self)
         ACTIVITY.enter(Doing(self.run_id, self.function.id))
+        # The run's span is current in the body (this task's own context): user spans made
+        # between steps, and app.send, continue the run's trace.
+        if self.tracing is not None:
+            self.tracing.enter_body()
         try:
             if self.function.is_async:
                 result = await self.function.handler(ctx)
@@ -385,15 +398,24 @@ class RunExecution:
     def request(self, step: NewStep, kind: type[m._Checkpoint], fields: dict[str, Any]) -> None:
         """Ask the gateway for something durable (a sleep, a wait, a child run)."""
         self._activity += 1
+        if self.traceparent is not None and kind is m.InvokeRequested:
+            fields = {**fields, "traceparent": self._step_trace(step)}
         self._send(kind, {"step_id": step.id, **fields}, f"step {step.id!r}")
 
     def record(self, step: NewStep, kind: str, output: bytes, message: type[m._Checkpoint],
                fields: dict[str, Any]) -> None:
         """A step whose result exists at once (send_event): memoize and checkpoint it."""
         self._activity += 1
+        if self.traceparent is not None and message is m.EventsSent:
+            fields = {**fields, "traceparent": self._step_trace(step)}
         self._send(message, {"step_id": step.id, **fields}, f"step.{kind}({step.id!r})")
         self.memos[step.id] = m.StepMemo(kind=kind, output=output)
         self.attempt = 0  # a completed step gives the body a fresh retry budget
+
+    def _step_trace(self, step: NewStep) -> str | None:
+        """The span the gateway exports for a step it completes: child runs and the runs
+        of sent events continue it."""
+        return step_traceparent(self.traceparent, self.run_id, step.id)
 
     def replay(self, step: Replay) -> Any:
         if step.memo.error is not None:

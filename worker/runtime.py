@@ -23,7 +23,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
 
@@ -34,6 +34,9 @@ from worker.app import App, Function
 from worker.connection import GatewayLink, Outbox
 from worker.runner import Limits, RunExecution
 from worker.watchdog import LoopWatchdog
+
+if TYPE_CHECKING:
+    from worker.tracing import WorkerTracing
 
 log = structlog.get_logger("tether.worker")
 
@@ -54,6 +57,9 @@ class Worker:
         instance_id: a stable name for this process (default: hostname-pid).
         signing_key: the gateway's signing key (not needed against ``--dev`` gateways).
         drain_timeout: seconds running steps get to finish on shutdown.
+        tracer_provider: an OpenTelemetry ``TracerProvider``: each ``step.run`` attempt
+            gets a span under its run's (extra ``tether[otel]``). None: no tracing, and
+            OpenTelemetry is not imported.
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class Worker:
         signing_key: str | None = None,
         drain_timeout: float = 30.0,
         limits: Limits | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -78,6 +85,11 @@ class Worker:
         self.drain_timeout = drain_timeout
         self.limits = limits or Limits()
         self.executions: dict[Key, RunExecution] = {}
+        self.tracing: WorkerTracing | None = None
+        if tracer_provider is not None:
+            from worker.tracing import WorkerTracing
+
+            self.tracing = WorkerTracing(tracer_provider)
         self._held = 0  # executions whose lease is still ours (what the gateway counts)
         self.draining = False
         self.outbox = Outbox()
@@ -236,6 +248,8 @@ class Worker:
             lease, function, emit=self._emitter(key), executor=self.executor,
             limits=self.limits, on_end=self._ended,
             lease_ok=lambda: not self.link.presumed_deaf(),
+            tracing=None if self.tracing is None else self.tracing.run(
+                lease.run_id, lease.function_id, lease.traceparent),
         )
         self.executions[key] = execution
         self._held += 1

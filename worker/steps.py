@@ -199,6 +199,9 @@ class Step:
         started = time.time()
         token, step_token = current_attempt.set(plan.attempt), current_step.set(plan.id)
         task, doing = ACTIVITY.enter(Doing(run.run_id, run.function.id, plan.id))
+        # The attempt's span is current while fn runs (a thread's context is copied below).
+        span = run.tracing.step(plan.id, plan.attempt) if run.tracing is not None else None
+        failure: BaseException | None = None
         try:
             if _is_async(fn):
                 result = await fn(*args, **kwargs)
@@ -209,9 +212,11 @@ class Step:
                 )
                 if inspect.isawaitable(result):
                     result = await result
-        except (Abandoned, asyncio.CancelledError):
+        except (Abandoned, asyncio.CancelledError) as exc:
+            failure = exc
             raise
         except BaseException as exc:  # user code: recorded, then StepError or a retry
+            failure = exc
             outcome = run.finish_step(plan, started, None, exc)
         else:
             outcome = run.finish_step(plan, started, result, None)
@@ -219,6 +224,9 @@ class Step:
             current_attempt.reset(token)
             current_step.reset(step_token)
             ACTIVITY.leave(task, doing or Doing(run.run_id, run.function.id))
+            if span is not None:
+                span.end(failure, abandoned=isinstance(
+                    failure, (Abandoned, asyncio.CancelledError)))
         if outcome is PARK:
             return await run.park()
         return outcome
@@ -312,19 +320,25 @@ class SyncStep:
         self._on_loop(_call(run.enter, plan))
         started = time.time()
         token, step_token = current_attempt.set(plan.attempt), current_step.set(plan.id)
+        span = run.tracing.step(plan.id, plan.attempt) if run.tracing is not None else None
+        failure: BaseException | None = None
         try:
             result: Any = fn(*args, **kwargs)
             if inspect.isawaitable(result):
                 result = self._on_loop(_awaited(result))
-        except Abandoned:
+        except Abandoned as exc:
+            failure = exc
             raise
         except BaseException as exc:  # user code: recorded, then StepError or a retry
+            failure = exc
             outcome = self._on_loop(_call(run.finish_step, plan, started, None, exc))
         else:
             outcome = self._on_loop(_call(run.finish_step, plan, started, result, None))
         finally:
             current_attempt.reset(token)
             current_step.reset(step_token)
+            if span is not None:
+                span.end(failure, abandoned=isinstance(failure, Abandoned))
         if outcome is PARK:
             return self._on_loop(run.park())  # type: ignore[no-any-return]
         return outcome  # type: ignore[no-any-return]

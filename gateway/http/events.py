@@ -23,6 +23,7 @@ from protocol.errors import InvalidInput, PayloadTooLarge, TetherError
 from protocol.ids import new_id
 from protocol.limits import MAX_EVENT_SIZE, MAX_REQUEST_SIZE
 from protocol.names import RESERVED_PREFIX, check_no_nul, is_reserved
+from protocol.tracecontext import clean
 
 MAX_NAME = 256
 MAX_ID = 256
@@ -176,5 +177,25 @@ class EventRoutes:
         parsed = parse_events(body, limits=self.limits, now=self.engine.clock.now())
         events = [event for event, _ in parsed]
         if events:
-            await self.engine.ingest(events)
+            await ingest_traced(self.engine, events, request.headers.get("traceparent"),
+                                route="/e/{event_key}")
         return JSONResponse({"ids": [e.id for e in events], "status": 200})
+
+
+async def ingest_traced(engine: Engine, events: list[NewEvent], traceparent: str | None, *,
+                        route: str) -> None:
+    """Store ``events`` with the sender's trace context (W3C ``traceparent``; a malformed
+    one is ignored). When the gateway traces, the request gets its own span, and the runs
+    the events start are its children; otherwise the sender's context is kept as sent."""
+    tracing = engine.tracing
+    if tracing is None:
+        if traceparent is not None:
+            stored = clean(traceparent)
+            for event in events:
+                event.traceparent = stored
+        await engine.ingest(events)
+        return
+    with tracing.intake(traceparent, route=route, events=len(events)) as stored:
+        for event in events:
+            event.traceparent = stored
+        await engine.ingest(events)

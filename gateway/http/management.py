@@ -196,7 +196,10 @@ class ManagementRoutes:
     async def run(self, request: Request) -> Response:
         _query(request, set())
         record = await self._known_run(request.path_params["run_id"])
-        return JSONResponse(run_json(record, self.engine.clock.now()))
+        body = run_json(record, self.engine.clock.now())
+        if self.engine.tracing is not None:  # the run's trace: a link to follow
+            body.update(await self.engine.tracing.run_links(record.id))
+        return JSONResponse(body)
 
     async def _known_run(self, run_id: str) -> RunRecord:
         record = await self.engine.store.get_run(run_id, self.engine.clock.now())

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.engine import Engine
-from gateway.http.events import EventLimits, parse_events, read_body
+from gateway.http.events import EventLimits, ingest_traced, parse_events, read_body
 from gateway.http.management import _json_object, _query, iso
 from gateway.http.signatures import check_verify, masked, verify
 from gateway.http.transform import apply, check_transform, first_values, request_body
@@ -169,7 +169,8 @@ class WebhookRoutes:
         except InvalidInput as exc:  # PayloadTooLarge keeps its 413
             raise type(exc)(f"the webhook's transform gave a bad event: {exc.message}"
                             ) from None
-        await self.engine.ingest([stored])
+        await ingest_traced(self.engine, [stored], request.headers.get("traceparent"),
+                            route="/webhooks/{webhook_id}")
         return JSONResponse({"ids": [stored.id], "status": 200})
 
 

@@ -65,6 +65,8 @@ class NewEvent:
     name: str
     payload: bytes  # the event as JSON: name, data, id, ts, user
     data: dict[str, Any] | None = None  # the parsed payload, when the caller has it
+    #: the W3C trace context it arrived with, valid and canonical (protocol.tracecontext)
+    traceparent: str | None = None
 
 
 @dataclass(slots=True)
@@ -172,6 +174,8 @@ class WriteBatch:
     #: Search the store for the next due time (the engine's timer fired, so the one it knew
     #: of is spent). Otherwise the result only reports times this batch set.
     find_wakeup: bool = False
+    #: The gateway traces: each lease carries its run's trace parent (one query per claim).
+    trace: bool = False
 
     def has_writes(self) -> bool:
         """Anything to apply besides looking for runs to lease?"""
@@ -197,6 +201,8 @@ class Lease:
     #: the run's first lease (it never ran before), and when it became ready to lease
     first: bool = False
     available_at: float | None = None
+    #: the traceparent of the run's first event (its span's parent), with ``batch.trace``
+    trace_parent: str | None = None
 
 
 @dataclass(slots=True)
@@ -390,6 +396,10 @@ class Store(Protocol):
                                ) -> list[tuple[str | None, int, int]]:
         """The function's concurrency keys with the most runs waiting: (key as shown,
         waiting, running), at most ``limit``."""
+        ...
+
+    async def trace_parents(self, run_ids: Collection[str]) -> dict[str, str | None]:
+        """Each run's trace parent: the ``traceparent`` its first event was stored with."""
         ...
 
     async def runs_for_event(self, event_id: str) -> list[RunRecord]: ...

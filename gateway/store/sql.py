@@ -220,6 +220,13 @@ class SqlStore:
 
         return await self._read(read)
 
+    async def trace_parents(self, run_ids: Collection[str]) -> dict[str, str | None]:
+        async def read(db: Db) -> dict[str, str | None]:
+            rows = await db.fetch("trace_parents_of_runs", sorted(run_ids))
+            return {row[0]: row[1] for row in rows}
+
+        return await self._read(read)
+
     async def runs_for_event(self, event_id: str) -> list[RunRecord]:
         async def read(db: Db) -> list[RunRecord]:
             return await _with_steps(db, [_run(r) for r in await db.fetch("runs_for_event",

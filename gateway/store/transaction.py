@@ -71,6 +71,7 @@ from protocol.names import FUNCTION_CANCELLED as CANCELLED
 from protocol.names import FUNCTION_FAILED as FAILED
 from protocol.names import FUNCTION_FINISHED as FINISHED
 from protocol.names import FUNCTION_INVOKED as INVOKED
+from protocol.tracecontext import clean
 
 #: A run-ending produces system events under these names.
 
@@ -431,7 +432,8 @@ class Transaction:
         reserved = [row[0] for row in await db.fetch("reserve_event_seqs", len(fresh))]
         self._last_seq = max(self._last_seq, *reserved)
         await db.executemany("insert_event", [
-            (seq, e.id, e.name, e.payload, now) for seq, e in zip(reserved, fresh, strict=True)
+            (seq, e.id, e.name, e.payload, now, e.traceparent)
+            for seq, e in zip(reserved, fresh, strict=True)
         ])
         by_event = {id(e): seq for seq, e in zip(reserved, fresh, strict=True)}
         for event in fresh:
@@ -992,7 +994,8 @@ class Transaction:
         body = {"name": INVOKED, "data": orjson.loads(data), "id": event_id,
                 "ts": int(now * 1000), "user": user}
         payload = event_json(INVOKED, event_id, int(now * 1000), data, orjson.dumps(user))
-        (seq,) = await self.ingest([NewEvent(event_id, INVOKED, payload, body)], match=False)
+        (seq,) = await self.ingest([NewEvent(event_id, INVOKED, payload, body,
+                                             clean(msg.traceparent))], match=False)
         if seq is None:
             return
         child = await self.create_run(msg.function_id, [(seq, event_id)], payload, body,
@@ -1006,7 +1009,8 @@ class Transaction:
             events = []
             for raw in msg.events:
                 body = orjson.loads(raw)
-                events.append(NewEvent(str(body["id"]), str(body["name"]), raw, body))
+                events.append(NewEvent(str(body["id"]), str(body["name"]), raw, body,
+                                       clean(msg.traceparent)))
         ids = orjson.dumps([e.id for e in events])
         if not await self.db.execute("insert_done_step", msg.run_id, msg.step_id, "send_event",
                                      ids, self.now):
@@ -1263,6 +1267,10 @@ class Transaction:
                 await db.executemany("reset_attempt", [(run_id,) for run_id in sorted(reset)])
             for row in await db.fetch("steps_of_runs", resumed):
                 steps.setdefault(row[0], []).append(row)
+        parents: dict[str, str | None] = {}
+        if self.batch.trace:  # the gateway traces: each run's span continues its event's
+            parents = {row[0]: row[1] for row in await db.fetch(
+                "trace_parents_of_runs", [a[0] for a in assigned])}
         missing = [a[0] for a in assigned if a[0] not in self._triggers]
         payloads: dict[str, list[bytes]] = {}
         if missing:
@@ -1291,7 +1299,8 @@ class Transaction:
                     deferred.append(step_id)
             self.result.leases.append(Lease(run_id, fence + 1, session_id, function_id, events,
                                             memos, attempts, attempt, deferred,
-                                            started_at is None, ready))
+                                            started_at is None, ready,
+                                            parents.get(run_id)))
 
     async def _first_lease(self, run_id: str, function_id: str) -> None:
         """A run starts: ``timeouts.start`` is met, and the ``timeouts.finish`` clock starts."""

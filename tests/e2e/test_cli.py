@@ -24,6 +24,8 @@ GATEWAY_OPTIONS = {
     "--retry-base": "TETHER_RETRY_BASE",
     "--heartbeat-interval": "TETHER_HEARTBEAT_INTERVAL",
     "--log-format": "TETHER_LOG_FORMAT",
+    "--traces": "TETHER_TRACES",
+    "--trace-url": "TETHER_TRACE_URL",
 }
 WORKER_OPTIONS = {
     "--gateway": "TETHER_GATEWAY_URL",
@@ -31,6 +33,7 @@ WORKER_OPTIONS = {
     "--instance-id": "TETHER_INSTANCE_ID",
     "--signing-key": "TETHER_SIGNING_KEY",
     "--drain-timeout": "TETHER_DRAIN_TIMEOUT",
+    "--traces": "TETHER_TRACES",
 }
 KEY = "signkey-dT25LeJE48-y0QWLiTyAR-9XD1krsY1cFZz9cQfkgHE"
 EVENT_KEY = "evtkey-MFuYiPUODFbl8RW7emXlYw"

@@ -226,8 +226,10 @@ class Dashboard:
         for event_id in record.event_ids:
             stored = await self.engine.store.get_event(event_id)
             events.append(event_json(stored) if stored else {"id": event_id, "name": None})
+        tracing = self.engine.tracing  # the run's trace id, and a link with --trace-url
+        trace = await tracing.run_links(record.id) if tracing is not None else None
         return self.render(request, "run.html", session, run=run_json(record, now),
-                           parent=record.parent_run_id, events=events,
+                           parent=record.parent_run_id, events=events, trace=trace,
                            bars=bars(record, now), live=record.ended_at is None,
                            message=request.query_params.get("message"))
 

@@ -7,7 +7,8 @@
 -- ============================= events and runs ==============================
 
 -- name: insert_event
-INSERT INTO events (seq, id, name, payload, received_at) VALUES ($1, $2, $3, $4, $5);
+INSERT INTO events (seq, id, name, payload, received_at, traceparent)
+VALUES ($1, $2, $3, $4, $5, $6);
 
 -- name: insert_run
 INSERT INTO runs (id, function_id, status, available_at, event_ids, queued_at, parent_run_id,

@@ -223,3 +223,10 @@ ORDER BY run_id;
 -- Claimed by one gateway: another skips the rows this one holds until it commits.
 SELECT function_id, cron, tz, next_tick FROM schedules WHERE next_tick <= $1
 ORDER BY next_tick LIMIT $2 FOR UPDATE SKIP LOCKED;
+
+-- ========================= tracing (OpenTelemetry) ==========================
+
+-- name: trace_parents_of_runs
+-- The traceparent of each run's first event: the parent of the run's span (migration 0013).
+SELECT re.run_id, e.traceparent FROM run_events re JOIN events e ON e.seq = re.event_seq
+WHERE re.run_id = ANY($1::text[]) AND re.position = 0;

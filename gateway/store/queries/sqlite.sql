@@ -195,3 +195,10 @@ SELECT status, fence, event_ids FROM runs WHERE id = ?1;
 DELETE FROM flow_windows WHERE (function_id, key_hash) IN (
     SELECT function_id, key_hash FROM flow_windows WHERE function_id = ?1 AND deadline < ?2
     LIMIT ?3);
+
+-- ========================= tracing (OpenTelemetry) ==========================
+
+-- name: trace_parents_of_runs
+-- The traceparent of each run's first event: the parent of the run's span (migration 0013).
+SELECT re.run_id, e.traceparent FROM run_events re JOIN events e ON e.seq = re.event_seq
+WHERE re.run_id IN (SELECT value FROM json_each(?1)) AND re.position = 0;
