@@ -79,6 +79,7 @@ class Gateway:
             metrics=self.metrics,
             limits=Limits(settings.max_steps, settings.max_step_result, settings.max_run_state),
             event_limits=EventLimits(settings.max_event_size, settings.max_request_size),
+            resume_grace=settings.heartbeat_interval * MISSED_HEARTBEATS,
         )
         self.engine.crash_on = os.environ.get("TETHER_TEST_ENGINE_CRASH") or None
         self.engine.tracing = self._tracing(tracer_provider)

@@ -37,6 +37,7 @@ from gateway.store.base import (
     Limits,
     NewEvent,
     PeerNote,
+    Resume,
     SessionRelease,
     Store,
     WriteBatch,
@@ -86,6 +87,7 @@ class Engine:
         metrics: Metrics | None = None,
         limits: Limits | None = None,
         event_limits: EventLimits | None = None,
+        resume_grace: float = 0.0,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -98,6 +100,9 @@ class Engine:
             from gateway.http.events import EventLimits
             event_limits = EventLimits()
         self.event_limits = event_limits
+        #: After a restart, how long the leases of the previous process wait for their
+        #: workers to reconnect and resume them before anyone else may be leased them.
+        self.resume_grace = resume_grace
         #: The last failure (a whole batch, or one item of one), for ``/health``.
         self.last_error: dict[str, Any] | None = None
         self.failing = False  # the last batch failed whole (the store is unavailable)
@@ -135,7 +140,7 @@ class Engine:
         """Read the registered functions and requeue leases left by a previous process."""
         for record in await self.store.functions():
             self._index(record)
-        requeued = await self.store.recover(now=self.clock.now())
+        requeued = await self.store.recover(now=self.clock.now(), grace=self.resume_grace)
         if requeued:
             log.info("leases_recovered", runs=requeued)
         self._maybe_ready.update(self.functions)
@@ -292,6 +297,17 @@ class Engine:
         self._command_waiters.append((kind, future))
         self._wake.set()
         return await future
+
+    def resume(self, worker: WorkerEntry, held: list[m.Held]) -> None:
+        """A reconnecting worker still works on ``held``: give back what nobody took since.
+
+        Queued before the worker's first checkpoint on this socket can be (the hello is
+        handled before Ready is sent), and applied before checkpoints in the transaction.
+        """
+        for lease in held:
+            self._batch.resumes.append(Resume(worker.session_id, lease.run_id, lease.fence))
+        if held:
+            self._wake.set()
 
     def lease_rejected(self, worker: WorkerEntry, run_id: str, fence: int, reason: str) -> None:
         """The worker would not take a lease: give the run to someone else at once."""
@@ -553,6 +569,25 @@ class Engine:
             if worker is not None:
                 worker.send(m.CheckpointAck(upto=upto))
 
+        handed_in = {(w.message.run_id, w.message.fence) for w in batch.checkpoints
+                 if isinstance(w.message, _LEASE_ENDS)}
+        for resume, function_id in zip(batch.resumes, result.resumed, strict=True):
+            worker = self.registry.get(resume.session_id)
+            if (resume.run_id, resume.fence) in handed_in:
+                continue  # given back and handed in again in one batch: nothing to hold
+            if function_id is not None and worker is not None and not worker.draining:
+                worker.in_flight[resume.run_id] = resume.fence
+                self._seen[resume.run_id] = batch.now
+                log.info("lease_resumed", run_id=resume.run_id, fence=resume.fence,
+                         function_id=function_id, session_id=resume.session_id)
+            elif function_id is not None:  # gone again, or draining: back to the queue
+                self._batch.returns.append(LeaseReturn(resume.run_id, resume.fence,
+                                                       "worker left before its lease resumed"))
+                self._wake.set()
+            elif worker is not None:
+                worker.send(m.LeaseRevoked(
+                    run_id=resume.run_id, fence=resume.fence,
+                    reason="not resumable: the run was leased again, ended or is unknown"))
         orphaned: list[str] = []
         for lease in result.leases:
             worker = self.registry.get(lease.session_id)

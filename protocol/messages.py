@@ -193,8 +193,20 @@ class Error(_Message):
 # --- worker -> gateway --------------------------------------------------------------------
 
 
+class Held(_Message):
+    """A lease a reconnecting worker still holds and is still working on."""
+
+    run_id: Name = Field(max_length=64)
+    fence: Count
+
+
 class Hello(_Message):
-    """Who the worker is and what it serves; ``capacity`` caps the runs leased to it."""
+    """Who the worker is and what it serves; ``capacity`` caps the runs leased to it.
+
+    ``resume`` lists the leases the worker kept working on while it had no socket (its
+    gateway restarted, say): the gateway gives back each one nobody else was leased since
+    (same fence), so no step re-runs, and revokes the others (``LeaseRevoked``).
+    """
 
     type: Literal["hello"] = "hello"
     protocol_version: int
@@ -202,6 +214,7 @@ class Hello(_Message):
     sdk_version: str
     capacity: int = Field(ge=1, le=100_000)
     apps: list[AppManifest] = Field(min_length=1, max_length=100)
+    resume: list[Held] = Field(default_factory=list, max_length=100_000)
 
 
 class Answer(_Message):

@@ -112,6 +112,10 @@ class Worker:
         self.session_id: str | None = None  # of the current (or last) socket
         self.abandoned: list[dict[str, Any]] | None = None  # set by a second signal
         self._drain_task: asyncio.Task[None] | None = None
+        #: How long leases stay ours without a socket (the gateway's lease TTL, from Ready):
+        #: a gateway back within it gives them back (Hello.resume) and no step runs twice.
+        self.lease_ttl = 15.0
+        self._give_up: asyncio.TimerHandle | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -182,15 +186,27 @@ class Worker:
         return m.Hello(
             protocol_version=PROTOCOL_VERSION, instance_id=self.instance_id,
             sdk_version=SDK_VERSION, capacity=self.concurrency,
-            apps=[app.manifest() for app in self.apps],
+            apps=[app.manifest() for app in self.apps], resume=self._held_leases(),
         )
+
+    def _held_leases(self) -> list[m.Held]:
+        """Leases to offer back on a new socket: runs still executing, and runs that ended
+        while no gateway heard (their unacknowledged checkpoints are resent under them)."""
+        held = {key for key, e in self.executions.items() if not e.lost and not e.ended}
+        held |= {(c.run_id, c.fence) for c in self.outbox.unacked.values()}
+        return [m.Held(run_id=run_id, fence=fence)
+                for run_id, fence in sorted(held)[:self.concurrency]]
 
     def _on_ready(self, ready: m.Ready) -> None:
         # The gateway's limits rule (SPEC §5 defaults, configurable on the gateway).
         self.limits = Limits(max_steps=ready.max_steps, max_step_result=ready.max_step_result,
                              max_output=ready.max_step_result, max_frame=ready.max_frame_size)
         self.watchdog.threshold = ready.heartbeat_interval
+        self.lease_ttl = ready.lease_ttl
         self.session_id = ready.session_id
+        if self._give_up is not None:  # offered back in the hello: revoked ones are lost
+            self._give_up.cancel()
+            self._give_up = None
         if self._stall_report is not None:
             self.link.send(self._stall_report)
             self._stall_report = None
@@ -206,11 +222,21 @@ class Worker:
             self._stall_report = m.LoopStalled(
                 session_id=self.session_id, seconds=until - stall.since,
                 run_id=stall.doing.run_id, step_id=stall.doing.step_id)
-        # The gateway requeues every lease of a closed socket: none of them is ours now.
+        # A gateway that lives requeued the leases of this socket (its next hello's offers are
+        # revoked); one that restarted kept them for us a lease TTL. Meanwhile start no new
+        # step (hand each run back at its next step boundary), and give up after the TTL.
+        live = [e for e in self.executions.values() if not e.lost and not e.ended]
+        for execution in live:
+            execution.drain()
+        if live and self._give_up is None:
+            self._give_up = asyncio.get_running_loop().call_later(
+                self.lease_ttl, self._lose_all, f"no gateway within {self.lease_ttl:g} s of "
+                f"losing the socket ({reason})")
+
+    def _lose_all(self, reason: str) -> None:
+        self._give_up = None
         for execution in list(self.executions.values()):
-            if not execution.lost:
-                execution.lose(f"socket closed: {reason}")
-        self._held = 0
+            self._lose(execution, reason)
 
     # --- messages ------------------------------------------------------------------------
 

@@ -124,6 +124,15 @@ class SessionRelease:
 
 
 @dataclass(slots=True)
+class Resume:
+    """A lease a reconnecting worker (session ``session_id``) says it still works on."""
+
+    session_id: str
+    run_id: str
+    fence: int
+
+
+@dataclass(slots=True)
 class LeaseReturn:
     """One lease handed back by its worker (rejected, or released while draining)."""
 
@@ -156,6 +165,8 @@ class WriteBatch:
     #: How many of ``events`` each request brought, in order: a request that cannot be
     #: stored is refused alone (empty: each event is its own request).
     event_groups: list[int] = field(default_factory=list)
+    #: Leases reconnecting workers still hold: applied before the checkpoints.
+    resumes: list[Resume] = field(default_factory=list)
     checkpoints: list[CheckpointWrite] = field(default_factory=list)
     returns: list[LeaseReturn] = field(default_factory=list)
     releases: list[SessionRelease] = field(default_factory=list)
@@ -181,7 +192,7 @@ class WriteBatch:
         """Anything to apply besides looking for runs to lease?"""
         return bool(
             self.events or self.checkpoints or self.returns or self.releases or self.cancels
-            or self.replays or self.forgiven
+            or self.replays or self.forgiven or self.resumes
         )
 
 
@@ -232,6 +243,8 @@ class WriteResult:
     drained_functions: set[str] = field(default_factory=set)
     #: leases taken away by cancellations, to revoke on their sockets
     revoked: list[Revocation] = field(default_factory=list)
+    #: per ``batch.resumes`` entry: the function of the run given back, or None (revoke it)
+    resumed: list[str | None] = field(default_factory=list)
     #: per ``batch.cancels`` entry: how many runs it cancelled
     cancelled: list[int] = field(default_factory=list)
     #: per ``batch.replays`` entry: the new run's id (None for an unknown run)
@@ -352,8 +365,12 @@ class Store(Protocol):
         """Turn registered functions back on (connected workers still serve them)."""
         ...
 
-    async def recover(self, *, now: float) -> int:
-        """At start: requeue runs leased by sessions of a gateway that is gone."""
+    async def recover(self, *, now: float, grace: float = 0.0) -> int:
+        """At start: requeue runs leased by sessions of a gateway that is gone.
+
+        Their fences stay: for ``grace`` seconds only the workers that held them may take
+        them back (``Resume``), so a restart re-runs nothing a surviving worker holds.
+        """
         ...
 
     async def keepalive(self, gateway_id: str, *, now: float, ttl: float) -> set[str]:

@@ -156,7 +156,7 @@ class PostgresStore(SqlStore):
         async with pool.acquire() as conn:
             return await fn(PgDb(conn))
 
-    async def recover(self, *, now: float) -> int:
+    async def recover(self, *, now: float, grace: float = 0.0) -> int:
         # Leases of gateways that died are requeued by keepalive(), once they are overdue.
         return 0
 

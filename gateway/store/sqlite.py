@@ -261,10 +261,10 @@ class SQLiteStore(SqlStore):
         self._owner.update(owner)
         self.lock.describe(self._owner)
 
-    async def recover(self, *, now: float) -> int:
+    async def recover(self, *, now: float, grace: float = 0.0) -> int:
         # One gateway owns a SQLite file: every lease in it died with the previous process.
-        return await self._transaction(lambda db: db.execute("recover_leases", now,
-                                                                     edge(RunEvent.LEASE_LOST)))
+        return await self._transaction(lambda db: db.execute(
+            "recover_leases", now + grace, edge(RunEvent.LEASE_LOST)))
 
     async def _transaction(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         thread = self._writer

@@ -54,6 +54,7 @@ from gateway.store.base import (
     CheckpointWrite,
     Lease,
     NewEvent,
+    Resume,
     Revocation,
     RunEnded,
     WriteBatch,
@@ -187,6 +188,8 @@ class Transaction:
         batch = self.batch
         if batch.events:
             await self.ingest(batch.events)
+        for resume in batch.resumes:
+            self.result.resumed.append(await self._resume(resume))
         if batch.checkpoints:
             await self._checkpoints(list(enumerate(batch.checkpoints)))
         for request in batch.cancels:
@@ -221,6 +224,10 @@ class Transaction:
             error = await self._isolated(store_errors, self.ingest(events))
             if error is not None:
                 result.errors[("events", group)] = error
+        for resume in batch.resumes:
+            resumed: list[str | None] = []
+            await self._isolated(store_errors, self._resume_into(resume, resumed))
+            result.resumed.append(resumed[0] if resumed else None)
         for index, write in enumerate(batch.checkpoints):
             error = await self._isolated(store_errors, self._checkpoints([(index, write)]))
             if error is not None:
@@ -371,6 +378,16 @@ class Transaction:
 
     async def _replay_into(self, run_id: str, into: list[str | None]) -> None:
         into.append(await self._replay(run_id))
+
+    async def _resume(self, resume: Resume) -> str | None:
+        """Give a reconnecting worker back its lease (same fence) if nobody took the run since;
+        the run's function, or None (the worker is told to drop it)."""
+        row = await self.db.fetchone("resume_lease", resume.session_id, resume.run_id,
+                                     resume.fence, LEASED)
+        return None if row is None else str(row[0])
+
+    async def _resume_into(self, resume: Resume, into: list[str | None]) -> None:
+        into.append(await self._resume(resume))
 
     async def _return(self, run_id: str, fence: int) -> None:
         row = await self.db.fetchone("return_lease", self.now, run_id, fence, RELEASED)

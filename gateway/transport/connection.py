@@ -219,6 +219,10 @@ class WorkerConnection:
                 return found
 
     async def _register(self, hello: m.Hello) -> None:
+        if len(hello.resume) > hello.capacity:
+            raise InvalidInput(
+                f"hello offers {len(hello.resume)} leases to resume, more than its capacity "
+                f"({hello.capacity}); a worker holds at most its capacity")
         # Check every app before storing any: a refused hello must register nothing.
         for app in hello.apps:
             for fn in app.functions:
@@ -239,6 +243,7 @@ class WorkerConnection:
             last_seen=self.clock.monotonic(),
         )
         self.registry.add(self.worker)
+        self.engine.resume(self.worker, hello.resume)  # before any checkpoint of this socket
         self.log = self.log.bind(session_id=session_id, instance_id=hello.instance_id)
         self.outbox.send(
             m.Ready(session_id=session_id, heartbeat_interval=self.settings.heartbeat_interval,

@@ -192,8 +192,18 @@ WHERE id = $2 AND status IN ('Queued', 'Sleeping', 'Waiting') RETURNING function
 
 -- name: lease_run
 UPDATE runs SET status = $4, fence = fence + 1, session_id = $1,
-    started_at = COALESCE(started_at, $2)
+    started_at = COALESCE(started_at, $2), resumable = 0
 WHERE id = $3;
+
+-- name: resume_lease
+-- A reconnecting worker's lease ($2 at fence $3), given to its new session $1 if nobody was
+-- leased the run since: requeued by a restart (resumable), or still leased to a session of
+-- the worker's that is gone.
+UPDATE runs SET status = $4, session_id = $1, resumable = 0
+WHERE id = $2 AND fence = $3 AND (
+    (status = 'Queued' AND resumable = 1 AND session_id IS NULL)
+    OR (status = 'Running' AND session_id <> $1))
+RETURNING function_id;
 
 -- name: set_deadline
 UPDATE runs SET deadline_at = $1 WHERE id = $2;

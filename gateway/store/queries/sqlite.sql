@@ -47,7 +47,9 @@ WHERE id IN (SELECT value FROM json_each(?1))
 AND (warnings IS NOT NULL OR skipped IS NOT NULL OR hold_option IS NOT NULL);
 
 -- name: recover_leases
-UPDATE runs SET status = ?2, session_id = NULL, available_at = ?1, fence = fence + 1
+-- The fence stays and the run is marked resumable: its worker, if it lived, takes it back
+-- (resume_lease) before ``available_at`` lets anyone else.
+UPDATE runs SET status = ?2, session_id = NULL, available_at = ?1, resumable = 1
 WHERE status = 'Running';
 
 -- ================================== leases ==================================
