@@ -1,0 +1,94 @@
+"""Leases given back to the workers that held them, through a real Engine on each backend.
+
+A gateway restart keeps the fences of the leases it finds and holds them a grace period
+(SQLite; on PostgreSQL the lease is still recorded under the dead session): the worker that
+offers one back on its new socket gets it, at the same fence, and its unacknowledged
+checkpoints are accepted, so nothing re-runs. An offer for a run leased again since, ended,
+or unknown is refused (the worker is told to drop it), and fencing stays absolute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.clock import FakeClock
+from gateway.engine import Engine
+from gateway.registry import Registry
+from protocol import messages as m
+from tests.integration.test_cron import Gateway
+from tests.integration.test_engine_steps import World, fn
+from tests.integration.test_flow_throttle import app
+
+START = 1_700_000_000.0
+WORK = fn("work", "go.work")
+
+
+class Restartable(Gateway):
+    """:class:`Gateway` whose engines hold recovered leases for their workers 30 s."""
+
+    async def start(self) -> World:
+        engine = Engine(self.store, Registry(), self.clock, retry_base=1.0, resume_grace=30.0)
+        await engine.load()
+        self.task = asyncio.create_task(engine.run())
+        self.world = World(engine, self.clock, engine.registry)
+        return self.world
+
+
+@pytest.fixture
+async def gateway(store) -> AsyncIterator[Gateway]:
+    gw = Restartable(store, FakeClock(START))
+    world = await gw.start()
+    await world.engine.register_app(app(WORK))
+    yield gw
+    await gw.stop()
+
+
+async def test_a_restart_gives_a_surviving_worker_its_lease_back(gateway, db_url):
+    world = gateway.world
+    worker = world.worker("t/work")
+    await world.send("go.work")
+    lease = await worker.lease()
+    await world.checkpoint(worker, lease, m.StepCompleted, step_id="a", output=b"1",
+                           attempt=0, started_at=START, ended_at=START)
+
+    world = await gateway.restart()  # the old sessions are gone with the process
+    world.worker("t/none")  # the test's session ids count from s0 again: not the old one's
+    back = world.worker("t/work")
+    if db_url.startswith("sqlite"):
+        run = await gateway.store.get_run(lease.run_id)
+        assert run is not None and run.status == "Queued"  # held for its worker a while
+    world.engine.resume(back.entry, [m.Held(run_id=lease.run_id, fence=lease.fence)])
+    await world.settle()
+    assert back.entry.in_flight == {lease.run_id: lease.fence}
+    assert not back.leases()  # nobody else was given it, nor this worker at a new fence
+    # The step finished while the gateway was down: its checkpoint, at the old fence, counts.
+    ack = await world.checkpoint(back, lease, m.StepCompleted, step_id="b", output=b"2",
+                                 attempt=0, started_at=START, ended_at=START)
+    assert isinstance(ack, m.CheckpointAck)
+    await world.checkpoint(back, lease, m.RunCompleted, output=b"3")
+    run = await world.run(lease.run_id)
+    assert run["status"] == "Completed" and set(run["steps"]) == {"a", "b"}
+    assert back.entry.in_flight == {}
+
+
+async def test_an_offer_for_a_run_leased_again_is_refused(gateway):
+    world = gateway.world
+    first = world.worker("t/work")
+    await world.send("go.work")
+    lease = await first.lease()
+    world.disconnect(first)  # the gateway lives: the run is requeued at a new fence
+    second = world.worker("t/work")
+    taken = await second.lease()
+    assert taken.fence > lease.fence
+    back = world.worker("t/work")
+    world.engine.resume(back.entry, [m.Held(run_id=lease.run_id, fence=lease.fence),
+                                     m.Held(run_id="01HNOSUCHRUN000000000000000", fence=1)])
+    revoked = [await back.next(m.LeaseRevoked), await back.next(m.LeaseRevoked)]
+    assert {r.run_id for r in revoked} == {lease.run_id, "01HNOSUCHRUN000000000000000"}
+    assert all("not resumable" in r.reason for r in revoked)
+    refused = await world.checkpoint(back, lease, m.RunCompleted, output=b"1")
+    assert isinstance(refused, m.CheckpointRefused) and "stale" in refused.reason
+    assert back.entry.in_flight == {}
