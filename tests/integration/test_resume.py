@@ -18,6 +18,7 @@ from gateway.clock import FakeClock
 from gateway.engine import Engine
 from gateway.registry import Registry
 from protocol import messages as m
+from tests.integration.raw_worker import RawWorker, app_manifest
 from tests.integration.test_cron import Gateway
 from tests.integration.test_engine_steps import World, fn
 from tests.integration.test_flow_throttle import app
@@ -92,3 +93,20 @@ async def test_an_offer_for_a_run_leased_again_is_refused(gateway):
     refused = await world.checkpoint(back, lease, m.RunCompleted, output=b"1")
     assert isinstance(refused, m.CheckpointRefused) and "stale" in refused.reason
     assert back.entry.in_flight == {}
+
+
+async def test_a_hello_offering_more_leases_than_its_capacity_is_refused(gateway_factory):
+    gw = await gateway_factory()
+    worker = await RawWorker.open(gw.connect_port)
+    await worker.authenticate()
+    offers = [m.Held(run_id=f"01HRUN{i:020d}", fence=1) for i in range(3)]
+    await worker.send(m.Hello(protocol_version=m.PROTOCOL_VERSION, instance_id="raw-1",
+                              sdk_version="test", capacity=2, apps=[app_manifest()],
+                              resume=offers))
+    error = await worker.expect(m.Error)
+    assert error.code == "invalid_input" and "more than its capacity (2)" in error.message
+    code, _ = await worker.wait_closed()
+    assert code == 1008
+    # The gateway serves on: a well-behaved worker (offering its leases) is ready.
+    ok = await RawWorker.ready_on(gw.connect_port)
+    assert ok.of(m.Ready)
