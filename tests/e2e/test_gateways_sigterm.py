@@ -71,10 +71,17 @@ def test_gateway_sigterm_drains_its_workers_to_peers_and_their_runs_complete(
     fleet.wait_connected(2, w2)
     moved = time.monotonic() - stopped_at
 
-    # The held runs are leased again through the survivors: b starts again (its first
-    # execution was never acknowledged), on the same two worker processes.
-    fleet.wait(lambda: len([e for e in fleet.ledger() if e.step == "b" and e.run_id in holds])
-               == 2 * HOLDS, "every held run to be leased again and be in step b")
+    # Each held run goes on through the survivors: a worker that reached its next gateway
+    # before the stopping one handed the lease back gets it back (lease_resumed: b goes on,
+    # never run twice); the others are leased again and b starts again (its first execution
+    # was never acknowledged), on the same two worker processes.
+    def moved_on() -> bool:
+        resumed = {r["run_id"] for i in range(len(fleet.clusters)) if i != LEAVING
+                   for r in log_events(fleet.gateway(i), "lease_resumed")}
+        b = [e.run_id for e in fleet.ledger() if e.step == "b" and e.run_id in holds]
+        return all(run in resumed or b.count(run) == 2 for run in holds)
+
+    fleet.wait(moved_on, "every held run to be resumed, or leased again and be in step b")
     released = time.monotonic() - stopped_at
     # Handed back by the stopping gateway itself, not left for its peers to find after
     # 5 s of silence (how soon is a figure: `python -m bench takeover` prints it).
