@@ -90,7 +90,9 @@ class Worker:
             from worker.tracing import WorkerTracing
 
             self.tracing = WorkerTracing(tracer_provider)
-        self._held = 0  # executions whose lease is still ours (what the gateway counts)
+        #: Executions whose lease is still ours (what the gateway counts against capacity):
+        #: a lease leaves it when lost, whoever noticed, or when its run ends here.
+        self._holding: set[Key] = set()
         self.draining = False
         self.outbox = Outbox()
         self.executor = ThreadPoolExecutor(concurrency * 2 + 16, thread_name_prefix="tether-step")
@@ -102,7 +104,7 @@ class Worker:
             on_ready=self._on_ready,
             on_disconnect=self._on_disconnect,
             outbox=self.outbox,
-            in_flight=lambda: self._held,
+            in_flight=lambda: len(self._holding),
         )
         self._idle = asyncio.Event()
         self._idle.set()
@@ -263,7 +265,7 @@ class Worker:
             reason = "worker draining"
         elif function is None:
             reason = f"function {lease.function_id!r} is not served by this worker"
-        elif self._held >= self.concurrency:
+        elif len(self._holding) >= self.concurrency:
             reason = f"worker at capacity ({self.concurrency})"
         if reason is not None or function is None:
             self.link.send(m.LeaseRejected(run_id=lease.run_id, fence=lease.fence,
@@ -278,7 +280,7 @@ class Worker:
                 lease.run_id, lease.function_id, lease.traceparent),
         )
         self.executions[key] = execution
-        self._held += 1
+        self._holding.add(key)
         self._idle.clear()
         self.link.send(m.LeaseAccepted(run_id=lease.run_id, fence=lease.fence))
         execution.start()
@@ -293,14 +295,13 @@ class Worker:
         return emit
 
     def _lose(self, execution: RunExecution, reason: str) -> None:
-        if not execution.lost and not execution.ended:
-            self._held -= 1
+        self._holding.discard((execution.run_id, execution.fence))
         execution.lose(reason)
 
     def _ended(self, execution: RunExecution) -> None:
         key = (execution.run_id, execution.fence)
-        if self.executions.pop(key, None) is not None and not execution.lost:
-            self._held -= 1
+        self.executions.pop(key, None)
+        self._holding.discard(key)
         if not self.executions:
             self._idle.set()
 
