@@ -5,6 +5,7 @@ base URL, for tests/e2e/test_inngest_py.py. Each step appends ``run-key step pid
 import asyncio
 import datetime
 import os
+import time
 
 import inngest
 from inngest.connect import connect
@@ -22,12 +23,11 @@ def note(ctx, step):
         out.write(f"{ctx.event.data.get('key', '-')} {step} {os.getpid()}\n")
 
 
-def gate(ctx, name):
-    """Blocks while the file ``gate-KEY`` does not exist (a test holds a step mid-way)."""
-    path = os.path.join(os.getcwd(), f"gate-{ctx.event.data.get('key')}")
+def gate(ctx):
+    """Blocks while the file ``go-KEY`` does not exist (a test holds a step mid-way)."""
+    path = os.path.join(os.getcwd(), f"go-{ctx.event.data.get('key')}")
     while not os.path.exists(path):
-        import time
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 @client.create_function(fn_id="child", trigger=inngest.TriggerEvent(event="py/child"))
@@ -79,7 +79,7 @@ async def slow(ctx: inngest.Context):
 
     def held():
         note(ctx, "held")
-        gate(ctx, "held")
+        gate(ctx)
         return 2
 
     one = await ctx.step.run("first", first)

@@ -1,0 +1,140 @@
+"""Apps on Inngest's official Python SDK (connect mode) run on ``python -m gateway --inngest``.
+
+The app (``inngest_pyapp.py``) is written against the pinned ``inngest[connect]`` as its docs
+show, with only its base URL pointed at the gateway; it runs as its own process, as a user
+would run it, and its steps write the shared ledger so a test counts executions.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.cluster import Cluster, Process
+from tests.e2e.harness import E2E, step
+
+pytestmark = pytest.mark.e2e
+pytest.importorskip("inngest.connect", reason="the test extra installs inngest[connect]")
+
+APP = Path(__file__).with_name("inngest_pyapp.py")
+
+
+class Inngest(E2E):
+    """A gateway started with ``--inngest`` and SDK app processes dialling into it."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        super().__init__(cluster)
+        shutil.copy(APP, self.workdir / APP.name)
+        cluster.env["INNGEST_BASE_URL"] = cluster.api
+        self.apps: list[Process] = []
+
+    def start_gateway(self, *args: str) -> Process:
+        return self.cluster.start_gateway("--inngest", *args)
+
+    def start_app(self, name: str = "pyapp", **env: str) -> Process:
+        self.cluster.env.update(env)
+        proc = self.cluster._spawn(name, [APP.name])
+        self.cluster.workers.append(proc)
+        self.apps.append(proc)
+        return proc
+
+    def wait_apps(self, count: int) -> None:
+        self.wait(lambda: len([w for w in self.workers_connected()
+                               if w["instance_id"].startswith("pyapp-")]) == count,
+                  f"{count} Inngest SDK worker(s) connected")
+
+
+@pytest.fixture
+def sdk(cluster: Cluster) -> Iterator[Inngest]:
+    yield Inngest(cluster)
+
+
+def test_every_step_kind_runs_once_and_a_retry_ends_in_step_failed(sdk: Inngest) -> None:
+    sdk.start_gateway()
+    sdk.start_app()
+    sdk.wait_apps(1)
+    run = sdk.run_of(sdk.send("py/flow", key="k1", n=1))
+    # Parallel branches, then a durable sleep, then the wait holds the run with no request
+    # in flight.
+    sdk.wait_run(run["id"], lambda r: r["status"] == "Waiting", "waiting for py/go")
+    sdk.send("py/go", key="other")  # the wait's `if` keeps this one out
+    sdk.send("py/go", key="k1", hello=1)
+    done = sdk.wait_final(run["id"])
+    sdk.check(done["status"] == "Completed", f"run ended {done['status']}: {done['error']}")
+    assert done["output"] == {"a": {"n": 2}, "p": ["P1", "P2"], "got": {"key": "k1", "hello": 1},
+                              "kid": {"doubled": 42}, "sent": 1,
+                              "flaky": "failed: always broken"}
+    kinds = {s["id"]: (s["kind"], s["status"]) for s in done["steps"]}
+    assert kinds == {"a": ("run", "Completed"), "p1": ("run", "Completed"),
+                     "p2": ("run", "Completed"), "nap": ("sleep", "Completed"),
+                     "wait": ("wait", "Completed"), "call": ("invoke", "Completed"),
+                     "send": ("run", "Completed"), "flaky": ("run", "Failed")}
+    flaky = step(done, "flaky")
+    assert flaky is not None and flaky["attempts"] == 2  # retries=1: two attempts, then final
+    assert flaky["error"]["message"] == "always broken"
+    # Each acknowledged step ran once, although the SDK was asked once per step.
+    assert sdk.step_counts("k1") == {"a": 1, "p1": 1, "p2": 1, "flaky": 2}
+    sent = sdk.cluster.get("/v1/events?name=py/sent")["data"]
+    assert [e["data"] for e in sent] == [{"key": "k1"}]
+
+
+def test_a_non_retriable_error_fails_the_run_at_once(sdk: Inngest) -> None:
+    sdk.start_gateway()
+    sdk.start_app()
+    sdk.wait_apps(1)
+    run = sdk.wait_final(sdk.run_of(sdk.send("py/boom", key="b"))["id"])
+    assert run["status"] == "Failed"
+    assert run["error"]["message"] == "nope"
+
+
+def test_kill_9_of_the_sdk_worker_mid_step_resumes_on_another(sdk: Inngest) -> None:
+    sdk.start_gateway()
+    first = sdk.start_app("pyapp-1")
+    sdk.wait_apps(1)
+    run = sdk.run_of(sdk.send("py/slow", key="k9"))
+    sdk.wait_started("k9", "held", pids=[first.pid])
+    second = sdk.start_app("pyapp-2")
+    sdk.wait_apps(2)
+    first.kill()
+    sdk.open_gate("k9")
+    done = sdk.wait_final(run["id"])
+    assert done["status"] == "Completed" and done["output"] == 3
+    # The acknowledged step did not run again; the one in flight did, on the survivor.
+    assert sdk.step_counts("k9") == {"first": 1, "held": 2}
+    assert {e.pid for e in sdk.started("k9", "held")} == {first.pid, second.pid}
+
+
+def test_sigterm_pauses_the_sdk_worker_and_its_in_flight_step_finishes(sdk: Inngest) -> None:
+    sdk.start_gateway()
+    first = sdk.start_app("pyapp-1")
+    sdk.wait_apps(1)
+    run = sdk.run_of(sdk.send("py/slow", key="kt"))
+    sdk.wait_started("kt", "held", pids=[first.pid])
+    first.signal(signal.SIGTERM)
+    sdk.wait(lambda: "inngest_worker_paused" in sdk.cluster.gateway.log(),  # type: ignore[union-attr]
+             "the gateway saw WORKER_PAUSE")
+    sdk.open_gate("kt")
+    assert first.popen.wait(timeout=20) == 0
+    # Its step's result was kept; the paused SDK took no further request, so the run waits
+    # for another worker, which finishes it without running either step again.
+    sdk.wait_step_completed(run["id"], "held")
+    sdk.start_app("pyapp-2")
+    done = sdk.wait_final(run["id"])
+    assert done["status"] == "Completed" and done["output"] == 3
+    assert sdk.step_counts("kt") == {"first": 1, "held": 1}
+
+
+def test_gateway_restart_sends_the_sdk_back_to_start(sdk: Inngest) -> None:
+    sdk.start_gateway()
+    sdk.start_app()
+    sdk.wait_apps(1)
+    assert sdk.cluster.gateway is not None
+    assert sdk.cluster.gateway.stop() == 0
+    sdk.start_gateway()
+    sdk.wait_apps(1)
+    run = sdk.wait_final(sdk.run_of(sdk.send("py/child", v=4))["id"])
+    assert run["status"] == "Completed" and run["output"] == {"doubled": 8}
