@@ -24,8 +24,8 @@ from gateway.http.api import build_api
 from gateway.http.events import EventLimits
 from gateway.http.management import worker_json
 from gateway.http.server import server_config
-from gateway.inngest.bridge import SUBPROTOCOL, InngestBridge
 from gateway.inngest.bridge import PATH as INNGEST_PATH
+from gateway.inngest.bridge import SUBPROTOCOL, InngestBridge
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store.base import Limits, Store

@@ -152,10 +152,6 @@ class InngestBridge:
         ws.protocol.max_message_size = 16 * 1024 * 1024
         await InngestConnection(ws, self).serve()
 
-    @staticmethod
-    def select_subprotocol(offered: list[str]) -> str | None:
-        return SUBPROTOCOL if SUBPROTOCOL in offered else None
-
     def expect(self, request_id: str) -> asyncio.Future[Reply]:
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -77,6 +76,7 @@ class InngestConnection:
         #: request id -> (run id, current lease id) of requests the SDK is working on
         self._leases: dict[str, tuple[str, str]] = {}
         self._gone = False
+        self._closing: asyncio.Future[None] | None = None
         self.log = log.bind(peer=_peer(ws))
 
     # --- the socket ----------------------------------------------------------------------
@@ -120,7 +120,7 @@ class InngestConnection:
             kind, payload = wire.unframe(_bytes(await self.ws.recv()))
             if kind == Kind.WORKER_CONNECT:
                 break
-            self.log.info("inngest_frame_before_connect", kind=str(kind))
+            self.log.info("inngest_frame_before_connect", kind=_name(kind))
         data = wire.parse("WorkerConnectRequestData", payload)
         if not self.bridge.take_token(data.auth_data.session_token, data.connection_id):
             raise _Refused("unknown or expired session token: call /v0/connect/start again")
@@ -133,9 +133,9 @@ class InngestConnection:
             for fn in manifest.functions:
                 check_function(f"{manifest.id}/{fn.id}", fn)
             manifests.append(manifest)
-            for slug, fn in by_slug.items():
-                full = f"{manifest.id}/{fn.short_id}"
-                self.functions[full] = fn
+            for slug, found in by_slug.items():
+                full = f"{manifest.id}/{found.short_id}"
+                self.functions[full] = found
                 self.app_of[full] = app.app_name
                 slugs[slug] = full
         self.bridge.slugs.update(slugs)
@@ -184,7 +184,7 @@ class InngestConnection:
             elif kind in (Kind.WORKER_REQUEST_ACK, Kind.WORKER_READY):
                 pass
             else:
-                self.log.info("inngest_frame_ignored", kind=str(kind))
+                self.log.info("inngest_frame_ignored", kind=_name(kind))
 
     def _reply(self, payload: bytes) -> None:
         try:
@@ -220,7 +220,7 @@ class InngestConnection:
 
     def _close_soon(self, code: int, reason: str) -> None:
         self._disconnected(reason)
-        asyncio.ensure_future(self._close(code, reason))
+        self._closing = asyncio.ensure_future(self._close(code, reason))
 
     def _disconnected(self, reason: str) -> None:
         if self._gone:
@@ -327,6 +327,10 @@ class _Refused(TetherError):
     http_status = 400
 
 
+def _name(kind: Kind | int) -> str:
+    return kind.name if isinstance(kind, Kind) else str(kind)
+
+
 def _bytes(data: str | bytes) -> bytes:
     return data.encode() if isinstance(data, str) else data
 
@@ -342,5 +346,3 @@ def _peer(ws: ServerConnection) -> str:
     except Exception:
         return "?"
 
-
-Callback = Callable[[], None]

@@ -47,7 +47,7 @@ Pending = tuple[type[m._Checkpoint], dict[str, Any]]
 
 def step_hash(step_id: str) -> str:
     """The SDKs' memo key for a step id (SHA-1, hex)."""
-    return hashlib.sha1(step_id.encode()).hexdigest()  # noqa: S324 - the SDKs' own choice
+    return hashlib.sha1(step_id.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +248,8 @@ class RunDriver:
         key, step_id = self._step_id(op)
         if step_id in self.lease.deferred or key in self.memo:
             return []  # recorded already, or the gateway still owes its result: nothing new
-        opts = op.get("opts") if isinstance(op.get("opts"), dict) else {}
+        raw_opts = op.get("opts")
+        opts: dict[str, Any] = raw_opts if isinstance(raw_opts, dict) else {}
         if kind == "StepPlanned":
             self.parallel = True
             if key not in self.planned:
@@ -284,7 +285,8 @@ class RunDriver:
                 "if_": opts.get("if") or None})]
         if kind == "InvokeFunction":
             slug = str(opts.get("function_id") or opts.get("functionId") or "")
-            payload = opts.get("payload") if isinstance(opts.get("payload"), dict) else {}
+            raw_payload = opts.get("payload")
+            payload: dict[str, Any] = raw_payload if isinstance(raw_payload, dict) else {}
             timeout = opts.get("timeout")
             return [(m.InvokeRequested, {
                 "step_id": step_id, "function_id": self.slugs.get(slug, slug),

@@ -101,10 +101,13 @@ def _concurrency(slug: str, raw: Any) -> list[Concurrency]:
             found.append(Concurrency(limit=item))
             continue
         scope = item.get("scope") or "fn"
-        if scope not in ("fn", "app"):
+        if scope == "app":
+            found.append(Concurrency(limit=item["limit"], key=item.get("key"), scope="app"))
+        elif scope == "fn":
+            found.append(Concurrency(limit=item["limit"], key=item.get("key")))
+        else:
             raise _refuse(slug, f"concurrency scope {scope!r} (Tether limits per function "
                                 "or per app)")
-        found.append(Concurrency(limit=item["limit"], key=item.get("key"), scope=scope))
     return found
 
 

@@ -117,7 +117,7 @@ def _build() -> dict[str, type[message.Message]]:
         for field, number, kind, extra in fields:
             repeated = extra.startswith("*")
             type_name = extra.lstrip("*")
-            f = msg.field.add(name=field, number=number, type=kind,  # type: ignore[arg-type]
+            f = msg.field.add(name=field, number=number, type=kind,  # type: ignore[arg-type,unused-ignore]
                               label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL)
             if kind == _F.TYPE_MESSAGE:
                 f.type_name = f".{PACKAGE}.{type_name}"

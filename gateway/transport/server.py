@@ -15,6 +15,7 @@ from http import HTTPStatus
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from gateway.clock import Clock
 from gateway.engine import Engine
@@ -88,9 +89,10 @@ class WorkerServer:
         sockets = list(self._server.sockets)
         return int(sockets[0].getsockname()[1])
 
-    def _subprotocol(self, ws: ServerConnection, offered: Sequence[str]) -> str | None:
+    def _subprotocol(self, ws: ServerConnection, offered: Sequence[Subprotocol]
+                     ) -> Subprotocol | None:
         extra = self.extra.get(ws.request.path.split("?")[0]) if ws.request else None
-        return extra[1] if extra is not None and extra[1] in offered else None
+        return Subprotocol(extra[1]) if extra is not None and extra[1] in offered else None
 
     def _check_path(self, ws: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?")[0]

@@ -1,6 +1,7 @@
 """An app written with Inngest's official Python SDK (connect mode), unmodified but for its
 base URL, for tests/e2e/test_inngest_py.py. Each step appends ``run-key step pid`` to
 ``ledger.txt``, so a test can count executions across processes."""
+from __future__ import annotations
 
 import asyncio
 import datetime
@@ -52,7 +53,8 @@ async def flow(ctx: inngest.Context):
     p = await ctx.group.parallel((lambda: ctx.step.run("p1", branch("p1")),
                                   lambda: ctx.step.run("p2", branch("p2"))))
     await ctx.step.sleep("nap", datetime.timedelta(seconds=1))
-    got = await ctx.step.wait_for_event("wait", event="py/go", if_exp="async.data.key == event.data.key",
+    got = await ctx.step.wait_for_event("wait", event="py/go",
+                                        if_exp="async.data.key == event.data.key",
                                         timeout=datetime.timedelta(seconds=30))
     kid = await ctx.step.invoke("call", function=child, data={"v": 21})
     ids = await ctx.step.send_event("send", inngest.Event(name="py/sent",
