@@ -120,7 +120,7 @@ class InngestConnection:
             kind, payload = wire.unframe(_bytes(await self.ws.recv()))
             if kind == Kind.WORKER_CONNECT:
                 break
-            self.log.info("inngest_frame_before_connect", kind=_name(kind))
+            self.log.debug("inngest_frame_before_connect", kind=_name(kind))
         data = wire.parse("WorkerConnectRequestData", payload)
         if not self.bridge.take_token(data.auth_data.session_token, data.connection_id):
             raise _Refused("unknown or expired session token: call /v0/connect/start again")
@@ -336,7 +336,7 @@ def _bytes(data: str | bytes) -> bytes:
 
 
 def _system_error(code: str, message: str) -> Any:
-    return message.encode()[:4096]
+    return wire.new("SystemError", code=code, message=message[:4096])
 
 
 def _peer(ws: ServerConnection) -> str:

@@ -40,6 +40,10 @@ from gateway.inngest.registration import InngestFunction
 from protocol import messages as m
 from protocol.durations import to_seconds
 from protocol.errors import InvalidInput
+from protocol.names import FUNCTION_INVOKED
+
+#: What Inngest calls the event of a run started by ``step.invoke``.
+INNGEST_INVOKED = "inngest/function.invoked"
 
 #: A checkpoint to send, without the socket's seq, the run id and the fence.
 Pending = tuple[type[m._Checkpoint], dict[str, Any]]
@@ -129,7 +133,8 @@ class RunDriver:
     stack: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.events = [orjson.loads(e) for e in self.lease.events] or [{"name": "", "data": {}}]
+        self.events = [_as_inngest(orjson.loads(e)) for e in self.lease.events] or [
+            {"name": "", "data": {}}]
         for step_id, memo in self.lease.memos.items():
             key = step_hash(step_id)
             self.memo[key] = _memo_value(memo)
@@ -168,7 +173,6 @@ class RunDriver:
                 "disable_immediate_execution": self.parallel,
                 "use_api": False,
                 "stack": {"stack": list(self.stack), "current": len(self.stack)},
-                "fn_id": self.lease.function_id,
             },
             "version": 1,
             "use_api": False,
@@ -255,6 +259,9 @@ class RunDriver:
             if key not in self.planned:
                 self.planned.append(key)
             return []
+        if kind == "RunComplete":  # TypeScript v4 may end a 206 with the run's output
+            self.done = True
+            return [(m.RunCompleted, {"output": orjson.dumps(op.get("data"))})]
         if kind == "StepRun":
             data = op.get("data")
             self._remember(key, {"data": data})
@@ -301,6 +308,14 @@ class RunDriver:
             return []
         self.done = True
         return [(m.RunSuspended, {})]
+
+
+def _as_inngest(event: Any) -> Any:
+    """A child run's event under the name the SDKs expect (TypeScript checks it against the
+    function's triggers)."""
+    if isinstance(event, dict) and event.get("name") == FUNCTION_INVOKED:
+        return {**event, "name": INNGEST_INVOKED}
+    return event
 
 
 def _seconds(value: Any, what: str) -> float:

@@ -106,6 +106,7 @@ SCHEMA: dict[str, list[tuple[str, int, int, str]]] = {
         ("sync_token", 5, STRING, ""),
     ],
     "FlushResponse": [("request_id", 1, STRING, "")],
+    "SystemError": [("code", 1, STRING, ""), ("data", 2, BYTES, ""), ("message", 3, STRING, "")],
 }
 
 
