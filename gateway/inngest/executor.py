@@ -10,6 +10,7 @@ reply                   checkpoints (then)
 ======================  ===========================================================
 200 (returned)          ``RunCompleted`` (done)
 500 (raised)            ``RunFailed``, final if ``no_retry`` or out of attempts (done)
+400 (TS non-retriable)  ``RunFailed``, final (done)
 ``StepRun``             ``StepCompleted`` (ask again, with the result in the memo)
 ``StepError``           ``StepFailed(final=False)`` (park: the gateway times the retry)
 ``StepFailed``          ``StepFailed(final=True)`` (ask again: the SDK raises in the body)
@@ -187,6 +188,10 @@ class RunDriver:
         """
         if request.target is not None and self.planned and self.planned[0] == request.target:
             self.planned.pop(0)
+        if reply.status == 1 and reply.no_retry:
+            # TypeScript answers a non-retriable error with HTTP 400, which its connect layer
+            # reports as DONE; only the no-retry flag (never set on success) tells them apart.
+            reply = Reply(status=2, body=reply.body, no_retry=True)
         if reply.status == 1:  # DONE: the body is the function's output
             self.done = True
             output = reply.body or b"null"

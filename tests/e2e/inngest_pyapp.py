@@ -1,6 +1,7 @@
-"""An app written with Inngest's official Python SDK (connect mode), unmodified but for its
-base URL, for tests/e2e/test_inngest_py.py. Each step appends ``run-key step pid`` to
-``ledger.txt``, so a test can count executions across processes."""
+"""An app written with Inngest's official Python SDK (connect mode), unmodified: the SDK reads
+INNGEST_BASE_URL, INNGEST_DEV and INNGEST_SIGNING_KEY from the environment. For
+tests/e2e/test_inngest_py.py. Each step appends ``run-key step pid`` to ``ledger.txt``, so a
+test can count executions across processes."""
 from __future__ import annotations
 
 import asyncio
@@ -11,12 +12,9 @@ import time
 import inngest
 from inngest.connect import connect
 
-BASE = os.environ["INNGEST_BASE_URL"]
 LEDGER = os.path.join(os.getcwd(), "ledger.txt")
 
-client = inngest.Inngest(app_id="pyapp", api_base_url=BASE, event_api_base_url=BASE,
-                         is_production=os.environ.get("INNGEST_DEV") == "0",
-                         signing_key=os.environ.get("INNGEST_SIGNING_KEY"))
+client = inngest.Inngest(app_id="pyapp")
 
 
 def note(ctx, step):

@@ -7,53 +7,25 @@ would run it, and its steps write the shared ledger so a test counts executions.
 
 from __future__ import annotations
 
-import shutil
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from bench.cluster import Cluster, Process
-from tests.e2e.harness import E2E, step
+from bench.cluster import Cluster
+from tests.e2e.harness import step
+from tests.e2e.inngest_support import InngestApps, python_apps
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("inngest.connect", reason="the test extra installs inngest[connect]")
 
-APP = Path(__file__).with_name("inngest_pyapp.py")
-
-
-class Inngest(E2E):
-    """A gateway started with ``--inngest`` and SDK app processes dialling into it."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        super().__init__(cluster)
-        shutil.copy(APP, self.workdir / APP.name)
-        cluster.env["INNGEST_BASE_URL"] = cluster.api
-        self.apps: list[Process] = []
-
-    def start_gateway(self, *args: str) -> Process:
-        return self.cluster.start_gateway("--inngest", *args)
-
-    def start_app(self, name: str = "pyapp", **env: str) -> Process:
-        self.cluster.env.update(env)
-        proc = self.cluster._spawn(name, [APP.name])
-        self.cluster.workers.append(proc)
-        self.apps.append(proc)
-        return proc
-
-    def wait_apps(self, count: int) -> None:
-        self.wait(lambda: len([w for w in self.workers_connected()
-                               if w["instance_id"].startswith("pyapp-")]) == count,
-                  f"{count} Inngest SDK worker(s) connected")
-
 
 @pytest.fixture
-def sdk(cluster: Cluster) -> Iterator[Inngest]:
-    yield Inngest(cluster)
+def sdk(cluster: Cluster) -> Iterator[InngestApps]:
+    yield python_apps(cluster)
 
 
-def test_every_step_kind_runs_once_and_a_retry_ends_in_step_failed(sdk: Inngest) -> None:
+def test_every_step_kind_runs_once_and_a_retry_ends_in_step_failed(sdk: InngestApps) -> None:
     sdk.start_gateway()
     sdk.start_app()
     sdk.wait_apps(1)
@@ -82,7 +54,7 @@ def test_every_step_kind_runs_once_and_a_retry_ends_in_step_failed(sdk: Inngest)
     assert [e["data"] for e in sent] == [{"key": "k1"}]
 
 
-def test_a_non_retriable_error_fails_the_run_at_once(sdk: Inngest) -> None:
+def test_a_non_retriable_error_fails_the_run_at_once(sdk: InngestApps) -> None:
     sdk.start_gateway()
     sdk.start_app()
     sdk.wait_apps(1)
@@ -91,7 +63,7 @@ def test_a_non_retriable_error_fails_the_run_at_once(sdk: Inngest) -> None:
     assert run["error"]["message"] == "nope"
 
 
-def test_kill_9_of_the_sdk_worker_mid_step_resumes_on_another(sdk: Inngest) -> None:
+def test_kill_9_of_the_sdk_worker_mid_step_resumes_on_another(sdk: InngestApps) -> None:
     sdk.start_gateway()
     first = sdk.start_app("pyapp-1")
     sdk.wait_apps(1)
@@ -108,7 +80,7 @@ def test_kill_9_of_the_sdk_worker_mid_step_resumes_on_another(sdk: Inngest) -> N
     assert {e.pid for e in sdk.started("k9", "held")} == {first.pid, second.pid}
 
 
-def test_sigterm_pauses_the_sdk_worker_and_its_in_flight_step_finishes(sdk: Inngest) -> None:
+def test_sigterm_pauses_the_sdk_worker_and_its_in_flight_step_finishes(sdk: InngestApps) -> None:
     sdk.start_gateway()
     first = sdk.start_app("pyapp-1")
     sdk.wait_apps(1)
@@ -128,7 +100,7 @@ def test_sigterm_pauses_the_sdk_worker_and_its_in_flight_step_finishes(sdk: Inng
     assert sdk.step_counts("kt") == {"first": 1, "held": 1}
 
 
-def test_gateway_restart_sends_the_sdk_back_to_start(sdk: Inngest) -> None:
+def test_gateway_restart_sends_the_sdk_back_to_start(sdk: InngestApps) -> None:
     sdk.start_gateway()
     sdk.start_app()
     sdk.wait_apps(1)
