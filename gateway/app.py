@@ -11,7 +11,7 @@ import os
 import random
 import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
@@ -24,8 +24,7 @@ from gateway.http.api import build_api
 from gateway.http.events import EventLimits
 from gateway.http.management import worker_json
 from gateway.http.server import server_config
-from gateway.inngest.bridge import PATH as INNGEST_PATH
-from gateway.inngest.bridge import SUBPROTOCOL, InngestBridge
+from gateway.inngest.bridge import InngestBridge
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store.base import Limits, Store
@@ -33,9 +32,12 @@ from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
 from gateway.transport.auth import Authenticator
 from gateway.transport.connection import ConnectionSettings
-from gateway.transport.server import WorkerServer
+from gateway.transport.server import Extra, WorkerServer
 from protocol.ids import new_id
 from protocol.limits import MISSED_HEARTBEATS, VERSION
+
+if TYPE_CHECKING:
+    from gateway.inngest.bridge import InngestBridge
 
 log = structlog.get_logger("tether.gateway")
 
@@ -83,11 +85,15 @@ class Gateway:
         )
         #: Apps on Inngest's official SDKs (``--inngest``): their sockets share the worker port.
         self.inngest: InngestBridge | None = None
+        extra: list[Extra] = []
         if settings.inngest:
+            from gateway.inngest.bridge import PATH, SUBPROTOCOL, InngestBridge
+
             self.inngest = InngestBridge(
                 engine=self.engine, registry=self.registry, auth=self.auth, clock=self.clock,
-                gateway_id=self.gateway_id, connect_port=lambda: self.connect_port,
+                gateway_id=self.gateway_id, connect_port=self._connect_port,
                 handshake_timeout=settings.handshake_timeout)
+            extra.append((PATH, self.inngest.serve, SUBPROTOCOL))
         self.workers = WorkerServer(
             engine=self.engine, registry=self.registry, auth=self.auth, clock=self.clock,
             settings=ConnectionSettings(
@@ -101,7 +107,7 @@ class Gateway:
                 handshake_timeout=settings.handshake_timeout,
                 max_handshakes=settings.max_handshakes,
             ),
-            extra=[(INNGEST_PATH, self.inngest.serve, SUBPROTOCOL)] if self.inngest else [],
+            extra=extra,
         )
         self.api = build_api(
             engine=self.engine, registry=self.registry, auth=self.auth,
@@ -156,6 +162,9 @@ class Gateway:
         log.info("gateway_started", http=f"http://{self.settings.host}:{self.http_port}",
                  connect=f"ws://{self.settings.host}:{self.connect_port}/connect",
                  db=self.settings.db, dev=self.settings.dev, gateway_id=self.gateway_id)
+
+    def _connect_port(self) -> int:
+        return self.connect_port
 
     def _watched(self, task: asyncio.Task[None]) -> None:
         self._tasks.append(task)

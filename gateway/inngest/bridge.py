@@ -189,3 +189,4 @@ class InngestBridge:
         self.leaving = True
         for conn in list(self.connections):
             conn.closing()
+

@@ -16,7 +16,13 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
+from protocol.errors import InvalidInput
+
+try:
+    from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
+except ImportError:  # pragma: no cover - the extra is not installed
+    raise InvalidInput(
+        "--inngest needs the protobuf package: pip install 'tether[inngest]'") from None
 
 #: Package name in our own pool: never the SDK's ``connect.v1``.
 PACKAGE = "tether.inngest.connect.v1"

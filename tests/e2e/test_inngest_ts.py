@@ -6,9 +6,10 @@ pinned ``inngest`` npm package unmodified; npm installs it on first use (``.cach
 
 from __future__ import annotations
 
+import itertools
 import shutil
-from datetime import datetime
 from collections.abc import Iterator
+from datetime import datetime
 
 import pytest
 
@@ -92,5 +93,5 @@ def test_the_canonical_example_runs_and_its_throttle_holds(cluster: Cluster) -> 
     assert [r["status"] for r in held] == ["Queued"] * 4
     assert all(r["waiting"]["option"] == "throttle" for r in held)
     slots = [datetime.fromisoformat(r["waiting"]["until"]) for r in held]
-    gaps = [(b - a).total_seconds() for a, b in zip(slots, slots[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(slots)]
     assert all(19 <= gap <= 21 for gap in gaps), gaps
