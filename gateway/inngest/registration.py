@@ -124,6 +124,10 @@ def function_config(app_id: str, raw: dict[str, Any]) -> InngestFunction:
         return InngestFunction(slug, _config(app_id, slug, raw))
     except ValidationError as exc:
         raise InvalidInput(f"Inngest function {slug!r}: {describe(exc)}") from None
+    except InvalidInput as exc:
+        if exc.message.startswith("Inngest function"):
+            raise
+        raise InvalidInput(f"Inngest function {slug!r}: {exc.message}") from None
     except (KeyError, TypeError, AttributeError) as exc:
         raise InvalidInput(f"Inngest function {slug!r}: malformed option ({exc!r})") from None
 
