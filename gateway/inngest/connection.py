@@ -57,6 +57,8 @@ EXTEND_LEASE_INTERVAL = 5
 #: Python heartbeats every 10 s whatever it is told; 3 missed beats lose the socket.
 HEARTBEAT_INTERVAL = 10
 MISSED_HEARTBEATS = 3
+#: A request the SDK neither acknowledged nor extended for this long is presumed dropped.
+REQUEST_LEASE = EXTEND_LEASE_INTERVAL * 3
 
 
 class InngestConnection:
@@ -75,6 +77,8 @@ class InngestConnection:
         self._revoked: set[str] = set()
         #: request id -> (run id, current lease id) of requests the SDK is working on
         self._leases: dict[str, tuple[str, str]] = {}
+        #: request id -> when the SDK last showed it works on it (ack, lease extension)
+        self._alive: dict[str, float] = {}
         self._gone = False
         self._closing: asyncio.Future[None] | None = None
         self.log = log.bind(peer=_peer(ws))
@@ -181,7 +185,9 @@ class InngestConnection:
                 if self.worker is not None:
                     self.worker.draining = True
                 self.log.info("inngest_worker_paused", in_flight=len(self._drivers))
-            elif kind in (Kind.WORKER_REQUEST_ACK, Kind.WORKER_READY):
+            elif kind == Kind.WORKER_REQUEST_ACK:
+                self._heard_about(payload)
+            elif kind == Kind.WORKER_READY:
                 pass
             else:
                 self.log.info("inngest_frame_ignored", kind=_name(kind))
@@ -196,6 +202,14 @@ class InngestConnection:
                                                   request_id=reply.request_id))
         self.bridge.deliver(reply)
 
+    def _heard_about(self, payload: bytes) -> None:
+        try:
+            data = wire.parse("WorkerRequestAckData", payload)
+        except wire.WireError:
+            return
+        if data.request_id in self._alive:
+            self._alive[data.request_id] = self.bridge.clock.monotonic()
+
     def _extend(self, payload: bytes) -> None:
         try:
             data = wire.parse("WorkerRequestExtendLeaseData", payload)
@@ -207,6 +221,7 @@ class InngestConnection:
         if held is not None and held[1] == data.lease_id and held[0] not in self._revoked:
             new_lease = secrets.token_hex(16)
             self._leases[data.request_id] = (held[0], new_lease)
+            self._alive[data.request_id] = self.bridge.clock.monotonic()
         self.send(Kind.WORKER_REQUEST_EXTEND_LEASE_ACK, wire.new(
             "WorkerRequestExtendLeaseAckData", request_id=data.request_id,
             function_slug=data.function_slug, new_lease_id=new_lease))
@@ -276,11 +291,16 @@ class InngestConnection:
                 # The SDK is shutting down and takes no new request: another worker goes on.
                 self._checkpoint(driver, [(m.LeaseReleased, {"reason": "Inngest worker paused"})])
                 return
+            sent = clock.now()
             reply = await self._ask(driver, request)
             if run_id in self._revoked:
                 return
+            if reply is None:
+                self._checkpoint(driver, [(m.LeaseReleased, {
+                    "reason": "the Inngest worker neither acknowledged nor extended a request"})])
+                return
             try:
-                pending = driver.apply(request, reply, now=clock.now())
+                pending = driver.apply(request, reply, now=clock.now(), sent=sent)
             except ReplyError as exc:
                 self.log.warning("inngest_reply_refused", run_id=run_id, error=str(exc))
                 driver.done = True
@@ -293,13 +313,18 @@ class InngestConnection:
     def _requests_sent(driver: RunDriver) -> bool:
         return bool(driver.stack) or driver.parallel
 
-    async def _ask(self, driver: RunDriver, request: Request) -> Reply:
+    async def _ask(self, driver: RunDriver, request: Request) -> Reply | None:
+        """Send one executor request and wait for its reply; None if the SDK dropped it (no
+        ack or lease extension for :data:`REQUEST_LEASE` seconds: it was paused, or lost the
+        request), so the run goes back to the queue."""
         lease = driver.lease
         fn = driver.function
-        request_id = new_id(self.bridge.clock.now())
+        clock = self.bridge.clock
+        request_id = new_id(clock.now())
         lease_id = secrets.token_hex(16)
         future = self.bridge.expect(request_id)
         self._leases[request_id] = (lease.run_id, lease_id)
+        self._alive[request_id] = clock.monotonic()
         app = self.app_of.get(lease.function_id, "")
         try:
             self.send(Kind.GATEWAY_EXECUTOR_REQUEST, wire.new(
@@ -307,9 +332,16 @@ class InngestConnection:
                 function_id=lease.function_id, function_slug=fn.slug, step_id=request.step_id,
                 request_payload=request.body, run_id=lease.run_id, lease_id=lease_id,
                 job_id=f"{lease.run_id}.{lease.fence}"))
-            return await future
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(future), EXTEND_LEASE_INTERVAL)
+                if clock.monotonic() - self._alive[request_id] > REQUEST_LEASE:
+                    self.log.warning("inngest_request_dropped", run_id=lease.run_id,
+                                     request_id=request_id, seconds=REQUEST_LEASE)
+                    return None
         finally:
             self._leases.pop(request_id, None)
+            self._alive.pop(request_id, None)
             self.bridge.forget(request_id)
 
     def _checkpoint(self, driver: RunDriver, pending: list[Any]) -> None:

@@ -180,8 +180,10 @@ class RunDriver:
         }
         return Request(orjson.dumps(body), target or "step", target)
 
-    def apply(self, request: Request, reply: Reply, *, now: float) -> list[Pending]:
-        """The checkpoints ``reply`` (to ``request``) makes; advances the state.
+    def apply(self, request: Request, reply: Reply, *, now: float,
+              sent: float | None = None) -> list[Pending]:
+        """The checkpoints ``reply`` (to ``request``, sent at ``sent``) makes; advances the
+        state. A step's timings are the request's: the SDK ran it in between.
 
         Raises:
             ReplyError: the reply cannot be understood.
@@ -218,7 +220,7 @@ class RunDriver:
             raise ReplyError("a 206 reply must be a list of opcodes")
         out: list[Pending] = []
         for op in ops:
-            out.extend(self._opcode(op, now=now))
+            out.extend(self._opcode(op, now=now, sent=now if sent is None else sent))
         return out
 
     def _step_id(self, op: dict[str, Any]) -> tuple[str, str]:
@@ -250,7 +252,7 @@ class RunDriver:
         if key not in self.stack:
             self.stack.append(key)
 
-    def _opcode(self, op: Any, *, now: float) -> list[Pending]:
+    def _opcode(self, op: Any, *, now: float, sent: float) -> list[Pending]:
         if not isinstance(op, dict):
             raise ReplyError(f"an opcode must be an object, got {str(op)[:200]}")
         kind = op.get("op")
@@ -273,7 +275,7 @@ class RunDriver:
             self.attempt = 0  # a completed step resets the body's attempts (as Inngest)
             return [(m.StepCompleted, {
                 "step_id": step_id, "attempt": self.lease.attempts.get(step_id, 0),
-                "output": orjson.dumps(data), "started_at": now, "ended_at": now})]
+                "output": orjson.dumps(data), "started_at": sent, "ended_at": now})]
         if kind in ("StepError", "StepFailed"):
             error = _error_info(op.get("error"), f"step {step_id!r} failed")
             final = kind == "StepFailed"
@@ -283,7 +285,7 @@ class RunDriver:
                 self.parked = True
             return [(m.StepFailed, {
                 "step_id": step_id, "attempt": self.lease.attempts.get(step_id, 0),
-                "error": error, "final": final, "started_at": now, "ended_at": now})]
+                "error": error, "final": final, "started_at": sent, "ended_at": now})]
         self.parked = True
         if kind == "Sleep":
             return [(m.SleepRequested, _sleep(step_id, op, opts, now))]

@@ -110,3 +110,15 @@ def test_gateway_restart_sends_the_sdk_back_to_start(sdk: InngestApps) -> None:
     sdk.wait_apps(1)
     run = sdk.wait_final(sdk.run_of(sdk.send("py/child", v=4))["id"])
     assert run["status"] == "Completed" and run["output"] == {"doubled": 8}
+
+
+def test_with_a_signing_key_the_sdk_in_production_mode_is_let_in(sdk: InngestApps) -> None:
+    """Without --dev: the SDK authenticates /v0/connect/start with its signing key's hash."""
+    key = "signkey-prod-" + "7c4f9e2a1b8d3f6e0a5c9b2d4e7f1a3c6b8d0e2f4a6c8e1b3d5f7a9c0e2b4d6f"
+    sdk.event_key = "evtkey-" + "3b7d9f1a5c2e8b4d6f0a1c3e5b7d9f2a"
+    sdk.start_gateway("--signing-key", key, "--event-key", sdk.event_key)
+    sdk.headers = {"Authorization": f"Bearer {key}"}
+    sdk.start_app(INNGEST_DEV="0", INNGEST_SIGNING_KEY=key)
+    sdk.wait_apps(1)
+    run = sdk.wait_final(sdk.run_of(sdk.send("py/child", v=5))["id"])
+    assert run["status"] == "Completed" and run["output"] == {"doubled": 10}

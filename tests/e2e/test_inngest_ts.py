@@ -95,3 +95,15 @@ def test_the_canonical_example_runs_and_its_throttle_holds(cluster: Cluster) -> 
     slots = [datetime.fromisoformat(r["waiting"]["until"]) for r in held]
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(slots)]
     assert all(19 <= gap <= 21 for gap in gaps), gaps
+
+
+def test_with_a_signing_key_the_sdk_in_production_mode_is_let_in(sdk: InngestApps) -> None:
+    """Without --dev: TypeScript sends the hash with the ``signkey-<env>-`` prefix kept."""
+    key = "signkey-prod-" + "7c4f9e2a1b8d3f6e0a5c9b2d4e7f1a3c6b8d0e2f4a6c8e1b3d5f7a9c0e2b4d6f"
+    sdk.event_key = "evtkey-" + "3b7d9f1a5c2e8b4d6f0a1c3e5b7d9f2a"
+    sdk.start_gateway("--signing-key", key, "--event-key", sdk.event_key)
+    sdk.headers = {"Authorization": f"Bearer {key}"}
+    sdk.start_app(INNGEST_DEV="0", INNGEST_SIGNING_KEY=key)
+    sdk.wait_apps(1)
+    run = sdk.wait_final(sdk.run_of(sdk.send("ts/child", v=5))["id"])
+    assert run["status"] == "Completed" and run["output"] == {"doubled": 10}
