@@ -47,8 +47,10 @@ PATH = "/v0/connect"
 SUBPROTOCOL = "v0.connect.inngest.com"
 #: Seconds a session token from ``/start`` stays valid for its WebSocket.
 TOKEN_TTL = 60.0
-#: Largest body ``/flush`` reads (one reply: a step result plus some).
+#: Largest body ``/flush`` reads, and largest frame once a socket is in (one reply: a step
+#: result plus some); before that, WORKER_CONNECT's size.
 MAX_FLUSH = 8 * 1024 * 1024
+MAX_CONNECT_FRAME = 1024 * 1024
 
 _PREFIX = re.compile(r"^signkey-\w+-")
 PROTOBUF = "application/protobuf"
@@ -149,7 +151,9 @@ class InngestBridge:
         return held is not None and held[1] > self.clock.now()
 
     async def serve(self, ws: ServerConnection) -> None:
-        ws.protocol.max_message_size = 16 * 1024 * 1024
+        # Until its session token is checked a socket may send WORKER_CONNECT (the app's
+        # function configs) and no more; then frames up to a step result plus some.
+        ws.protocol.max_message_size = MAX_CONNECT_FRAME
         await InngestConnection(ws, self).serve()
 
     def expect(self, request_id: str) -> asyncio.Future[Reply]:

@@ -57,6 +57,9 @@ EXTEND_LEASE_INTERVAL = 5
 #: Python heartbeats every 10 s whatever it is told; 3 missed beats lose the socket.
 HEARTBEAT_INTERVAL = 10
 MISSED_HEARTBEATS = 3
+#: Largest frame from an SDK whose session token was checked: a reply carries a step result
+#: (4 MiB by default) in JSON.
+MAX_FRAME = 8 * 1024 * 1024
 #: A request the SDK neither acknowledged nor extended for this long is presumed dropped.
 REQUEST_LEASE = EXTEND_LEASE_INTERVAL * 3
 
@@ -156,6 +159,7 @@ class InngestConnection:
             connected_at=clock.now(), send=self._from_engine, close=self._close_soon,
             last_seen=clock.monotonic(),
         )
+        self.ws.protocol.max_message_size = MAX_FRAME
         self.bridge.registry.add(self.worker)
         self.bridge.connections.add(self)
         self.log = self.log.bind(session_id=session_id, instance_id=instance)

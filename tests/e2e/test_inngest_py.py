@@ -100,16 +100,22 @@ def test_sigterm_pauses_the_sdk_worker_and_its_in_flight_step_finishes(sdk: Inng
     assert sdk.step_counts("kt") == {"first": 1, "held": 1}
 
 
-def test_gateway_restart_sends_the_sdk_back_to_start(sdk: InngestApps) -> None:
+def test_a_gateway_restart_keeps_a_waiting_run_and_the_sdk_comes_back(sdk: InngestApps) -> None:
+    """GATEWAY_CLOSING on the way down sends the SDK back to /v0/connect/start; the run's
+    state is in the database, so after the restart it goes on without re-running a step."""
     sdk.start_gateway()
     sdk.start_app()
     sdk.wait_apps(1)
+    run = sdk.run_of(sdk.send("py/flow", key="kr", n=1))
+    sdk.wait_run(run["id"], lambda r: r["status"] == "Waiting", "waiting for py/go")
     assert sdk.cluster.gateway is not None
     assert sdk.cluster.gateway.stop() == 0
     sdk.start_gateway()
     sdk.wait_apps(1)
-    run = sdk.wait_final(sdk.run_of(sdk.send("py/child", v=4))["id"])
-    assert run["status"] == "Completed" and run["output"] == {"doubled": 8}
+    sdk.send("py/go", key="kr")
+    done = sdk.wait_final(run["id"])
+    assert done["status"] == "Completed", done["error"]
+    assert sdk.step_counts("kr") == {"a": 1, "p1": 1, "p2": 1, "flaky": 2}
 
 
 def test_with_a_signing_key_the_sdk_in_production_mode_is_let_in(sdk: InngestApps) -> None:
