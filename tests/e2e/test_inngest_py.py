@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from bench.cluster import Cluster
 from tests.e2e.harness import step
 from tests.e2e.inngest_support import InngestApps, python_apps
+from tests.helpers import postgres as pg
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("inngest.connect", reason="the test extra installs inngest[connect]")
@@ -128,3 +130,25 @@ def test_with_a_signing_key_the_sdk_in_production_mode_is_let_in(sdk: InngestApp
     sdk.wait_apps(1)
     run = sdk.wait_final(sdk.run_of(sdk.send("py/child", v=5))["id"])
     assert run["status"] == "Completed" and run["output"] == {"doubled": 10}
+
+
+def test_on_postgresql_an_event_sent_to_another_gateway_runs_on_the_sdk(
+        tmp_path: Path) -> None:
+    """Two gateways share one database; the SDK is connected to the first, the event goes to
+    the second: the run is leased where the SDK is, as for Tether's own workers."""
+    db = pg.create_database_sync("tether_inngest")
+    first = Cluster(tmp_path / "a", db=db, gateway_args=["--log-format", "json"])
+    second = Cluster(tmp_path / "b", db=db, gateway_args=["--log-format", "json"])
+    try:
+        sdk = python_apps(first)
+        sdk.start_gateway()
+        second.start_gateway("--inngest")
+        sdk.start_app()
+        sdk.wait_apps(1)
+        (event_id,) = second.send({"name": "py/child", "data": {"v": 7}})
+        run = sdk.wait_final(sdk.run_of(event_id)["id"])
+        assert run["status"] == "Completed" and run["output"] == {"doubled": 14}
+    finally:
+        first.stop()
+        second.stop()
+        pg.drop_database_sync(db)
