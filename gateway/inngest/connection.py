@@ -31,6 +31,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from pydantic import ValidationError
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -282,6 +283,17 @@ class InngestConnection:
         task.add_done_callback(lambda _: self._drivers.pop(lease.run_id, None))
 
     async def _drive(self, driver: RunDriver) -> None:
+        """Drive one lease; a bug here fails the run with its reason rather than holding the
+        lease forever."""
+        try:
+            await self._steps(driver)
+        except Exception as exc:
+            self.log.error("inngest_driver_failed", run_id=driver.lease.run_id, exc_info=exc)
+            if not driver.done:
+                driver.done = True
+                self._checkpoint(driver, [_failure(driver, f"the Inngest bridge failed: {exc!r}")])
+
+    async def _steps(self, driver: RunDriver) -> None:
         worker = self.worker
         assert worker is not None
         run_id = driver.lease.run_id
@@ -308,9 +320,7 @@ class InngestConnection:
             except ReplyError as exc:
                 self.log.warning("inngest_reply_refused", run_id=run_id, error=str(exc))
                 driver.done = True
-                pending = [(m.RunFailed, {
-                    "attempt": driver.attempt, "final": True,
-                    "error": m.ErrorInfo(name="InngestBridgeError", message=str(exc))})]
+                pending = [_failure(driver, str(exc))]
             self._checkpoint(driver, pending)
 
     @staticmethod
@@ -352,10 +362,23 @@ class InngestConnection:
         worker = self.worker
         assert worker is not None
         lease = driver.lease
-        for cls, fields in pending:
+        try:
+            messages = [cls(seq=0, run_id=lease.run_id, fence=lease.fence, **fields)
+                        for cls, fields in pending]
+        except ValidationError as exc:  # a value the SDK sent that Tether refuses (a NUL...)
+            self.log.warning("inngest_reply_refused", run_id=lease.run_id, error=str(exc))
+            driver.done = True
+            cls, fields = _failure(driver, f"the SDK's reply cannot be recorded: {exc}")
+            messages = [cls(seq=0, run_id=lease.run_id, fence=lease.fence, **fields)]
+        for message in messages:
             self._seq += 1
-            self.bridge.engine.checkpoint(worker, cls(
-                seq=self._seq, run_id=lease.run_id, fence=lease.fence, **fields))
+            self.bridge.engine.checkpoint(worker, message.model_copy(update={"seq": self._seq}))
+
+
+def _failure(driver: RunDriver, reason: str) -> tuple[type[m.RunFailed], dict[str, Any]]:
+    return (m.RunFailed, {"attempt": driver.attempt, "final": True,
+                          "error": m.ErrorInfo(name="InngestBridgeError",
+                                               message=reason[:65536])})
 
 
 class _Refused(TetherError):

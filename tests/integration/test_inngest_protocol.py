@@ -241,3 +241,27 @@ async def test_start_takes_the_signing_key_hash_in_both_sdk_forms(
             assert "signing key" in res.json()["error"]
         res = await http.post("/v0/connect/flush", content=b"")
         assert res.status_code == 401
+
+
+@pytest.mark.parametrize(("op", "reason"), [
+    ({"op": "AIGateway"}, "not supported by Tether"),
+    ({"op": "WaitForEvent", "name": "bad\x00name", "opts": {"timeout": "1m"}},
+     "cannot be recorded"),
+])
+async def test_a_reply_tether_cannot_apply_fails_the_run_with_the_reason(
+        inngest: tuple[Gateway, httpx.AsyncClient], op: dict[str, Any], reason: str) -> None:
+    gw, http = inngest
+    sdk = FakeSDK(gw, http)
+    await sdk.connect()
+    event_id = await send(http, "fake/work")
+    req = await sdk.request()
+    ops = [{"id": hashlib.sha1(b"x").hexdigest(), "displayName": "x", **op}]
+    await sdk.send(KIND.WORKER_REPLY, pb.SDKResponse(
+        request_id=req.request_id, status=pb.SDKResponseStatus.NOT_COMPLETED,
+        body=json.dumps(ops).encode()))
+    run = await eventually(lambda: _final(http, event_id), what="the run ended")
+    assert run["status"] == "Failed"
+    assert run["error"]["name"] == "InngestBridgeError" and reason in run["error"]["message"]
+    workers = (await http.get("/v1/workers")).json()["data"]
+    assert [w["in_flight"] for w in workers] == [0]
+    await sdk.ws.close()
