@@ -24,9 +24,10 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import structlog
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from websockets.asyncio.server import ServerConnection
 
@@ -34,7 +35,7 @@ from gateway.clock import Clock
 from gateway.engine import Engine
 from gateway.inngest import wire
 from gateway.inngest.connection import InngestConnection
-from gateway.inngest.executor import Reply
+from gateway.inngest.executor import Reply, ReplyError
 from gateway.registry import Registry
 from gateway.transport.auth import Authenticator
 from protocol.errors import AuthError, InvalidInput
@@ -90,12 +91,15 @@ class InngestBridge:
         self.leaving = False
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (connection id, expiry)
         self._pending: dict[str, asyncio.Future[Reply]] = {}
+        #: run id -> the socket whose SDK runs it now (for streamed checkpoints)
+        self.runs: dict[str, InngestConnection] = {}
 
     # --- HTTP ----------------------------------------------------------------------------
 
     def routes(self) -> list[Route]:
         return [Route("/v0/connect/start", self.start, methods=["POST"]),
-                Route("/v0/connect/flush", self.flush, methods=["POST"])]
+                Route("/v0/connect/flush", self.flush, methods=["POST"]),
+                Route("/v1/checkpoint/{run_id}/async", self.checkpoint, methods=["POST"])]
 
     def _check(self, request: Request) -> None:
         if self.auth.dev:
@@ -142,6 +146,33 @@ class InngestBridge:
         log.info("inngest_reply_flushed", request_id=reply.request_id, applied=applied)
         return Response(wire.new("FlushResponse", request_id=reply.request_id)
                         .SerializeToString(), media_type=PROTOBUF)
+
+    async def checkpoint(self, request: Request) -> Response:
+        """``POST /v1/checkpoint/{run}/async``: steps TypeScript ran within one request,
+        answered once committed; 409 when the lease they name is no longer current."""
+        self._check(request)
+        body = await request.body()
+        if len(body) > MAX_FLUSH:
+            raise InvalidInput(f"checkpoint too large ({len(body)} bytes > {MAX_FLUSH})")
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"a checkpoint must be JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise InvalidInput("a checkpoint must be a JSON object")
+        run_id = request.path_params["run_id"]
+        conn = self.runs.get(run_id)
+        try:
+            ok = conn is not None and await conn.streamed(
+                run_id, str(data.get("qi_id") or ""), data.get("steps"))
+        except ReplyError as exc:
+            raise InvalidInput(str(exc)) from None
+        log.debug("inngest_steps_streamed", run_id=run_id, applied=ok,
+                  steps=len(data.get("steps") or ()))
+        if not ok:
+            return JSONResponse({"error": f"run {run_id} is not leased under this queue item "
+                                          "any more (stale dispatch)"}, status_code=409)
+        return JSONResponse({})
 
     # --- sockets -------------------------------------------------------------------------
 

@@ -78,6 +78,7 @@ class InngestConnection:
         self._seq = 0
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[str, RunDriver] = {}
         self._revoked: set[str] = set()
         #: request id -> (run id, current lease id) of requests the SDK is working on
         self._leases: dict[str, tuple[str, str]] = {}
@@ -85,6 +86,10 @@ class InngestConnection:
         self._alive: dict[str, float] = {}
         self._gone = False
         self._closing: asyncio.Future[None] | None = None
+        #: Checkpoints committed (or refused) up to this seq, and who waits for which seq.
+        self._acked = 0
+        self._commits: list[tuple[int, asyncio.Future[bool]]] = []
+        self._refused: set[int] = set()
         self.log = log.bind(peer=_peer(ws))
 
     # --- the socket ----------------------------------------------------------------------
@@ -249,6 +254,9 @@ class InngestConnection:
         self.bridge.connections.discard(self)
         for task in self._drivers.values():
             task.cancel()
+        for _, future in self._commits:
+            if not future.done():
+                future.set_result(False)
         worker = self.worker
         if worker is None:
             return
@@ -262,11 +270,46 @@ class InngestConnection:
     def _from_engine(self, msg: m.Message) -> None:
         if isinstance(msg, m.LeaseGranted):
             self._lease(msg)
-        elif isinstance(msg, (m.LeaseRevoked, m.CheckpointRefused)):
+        elif isinstance(msg, m.CheckpointAck):
+            self._acked = max(self._acked, msg.upto)
+            waiting = []
+            for seq, future in self._commits:
+                if seq > self._acked:
+                    waiting.append((seq, future))
+                elif not future.done():
+                    future.set_result(seq not in self._refused)
+            self._commits = waiting
+        if isinstance(msg, m.CheckpointRefused):
+            self._refused.add(msg.seq)
+        if isinstance(msg, (m.LeaseRevoked, m.CheckpointRefused)):
             self._revoked.add(msg.run_id)
             self.log.info("inngest_run_revoked", run_id=msg.run_id, reason=msg.reason)
         elif isinstance(msg, m.GoAway):
             self.closing()
+
+    async def committed(self, seq: int) -> bool:
+        """Until checkpoint ``seq`` of this socket is committed: True, or False if refused."""
+        if seq <= self._acked:
+            return seq not in self._refused
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._commits.append((seq, future))
+        return await future
+
+    async def streamed(self, run_id: str, queue_item: str, ops: Any) -> bool:
+        """Ops the SDK streamed for ``run_id`` during its request, applied as checkpoints;
+        True once they are committed, False if the lease they name is no longer current.
+
+        Raises:
+            ReplyError: the ops cannot be understood.
+        """
+        task = self._drivers.get(run_id)
+        driver = self._running.get(run_id)
+        if task is None or driver is None or driver.queue_item != queue_item \
+                or run_id in self._revoked:
+            return False
+        pending = driver.apply_streamed(ops, now=self.bridge.clock.now())
+        last = self._checkpoint(driver, pending)
+        return await self.committed(last) if last else True
 
     def _lease(self, lease: m.LeaseGranted) -> None:
         fn = self.functions.get(lease.function_id)
@@ -280,7 +323,16 @@ class InngestConnection:
         driver = RunDriver(lease=lease, function=fn, slugs=self.bridge.slugs)
         task = asyncio.create_task(self._drive(driver), name=f"tether-inngest-{lease.run_id}")
         self._drivers[lease.run_id] = task
-        task.add_done_callback(lambda _: self._drivers.pop(lease.run_id, None))
+        self._running[lease.run_id] = driver
+        self.bridge.runs[lease.run_id] = self
+        task.add_done_callback(lambda _: self._ended(lease.run_id, task))
+
+    def _ended(self, run_id: str, task: asyncio.Task[None]) -> None:
+        if self._drivers.get(run_id) is task:
+            del self._drivers[run_id]
+            self._running.pop(run_id, None)
+            if self.bridge.runs.get(run_id) is self:
+                del self.bridge.runs[run_id]
 
     async def _drive(self, driver: RunDriver) -> None:
         """Drive one lease; a bug here fails the run with its reason rather than holding the
@@ -358,7 +410,8 @@ class InngestConnection:
             self._alive.pop(request_id, None)
             self.bridge.forget(request_id)
 
-    def _checkpoint(self, driver: RunDriver, pending: list[Any]) -> None:
+    def _checkpoint(self, driver: RunDriver, pending: list[Any]) -> int:
+        """Queue ``pending`` for the next commit; the seq of the last one (0 for none)."""
         worker = self.worker
         assert worker is not None
         lease = driver.lease
@@ -370,9 +423,12 @@ class InngestConnection:
             driver.done = True
             cls, fields = _failure(driver, f"the SDK's reply cannot be recorded: {exc}")
             messages = [cls(seq=0, run_id=lease.run_id, fence=lease.fence, **fields)]
+        last = 0
         for message in messages:
             self._seq += 1
+            last = self._seq
             self.bridge.engine.checkpoint(worker, message.model_copy(update={"seq": self._seq}))
+        return last
 
 
 def _failure(driver: RunDriver, reason: str) -> tuple[type[m.RunFailed], dict[str, Any]]:

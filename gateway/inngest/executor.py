@@ -174,6 +174,10 @@ class RunDriver:
                 "disable_immediate_execution": self.parallel,
                 "use_api": False,
                 "stack": {"stack": list(self.stack), "current": len(self.stack)},
+                # With these, TypeScript v4 runs consecutive steps in one request and streams
+                # them to POST /v1/checkpoint/{run}/async (see :meth:`apply_streamed`).
+                "fn_id": self.lease.function_id,
+                "qi_id": self.queue_item,
             },
             "version": 1,
             "use_api": False,
@@ -190,6 +194,8 @@ class RunDriver:
         """
         if request.target is not None and self.planned and self.planned[0] == request.target:
             self.planned.pop(0)
+        if self.done:
+            return []  # the run ended on a streamed checkpoint already
         if reply.status == 1 and reply.no_retry:
             # TypeScript answers a non-retriable error with HTTP 400, which its connect layer
             # reports as DONE; only the no-retry flag (never set on success) tells them apart.
@@ -221,6 +227,25 @@ class RunDriver:
         out: list[Pending] = []
         for op in ops:
             out.extend(self._opcode(op, now=now, sent=now if sent is None else sent))
+        return out
+
+    @property
+    def queue_item(self) -> str:
+        """Names this lease to the SDK: a streamed checkpoint must carry it."""
+        return f"{self.lease.run_id}.{self.lease.fence}"
+
+    def apply_streamed(self, ops: Any, *, now: float) -> list[Pending]:
+        """The checkpoints of ops the SDK streamed while its request runs (TypeScript's
+        ``/v1/checkpoint/{run}/async``): the same opcodes as a reply's.
+
+        Raises:
+            ReplyError: the ops cannot be understood.
+        """
+        if not isinstance(ops, list):
+            raise ReplyError("streamed steps must be a list of opcodes")
+        out: list[Pending] = []
+        for op in ops:
+            out.extend(self._opcode(op, now=now, sent=now))
         return out
 
     def _step_id(self, op: dict[str, Any]) -> tuple[str, str]:
@@ -255,6 +280,8 @@ class RunDriver:
     def _opcode(self, op: Any, *, now: float, sent: float) -> list[Pending]:
         if not isinstance(op, dict):
             raise ReplyError(f"an opcode must be an object, got {str(op)[:200]}")
+        if self.done:
+            return []
         kind = op.get("op")
         key, step_id = self._step_id(op)
         if step_id in self.lease.deferred or key in self.memo:

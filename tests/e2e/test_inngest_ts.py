@@ -14,7 +14,7 @@ from datetime import datetime
 import pytest
 
 from bench.cluster import ROOT, Cluster
-from tests.e2e.harness import step
+from tests.e2e.harness import log_events, step
 from tests.e2e.inngest_support import InngestApps, node_apps
 
 pytestmark = pytest.mark.e2e
@@ -26,7 +26,7 @@ def sdk(cluster: Cluster) -> Iterator[InngestApps]:
 
 
 def test_every_step_kind_runs_once_and_a_retry_ends_in_step_failed(sdk: InngestApps) -> None:
-    sdk.start_gateway()
+    gateway = sdk.start_gateway("--log-level", "debug")
     sdk.start_app()
     sdk.wait_apps(1)
     run = sdk.run_of(sdk.send("ts/flow", key="k1", n=1))
@@ -48,6 +48,8 @@ def test_every_step_kind_runs_once_and_a_retry_ends_in_step_failed(sdk: InngestA
     assert sdk.step_counts("k1") == {"a": 1, "p1": 1, "p2": 1, "flaky": 2}
     sent = sdk.cluster.get("/v1/events?name=ts/sent")["data"]
     assert [e["data"] for e in sent] == [{"key": "k1"}]
+    # TypeScript streamed some steps within a request (/v1/checkpoint/{run}/async).
+    assert log_events(gateway, "inngest_steps_streamed")
 
 
 def test_a_non_retriable_error_fails_the_run_at_once(sdk: InngestApps) -> None:

@@ -265,3 +265,34 @@ async def test_a_reply_tether_cannot_apply_fails_the_run_with_the_reason(
     workers = (await http.get("/v1/workers")).json()["data"]
     assert [w["in_flight"] for w in workers] == [0]
     await sdk.ws.close()
+
+
+async def test_steps_streamed_during_a_request_are_committed_before_the_answer(
+        inngest: tuple[Gateway, httpx.AsyncClient]) -> None:
+    """TypeScript v4's ``/v1/checkpoint/{run}/async``: named by the request's ``qi_id``."""
+    gw, http = inngest
+    sdk = FakeSDK(gw, http)
+    await sdk.connect()
+    event_id = await send(http, "fake/work")
+    req = await sdk.request()
+    ctx = json.loads(req.request_payload)["ctx"]
+    assert ctx["fn_id"] == "fake/work" and ctx["qi_id"]
+    step_a = {"id": hashlib.sha1(b"a").hexdigest(), "op": "StepRun", "data": 1,
+              "displayName": "a", "userland": {"id": "a"}}
+    stale = await http.post(f"/v1/checkpoint/{req.run_id}/async",
+                            json={"qi_id": "someone-else", "steps": [step_a]})
+    assert stale.status_code == 409
+    res = await http.post(f"/v1/checkpoint/{req.run_id}/async",
+                          json={"qi_id": ctx["qi_id"], "steps": [step_a]})
+    assert res.status_code == 200
+    run = await run_status(http, event_id)
+    assert [(s["id"], s["status"]) for s in run["steps"]] == [("a", "Completed")]
+    # The reply repeats the streamed step, then the output: the step is not recorded twice.
+    await sdk.send(KIND.WORKER_REPLY, pb.SDKResponse(
+        request_id=req.request_id, status=pb.SDKResponseStatus.NOT_COMPLETED,
+        body=json.dumps([step_a, {"id": hashlib.sha1(b"complete").hexdigest(),
+                                  "op": "RunComplete", "data": {"ok": 1}}]).encode()))
+    done = await eventually(lambda: _final(http, event_id), what="the run ended")
+    assert done["status"] == "Completed" and done["output"] == {"ok": 1}
+    assert [(s["id"], s["attempts"]) for s in done["steps"]] == [("a", 1)]
+    await sdk.ws.close()
