@@ -20,6 +20,10 @@ reply                   checkpoints (then)
 ``StepPlanned``         nothing yet: ask once per planned step, targeting it
 ======================  ===========================================================
 
+TypeScript v4 may also run consecutive steps within one request and stream their opcodes to
+``POST /v1/checkpoint/{run}/async`` (:meth:`RunDriver.apply_streamed`), then reply with the
+rest; opcodes already applied are skipped.
+
 When every branch has parked the run ends its lease with ``RunSuspended``; Tether leases it
 again when a sleep ends, a wait or child answers, or a retry is due, with the memo grown.
 
