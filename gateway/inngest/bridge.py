@@ -117,6 +117,9 @@ class InngestBridge:
     async def start(self, request: Request) -> Response:
         """``POST /v0/connect/start``: a session token and where to dial."""
         self._check(request)
+        if self.leaving:
+            return JSONResponse({"error": "this gateway is shutting down; connect to another "
+                                          "gateway or retry shortly"}, status_code=503)
         body = await request.body()
         wire.parse("StartRequest", body) if body else None
         now = self.clock.now()
@@ -185,6 +188,9 @@ class InngestBridge:
         # Until its session token is checked a socket may send WORKER_CONNECT (the app's
         # function configs) and no more; then frames up to a step result plus some.
         ws.protocol.max_message_size = MAX_CONNECT_FRAME
+        if self.leaving:
+            await ws.close(1001, "gateway shutting down")
+            return
         await InngestConnection(ws, self).serve()
 
     def expect(self, request_id: str) -> asyncio.Future[Reply]:
