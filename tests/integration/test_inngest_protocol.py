@@ -296,3 +296,21 @@ async def test_steps_streamed_during_a_request_are_committed_before_the_answer(
     assert done["status"] == "Completed" and done["output"] == {"ok": 1}
     assert [(s["id"], s["attempts"]) for s in done["steps"]] == [("a", 1)]
     await sdk.ws.close()
+
+
+async def test_garbage_and_oversize_frames_before_the_token_close_only_that_socket(
+        inngest: tuple[Gateway, httpx.AsyncClient]) -> None:
+    gw, http = inngest
+    endpoint = f"ws://127.0.0.1:{gw.connect_port}/v0/connect"
+    for frame, code in ((b"\xff\xff\xff garbage", 1008), (b"\x00" * (2 * 1024 * 1024), 1009)):
+        async with websockets.connect(endpoint, subprotocols=["v0.connect.inngest.com"],
+                                      max_size=None) as ws:
+            await ws.recv()  # GATEWAY_HELLO
+            await ws.send(frame)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:
+                    await ws.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+    sdk = FakeSDK(gw, http)  # the gateway still serves everyone else
+    assert (await sdk.connect()).kind == KIND.GATEWAY_CONNECTION_READY
+    await sdk.ws.close()
