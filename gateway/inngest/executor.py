@@ -41,14 +41,13 @@ from typing import Any
 
 import orjson
 
-from gateway.inngest.registration import InngestFunction
+from gateway.inngest.registration import SYSTEM_EVENTS, InngestFunction
 from protocol import messages as m
 from protocol.durations import to_seconds
 from protocol.errors import InvalidInput
-from protocol.names import FUNCTION_INVOKED
 
-#: What Inngest calls the event of a run started by ``step.invoke``.
-INNGEST_INVOKED = "inngest/function.invoked"
+#: Tether's system events under Inngest's names.
+INNGEST_NAMES = {tether: inngest for inngest, tether in SYSTEM_EVENTS.items()}
 
 #: A checkpoint to send, without the socket's seq, the run id and the fence.
 Pending = tuple[type[m._Checkpoint], dict[str, Any]]
@@ -349,10 +348,12 @@ class RunDriver:
 
 
 def _as_inngest(event: Any) -> Any:
-    """A child run's event under the name the SDKs expect (TypeScript checks it against the
-    function's triggers)."""
-    if isinstance(event, dict) and event.get("name") == FUNCTION_INVOKED:
-        return {**event, "name": INNGEST_INVOKED}
+    """A system event (a child run's, or a run's end for an ``on_failure`` handler) under the
+    name the SDKs expect: TypeScript checks it against the function's triggers."""
+    if isinstance(event, dict):
+        name = INNGEST_NAMES.get(event.get("name"))  # type: ignore[arg-type]
+        if name is not None:
+            return {**event, "name": name}
     return event
 
 

@@ -9,6 +9,7 @@ camelCase (TypeScript) spellings are read.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from protocol.manifest import (
     TriggerEvent,
     describe,
 )
+from protocol.names import RESERVED_PREFIX
 
 #: Keys that only describe the function to Inngest's own server (how to reach it, how to show
 #: it): nothing for Tether to enforce.
@@ -76,12 +78,27 @@ def _period(value: Any) -> Any:
     return value
 
 
-def _trigger(slug: str, raw: dict[str, Any]) -> TriggerEvent | TriggerCron:
+#: Inngest's system events and Tether's: the SDKs' ``on_failure`` handlers are functions
+#: triggered by ``inngest/function.failed`` for ``event.data.function_id == '<slug>'``.
+SYSTEM_EVENTS = {f"inngest/function.{what}": f"{RESERVED_PREFIX}function.{what}"
+                 for what in ("finished", "failed", "cancelled", "invoked")}
+_FUNCTION_ID = re.compile(r"event\.data\.function_id == '([^']+)'")
+
+
+def _trigger(app_id: str, slug: str, raw: dict[str, Any]) -> TriggerEvent | TriggerCron:
     if "event" in raw:
         extra = set(raw) - {"event", "expression"}
         if extra:
             raise _refuse(slug, f"trigger option {sorted(extra)}")
-        return TriggerEvent(event=raw["event"], if_=raw.get("expression"))
+        event, expression = raw["event"], raw.get("expression")
+        if event in SYSTEM_EVENTS:
+            event = SYSTEM_EVENTS[event]
+            if isinstance(expression, str):  # Tether names functions app/fn, not app-fn
+                expression = _FUNCTION_ID.sub(
+                    lambda found: f"event.data.function_id == "
+                                  f"'{app_id}/{_short_id(app_id, found.group(1))}'",
+                    expression)
+        return TriggerEvent(event=event, if_=expression)
     if "cron" in raw:
         if raw.get("jitter"):
             raise _refuse(slug, "cron jitter")
@@ -141,7 +158,12 @@ def _config(app_id: str, slug: str, raw: dict[str, Any]) -> FunctionConfig:
         if attempts is not None:
             retries = int(attempts)
     options["retries"] = retries
-    options["triggers"] = [_trigger(slug, t) for t in raw.get("triggers") or []]
+    options["triggers"] = [_trigger(app_id, slug, t) for t in raw.get("triggers") or []]
+    failed = SYSTEM_EVENTS["inngest/function.failed"]
+    for trigger in options["triggers"]:
+        found = _FUNCTION_ID.fullmatch(getattr(trigger, "if_", None) or "")
+        if getattr(trigger, "event", None) == failed and found is not None:
+            options["on_failure_of"] = found.group(1)
     known = set(_DESCRIPTIVE)
     for keys, build in _OPTIONS:
         value = _get(raw, *keys)

@@ -87,7 +87,13 @@ async def slow(ctx: inngest.Context):
     return one + two
 
 
-@client.create_function(fn_id="boom", trigger=inngest.TriggerEvent(event="py/boom"), retries=0)
+async def boom_failed(ctx: inngest.Context):
+    failed = ctx.event.data
+    return {"failed": failed["event"]["name"], "error": failed["error"]["message"]}
+
+
+@client.create_function(fn_id="boom", trigger=inngest.TriggerEvent(event="py/boom"), retries=0,
+                        on_failure=boom_failed)
 async def boom(ctx: inngest.Context):
     raise inngest.NonRetriableError("nope")
 

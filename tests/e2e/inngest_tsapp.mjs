@@ -64,7 +64,12 @@ const slow = inngest.createFunction(
 );
 
 const boom = inngest.createFunction(
-  { id: "boom", retries: 0, triggers: [{ event: "ts/boom" }] },
+  {
+    id: "boom",
+    retries: 0,
+    triggers: [{ event: "ts/boom" }],
+    onFailure: async ({ event, error }) => ({ failed: event.data.event.name, error: error.message }),
+  },
   async () => { throw new NonRetriableError("nope"); },
 );
 

@@ -56,13 +56,18 @@ def test_every_step_kind_runs_once_and_a_retry_ends_in_step_failed(sdk: InngestA
     assert [e["data"] for e in sent] == [{"key": "k1"}]
 
 
-def test_a_non_retriable_error_fails_the_run_at_once(sdk: InngestApps) -> None:
+def test_a_non_retriable_error_fails_the_run_at_once_and_on_failure_runs(sdk: InngestApps) -> None:
     sdk.start_gateway()
     sdk.start_app()
     sdk.wait_apps(1)
     run = sdk.wait_final(sdk.run_of(sdk.send("py/boom", key="b"))["id"])
     assert run["status"] == "Failed"
     assert run["error"]["message"] == "nope"
+    # The SDK's on_failure handler is a function on Inngest's failure event: Tether's here.
+    handled = sdk.wait(lambda: [r for r in sdk.cluster.get(
+        "/v1/runs?function_id=pyapp/boom-failure")["data"] if r["status"] == "Completed"],
+        "the on_failure handler ran")
+    assert handled[0]["output"] == {"failed": "py/boom", "error": "nope"}
 
 
 def test_kill_9_of_the_sdk_worker_mid_step_resumes_on_another(sdk: InngestApps) -> None:

@@ -82,3 +82,13 @@ def test_an_app_lists_every_function_by_slug() -> None:
     assert manifest.version == "v2"
     assert [f.id for f in manifest.functions] == ["sync", "other"]
     assert sorted(by_slug) == ["shop-other", "shop-sync"]
+
+
+def test_an_on_failure_handler_listens_to_tether_s_failure_event() -> None:
+    fn = function_config("shop", config(id="shop-sync-failure", triggers=[{
+        "event": "inngest/function.failed",
+        "expression": "event.data.function_id == 'shop-sync'"}]))
+    assert fn.short_id == "sync-failure"
+    assert fn.config.triggers == [TriggerEvent(
+        "tether/function.failed", if_="event.data.function_id == 'shop/sync'")]
+    assert fn.config.on_failure_of == "shop/sync"
