@@ -86,6 +86,7 @@ class InngestConnection:
         self._alive: dict[str, float] = {}
         self._gone = False
         self._closing: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
         #: Checkpoints committed (or refused) up to this seq, and who waits for which seq.
         self._acked = 0
         self._commits: list[tuple[int, asyncio.Future[bool]]] = []
@@ -103,7 +104,7 @@ class InngestConnection:
                 await self.ws.send(data)
 
     async def serve(self) -> None:
-        writer = asyncio.create_task(self._write(), name="tether-inngest-writer")
+        self._writer = writer = asyncio.create_task(self._write(), name="tether-inngest-writer")
         try:
             self.send(Kind.GATEWAY_HELLO)
             await asyncio.wait_for(self._handshake(), self.bridge.handshake_timeout)
@@ -123,10 +124,13 @@ class InngestConnection:
                 await asyncio.wait_for(writer, 2)
 
     async def _close(self, code: int, reason: str) -> None:
+        """Write what is queued (a SYNC_FAILED...), then close with ``code``."""
         self._queue.put_nowait(None)
-        await asyncio.sleep(0)
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._writer), 2)
         with contextlib.suppress(Exception):
-            await self.ws.close(code, reason[:120])
+            await self.ws.close(code, reason.encode()[:120].decode(errors="ignore"))
 
     async def _handshake(self) -> None:
         while True:
