@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import signal
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -80,6 +81,25 @@ def test_kill_9_of_the_sdk_worker_mid_step_resumes_on_another(sdk: InngestApps) 
     assert done["status"] == "Completed" and done["output"] == 3
     assert sdk.step_counts("k9") == {"first": 1, "held": 2}
     assert {e.pid for e in sdk.started("k9", "held")} == {first.pid, second.pid}
+
+
+def test_sigterm_pauses_the_sdk_worker_and_its_in_flight_step_finishes(sdk: InngestApps) -> None:
+    sdk.start_gateway()
+    first = sdk.start_app("tsapp-1")
+    sdk.wait_apps(1)
+    run = sdk.run_of(sdk.send("ts/slow", key="kt"))
+    sdk.wait_started("kt", "held", pids=[first.pid])
+    first.signal(signal.SIGTERM)
+    assert sdk.cluster.gateway is not None
+    gateway = sdk.cluster.gateway
+    sdk.wait(lambda: log_events(gateway, "inngest_worker_paused"), "the gateway saw WORKER_PAUSE")
+    sdk.open_gate("kt")
+    sdk.wait_step_completed(run["id"], "held")
+    assert first.popen.wait(timeout=20) == 0
+    sdk.start_app("tsapp-2")
+    done = sdk.wait_final(run["id"])
+    assert done["status"] == "Completed" and done["output"] == 3
+    assert sdk.step_counts("kt") == {"first": 1, "held": 1}
 
 
 def test_the_canonical_example_runs_and_its_throttle_holds(cluster: Cluster) -> None:
