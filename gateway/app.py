@@ -25,6 +25,7 @@ from gateway.http.api import build_api
 from gateway.http.events import EventLimits
 from gateway.http.management import worker_json
 from gateway.http.server import server_config
+from gateway.inngest.bridge import InngestBridge
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store.base import Limits, Store
@@ -32,11 +33,12 @@ from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
 from gateway.transport.auth import Authenticator
 from gateway.transport.connection import ConnectionSettings
-from gateway.transport.server import WorkerServer
+from gateway.transport.server import Extra, WorkerServer
 from protocol.ids import new_id
 from protocol.limits import MISSED_HEARTBEATS, VERSION
 
 if TYPE_CHECKING:
+    from gateway.inngest.bridge import InngestBridge
     from gateway.tracing import GatewayTracing
 
 log = structlog.get_logger("tether.gateway")
@@ -88,6 +90,17 @@ class Gateway:
             api_keys=settings.api_keys, previous_signing_keys=settings.previous_signing_keys,
             previous_until=settings.previous_until(self.clock.now()), now=self.clock.now,
         )
+        #: Apps on Inngest's official SDKs (``--inngest``): their sockets share the worker port.
+        self.inngest: InngestBridge | None = None
+        extra: list[Extra] = []
+        if settings.inngest:
+            from gateway.inngest.bridge import PATH, SUBPROTOCOL, InngestBridge
+
+            self.inngest = InngestBridge(
+                engine=self.engine, registry=self.registry, auth=self.auth, clock=self.clock,
+                gateway_id=self.gateway_id, connect_port=self._connect_port,
+                handshake_timeout=settings.handshake_timeout)
+            extra.append((PATH, self.inngest.serve, SUBPROTOCOL))
         self.workers = WorkerServer(
             engine=self.engine, registry=self.registry, auth=self.auth, clock=self.clock,
             settings=ConnectionSettings(
@@ -101,6 +114,7 @@ class Gateway:
                 handshake_timeout=settings.handshake_timeout,
                 max_handshakes=settings.max_handshakes,
             ),
+            extra=extra,
         )
         self.api = build_api(
             engine=self.engine, registry=self.registry, auth=self.auth,
@@ -108,6 +122,8 @@ class Gateway:
             metrics=self._render_metrics, health=self._health,
             gateway_id=self.gateway_id, peer_ttl=settings.peer_ttl,
         )
+        if self.inngest is not None:
+            self.api.router.routes[0:0] = self.inngest.routes()
         self.http_port = 0
         self.connect_port = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -135,6 +151,8 @@ class Gateway:
         self.connect_port = await self.workers.start(self.settings.host,
                                                      self.settings.connect_port)
         self._watched(asyncio.create_task(self.workers.reap(), name="tether-reaper"))
+        if self.inngest is not None:
+            self._watched(asyncio.create_task(self.inngest.keep_alive(), name="tether-inngest"))
         # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
         # and without it every response waits out the peer's delayed ACK (~40 ms).
         sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET,
@@ -166,6 +184,9 @@ class Gateway:
         return GatewayTracing(provider, self.store, trace_url=self.settings.trace_url,
                               owned=owned)
 
+    def _connect_port(self) -> int:
+        return self.connect_port
+
     def _watched(self, task: asyncio.Task[None]) -> None:
         self._tasks.append(task)
         task.add_done_callback(self._watch)
@@ -195,6 +216,8 @@ class Gateway:
         log.info("gateway_stopping", workers=len(self.registry))
         # Workers leaving now lose no lease-loss credit: their runs go to other gateways' workers.
         self.workers.leaving = True
+        if self.inngest is not None:
+            self.inngest.go_away()
         await self.workers.go_away("gateway shutting down; reconnect to another gateway")
         # Their leases are released as they leave; give them a moment to, then drop the rest.
         await self.workers.gone(timeout=self.settings.go_away_grace)

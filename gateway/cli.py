@@ -96,6 +96,10 @@ def _serve_parser(environ: Mapping[str, str] | None) -> argparse.ArgumentParser:
                help="seconds a new worker socket gets to prove its key and say hello")
     add_option(sec, "--dev", env="DEV", environ=environ, action="store_true", default=False,
                help="local development: no signing key, any event key, open management API")
+    add_option(opt, "--inngest", env="INNGEST", environ=environ, action="store_true",
+               default=False,
+               help="also serve apps written with Inngest's official SDKs in connect mode: "
+               "point their base URL at http://HOST:PORT (see README)")
     run = p.add_argument_group("runs")
     add_option(run, "--retry-base", env="RETRY_BASE", environ=environ, type=float,
                default=10.0, help="seconds of the first retry delay; doubles per attempt")
@@ -134,7 +138,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         previous_signing_keys=args.previous_signing_keys,
         previous_key_expires=args.previous_key_expires, key_refresh=args.key_refresh,
         max_handshakes=args.max_handshakes, handshake_timeout=args.handshake_timeout,
-        dev=args.dev,
+        dev=args.dev, inngest=args.inngest,
         retry_base=args.retry_base, heartbeat_interval=args.heartbeat_interval,
         log_format=args.log_format, log_level=args.log_level,
         max_event_size=args.max_event_size, max_request_size=args.max_request_size,

@@ -41,6 +41,8 @@ class Settings:
     #: Seconds a new worker socket gets to prove its key and say hello.
     handshake_timeout: float = 10.0
     dev: bool = False
+    #: Also serve apps written with Inngest's official SDKs in connect mode (gateway/inngest).
+    inngest: bool = False
     retry_base: float = 10.0
     heartbeat_interval: float = 5.0
     log_format: str = "console"

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from gateway.clock import Clock
 from gateway.engine import Engine
@@ -33,6 +35,9 @@ log = structlog.get_logger("tether.transport")
 
 PATH = "/connect"
 
+#: Another protocol served on this port (``--inngest``): its path, handler and subprotocol.
+Extra = tuple[str, Callable[[ServerConnection], Awaitable[None]], str]
+
 
 class WorkerServer:
     def __init__(
@@ -43,7 +48,9 @@ class WorkerServer:
         auth: Authenticator,
         clock: Clock,
         settings: ConnectionSettings,
+        extra: Sequence[Extra] = (),
     ) -> None:
+        self.extra = {path: (handler, sub) for path, handler, sub in extra}
         self.engine = engine
         self.registry = registry
         self.auth = auth
@@ -77,16 +84,29 @@ class WorkerServer:
             open_timeout=self.settings.handshake_timeout,
             write_limit=2**20,
             close_timeout=2,
+            select_subprotocol=self._subprotocol,
         )
         sockets = list(self._server.sockets)
         return int(sockets[0].getsockname()[1])
 
+    def _subprotocol(self, ws: ServerConnection, offered: Sequence[Subprotocol]
+                     ) -> Subprotocol | None:
+        extra = self.extra.get(ws.request.path.split("?")[0]) if ws.request else None
+        return Subprotocol(extra[1]) if extra is not None and extra[1] in offered else None
+
     def _check_path(self, ws: ServerConnection, request: Request) -> Response | None:
-        if request.path.split("?")[0] != PATH:
+        path = request.path.split("?")[0]
+        if path in self.extra:
+            return None
+        if path != PATH:
             return ws.respond(HTTPStatus.NOT_FOUND, f"workers connect to {PATH}\n")
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
+        extra = self.extra.get(ws.request.path.split("?")[0]) if ws.request else None
+        if extra is not None:
+            await extra[0](ws)
+            return
         if self.handshaking >= self.settings.max_handshakes:
             log.warning("worker_refused", code="too_many_handshakes",
                         handshaking=self.handshaking)
