@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from protocol import messages as m
 from protocol.auth import answer
-from protocol.codec import DEFAULT_MAX_FRAME, decode, encode
+from protocol.codec import DEFAULT_MAX_FRAME, decode, encode, frames
 from protocol.errors import RemoteProtocolError, TetherError
 from protocol.messages import PROTOCOL_VERSION
 from protocol.session import Role, Session
@@ -285,8 +285,9 @@ class GatewayLink:
         try:
             while True:
                 await outbox.ready.wait()
-                for chunk in chunks(outbox.take(), self.max_frame):
-                    await ws.send(encode(chunk))
+                budget = min(FRAME_BYTES, self.max_frame)
+                for frame in frames(outbox.take(), budget, FRAME_MESSAGES):
+                    await ws.send(frame)
         except ConnectionClosed:
             pass
 
@@ -375,25 +376,3 @@ def fields_size(fields: dict[str, Any]) -> int:
 
 #: Upper bound of one field name's encoded size (names are short ASCII; a test checks).
 _FIELD_NAME = 40
-
-
-def chunks(batch: list[m.Message], max_frame: int) -> list[list[m.Message]]:
-    """Split ``batch`` into frames of at most FRAME_MESSAGES messages and ``max_frame`` bytes.
-
-    Sizes are upper bounds, so no frame the gateway gets is over its limit (a single message
-    over it travels alone, and is refused there: the runner sends none).
-    """
-    budget = min(FRAME_BYTES, max_frame) - 5  # the frame's own array header
-    out: list[list[m.Message]] = []
-    chunk: list[m.Message] = []
-    size = 0
-    for msg in batch:
-        cost = wire_size(msg)
-        if chunk and (len(chunk) >= FRAME_MESSAGES or size + cost > budget):
-            out.append(chunk)
-            chunk, size = [], 0
-        chunk.append(msg)
-        size += cost
-    if chunk:
-        out.append(chunk)
-    return out
