@@ -16,6 +16,7 @@ as that write commits, without a second round trip to the database.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from typing import TYPE_CHECKING, Any
@@ -550,6 +551,8 @@ class Engine:
                 worker.send(m.CheckpointAck(upto=upto))
 
         orphaned: list[str] = []
+        # Asked once per batch: a debug call per lease costs more than the rest of its loop.
+        debug = bool(result.leases) and log.is_enabled_for(logging.DEBUG)
         for lease in result.leases:
             worker = self.registry.get(lease.session_id)
             if worker is None or worker.draining:
@@ -560,9 +563,10 @@ class Engine:
                 )
                 continue
             worker.in_flight[lease.run_id] = lease.fence
-            log.debug("lease_granted", run_id=lease.run_id, function_id=lease.function_id,
-                      fence=lease.fence, attempt=lease.attempt, session_id=worker.session_id,
-                      instance_id=worker.instance_id)
+            if debug:
+                log.debug("lease_granted", run_id=lease.run_id, function_id=lease.function_id,
+                          fence=lease.fence, attempt=lease.attempt,
+                          session_id=worker.session_id, instance_id=worker.instance_id)
             self._seen[lease.run_id] = batch.now
             worker.send(
                 m.LeaseGranted(
@@ -597,10 +601,12 @@ class Engine:
                 worker.send(m.LeaseRevoked(run_id=revoked.run_id, fence=revoked.fence,
                                            reason=revoked.reason))
 
+        debug = bool(result.ended) and log.is_enabled_for(logging.DEBUG)
         for ended in result.ended:
             if ended.status == "Completed":
-                log.debug("run_ended", run_id=ended.run_id, function_id=ended.function_id,
-                          status=ended.status)
+                if debug:
+                    log.debug("run_ended", run_id=ended.run_id, function_id=ended.function_id,
+                              status=ended.status)
             else:
                 log.info("run_ended", run_id=ended.run_id, function_id=ended.function_id,
                          status=ended.status)
