@@ -81,6 +81,7 @@ class Outbox:
         return self.seq
 
     def emit(self, checkpoint: m.Checkpoint) -> None:
+        """Queue ``checkpoint``, numbered by :meth:`next_seq` just before (so in seq order)."""
         self.unacked[checkpoint.seq] = checkpoint
         self.drained.clear()
         self.queue.append(checkpoint)
@@ -91,9 +92,18 @@ class Outbox:
         self.ready.set()
 
     def ack(self, upto: int) -> None:
-        for seq in [s for s in self.unacked if s <= upto]:
-            del self.unacked[seq]
-        if not self.unacked:
+        # Checkpoints are numbered as they are emitted (and renumbered in order), so the dict
+        # is in seq order and the acknowledged ones are its first entries: stop at the first
+        # one still waiting instead of reading every checkpoint in flight on each ack.
+        unacked = self.unacked
+        acked = []
+        for seq in unacked:
+            if seq > upto:
+                break
+            acked.append(seq)
+        for seq in acked:
+            del unacked[seq]
+        if not unacked:
             self.drained.set()
 
     def renumber(self) -> None:
