@@ -89,6 +89,8 @@ def _send(cluster: Cluster, first: int, count: int, batch: int) -> None:
 def _profilers(pids: dict[str, int], into: Path) -> list[subprocess.Popen[bytes]]:
     """py-spy sampling each process (collapsed stacks, ``NAME.txt``) until it is sent SIGINT."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        raise SystemExit("--profile needs py-spy: pip install py-spy (into this venv)")
     into.mkdir(parents=True, exist_ok=True)
     return [subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
                               "--nonblocking", "-o", str(into / f"{name}.txt")],
