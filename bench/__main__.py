@@ -12,6 +12,8 @@
                  1,000 tenants, against none: what flow control costs
     takeover     PostgreSQL, 3 gateways under load: a gateway killed (kill -9) or stopped
                  (SIGTERM), and how soon its runs complete through the others
+    cpu          CPU ms the gateway and the worker spend per 1,000 runs of the 3-step
+                 function (steady under load from other processes, unlike wall time)
     all          every benchmark with its default options
 
 ``python -m bench NAME --help`` lists a benchmark's options. With no name: throughput.
@@ -21,11 +23,11 @@ from __future__ import annotations
 
 import sys
 
-from bench import cron, flow, http_api, intake, scale, sleeps, takeover, throughput, waits
+from bench import cpu, cron, flow, http_api, intake, scale, sleeps, takeover, throughput, waits
 
 BENCHMARKS = {"throughput": throughput.main, "waits": waits.main, "sleeps": sleeps.main,
               "scale": scale.main, "http": http_api.main, "takeover": takeover.main,
-              "intake": intake.main, "cron": cron.main, "flow": flow.main}
+              "intake": intake.main, "cron": cron.main, "flow": flow.main, "cpu": cpu.main}
 
 
 def main(argv: list[str]) -> int:

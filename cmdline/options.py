@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 from collections.abc import Coroutine, Mapping
 from typing import Any
@@ -47,8 +48,29 @@ def add_option(
     parser.add_argument(*flags, **kwargs)
 
 
+#: Allocations between two young-generation collections (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def settle_heap() -> None:
+    """Keep the cyclic garbage collector off the hot paths of a long-running process.
+
+    A serving process holds a large heap that never changes (imported modules, pydantic
+    schemas, the app) and allocates many short-lived objects per run. With the default
+    thresholds the collector ran so often, and walked that whole heap so many times, that
+    it took about a fifth of a worker's CPU time under load. Moving what exists at
+    start-up out of its reach (``gc.freeze``) and collecting the young generation less
+    often leaves garbage collection to refcounting, as before, with cycles still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
     """Run ``main`` on uvloop where it is installed (it is a dependency on POSIX)."""
+    settle_heap()
     try:
         import uvloop
     except ImportError:  # pragma: no cover

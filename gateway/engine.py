@@ -16,6 +16,7 @@ as that write commits, without a second round trip to the database.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from typing import TYPE_CHECKING, Any
@@ -589,6 +590,8 @@ class Engine:
                     run_id=resume.run_id, fence=resume.fence,
                     reason="not resumable: the run was leased again, ended or is unknown"))
         orphaned: list[str] = []
+        # Asked once per batch: a debug call per lease costs more than the rest of its loop.
+        debug = bool(result.leases) and log.is_enabled_for(logging.DEBUG)
         for lease in result.leases:
             worker = self.registry.get(lease.session_id)
             if worker is None or worker.draining:
@@ -599,9 +602,10 @@ class Engine:
                 )
                 continue
             worker.in_flight[lease.run_id] = lease.fence
-            log.debug("lease_granted", run_id=lease.run_id, function_id=lease.function_id,
-                      fence=lease.fence, attempt=lease.attempt, session_id=worker.session_id,
-                      instance_id=worker.instance_id)
+            if debug:
+                log.debug("lease_granted", run_id=lease.run_id, function_id=lease.function_id,
+                          fence=lease.fence, attempt=lease.attempt,
+                          session_id=worker.session_id, instance_id=worker.instance_id)
             self._seen[lease.run_id] = batch.now
             traceparent = None
             if self.tracing is not None:
@@ -642,10 +646,12 @@ class Engine:
 
         if self.tracing is not None and result.ended:
             self.tracing.ended(result.ended)
+        debug = bool(result.ended) and log.is_enabled_for(logging.DEBUG)
         for ended in result.ended:
             if ended.status == "Completed":
-                log.debug("run_ended", run_id=ended.run_id, function_id=ended.function_id,
-                          status=ended.status)
+                if debug:
+                    log.debug("run_ended", run_id=ended.run_id, function_id=ended.function_id,
+                              status=ended.status)
             else:
                 log.info("run_ended", run_id=ended.run_id, function_id=ended.function_id,
                          status=ended.status)

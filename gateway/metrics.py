@@ -14,7 +14,9 @@ time, so ending or first leasing a run costs no query.
 
 from __future__ import annotations
 
+import math
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,12 +25,12 @@ import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    Histogram,
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from protocol.ids import id_time
 
@@ -68,6 +70,68 @@ STEP_KINDS = {
     "invoke_requested": ("invoke", "Invoking"),
     "events_sent": ("send_event", "Completed"),
 }
+
+
+class Histogram(Collector):
+    """A histogram family observed on the gateway's event loop only (and scraped there).
+
+    It writes the same exposition text as ``prometheus_client.Histogram``, but an
+    observation is a bisection and two additions: no lock, and no walk through the buckets.
+    Three are observed per run on the commit path, where the library's cost showed.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
+                 buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = (*(float(b) for b in buckets), math.inf)
+        self._les = [floatToGoString(b) for b in self.bounds]  # type: ignore[no-untyped-call]
+        self._children: dict[tuple[str, ...], HistogramChild] = {}
+        if not self.labelnames:
+            self._children[()] = HistogramChild(self.bounds)
+        registry.register(self)
+
+    def labels(self, *values: str) -> HistogramChild:
+        key = tuple(str(v) for v in values)
+        if len(key) != len(self.labelnames):
+            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {key}")
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = HistogramChild(self.bounds)
+        return child
+
+    def observe(self, amount: float) -> None:
+        """For a family without labels."""
+        self._children[()].observe(amount)
+
+    def describe(self) -> Iterable[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for key, child in self._children.items():
+            total, cumulative = 0, []
+            for le, count in zip(self._les, child.counts, strict=True):
+                total += count
+                cumulative.append((le, float(total)))
+            family.add_metric(list(key), cumulative, child.sum)
+        return [family]
+
+
+class HistogramChild:
+    """One label combination's buckets (not cumulative: summed when scraped) and sum."""
+
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self._bounds, amount)] += 1  # le: upper bounds are inclusive
+        self.sum += amount
 
 
 @dataclass(slots=True)

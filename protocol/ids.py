@@ -9,6 +9,8 @@ import random
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _VALUES = {char: index for index, char in enumerate(_ALPHABET)}
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # index: 10 bits
+_SHIFTS = range(120, -1, -10)
 _random = random.Random()  # ids need uniqueness, not secrecy: no syscall per id
 
 
@@ -17,13 +19,9 @@ def new_id(now: float) -> str:
 
     ``now`` (epoch seconds) comes from the caller's clock: this module reads none.
     """
-    ms = int(now * 1000)
-    value = (ms << 80) | _random.getrandbits(80)
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    value = (int(now * 1000) << 80) | _random.getrandbits(80)
+    # 130 bits (2 leading zeros), ten bits (two characters) at a time, most significant first.
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 def id_time(value: str) -> float:

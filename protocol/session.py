@@ -90,6 +90,9 @@ _FROM_GATEWAY: dict[State, dict[str, State | None]] = {
 # arrived). The receiver answers them (here, with LeaseRejected) instead of failing the socket.
 _IN_FLIGHT: dict[State, dict[str, State | None]] = {State.DRAINING: {"lease_granted": None}}
 
+#: No transition (one shared empty table: every message passes through here).
+_NONE: dict[str, State | None] = {}
+
 
 class Session:
     """One end of one socket. ``role`` is the end this object sits at."""
@@ -108,7 +111,7 @@ class Session:
         Raises:
             RemoteProtocolError: the message is out of place; close the socket.
         """
-        late = self._late.get(self.state, {})
+        late = self._late.get(self.state, _NONE)
         if message.type in late:
             self.state = late[message.type] or self.state
             return
@@ -137,7 +140,7 @@ class Session:
     ) -> State:
         if message.type == "error":
             return State.CLOSED
-        allowed = table.get(self.state, {})
+        allowed = table.get(self.state, _NONE)
         if message.type not in allowed:
             raise error(f"{message.type!r} {verb} in state {self.state.value!r}")
         return allowed[message.type] or self.state

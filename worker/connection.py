@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from protocol import messages as m
 from protocol.auth import answer
-from protocol.codec import DEFAULT_MAX_FRAME, decode, encode
+from protocol.codec import DEFAULT_MAX_FRAME, decode, encode, frames
 from protocol.errors import RemoteProtocolError, TetherError
 from protocol.messages import PROTOCOL_VERSION
 from protocol.session import Role, Session
@@ -81,6 +81,7 @@ class Outbox:
         return self.seq
 
     def emit(self, checkpoint: m.Checkpoint) -> None:
+        """Queue ``checkpoint``, numbered by :meth:`next_seq` just before (so in seq order)."""
         self.unacked[checkpoint.seq] = checkpoint
         self.drained.clear()
         self.queue.append(checkpoint)
@@ -91,9 +92,18 @@ class Outbox:
         self.ready.set()
 
     def ack(self, upto: int) -> None:
-        for seq in [s for s in self.unacked if s <= upto]:
-            del self.unacked[seq]
-        if not self.unacked:
+        # Checkpoints are numbered as they are emitted (and renumbered in order), so the dict
+        # is in seq order and the acknowledged ones are its first entries: stop at the first
+        # one still waiting instead of reading every checkpoint in flight on each ack.
+        unacked = self.unacked
+        acked = []
+        for seq in unacked:
+            if seq > upto:
+                break
+            acked.append(seq)
+        for seq in acked:
+            del unacked[seq]
+        if not unacked:
             self.drained.set()
 
     def renumber(self) -> None:
@@ -285,8 +295,9 @@ class GatewayLink:
         try:
             while True:
                 await outbox.ready.wait()
-                for chunk in chunks(outbox.take(), self.max_frame):
-                    await ws.send(encode(chunk))
+                budget = min(FRAME_BYTES, self.max_frame)
+                for frame in frames(outbox.take(), budget, FRAME_MESSAGES):
+                    await ws.send(frame)
         except ConnectionClosed:
             pass
 
@@ -375,25 +386,3 @@ def fields_size(fields: dict[str, Any]) -> int:
 
 #: Upper bound of one field name's encoded size (names are short ASCII; a test checks).
 _FIELD_NAME = 40
-
-
-def chunks(batch: list[m.Message], max_frame: int) -> list[list[m.Message]]:
-    """Split ``batch`` into frames of at most FRAME_MESSAGES messages and ``max_frame`` bytes.
-
-    Sizes are upper bounds, so no frame the gateway gets is over its limit (a single message
-    over it travels alone, and is refused there: the runner sends none).
-    """
-    budget = min(FRAME_BYTES, max_frame) - 5  # the frame's own array header
-    out: list[list[m.Message]] = []
-    chunk: list[m.Message] = []
-    size = 0
-    for msg in batch:
-        cost = wire_size(msg)
-        if chunk and (len(chunk) >= FRAME_MESSAGES or size + cost > budget):
-            out.append(chunk)
-            chunk, size = [], 0
-        chunk.append(msg)
-        size += cost
-    if chunk:
-        out.append(chunk)
-    return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -27,7 +27,7 @@ from gateway.engine import Engine
 from gateway.registry import Registry, WorkerEntry
 from gateway.transport.auth import Authenticator
 from protocol import messages as m
-from protocol.codec import decode, encode
+from protocol.codec import decode, frames
 from protocol.errors import (
     AuthError,
     ExpressionError,
@@ -90,7 +90,7 @@ class Outbox:
                 await self._ready.wait()
                 self._ready.clear()
                 batch, self._queue = self._queue, []
-                for frame in _frames(batch, self._max_frame):
+                for frame in frames(batch, self._max_frame):
                     await self._ws.send(frame)
         except ConnectionClosed:
             pass
@@ -100,24 +100,13 @@ class Outbox:
         if self._queue:
             batch, self._queue = self._queue, []
             try:
-                for frame in _frames(batch, self._max_frame):
+                for frame in frames(batch, self._max_frame):
                     await self._ws.send(frame)
             except ConnectionClosed:
                 pass
 
     def stop(self) -> None:
         self._task.cancel()
-
-
-def _frames(batch: Sequence[m.Message], limit: int) -> list[bytes]:
-    """Encode ``batch`` in as few frames as fit under ``limit`` bytes."""
-    if not batch:
-        return []
-    frame = encode(batch)
-    if len(frame) <= limit or len(batch) == 1:
-        return [frame]
-    half = len(batch) // 2
-    return _frames(batch[:half], limit) + _frames(batch[half:], limit)
 
 
 class WorkerConnection:

@@ -160,6 +160,15 @@ def test_several_messages_in_one_frame_keep_their_order():
     assert decode(data) == SAMPLES
 
 
+def test_frames_are_the_bytes_the_union_adapter_writes():
+    """Packing message by message changes no byte on the wire (frames of 1, 15, 16+ items)."""
+    from pydantic import TypeAdapter
+
+    adapter = TypeAdapter(list[m.Message])
+    for batch in ([SAMPLES[0]], SAMPLES[:15], SAMPLES, SAMPLES * 700):
+        assert encode(batch) == msgpack.packb(adapter.dump_python(batch), use_bin_type=True)
+
+
 def test_empty_frame_is_empty():
     assert decode(encode([])) == []
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 
 from protocol import messages as m
-from protocol.codec import encode
+from protocol.codec import decode, encode, frames
 from tests.unit import test_runner
 from tests.unit.test_codec import SAMPLES
 from worker.app import Event
-from worker.connection import FRAME_MESSAGES, chunks, wire_size
+from worker.connection import FRAME_MESSAGES, wire_size
 from worker.runner import Limits
 
 LIMIT = 64 * 1024
@@ -104,15 +104,21 @@ def _events(count: int, size: int) -> list[m.Message]:
 
 def test_frames_are_split_by_encoded_size_under_the_limit():
     batch = _events(40, 10_000)  # ~400 KB in all
-    frames = chunks(batch, LIMIT)
-    assert [msg for frame in frames for msg in frame] == batch  # in order, nothing lost
-    assert len(frames) > 1
-    assert all(len(encode(frame)) <= LIMIT for frame in frames)
+    out = frames(batch, LIMIT, FRAME_MESSAGES)
+    assert [msg for frame in out for msg in decode(frame)] == batch  # in order, nothing lost
+    assert len(out) > 1
+    assert all(len(frame) <= LIMIT for frame in out)
 
 
 def test_frames_hold_a_bounded_number_of_small_messages():
     batch: list[m.Message] = [m.Heartbeat(in_flight=i) for i in range(FRAME_MESSAGES + 3)]
-    assert [len(f) for f in chunks(batch, LIMIT)] == [FRAME_MESSAGES, 3]
+    assert [len(decode(f)) for f in frames(batch, LIMIT, FRAME_MESSAGES)] == [FRAME_MESSAGES, 3]
+
+
+def test_a_message_over_the_limit_travels_alone():
+    big, small = _events(1, 2 * LIMIT), m.Heartbeat(in_flight=1)
+    out = frames([small, *big, small], LIMIT)
+    assert [decode(f) for f in out] == [[small], big, [small]]
 
 
 def test_wire_size_is_an_upper_bound():
