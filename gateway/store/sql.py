@@ -19,10 +19,14 @@ from gateway.store import eventlog
 from gateway.store import keys as keystore
 from gateway.store import webhooks as webhookstore
 from gateway.store.base import (
+    AttemptRecord,
+    ChildRun,
+    FlowKeyCount,
     FunctionRecord,
     PeerNote,
     RunPage,
     RunRecord,
+    RunScan,
     StepRecord,
     WriteBatch,
     WriteResult,
@@ -227,17 +231,65 @@ class SqlStore:
 
         return await self._read(read)
 
-    async def live_runs(
-        self, function_id: str, *, queued_after: float, queued_before: float, after_id: str,
-        limit: int,
-    ) -> list[tuple[str, bytes | None]]:
+    # --- the dashboard ------------------------------------------------------------------
+
+    async def scan_runs(self, scan: RunScan) -> list[tuple[str, bytes | None]]:
         async def read(db: Db) -> list[tuple[str, bytes | None]]:
-            rows = await db.fetch("live_runs_page", function_id, queued_after, queued_before,
-                                  after_id, limit)
+            if scan.function_id is None:
+                rows = await db.fetch("scan_runs", list(scan.statuses), scan.low, scan.high,
+                                      scan.limit)
+            else:
+                rows = await db.fetch("scan_runs_by_function", scan.function_id,
+                                      list(scan.statuses), scan.low, scan.high, scan.limit)
             return [(rid, None if payload is None else bytes(payload)) for rid, payload in rows]
 
         return await self._read(read)
 
+    async def runs_by_ids(self, run_ids: list[str]) -> list[RunRecord]:
+        async def read(db: Db) -> list[RunRecord]:
+            if not run_ids:
+                return []
+            return await _with_steps(db, [_run(r) for r in await db.fetch("runs_by_ids",
+                                                                          list(run_ids))])
+
+        return await self._read(read)
+
+    async def status_counts(self, function_id: str | None = None) -> dict[str, dict[str, int]]:
+        async def read(db: Db) -> dict[str, dict[str, int]]:
+            counts: dict[str, dict[str, int]] = {}
+            if function_id is None:
+                for fid, status, count in await db.fetch("status_counts"):
+                    counts.setdefault(fid, {})[status] = int(count)
+            else:
+                counts[function_id] = {status: int(count) for status, count in await db.fetch(
+                    "status_counts_of_function", function_id)}
+            return counts
+
+        return await self._read(read)
+
+    async def flow_key_counts(self, function_id: str, limit: int) -> list[FlowKeyCount]:
+        """Today the keys of throttle holds (``runs.hold_key``); concurrency keys join them."""
+        async def read(db: Db) -> list[FlowKeyCount]:
+            return [FlowKeyCount(option, key, int(queued), int(running))
+                    for option, key, queued, running in await db.fetch(
+                        "flow_key_counts", function_id, limit)]
+
+        return await self._read(read)
+
+    async def step_attempts(self, run_id: str) -> list[AttemptRecord]:
+        async def read(db: Db) -> list[AttemptRecord]:
+            return [AttemptRecord(sid, int(n), status, started, ended, retry,
+                                  error_from_json(error))
+                    for sid, n, status, started, ended, retry, error in await db.fetch(
+                        "step_attempts_of_run", run_id)]
+
+        return await self._read(read)
+
+    async def child_runs(self, run_id: str) -> list[ChildRun]:
+        async def read(db: Db) -> list[ChildRun]:
+            return [ChildRun(*row) for row in await db.fetch("child_runs", run_id)]
+
+        return await self._read(read)
 
     # --- keys ----------------------------------------------------------------------------
 

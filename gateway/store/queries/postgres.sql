@@ -62,12 +62,14 @@ SELECT id, fence, status, function_id, state_bytes, parent_run_id, parent_step_i
 WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE;
 
 -- name: upsert_step
+-- started_at stays the first attempt's; attempt_started_at is this one's (step_attempts).
 INSERT INTO steps (run_id, step_id, kind, status, attempts, output, error, wake_at, started_at,
-                   ended_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                   ended_at, attempt_started_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9)
 ON CONFLICT (run_id, step_id) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts, output = excluded.output,
-    error = excluded.error, wake_at = excluded.wake_at, ended_at = excluded.ended_at
+    error = excluded.error, wake_at = excluded.wake_at, ended_at = excluded.ended_at,
+    attempt_started_at = excluded.attempt_started_at
 WHERE steps.status NOT IN ('Completed', 'Failed');
 
 -- name: insert_pending_step
@@ -139,13 +141,6 @@ WHERE id = $5;
 -- name: live_children
 SELECT id FROM runs WHERE parent_run_id = $1
 AND status NOT IN ('Completed', 'Failed', 'Cancelled', 'Skipped');
-
--- name: live_runs_page
-SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
-              WHERE re.run_id = r.id AND re.position = 0)
-FROM runs r WHERE r.function_id = $1 AND r.queued_at >= $2 AND r.queued_at < $3
-AND r.id > $4 AND r.status NOT IN ('Completed', 'Failed', 'Cancelled', 'Skipped')
-ORDER BY r.id LIMIT $5;
 
 -- name: due_deadlines
 SELECT id, started_at, function_id FROM runs WHERE deadline_at <= $1 FOR UPDATE SKIP LOCKED;
@@ -520,3 +515,48 @@ FROM runs
 WHERE function_id = $1 AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= $2
 ORDER BY available_at - priority, arrival LIMIT $3 FOR UPDATE SKIP LOCKED;
 
+
+-- ======================= dashboard: selections, counts, timeline =======================
+-- A run id is a ULID of its queue time, so a time range is an id range: these scans walk
+-- runs_by_function (or the primary key) newest first and read no run outside the range.
+
+-- name: scan_runs_by_function
+SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
+              WHERE re.run_id = r.id AND re.position = 0)
+FROM runs r
+WHERE r.function_id = $1 AND r.status = ANY($2::text[]) AND r.id >= $3 AND r.id < $4
+ORDER BY r.id DESC LIMIT $5;
+
+-- name: scan_runs
+SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
+              WHERE re.run_id = r.id AND re.position = 0)
+FROM runs r
+WHERE r.status = ANY($1::text[]) AND r.id >= $2 AND r.id < $3
+ORDER BY r.id DESC LIMIT $4;
+
+-- name: runs_by_ids
+SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued_at,
+       started_at, ended_at, available_at, parent_run_id
+FROM runs WHERE id = ANY($1::text[]) ORDER BY id DESC;
+
+-- name: status_counts
+-- Counts per status of every function, from runs_by_function_status alone.
+SELECT function_id, status, COUNT(*) FROM runs GROUP BY function_id, status;
+
+-- name: status_counts_of_function
+SELECT status, COUNT(*) FROM runs WHERE function_id = $1 GROUP BY status;
+
+-- name: flow_key_counts
+-- Per flow-control key holding a function's runs, the queued and running counts, top first.
+SELECT hold_option, hold_key, COUNT(*) FILTER (WHERE status = 'Queued') AS queued,
+       COUNT(*) FILTER (WHERE status = 'Running') AS running
+FROM runs WHERE function_id = $1 AND status IN ('Queued', 'Running') AND hold_key IS NOT NULL
+GROUP BY hold_option, hold_key ORDER BY COUNT(*) DESC, hold_key LIMIT $2;
+
+-- name: step_attempts_of_run
+SELECT step_id, attempt, status, started_at, ended_at, retry_at, error
+FROM step_attempts WHERE run_id = $1 ORDER BY step_id, attempt;
+
+-- name: child_runs
+SELECT id, function_id, status, queued_at, started_at, ended_at, parent_step_id
+FROM runs WHERE parent_run_id = $1 ORDER BY id;
