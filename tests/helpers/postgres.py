@@ -19,7 +19,8 @@ SERVER = os.environ.get("TETHER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5
 
 #: Every table of the schema, emptied between tests that share a database.
 TABLES = ("apps", "functions", "events", "runs", "run_events", "steps", "waits", "gateways",
-          "access_keys", "webhooks", "schedules", "cron_ticks", "flow_keys", "throttle_tat")
+          "access_keys", "webhooks", "schedules", "cron_ticks", "flow_keys", "throttle_tat",
+          "step_attempts")
 
 
 def _with_db(url: str, name: str) -> str:

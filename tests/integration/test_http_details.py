@@ -177,7 +177,8 @@ async def test_a_bad_bulk_cancel_is_refused_and_cancels_nothing(harness, http, q
     assert r.status_code == 400, r.text
     assert fragment in r.json()["error"]
     if "unknown field" in fragment:
-        assert "allowed: cursor, dry_run, if, queued_after, queued_before, status, text" in r.json()["error"]
+        assert ("allowed: cursor, dry_run, if, queued_after, queued_before, status, text"
+                in r.json()["error"])
     assert "Cancelled" not in await statuses(harness, queued)
 
 
