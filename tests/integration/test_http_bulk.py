@@ -11,6 +11,7 @@ from protocol.manifest import AppManifest, FunctionConfig, Throttle, TriggerEven
 from tests.helpers.keys import SIGNING_KEY as SIGNING
 from tests.integration.raw_worker import EVENT, FUNCTION, RawWorker, app_manifest
 
+
 @pytest.fixture
 async def cancelled(harness):
     """Five runs of ``raw/fn`` (data.n = 0..4, data.who = "ann" for even n), all cancelled."""
