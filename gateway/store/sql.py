@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import structlog
 from pydantic import TypeAdapter
 
+from gateway.runs import RunStatus
 from gateway.store import eventlog
 from gateway.store import keys as keystore
 from gateway.store import webhooks as webhookstore
@@ -234,13 +235,25 @@ class SqlStore:
     # --- the dashboard ------------------------------------------------------------------
 
     async def scan_runs(self, scan: RunScan) -> list[tuple[str, bytes | None]]:
+        # Each status is read through the index that keeps it in id order (with or without
+        # a function), and several are merged here: no sort of every run in the range.
+        statuses = sorted(set(scan.statuses))
+        every = len(statuses) == len(RunStatus)
+        if scan.function_id is None:
+            name = "scan_runs" if every else "scan_runs_by_status"
+        else:
+            name = "scan_runs_by_function" if every else "scan_runs_by_function_status"
+        by_function = [] if scan.function_id is None else [scan.function_id]
+
         async def read(db: Db) -> list[tuple[str, bytes | None]]:
-            if scan.function_id is None:
-                rows = await db.fetch("scan_runs", list(scan.statuses), scan.low, scan.high,
-                                      scan.limit)
-            else:
-                rows = await db.fetch("scan_runs_by_function", scan.function_id,
-                                      list(scan.statuses), scan.low, scan.high, scan.limit)
+            rows: list[Row] = []
+            for status in [] if every else statuses:
+                rows.extend(await db.fetch(name, *by_function, status, scan.low, scan.high,
+                                           scan.limit))
+            if every:
+                rows = await db.fetch(name, *by_function, scan.low, scan.high, scan.limit)
+            if not every and len(statuses) > 1:
+                rows = sorted(rows, key=lambda row: row[0], reverse=True)[:scan.limit]
             return [(rid, None if payload is None else bytes(payload)) for rid, payload in rows]
 
         return await self._read(read)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 import shutil
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -243,7 +244,7 @@ def test_filters_bulk_actions_counts_and_a_timeline_of_retries_and_children(
     assert "child" in lanes and lanes[-1] == "↳ dash/order", lanes
     boxes = [page.locator(f"#timeline .lane[data-step='{s}'] .bar").bounding_box()
              for s in ("call #1", "call backoff", "call #2", "child", "↳ dash/order")]
-    assert all(a["x"] <= b["x"] + 1 for a, b in zip(boxes, boxes[1:], strict=False)), boxes
+    assert all(a["x"] <= b["x"] + 1 for a, b in pairwise(boxes)), boxes
     assert boxes[1]["width"] > boxes[0]["width"]  # the 1 s backoff outlasts the attempt
     page.screenshot(path=str(shots / "run-retries-children.png"), full_page=True)
     page.click("#timeline .lane[data-kind=child] .label a")

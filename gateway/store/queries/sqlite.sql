@@ -493,20 +493,33 @@ ORDER BY available_at - priority, arrival LIMIT ?3;
 -- A run id is a ULID of its queue time, so a time range is an id range: these scans walk
 -- runs_by_function (or the primary key) newest first and read no run outside the range.
 
--- name: scan_runs_by_function
-SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
-              WHERE re.run_id = r.id AND re.position = 0)
-FROM runs r INDEXED BY runs_by_function
-WHERE r.function_id = ?1 AND r.status IN (SELECT value FROM json_each(?2))
-AND r.id >= ?3 AND r.id < ?4
-ORDER BY r.id DESC LIMIT ?5;
-
 -- name: scan_runs
 SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
               WHERE re.run_id = r.id AND re.position = 0)
 FROM runs r
-WHERE r.status IN (SELECT value FROM json_each(?1)) AND r.id >= ?2 AND r.id < ?3
+WHERE r.id >= ?1 AND r.id < ?2
+ORDER BY r.id DESC LIMIT ?3;
+
+-- name: scan_runs_by_function
+SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
+              WHERE re.run_id = r.id AND re.position = 0)
+FROM runs r INDEXED BY runs_by_function
+WHERE r.function_id = ?1 AND r.id >= ?2 AND r.id < ?3
 ORDER BY r.id DESC LIMIT ?4;
+
+-- name: scan_runs_by_status
+SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
+              WHERE re.run_id = r.id AND re.position = 0)
+FROM runs r INDEXED BY runs_by_status
+WHERE r.status = ?1 AND r.id >= ?2 AND r.id < ?3
+ORDER BY r.id DESC LIMIT ?4;
+
+-- name: scan_runs_by_function_status
+SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
+              WHERE re.run_id = r.id AND re.position = 0)
+FROM runs r INDEXED BY runs_by_function_status
+WHERE r.function_id = ?1 AND r.status = ?2 AND r.id >= ?3 AND r.id < ?4
+ORDER BY r.id DESC LIMIT ?5;
 
 -- name: runs_by_ids
 SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued_at,

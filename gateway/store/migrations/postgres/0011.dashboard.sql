@@ -1,6 +1,7 @@
 -- The dashboard (issue 11): see the SQLite migration of the same name.
 
-CREATE INDEX runs_by_function_status ON runs (function_id, status);
+CREATE INDEX runs_by_function_status ON runs (function_id, status, id);
+CREATE INDEX runs_by_status ON runs (status, id);
 
 ALTER TABLE steps ADD COLUMN attempt_started_at DOUBLE PRECISION;
 
