@@ -562,10 +562,14 @@ SELECT status, COUNT(*) FROM runs WHERE function_id = $1 GROUP BY status;
 
 -- name: flow_key_counts
 -- Per flow-control key holding a function's runs, the queued and running counts, top first.
-SELECT hold_option, hold_key, COUNT(*) FILTER (WHERE status = 'Queued') AS queued,
-       COUNT(*) FILTER (WHERE status = 'Running') AS running
-FROM runs WHERE function_id = $1 AND status IN ('Queued', 'Running') AND hold_key IS NOT NULL
-GROUP BY hold_option, hold_key ORDER BY COUNT(*) DESC, hold_key LIMIT $2;
+SELECT hold_option, hold_key, COUNT(*) FILTER (WHERE status = 'Queued'),
+       COUNT(*) FILTER (WHERE status = 'Running')
+FROM runs WHERE function_id = $1 AND status IN ('Queued', 'Running', 'Sleeping', 'Waiting')
+AND hold_key IS NOT NULL
+GROUP BY hold_option, hold_key
+HAVING COUNT(*) FILTER (WHERE status = 'Queued' OR status = 'Running') > 0
+ORDER BY COUNT(*) FILTER (WHERE status = 'Queued' OR status = 'Running') DESC, hold_key
+LIMIT $2;
 
 -- name: step_attempts_of_run
 SELECT step_id, attempt, status, started_at, ended_at, retry_at, error

@@ -535,10 +535,11 @@ SELECT status, COUNT(*) FROM runs WHERE function_id = ?1 GROUP BY status;
 
 -- name: flow_key_counts
 -- Per flow-control key holding a function's runs, the queued and running counts, top first.
-SELECT hold_option, hold_key, SUM(CASE WHEN status = 'Queued' THEN 1 ELSE 0 END) AS queued,
-       SUM(CASE WHEN status = 'Running' THEN 1 ELSE 0 END) AS running
-FROM runs WHERE function_id = ?1 AND status IN ('Queued', 'Running') AND hold_key IS NOT NULL
-GROUP BY hold_option, hold_key ORDER BY queued + running DESC, hold_key LIMIT ?2;
+SELECT hold_option, hold_key, SUM(status = 'Queued') AS queued, SUM(status = 'Running') AS running
+FROM runs WHERE function_id = ?1 AND status IN ('Queued', 'Running', 'Sleeping', 'Waiting')
+AND hold_key IS NOT NULL
+GROUP BY hold_option, hold_key HAVING queued + running > 0
+ORDER BY queued + running DESC, hold_key LIMIT ?2;
 
 -- name: step_attempts_of_run
 SELECT step_id, attempt, status, started_at, ended_at, retry_at, error
