@@ -233,6 +233,8 @@ def test_filters_bulk_actions_counts_and_a_timeline_of_retries_and_children(
     e2e.wait_final(e2e.run_of(e2e.send("dash/order", order="C-9"))["id"])
     page.wait_for_selector(f"{completed}:has-text('Completed 4')")
     page.wait_for_selector("tr[data-function='dash/slow'] tr[data-key='ann']")
+    options = page.inner_text("tr[data-function='dash/slow'] td.options")
+    assert "throttle" in options and '"key":"event.data.user"' in options, options
     page.screenshot(path=str(shots / "functions-counts.png"), full_page=True)
 
     # A retried step's attempts and backoff, then its child run, on one axis, linked.

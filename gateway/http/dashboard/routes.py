@@ -76,6 +76,7 @@ class Dashboard:
         self.env.filters["json"] = lambda v: orjson.dumps(
             v, option=orjson.OPT_INDENT_2).decode()
         self.env.filters["seconds"] = _seconds
+        self.env.filters["options"] = _options
 
     # --- sessions ------------------------------------------------------------------------
 
@@ -413,6 +414,23 @@ def _form_iso(ts: float) -> str:
 
 def _runs_link(fields: dict[str, str]) -> str:
     return "/?" + urlencode({k: v for k, v in fields.items() if v and k != "cursor"})
+
+
+#: Config fields that are not options (shown elsewhere, or internal).
+_NOT_OPTIONS = {"id", "name", "triggers", "kind"}
+
+
+def _options(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """A function's options as set (name, compact JSON), unset and null fields left out."""
+    def compact(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: compact(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [compact(v) for v in value]
+        return value
+
+    return [(name, orjson.dumps(compact(value)).decode()) for name, value in config.items()
+            if name not in _NOT_OPTIONS and value not in (None, [], {})]
 
 
 def _seconds(value: float) -> str:
