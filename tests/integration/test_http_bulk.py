@@ -1,15 +1,20 @@
-"""Bulk replay, dry runs, status and text filters of bulk actions, and GET /v1/functions/{id}
-(SPEC §4), over an in-process gateway's real port."""
+"""Bulk replay, dry runs, status and text filters of bulk actions, GET /v1/functions/{id}
+(SPEC §4), over an in-process gateway's real port; and what a run's timeline reads."""
 
 from __future__ import annotations
+
+from itertools import pairwise
 
 import httpx
 import pytest
 
+from gateway.http.management import iso
 from gateway.store import keys as keystore
 from protocol.manifest import AppManifest, FunctionConfig, Throttle, TriggerEvent
 from tests.helpers.keys import SIGNING_KEY as SIGNING
 from tests.integration.raw_worker import EVENT, FUNCTION, RawWorker, app_manifest
+from worker import App, RetryAfterError
+from worker import TriggerEvent as OnEvent
 
 
 @pytest.fixture
@@ -132,3 +137,48 @@ async def test_a_read_only_key_reads_a_function_but_acts_on_no_runs(gateway_fact
                               headers={"authorization": f"Bearer {SIGNING}"})
         assert r.status_code == 200 and r.json()["matched"] == 0
     await worker.close()
+
+
+# --- what a run's timeline reads: each attempt of a retried step, and child runs ----------
+
+
+async def test_the_store_keeps_each_attempt_of_a_retried_step_and_the_child_runs(harness):
+    app = App("tl")
+    calls: list[int] = []
+
+    @app.function(id="leaf", trigger=OnEvent("tl/leaf"))
+    async def leaf(ctx):
+        return "leaf"
+
+    @app.function(id="root", trigger=OnEvent("tl/root"))
+    async def root(ctx):
+        async def flaky():
+            calls.append(1)
+            if len(calls) < 3:
+                raise RetryAfterError("not yet", 0.05)
+            return "ok"
+
+        await ctx.step.run("flaky", flaky)
+        await ctx.step.run("plain", lambda: 1)
+        return await ctx.step.invoke("kid", function=leaf, data={})
+
+    await harness.start_worker([app])
+    (event_id,) = await harness.send({"name": "tl/root"})
+    run = await harness.run_of(event_id)
+    await harness.wait_status(run["id"], "Completed")
+    store = harness.gateway.store
+
+    attempts = await store.step_attempts(run["id"])
+    assert [(a.step_id, a.attempt, a.status) for a in attempts] == [
+        ("flaky", 1, "Retrying"), ("flaky", 2, "Retrying"), ("flaky", 3, "Completed")]
+    for before, after in pairwise(attempts):
+        assert before.started_at <= before.ended_at <= before.retry_at <= after.started_at
+        assert before.error is not None and before.error.message == "not yet"
+    assert attempts[-1].retry_at is None and attempts[-1].error is None
+    (step,) = [s for s in (await harness.run(run["id"]))["steps"] if s["id"] == "flaky"]
+    assert step["attempts"] == 3  # and its started_at is still the first attempt's
+    assert step["started_at"] == iso(attempts[0].started_at)
+
+    (child,) = await store.child_runs(run["id"])
+    assert (child.function_id, child.status, child.step_id) == ("tl/leaf", "Completed", "kid")
+    assert await store.step_attempts(child.id) == []
