@@ -8,6 +8,7 @@
     intake       events/s through POST /e (batches of 1 and 100) and a signed webhook,
                  with p50/p99 of the answer
     cron         10,000 cron functions ticking at once: how late their runs are (p50/p99)
+    dashboard    the dashboard's pages and filters over 1,000,000 stored runs (p50/p99)
     takeover     PostgreSQL, 3 gateways under load: a gateway killed (kill -9) or stopped
                  (SIGTERM), and how soon its runs complete through the others
     all          every benchmark with its default options
@@ -19,11 +20,21 @@ from __future__ import annotations
 
 import sys
 
-from bench import cron, http_api, intake, scale, sleeps, takeover, throughput, waits
+from bench import (
+    cron,
+    dashboard,
+    http_api,
+    intake,
+    scale,
+    sleeps,
+    takeover,
+    throughput,
+    waits,
+)
 
 BENCHMARKS = {"throughput": throughput.main, "waits": waits.main, "sleeps": sleeps.main,
               "scale": scale.main, "http": http_api.main, "takeover": takeover.main,
-              "intake": intake.main, "cron": cron.main}
+              "intake": intake.main, "cron": cron.main, "dashboard": dashboard.main}
 
 
 def main(argv: list[str]) -> int:

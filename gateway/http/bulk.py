@@ -21,7 +21,8 @@ means runs created meanwhile (a bulk replay's own runs among them) are never rea
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,6 +40,10 @@ PAGE = 200
 MAX_SCANNED = 50_000
 #: Most seconds one request spends selecting (monotonic clock); same cursor past it.
 BUDGET_SECONDS = 10.0
+
+#: The same for a filtered list of runs (a page someone waits for).
+LIST_SCANNED = 10_000
+LIST_SECONDS = 3.0
 
 #: Statuses a bulk cancel may touch (live runs), and those a bulk replay may (ended ones).
 LIVE = tuple(sorted(runs.LIVE))
@@ -103,10 +108,11 @@ class Selector:
     CEL filter's child process). After :meth:`pages`, ``scanned`` and ``cursor`` say how far
     it went (``cursor`` is None when every run was seen)."""
 
-    def __init__(self, engine: Engine, selection: Selection, *,
+    def __init__(self, engine: Engine, selection: Selection, *, page: int | None = None,
                  budget: float | None = None, max_scanned: int | None = None) -> None:
         self.engine = engine
         self.selection = selection
+        self.page = PAGE if page is None else page
         self.budget = BUDGET_SECONDS if budget is None else budget
         self.max_scanned = MAX_SCANNED if max_scanned is None else max_scanned
         self.scanned = 0
@@ -122,7 +128,7 @@ class Selector:
         if self._filter is not None:
             self._filter.close()
 
-    async def pages(self) -> AsyncIterator[list[str]]:
+    async def pages(self) -> AsyncGenerator[list[str], None]:
         """The ids chosen in each page read, newest first.
 
         A consumer that stops early sets ``cursor`` itself (it knows where it stopped).
@@ -137,7 +143,7 @@ class Selector:
                    id_floor(s.queued_before) if s.queued_before is not None else _LAST)
         while True:
             rows = await self.engine.store.scan_runs(RunScan(
-                s.function_id, s.statuses, low, high, PAGE))
+                s.function_id, s.statuses, low, high, self.page))
             if not rows:
                 self.cursor = None
                 return
@@ -154,7 +160,7 @@ class Selector:
                 ) from None
             self.scanned += len(rows)
             high = rows[-1][0]
-            self.cursor = high if len(rows) == PAGE else None
+            self.cursor = high if len(rows) == self.page else None
             yield chosen
             if self.cursor is None:
                 return
@@ -207,13 +213,19 @@ async def act_in_bulk(engine: Engine, selection: Selection, action: Action, *,
 
 
 async def find_runs(engine: Engine, selection: Selection,
-                    want: int) -> tuple[list[str], str | None]:
-    """Up to ``want`` run ids the selection chooses, newest first, and the cursor of the next
-    page (None at the end). A filtered list scans at most the budget, like a bulk action."""
+                    want: int) -> tuple[list[str], str | None, int]:
+    """Up to ``want`` run ids the selection chooses, newest first, the cursor of the next page
+    (None at the end) and how many runs were examined. A list answers while someone waits:
+    it examines at most :data:`LIST_SCANNED` runs within :data:`LIST_SECONDS`, then offers
+    the cursor (fewer than ``want`` found means the search goes on from there)."""
     found: list[str] = []
-    async with Selector(engine, selection) as selector:
-        async for chosen in selector.pages():
-            found.extend(chosen)
-            if len(found) >= want:
-                return found[:want], found[want - 1]
-        return found, selector.cursor
+    filtered = selection.if_ is not None or selection.text is not None
+    async with Selector(engine, selection, page=PAGE if filtered else want + 1,
+                        budget=LIST_SECONDS, max_scanned=LIST_SCANNED) as selector:
+        async with aclosing(selector.pages()) as pages:
+            async for chosen in pages:
+                found.extend(chosen)
+                if len(found) >= want:
+                    more = len(found) > want or selector.cursor is not None
+                    return found[:want], found[want - 1] if more else None, selector.scanned
+        return found, selector.cursor, selector.scanned

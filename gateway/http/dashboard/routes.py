@@ -205,10 +205,10 @@ class Dashboard:
         except InvalidInput as exc:
             problem, selection = exc.message, None
         runs: list[RunRecord] = []
-        cursor = None
+        cursor, scanned = None, 0
         if selection is not None:
             try:
-                ids, cursor = await find_runs(self.engine, selection, DEFAULT_PAGE)
+                ids, cursor, scanned = await find_runs(self.engine, selection, DEFAULT_PAGE)
             except InvalidInput as exc:
                 problem, ids = exc.message, []
             runs = await self.engine.store.runs_by_ids(ids)
@@ -219,7 +219,8 @@ class Dashboard:
         return self.render(request, template, session, runs=[run_json(r, now) for r in runs],
                            more=more, functions=sorted(self.engine.functions),
                            statuses=[s.value for s in RunStatus], form=form,
-                           filters=filters, problem=problem,
+                           filters=filters, problem=problem, scanned=scanned,
+                           searching=bool(form["text"] or form["if"]),
                            # A CEL filter costs a child process a look: no polling then.
                            live=not form["cursor"] and not form["if"] and problem is None)
 
