@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -204,6 +205,12 @@ def test_filters_bulk_actions_counts_and_a_timeline_of_retries_and_children(
     assert set(listed("function_id=dash%2Forder&to=2999-01-01T00%3A00")) == set(orders)
     listed("if=" + quote("event.data.order >"))
     assert "'if'" in page.inner_text("#problem")
+    # A run that starts later says when.
+    (later,) = e2e.cluster.send({"name": "dash/order", "data": {"order": "L-1"},
+                                 "ts": int((time.time() + 3600) * 1000)})
+    delayed = e2e.run_of(later)["id"]
+    assert listed("function_id=dash%2Forder&status=Queued") == [delayed]
+    assert "scheduled for" in page.inner_text(f"tr[data-run='{delayed}']")
 
     # Bulk cancel what the filter selects: a count, a confirmation, then the result.
     page.goto(api + "/?function_id=dash%2Fnapper")
