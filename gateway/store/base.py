@@ -449,6 +449,11 @@ class Store(Protocol):
         """Runs per status of each function (only ``function_id``'s when given)."""
         ...
 
+    async def recent_counts(self, since_id: str) -> dict[str, dict[str, int]]:
+        """Per function, its live runs per status, and its ended runs per status among those
+        with an id from ``since_id`` on (queued since then): cheap whatever the history."""
+        ...
+
     async def flow_key_counts(self, function_id: str, limit: int) -> list[FlowKeyCount]:
         """The flow-control keys holding most of a function's runs, queued and running."""
         ...

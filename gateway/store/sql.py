@@ -280,6 +280,16 @@ class SqlStore:
 
         return await self._read(read)
 
+    async def recent_counts(self, since_id: str) -> dict[str, dict[str, int]]:
+        async def read(db: Db) -> dict[str, dict[str, int]]:
+            counts: dict[str, dict[str, int]] = {}
+            for fid, status, count in [*await db.fetch("live_counts"),
+                                       *await db.fetch("ended_counts_since", since_id)]:
+                counts.setdefault(fid, {})[status] = int(count)
+            return counts
+
+        return await self._read(read)
+
     async def flow_key_counts(self, function_id: str, limit: int) -> list[FlowKeyCount]:
         """Today the keys of throttle holds (``runs.hold_key``); concurrency keys join them."""
         async def read(db: Db) -> list[FlowKeyCount]:

@@ -62,6 +62,11 @@ async def test_text_and_status_narrow_a_bulk_action_and_a_dry_run_changes_nothin
     r = await http.post(f"/v1/functions/{FUNCTION}/replay",
                         json={"queued_before": "2000-01-01T00:00:00Z"})
     assert r.json()["replayed"] == 0  # an empty selection is not an error
+    # The Functions page's counts: live runs always, ended ones queued since an id.
+    store = harness.gateway.store
+    assert await store.recent_counts("") == await store.status_counts() \
+        == {FUNCTION: {"Cancelled": 5}}
+    assert await store.recent_counts("Z" * 27) == {}
 
 
 @pytest.mark.parametrize(("path", "body", "fragment"), [

@@ -22,7 +22,16 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from gateway.engine import Engine
-from gateway.http.bulk import ENDED, LIVE, Action, BulkOutcome, Selection, act_in_bulk, find_runs
+from gateway.http.bulk import (
+    ENDED,
+    LIVE,
+    Action,
+    BulkOutcome,
+    Selection,
+    act_in_bulk,
+    find_runs,
+    id_floor,
+)
 from gateway.http.dashboard.sessions import SESSION_SECONDS, Session, Sessions
 from gateway.http.dashboard.timeline import bars
 from gateway.http.eventlog import event_json
@@ -50,6 +59,9 @@ STATIC = {"app.css": "text/css", "live.js": "text/javascript"}
 FILTERS = ("function_id", "status", "from", "to", "text", "if", "cursor")
 #: Flow-control keys the Functions page shows per function (the busiest).
 TOP_KEYS = 5
+#: The Functions page counts ended runs queued within this many seconds (live ones all):
+#: the cost follows the recent volume, not the whole history.
+COUNTS_WINDOW = 24 * 3600.0
 
 
 class Refused(AuthError):
@@ -275,7 +287,8 @@ class Dashboard:
         if session is None:
             return self.to_login(request)
         data = orjson.loads(await self._management(self.manage.functions, request))["data"]
-        counts = await self.engine.store.status_counts()
+        counts = await self.engine.store.recent_counts(
+            id_floor(self.engine.clock.now() - COUNTS_WINDOW))
         for function in data:
             function["counts"] = counts.get(function["id"], {})
             function["flow_keys"] = await self.engine.store.flow_key_counts(

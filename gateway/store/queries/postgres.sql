@@ -560,6 +560,17 @@ SELECT function_id, status, COUNT(*) FROM runs GROUP BY function_id, status;
 -- name: status_counts_of_function
 SELECT status, COUNT(*) FROM runs WHERE function_id = $1 GROUP BY status;
 
+-- name: live_counts
+-- The Functions page: live runs of every function (few, whatever the store's size) ...
+SELECT function_id, status, COUNT(*) FROM runs
+WHERE status IN ('Queued', 'Running', 'Sleeping', 'Waiting') GROUP BY function_id, status;
+
+-- name: ended_counts_since
+-- ... and the runs that ended among those queued since a time (an id: see scan_runs).
+SELECT function_id, status, COUNT(*) FROM runs
+WHERE status IN ('Completed', 'Failed', 'Cancelled', 'Skipped') AND id >= $1
+GROUP BY function_id, status;
+
 -- name: flow_key_counts
 -- Per flow-control key holding a function's runs, the queued and running counts, top first.
 SELECT hold_option, hold_key, COUNT(*) FILTER (WHERE status = 'Queued'),
