@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import re
 from itertools import pairwise
 
 import httpx
 import pytest
 
+from gateway.http import bulk
 from gateway.http.management import iso
 from gateway.store import keys as keystore
 from protocol.manifest import AppManifest, FunctionConfig, Throttle, TriggerEvent
@@ -187,3 +189,31 @@ async def test_the_store_keeps_each_attempt_of_a_retried_step_and_the_child_runs
     (child,) = await store.child_runs(run["id"])
     assert (child.function_id, child.status, child.step_id) == ("tl/leaf", "Completed", "kid")
     assert await store.step_attempts(child.id) == []
+
+
+async def test_a_dashboard_bulk_replay_past_its_budget_goes_on_where_it_stopped(
+        harness, cancelled, monkeypatch):
+    """Each confirmed step replays the next runs of the selection: none is replayed twice."""
+    monkeypatch.setattr(bulk, "PAGE", 2)
+    monkeypatch.setattr(bulk, "MAX_SCANNED", 2)
+    http = harness.http
+    csrf = re.search(r'name="csrf" value="([^"]+)"', (await http.get("/")).text).group(1)
+    form = {"csrf": csrf, "action": "replay", "function_id": FUNCTION}
+    page = (await http.post("/runs/bulk", data=form)).text
+    assert "2</strong> runs" in page and "among the 2 examined" in page
+    to = re.search(r'name="to" value="([^"]+)"', page).group(1)
+    form |= {"confirm": "1", "to": to}
+    replayed = 0
+    for expected in (2, 2, 1):
+        r = await http.post("/runs/bulk", data=form)
+        assert r.status_code == 200, r.text
+        assert f'id="done">{expected} run' in r.text
+        replayed += expected
+        cursor = re.search(r'name="cursor" value="([^"]+)"', r.text)
+        if cursor is None:
+            break
+        form["cursor"] = cursor.group(1)
+    assert replayed == 5 and cursor is None
+    runs = (await http.get("/v1/runs", params={"limit": 100})).json()["data"]
+    events = [run["event_ids"][0] for run in runs if run["id"] not in cancelled]
+    assert sorted(events) == sorted({run["event_ids"][0] for run in runs})

@@ -9,6 +9,7 @@ the session's CSRF token, and the session may write.
 
 from __future__ import annotations
 
+import math
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
@@ -422,8 +423,9 @@ def _form_time(value: str, field: str) -> float:
 
 
 def _form_iso(ts: float) -> str:
-    """``ts`` as a ``datetime-local`` value in UTC (to the second)."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    """``ts`` as a ``datetime-local`` value in UTC, rounded up to the second (so a run
+    queued just before ``ts`` is inside a range that ends there)."""
+    return datetime.fromtimestamp(math.ceil(ts), UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _runs_link(fields: dict[str, str]) -> str:
