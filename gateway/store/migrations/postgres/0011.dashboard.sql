@@ -1,7 +1,9 @@
 -- The dashboard (issue 11): see the SQLite migration of the same name.
 
 CREATE INDEX runs_by_function_status ON runs (function_id, status, id);
-CREATE INDEX runs_by_status ON runs (status, id);
+CREATE INDEX runs_by_status ON runs (status, id, function_id);
+CREATE INDEX runs_by_flow_key ON runs (function_id, hold_option, hold_key, status)
+    WHERE hold_key IS NOT NULL;
 
 ALTER TABLE steps ADD COLUMN attempt_started_at DOUBLE PRECISION;
 

@@ -1,14 +1,17 @@
 -- The dashboard (issue 11). ``runs_by_function_status`` and ``runs_by_status`` serve the runs
--- filtered by status (newest first, with or without a function: ids are ULIDs of the queue
--- time, so a time range is a range of the last column), the counts per status of each function
--- and the per-key flow-control counts (index-only, not a table scan).
+-- filtered by status, newest first, with or without a function (ids are ULIDs of the queue
+-- time, so a time range is a range of ``id``), and the counts per status, index-only
+-- (``function_id`` rides along in ``runs_by_status``). The per-key flow-control counts read
+-- ``runs_by_flow_key``, which holds only the runs a key holds back.
 -- ``step_attempts`` keeps each attempt of a retried step (when it ran, how it ended, when the
 -- next one was due) for the run's timeline. It is filled by triggers on ``steps``, from the
 -- attempt's own start (``attempt_started_at``; ``started_at`` stays the first attempt's), and
 -- only for steps that fail at least once: a step that succeeds first time costs nothing more.
 
 CREATE INDEX runs_by_function_status ON runs (function_id, status, id);
-CREATE INDEX runs_by_status ON runs (status, id);
+CREATE INDEX runs_by_status ON runs (status, id, function_id);
+CREATE INDEX runs_by_flow_key ON runs (function_id, hold_option, hold_key, status)
+    WHERE hold_key IS NOT NULL;
 
 ALTER TABLE steps ADD COLUMN attempt_started_at REAL;
 
