@@ -10,6 +10,7 @@
     cron         10,000 cron functions ticking at once: how late their runs are (p50/p99)
     flow         the throughput function with concurrency keys and with throttle keys over
                  1,000 tenants, against none: what flow control costs
+    dashboard    the dashboard's pages and filters over 1,000,000 stored runs (p50/p99)
     takeover     PostgreSQL, 3 gateways under load: a gateway killed (kill -9) or stopped
                  (SIGTERM), and how soon its runs complete through the others
     cpu          CPU ms the gateway and the worker spend per 1,000 runs of the 3-step
@@ -23,11 +24,24 @@ from __future__ import annotations
 
 import sys
 
-from bench import cpu, cron, flow, http_api, intake, scale, sleeps, takeover, throughput, waits
+from bench import (
+    cpu,
+    cron,
+    dashboard,
+    flow,
+    http_api,
+    intake,
+    scale,
+    sleeps,
+    takeover,
+    throughput,
+    waits,
+)
 
 BENCHMARKS = {"throughput": throughput.main, "waits": waits.main, "sleeps": sleeps.main,
               "scale": scale.main, "http": http_api.main, "takeover": takeover.main,
-              "intake": intake.main, "cron": cron.main, "flow": flow.main, "cpu": cpu.main}
+              "intake": intake.main, "cron": cron.main, "flow": flow.main, "cpu": cpu.main,
+              "dashboard": dashboard.main}
 
 
 def main(argv: list[str]) -> int:

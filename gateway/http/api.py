@@ -130,6 +130,9 @@ def build_api(
         Route("/v1/runs/{run_id}/replay", guarded(manage.replay_run), methods=["POST"]),
         Route("/v1/functions/{function_id:path}/cancel", guarded(manage.cancel_function),
               methods=["POST"]),
+        Route("/v1/functions/{function_id:path}/replay", guarded(manage.replay_function),
+              methods=["POST"]),
+        Route("/v1/functions/{function_id:path}", guarded(manage.function), methods=["GET"]),
         Route("/v1/events/{event_id}/runs", guarded(manage.event_runs), methods=["GET"]),
         # webhooks and the event log
         Route("/webhooks/{webhook_id}", same_origin(webhooks.receive), methods=["POST"]),

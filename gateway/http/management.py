@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.engine import Engine
-from gateway.http.bulk_cancel import BulkCancel, cancel_in_bulk
+from gateway.http.bulk import ENDED, LIVE, REPLAY_DEFAULT, Action, Selection, act_in_bulk
 from gateway.http.events import read_body
 from gateway.registry import Registry, WorkerEntry
 from gateway.runs import RunStatus
@@ -28,9 +28,13 @@ from protocol.messages import ErrorInfo
 #: Largest ``limit`` of a list (a larger one is refused with 400), and the default.
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
+#: Flow-control keys ``GET /v1/functions/{id}`` lists by default (the busiest first).
+DEFAULT_KEYS = 10
 #: Largest management request body (bulk-cancel filters and the like), in bytes.
 MAX_BODY = 64 * 1024
 
+#: Longest text search, in characters.
+MAX_TEXT = 200
 #: A run id (and so a cursor): a 26-character ULID.
 _ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
@@ -252,25 +256,65 @@ class ManagementRoutes:
         """Bulk cancel: the function's live runs queued in a time range, matching a filter.
 
         Body (all optional): ``{"queued_after": ISO 8601, "queued_before": ISO 8601,
-        "if": CEL over event, "cursor": from a previous answer}``. Runs are selected outside
-        the write path within a budget (:mod:`gateway.http.bulk_cancel`); an answer with
-        ``"complete": false`` carries the ``cursor`` to send again to go on.
+        "if": CEL over event, "text": text in the event's data, "status": a live status or a
+        list of them, "dry_run": true (count, cancel nothing), "cursor": from a previous
+        answer}``. Runs are selected outside the write path within a budget
+        (:mod:`gateway.http.bulk`); an answer with ``"complete": false`` carries the
+        ``cursor`` to send again to go on.
         """
+        return await self._bulk(request, "cancel")
+
+    async def replay_function(self, request: Request) -> Response:
+        """Bulk replay: a new run for each of the function's ended runs the body selects
+        (as bulk cancel; ``status`` defaults to Failed and Cancelled)."""
+        return await self._bulk(request, "replay")
+
+    async def _bulk(self, request: Request, action: Action) -> Response:
         function_id = self.function_id(request.path_params["function_id"])
-        body = await _json_object(request, {"queued_after", "queued_before", "if", "cursor"})
-        expression = body.get("if")
-        if expression is not None:
-            if not isinstance(expression, str):
-                raise InvalidInput("'if' must be a CEL expression (a string)")
-            check(expression, {"event"}, where="'if'")
-        cursor = body.get("cursor")
-        if cursor is not None and (not isinstance(cursor, str) or not _ULID.match(cursor)):
-            raise InvalidInput("'cursor' must be the cursor of a previous answer (a run id)")
-        outcome = await cancel_in_bulk(self.engine, BulkCancel(
-            function_id, queued_after=_time(body, "queued_after"),
-            queued_before=_time(body, "queued_before"), if_=expression, cursor=cursor,
-        ), reason="cancelled in bulk through the API")
+        body = await _json_object(request, {"queued_after", "queued_before", "if", "text",
+                                            "status", "dry_run", "cursor"})
+        dry_run = body.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise InvalidInput("'dry_run' must be true or false")
+        selection = selection_of(
+            function_id, body,
+            allowed=LIVE if action == "cancel" else ENDED,
+            default=LIVE if action == "cancel" else REPLAY_DEFAULT,
+            what="cancelled (live runs)" if action == "cancel" else "replayed (ended runs)")
+        outcome = await act_in_bulk(self.engine, selection, "count" if dry_run else action,
+                                    reason="cancelled in bulk through the API")
         return JSONResponse(outcome.json())
+
+    async def function(self, request: Request) -> Response:
+        """One function (SPEC §4): its triggers with each cron's next tick, options, counts
+        per status, and the flow-control keys holding most of its runs."""
+        q = _query(request, {"keys"})
+        try:
+            keys = int(q.get("keys", DEFAULT_KEYS))
+        except ValueError:
+            raise InvalidInput("keys must be a whole number") from None
+        if not 0 <= keys <= MAX_PAGE:
+            raise InvalidInput(f"keys must be between 0 and {MAX_PAGE}")
+        function_id = self.function_id(request.path_params["function_id"])
+        record = self.engine.functions[function_id]
+        serving = sorted({w.instance_id for w in self.registry if function_id in w.functions})
+        ticks = await self.engine.store.schedules()
+        counts = (await self.engine.store.status_counts(function_id)).get(function_id, {})
+        flow_keys = await self.engine.store.flow_key_counts(function_id, keys) if keys else []
+        return JSONResponse({
+            "id": record.id,
+            "app_id": record.app_id,
+            "app_version": record.app_version,
+            "name": record.config.get("name") or record.config["id"],
+            "active": record.active,
+            "workers": serving,
+            "triggers": triggers_json(function_id, record.config, ticks),
+            "config": record.config,
+            "updated_at": iso(record.updated_at),
+            "counts": {s.value: counts.get(s.value, 0) for s in RunStatus},
+            "flow_keys": [{"option": k.option, "key": k.key, "queued": k.queued,
+                           "running": k.running} for k in flow_keys],
+        })
 
     async def event_runs(self, request: Request) -> Response:
         _query(request, set())
@@ -368,3 +412,40 @@ def _time(body: dict[str, Any], key: str) -> float | None:
         else:
             return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
     raise InvalidInput(f"{key!r} must be an ISO 8601 time or epoch seconds")
+
+
+def selection_of(function_id: str | None, body: dict[str, Any], *, allowed: tuple[str, ...],
+                 default: tuple[str, ...], what: str) -> Selection:
+    """A bulk request's :class:`Selection` from its body (or the dashboard's filter form).
+
+    Raises:
+        InvalidInput: a field of the wrong type, a bad CEL filter (the reason), a status
+            that cannot be ``what``, or a malformed cursor.
+    """
+    expression = body.get("if") or None
+    if expression is not None:
+        if not isinstance(expression, str):
+            raise InvalidInput("'if' must be a CEL expression (a string)")
+        check(expression, {"event"}, where="'if'")
+    text = body.get("text") or None
+    if text is not None and (not isinstance(text, str) or len(text) > MAX_TEXT):
+        raise InvalidInput(f"'text' must be a string of at most {MAX_TEXT} characters")
+    status = body.get("status")
+    if status is None:
+        statuses = default
+    else:
+        asked = [status] if isinstance(status, str) else status
+        if not isinstance(asked, list) or not asked or not all(
+                isinstance(s, str) for s in asked):
+            raise InvalidInput("'status' must be a status or a list of statuses")
+        wrong = [s for s in asked if s not in allowed]
+        if wrong:
+            raise InvalidInput(f"status {wrong[0][:40]!r} cannot be {what}; use "
+                               f"{', '.join(allowed)}")
+        statuses = tuple(sorted(set(asked)))
+    cursor = body.get("cursor")
+    if cursor is not None and (not isinstance(cursor, str) or not _ULID.match(cursor)):
+        raise InvalidInput("'cursor' must be the cursor of a previous answer (a run id)")
+    return Selection(function_id, statuses, queued_after=_time(body, "queued_after"),
+                     queued_before=_time(body, "queued_before"), if_=expression, text=text,
+                     cursor=cursor)

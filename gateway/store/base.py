@@ -93,7 +93,7 @@ class CheckpointWrite:
 @dataclass(slots=True)
 class CancelRequest:
     """Cancel one run, or the runs ``run_ids`` (a bulk cancel, selected beforehand outside
-    the transaction: see :mod:`gateway.http.bulk_cancel`). Runs already ended are skipped."""
+    the transaction: see :mod:`gateway.http.bulk`). Runs already ended are skipped."""
 
     reason: str
     run_id: str | None = None
@@ -332,6 +332,58 @@ class RunPage:
     cursor: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class RunScan:
+    """A page of runs newest first, for selections (bulk actions, filtered lists): runs of
+    ``function_id`` (None: every function) in ``statuses`` whose id lies in [low, high).
+
+    Ids are ULIDs of the queue time, so a time range is an id range (see the dashboard's
+    :mod:`gateway.http.bulk`).
+    """
+
+    function_id: str | None
+    statuses: tuple[str, ...]
+    low: str
+    high: str
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One attempt of a step that failed at least once (``attempt`` is 1-based)."""
+
+    step_id: str
+    attempt: int
+    status: str
+    started_at: float | None
+    ended_at: float | None
+    retry_at: float | None
+    error: ErrorInfo | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChildRun:
+    """A run started by a step.invoke of its parent, as the parent's timeline shows it."""
+
+    id: str
+    function_id: str
+    status: str
+    queued_at: float
+    started_at: float | None
+    ended_at: float | None
+    step_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FlowKeyCount:
+    """A flow-control key holding a function's runs: how many wait and how many run."""
+
+    option: str
+    key: str | None  # None: the option has no key expression (one key for the function)
+    queued: int
+    running: int
+
+
 #: What one gateway tells the others sharing its store, after a commit (see ``subscribe``):
 #: ``functions`` with runs ready now, ``wakeup`` (a time something became due), ``revoke``
 #: ([session, run, fence] of leases held through other gateways), ``registered`` (apps changed).
@@ -434,11 +486,33 @@ class Store(Protocol):
         oldest one's ready time). A read beside the writer, for ``/metrics``."""
         ...
 
-    async def live_runs(
-        self, function_id: str, *, queued_after: float, queued_before: float, after_id: str,
-        limit: int,
-    ) -> list[tuple[str, bytes | None]]:
-        """A page of a function's unfinished runs, by id: (run id, first event's payload)."""
+    async def scan_runs(self, scan: RunScan) -> list[tuple[str, bytes | None]]:
+        """A page of runs newest first: (run id, first event's payload)."""
+        ...
+
+    async def runs_by_ids(self, run_ids: list[str]) -> list[RunRecord]:
+        """These runs (those that exist), newest first, with their steps."""
+        ...
+
+    async def status_counts(self, function_id: str | None = None) -> dict[str, dict[str, int]]:
+        """Runs per status of each function (only ``function_id``'s when given)."""
+        ...
+
+    async def recent_counts(self, since_id: str) -> dict[str, dict[str, int]]:
+        """Per function, its live runs per status, and its ended runs per status among those
+        with an id from ``since_id`` on (queued since then): cheap whatever the history."""
+        ...
+
+    async def flow_key_counts(self, function_id: str, limit: int) -> list[FlowKeyCount]:
+        """The flow-control keys holding most of a function's runs, queued and running."""
+        ...
+
+    async def step_attempts(self, run_id: str) -> list[AttemptRecord]:
+        """Each attempt of the run's steps that failed at least once, in order."""
+        ...
+
+    async def child_runs(self, run_id: str) -> list[ChildRun]:
+        """The runs the run's step.invoke calls started."""
         ...
 
     # --- webhooks and the event log ------------------------------------------------------

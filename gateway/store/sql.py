@@ -16,16 +16,20 @@ import structlog
 from pydantic import TypeAdapter
 
 from gateway.flow.concurrency import slots_of
-from gateway.runs import READY
+from gateway.runs import READY, RunStatus
 from gateway.store import eventlog
 from gateway.store import keys as keystore
 from gateway.store import webhooks as webhookstore
 from gateway.store.base import (
+    AttemptRecord,
+    ChildRun,
+    FlowKeyCount,
     FunctionRecord,
     PeerNote,
     QueueWait,
     RunPage,
     RunRecord,
+    RunScan,
     StepRecord,
     WriteBatch,
     WriteResult,
@@ -266,17 +270,93 @@ class SqlStore:
 
         return await self._read(read)
 
-    async def live_runs(
-        self, function_id: str, *, queued_after: float, queued_before: float, after_id: str,
-        limit: int,
-    ) -> list[tuple[str, bytes | None]]:
+    # --- the dashboard ------------------------------------------------------------------
+
+    async def scan_runs(self, scan: RunScan) -> list[tuple[str, bytes | None]]:
+        # Each status is read through the index that keeps it in id order (with or without
+        # a function), and several are merged here: no sort of every run in the range.
+        statuses = sorted(set(scan.statuses))
+        every = len(statuses) == len(RunStatus)
+        if scan.function_id is None:
+            name = "scan_runs" if every else "scan_runs_by_status"
+        else:
+            name = "scan_runs_by_function" if every else "scan_runs_by_function_status"
+        by_function = [] if scan.function_id is None else [scan.function_id]
+
         async def read(db: Db) -> list[tuple[str, bytes | None]]:
-            rows = await db.fetch("live_runs_page", function_id, queued_after, queued_before,
-                                  after_id, limit)
+            rows: list[Row] = []
+            for status in [] if every else statuses:
+                rows.extend(await db.fetch(name, *by_function, status, scan.low, scan.high,
+                                           scan.limit))
+            if every:
+                rows = await db.fetch(name, *by_function, scan.low, scan.high, scan.limit)
+            if not every and len(statuses) > 1:
+                rows = sorted(rows, key=lambda row: row[0], reverse=True)[:scan.limit]
             return [(rid, None if payload is None else bytes(payload)) for rid, payload in rows]
 
         return await self._read(read)
 
+    async def runs_by_ids(self, run_ids: list[str]) -> list[RunRecord]:
+        async def read(db: Db) -> list[RunRecord]:
+            if not run_ids:
+                return []
+            return await _with_steps(db, [_run(r) for r in await db.fetch("runs_by_ids",
+                                                                          list(run_ids))])
+
+        return await self._read(read)
+
+    async def status_counts(self, function_id: str | None = None) -> dict[str, dict[str, int]]:
+        async def read(db: Db) -> dict[str, dict[str, int]]:
+            counts: dict[str, dict[str, int]] = {}
+            if function_id is None:
+                for fid, status, count in await db.fetch("status_counts"):
+                    counts.setdefault(fid, {})[status] = int(count)
+            else:
+                counts[function_id] = {status: int(count) for status, count in await db.fetch(
+                    "status_counts_of_function", function_id)}
+            return counts
+
+        return await self._read(read)
+
+    async def recent_counts(self, since_id: str) -> dict[str, dict[str, int]]:
+        async def read(db: Db) -> dict[str, dict[str, int]]:
+            counts: dict[str, dict[str, int]] = {}
+            for fid, status, count in [*await db.fetch("live_counts"),
+                                       *await db.fetch("ended_counts_since", since_id)]:
+                counts.setdefault(fid, {})[status] = int(count)
+            return counts
+
+        return await self._read(read)
+
+    async def flow_key_counts(self, function_id: str, limit: int) -> list[FlowKeyCount]:
+        """The keys of holds (throttle, debounce, batch: ``runs.hold_key``) and the function's
+        concurrency keys (``runs.cqueue``), busiest first."""
+        async def read(db: Db) -> list[FlowKeyCount]:
+            found = [FlowKeyCount(option, key, int(queued), int(running))
+                     for option, key, queued, running in await db.fetch(
+                         "flow_key_counts", function_id, limit)]
+            found += [FlowKeyCount("concurrency", shown, int(waiting), int(running))
+                      for _, shown, waiting, running in await db.fetch(
+                          "conc_key_counts", function_id, limit)]
+            found.sort(key=lambda k: (-(k.queued + k.running), k.option, k.key or ""))
+            return found[:limit]
+
+        return await self._read(read)
+
+    async def step_attempts(self, run_id: str) -> list[AttemptRecord]:
+        async def read(db: Db) -> list[AttemptRecord]:
+            return [AttemptRecord(sid, int(n), status, started, ended, retry,
+                                  error_from_json(error))
+                    for sid, n, status, started, ended, retry, error in await db.fetch(
+                        "step_attempts_of_run", run_id)]
+
+        return await self._read(read)
+
+    async def child_runs(self, run_id: str) -> list[ChildRun]:
+        async def read(db: Db) -> list[ChildRun]:
+            return [ChildRun(*row) for row in await db.fetch("child_runs", run_id)]
+
+        return await self._read(read)
 
     # --- keys ----------------------------------------------------------------------------
 

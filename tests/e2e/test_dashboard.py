@@ -2,7 +2,9 @@
 
 A real gateway and worker serve a small app; the tests click through every page, save a
 screenshot of each (the folder is printed), find a completed run by filtering, read its
-timeline, cancel a sleeping run with the button, and log in outside ``--dev`` (a wrong key is
+timeline, cancel a sleeping run with the button, filter by text, CEL and time, cancel and
+replay a filtered set in bulk (counted, then confirmed), watch a function's counts move, read
+a retried step and a child run on a timeline, and log in outside ``--dev`` (a wrong key is
 refused; a read-only key sees runs but cannot cancel them).
 """
 
@@ -10,9 +12,12 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -75,7 +80,7 @@ def test_find_a_run_read_its_timeline_cancel_a_sleeper(e2e: E2E, browser: Any,
     page.select_option("select[name=function_id]", "dash/order")
     page.select_option("select[name=status]", "Completed")
     page.click("#filters button[type=submit]")
-    page.wait_for_url("**/?function_id=dash%2Forder&status=Completed")
+    page.wait_for_url("**/?function_id=dash%2Forder&status=Completed*")
     rows = page.locator("#runs-rows tr[data-run]")
     assert rows.count() == 1, page.content()
     assert page.locator(f"tr[data-run='{sleeper}']").count() == 0
@@ -167,6 +172,96 @@ def test_find_a_run_read_its_timeline_cancel_a_sleeper(e2e: E2E, browser: Any,
     page.close()
 
 
+def test_filters_bulk_actions_counts_and_a_timeline_of_retries_and_children(
+        e2e: E2E, browser: Any, shots: Path) -> None:
+    serve(e2e)
+    e2e.wait(lambda: e2e.workers_connected(), "the worker connected")
+    orders = [e2e.run_of(e2e.send("dash/order", order=o))["id"] for o in ("A-1", "B-2", "A-3")]
+    nappers = [e2e.run_of(e2e.send("dash/nap", who="x"))["id"] for _ in range(2)]
+    for run_id in nappers:
+        e2e.wait_run(run_id, lambda r: r["status"] == "Sleeping", "asleep")
+    for run_id in orders:
+        e2e.wait_final(run_id)
+    api = e2e.cluster.api
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(WAIT_MS)
+
+    def listed(query: str) -> list[str]:
+        page.goto(api + "/?" + query)
+        return page.locator("#runs-rows tr[data-run]").evaluate_all(
+            "els => els.map(e => e.dataset.run)")
+
+    # Text in the event's data, a CEL filter, a time range; a bad CEL says what is wrong.
+    page.goto(api + "/")
+    page.select_option("select[name=function_id]", "dash/order")
+    page.fill("input[name=text]", "a-")
+    page.click("#filters button[type=submit]")
+    page.wait_for_selector("#clear")
+    rows = page.locator("#runs-rows tr[data-run]")
+    assert rows.evaluate_all("els => els.map(e => e.dataset.run)") == [orders[2], orders[0]]
+    page.screenshot(path=str(shots / "runs-text.png"), full_page=True)
+    assert listed("if=" + quote('event.data.order == "B-2"')) == [orders[1]]
+    assert listed("function_id=dash%2Forder&from=2999-01-01T00%3A00") == []
+    assert set(listed("function_id=dash%2Forder&to=2999-01-01T00%3A00")) == set(orders)
+    listed("if=" + quote("event.data.order >"))
+    assert "'if'" in page.inner_text("#problem")
+    # A run that starts later says when.
+    (later,) = e2e.cluster.send({"name": "dash/order", "data": {"order": "L-1"},
+                                 "ts": int((time.time() + 3600) * 1000)})
+    delayed = e2e.run_of(later)["id"]
+    assert listed("function_id=dash%2Forder&status=Queued") == [delayed]
+    assert "scheduled for" in page.inner_text(f"tr[data-run='{delayed}']")
+
+    # Bulk cancel what the filter selects: a count, a confirmation, then the result.
+    page.goto(api + "/?function_id=dash%2Fnapper")
+    page.click("#bulk-cancel")
+    assert page.inner_text("#count").startswith("2 runs will be cancelled")
+    page.screenshot(path=str(shots / "bulk-cancel-confirm.png"), full_page=True)
+    page.click("#confirm")
+    assert page.inner_text("#done").startswith("2 runs cancelled")
+    assert {e2e.get_run(r)["status"] for r in nappers} == {"Cancelled"}
+    # ... and replay them: new runs of the same events.
+    page.click("#back")
+    page.click("#bulk-replay")
+    assert page.inner_text("#count").startswith("2 runs will be replayed")
+    page.click("#confirm")
+    assert page.inner_text("#done").startswith("2 runs replayed")
+    replays = page.locator("#done ~ details a").evaluate_all("els => els.map(e => e.textContent)")
+    assert len(replays) == 2 and not set(replays) & set(nappers)
+    page.screenshot(path=str(shots / "bulk-replayed.png"), full_page=True)
+
+    # Functions: counts per status move without a reload; throttled keys are listed.
+    page.goto(api + "/functions")
+    completed = "tr[data-function='dash/order'] [data-count=Completed]"
+    assert page.inner_text(completed) == "Completed 3"
+    e2e.send("dash/slow", user="ann")
+    e2e.send("dash/slow", user="ann")
+    e2e.send("dash/slow", user="ann")
+    e2e.wait_final(e2e.run_of(e2e.send("dash/order", order="C-9"))["id"])
+    page.wait_for_selector(f"{completed}:has-text('Completed 4')")
+    page.wait_for_selector("tr[data-function='dash/slow'] tr[data-key='ann']")
+    options = page.inner_text("tr[data-function='dash/slow'] td.options")
+    assert "throttle" in options and '"key":"event.data.user"' in options, options
+    page.screenshot(path=str(shots / "functions-counts.png"), full_page=True)
+
+    # A retried step's attempts and backoff, then its child run, on one axis, linked.
+    flaky = e2e.run_of(e2e.send("dash/flaky"))["id"]
+    e2e.check(e2e.wait_final(flaky)["status"] == "Completed", "the flaky run completed")
+    page.goto(api + f"/runs/{flaky}")
+    lanes = page.locator("#timeline .lane").evaluate_all("els => els.map(e => e.dataset.step)")
+    assert lanes[:4] == ["queued", "call #1", "call backoff", "call #2"], lanes
+    assert "child" in lanes and lanes[-1] == "↳ dash/order", lanes
+    boxes = [page.locator(f"#timeline .lane[data-step='{s}'] .bar").bounding_box()
+             for s in ("call #1", "call backoff", "call #2", "child", "↳ dash/order")]
+    assert all(a["x"] <= b["x"] + 1 for a, b in pairwise(boxes)), boxes
+    assert boxes[1]["width"] > boxes[0]["width"]  # the 1 s backoff outlasts the attempt
+    page.screenshot(path=str(shots / "run-retries-children.png"), full_page=True)
+    page.click("#timeline .lane[data-kind=child] .label a")
+    page.wait_for_selector(f"a[href='/runs/{flaky}']")
+    assert page.inner_text("#run-status") == "Completed"
+    page.close()
+
+
 def test_login_outside_dev(e2e: E2E, browser: Any, shots: Path) -> None:
     signing, event_key = "signkey-" + secrets.token_urlsafe(32), secrets.token_hex(16)
     made = run_cli("-m", "gateway", "keys", "create", "--kind", "api", "--read-only",
@@ -212,6 +307,13 @@ def test_login_outside_dev(e2e: E2E, browser: Any, shots: Path) -> None:
     assert refused.status == 403 and "read-only" in refused.json()["error"]
     assert e2e.get_run(sleeper)["status"] == "Sleeping"
     page.screenshot(path=str(shots / "run-read-only.png"), full_page=True)
+    refused = page.request.post(e2e.cluster.api + "/runs/bulk", max_redirects=0,
+                                form={"csrf": csrf, "action": "cancel", "confirm": "1"})
+    assert refused.status == 403 and "read-only" in refused.json()["error"]
+    assert e2e.get_run(sleeper)["status"] == "Sleeping"
+    page.click("nav >> text=Runs")
+    assert page.locator("#runs-rows tr[data-run]").count() == 1
+    assert page.locator("#bulk-cancel, #bulk-replay").count() == 0
     page.click("nav >> text=Events")
     assert page.locator("form.send").count() == 0  # no test events from a read-only key
     page.click(f"a[href='/runs/{sleeper}']")

@@ -20,7 +20,7 @@ SERVER = os.environ.get("TETHER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5
 #: Every table of the schema, emptied between tests that share a database.
 TABLES = ("apps", "functions", "events", "runs", "run_events", "steps", "waits", "gateways",
           "access_keys", "webhooks", "schedules", "cron_ticks", "flow_keys", "throttle_tat",
-          "conc_cursors", "flow_windows")
+          "conc_cursors", "flow_windows", "step_attempts")
 
 
 def _with_db(url: str, name: str) -> str:

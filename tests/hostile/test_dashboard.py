@@ -137,6 +137,17 @@ def test_oversized_and_garbage_input(gw: E2E, client: httpx.Client) -> None:
     assert client.get("/runs/%00").status_code == 404
     r = client.post("/runs/%00/cancel", data={"csrf": csrf})
     assert r.status_code == 404, r.text
+    for form in ({"action": "drop"}, {"action": "cancel", "status": "Nope"},
+                 {"action": "cancel", "from": "yesterday"}, {"action": "replay", "if": "1 +"},
+                 {"action": "replay", "cursor": "' OR 1"},
+                 {"action": "cancel", "function_id": "\x00", "confirm": "1"}):
+        r = client.post("/runs/bulk", data={"csrf": csrf, **form})
+        assert r.status_code == 400, (form, r.text[:300])
+    for query in ("if=1%20%2B", "from=soon", "to=" + "9" * 400, "text=" + "x" * 5000,
+                  "if=" + "(" * 500):
+        r = client.get("/?" + query)
+        assert r.status_code == 200 and 'id="problem"' in r.text, query
+    assert client.post("/runs/bulk", data={"action": "cancel"}).status_code == 403
     assert client.get("/static/../routes.py").status_code == 404
     assert client.get("/static/%2e%2e%2froutes.py").status_code == 404
     assert client.get("/static/live.js").status_code == 200

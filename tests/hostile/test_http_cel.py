@@ -247,7 +247,7 @@ def test_unknown_fields_are_refused_and_cancel_nothing(gw):
     assert r.status_code == 400
     assert r.json()["error"] == (
         f"unknown field 'iff' in the body of POST /v1/functions/{FUNCTION}/cancel; "
-        "allowed: cursor, if, queued_after, queued_before")
+        "allowed: cursor, dry_run, if, queued_after, queued_before, status, text")
     r = post(gw, f"/v1/runs/{run_id}/cancel", b'{"reason": "x"}')
     assert r.status_code == 400 and "unknown field 'reason'" in r.json()["error"]
     with httpx.Client(timeout=bound(5)) as client:

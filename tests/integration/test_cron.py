@@ -18,7 +18,8 @@ import pytest
 from gateway.clock import FakeClock
 from gateway.engine import Engine
 from gateway.registry import Registry
-from gateway.store.base import CancelRequest, NewEvent, RunRecord, Store
+from gateway.runs import RunStatus
+from gateway.store.base import CancelRequest, NewEvent, RunRecord, RunScan, Store
 from protocol import messages as m
 from protocol.manifest import AppManifest, FunctionConfig, TriggerCron, TriggerEvent
 from tests.helpers.waiting import eventually
@@ -166,8 +167,8 @@ async def test_a_function_with_cron_and_event_triggers_runs_for_both(gateway):
 async def _trigger(store: Store, run_id: str) -> bytes:
     run = await store.get_run(run_id)
     assert run is not None
-    for rid, payload in await store.live_runs(run.function_id, queued_after=0,
-                                              queued_before=2e9, after_id="", limit=100):
+    scan = RunScan(run.function_id, tuple(RunStatus), "", "Z" * 27, 100)
+    for rid, payload in await store.scan_runs(scan):
         if rid == run_id and payload is not None:
             return payload
     raise AssertionError(f"no trigger for {run_id}")

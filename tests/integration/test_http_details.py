@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.http import bulk_cancel, server
+from gateway.http import bulk, server
 from gateway.http.management import MAX_BODY, MAX_PAGE
 from tests.helpers.keys import EVENT_KEY, SIGNING_KEY
 from tests.helpers.waiting import bound, eventually
@@ -144,8 +144,8 @@ async def test_bulk_cancel_by_short_id_and_time_range(harness, http, queued):
 
 async def test_bulk_cancel_past_its_budget_answers_a_cursor_to_continue(
         harness, http, queued, monkeypatch):
-    monkeypatch.setattr(bulk_cancel, "PAGE", 2)
-    monkeypatch.setattr(bulk_cancel, "MAX_SCANNED", 2)
+    monkeypatch.setattr(bulk, "PAGE", 2)
+    monkeypatch.setattr(bulk, "MAX_SCANNED", 2)
     body: dict[str, Any] = {"if": "event.data.n >= 1"}
     answers = []
     while True:
@@ -177,7 +177,8 @@ async def test_a_bad_bulk_cancel_is_refused_and_cancels_nothing(harness, http, q
     assert r.status_code == 400, r.text
     assert fragment in r.json()["error"]
     if "unknown field" in fragment:
-        assert "allowed: cursor, if, queued_after, queued_before" in r.json()["error"]
+        assert ("allowed: cursor, dry_run, if, queued_after, queued_before, status, text"
+                in r.json()["error"])
     assert "Cancelled" not in await statuses(harness, queued)
 
 
@@ -195,7 +196,7 @@ async def test_an_expensive_filter_is_stopped_at_its_budget_and_intake_goes_on(
     filter over budget is killed and refused."""
     import multiprocessing
 
-    monkeypatch.setattr(bulk_cancel, "BUDGET_SECONDS", 1.0)
+    monkeypatch.setattr(bulk, "BUDGET_SECONDS", 1.0)
     worker = await RawWorker.ready_on(harness.gateway.connect_port)
     await harness.send(*({"name": EVENT, "data": {"xs": list(range(20_000))}}
                          for _ in range(2)))

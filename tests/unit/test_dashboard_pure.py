@@ -1,10 +1,12 @@
-"""The dashboard's pure parts: a run's timeline bars and the session table."""
+"""The dashboard's pure parts: a run's timeline bars, time as run ids, the session table."""
 
 from __future__ import annotations
 
+from gateway.http.bulk import id_floor
 from gateway.http.dashboard.sessions import MAX_SESSIONS, SESSION_SECONDS, Sessions
 from gateway.http.dashboard.timeline import bars
-from gateway.store.base import RunRecord, StepRecord
+from gateway.store.base import AttemptRecord, ChildRun, RunRecord, StepRecord
+from protocol.ids import id_time, new_id
 
 
 def run(steps: list[StepRecord], *, started: float | None = 101.0,
@@ -40,6 +42,40 @@ def test_unstarted_runs_and_steps_have_no_bar_and_tiny_ones_stay_visible() -> No
     out = bars(run([step("planned", None, None), step("blink", 101.0, 101.0)]), now=200.0)
     assert [b.label for b in out] == ["queued", "blink"]
     assert out[1].width == 0.5  # a zero-length step is still drawn
+
+
+def test_each_attempt_and_backoff_of_a_retried_step_then_its_child_run() -> None:
+    steps = [StepRecord("call", "run", "Completed", 2, None, None, 101.0, 106.0),
+             step("kid", 106.0, 109.0, "invoke")]
+    attempts = [AttemptRecord("call", 1, "Retrying", 101.0, 102.0, 104.0, None),
+                AttemptRecord("call", 2, "Completed", 105.0, 106.0, None, None)]
+    children = [ChildRun("C", "a/child", "Completed", 106.0, 107.0, 109.0, "kid")]
+    out = bars(run(steps), now=500.0, attempts=attempts, children=children)
+    assert [(b.label, b.kind, b.status) for b in out] == [
+        ("queued", "queue", "queued"), ("call #1", "run", "Retrying"),
+        ("call backoff", "backoff", "backoff"), ("call #2", "run", "Completed"),
+        ("kid", "invoke", "Completed"), ("↳ a/child", "child", "Completed")]
+    backoff, child = out[2], out[5]
+    # The backoff lasts until the next attempt began (105), not the due time (104).
+    assert (backoff.left, backoff.width, backoff.seconds) == (20.0, 30.0, 3.0)
+    assert child.href == "/runs/C" and (child.left, child.width) == (60.0, 30.0)
+    assert {b.step for b in out[1:]} == {"call", "kid"}
+
+
+def test_a_pending_retry_waits_until_its_due_time_and_stretches_the_axis() -> None:
+    steps = [StepRecord("call", "run", "Retrying", 1, None, None, 101.0, 102.0)]
+    attempts = [AttemptRecord("call", 1, "Retrying", 101.0, 102.0, 120.0, None)]
+    out = bars(run(steps, ended=None), now=110.0, attempts=attempts)
+    assert out[-1].label == "call backoff" and out[-1].left + out[-1].width == 100.0
+    assert out[-1].seconds == 18.0
+
+
+def test_a_time_is_the_smallest_id_queued_then() -> None:
+    for ts in (0.0, 1_700_000_000.123, 1_800_000_000.0):
+        floor = id_floor(ts)
+        assert id_time(floor) == int(ts * 1000) / 1000
+        assert id_floor(ts) <= new_id(ts) < id_floor(ts + 0.002)
+    assert id_floor(-5) == "0" * 26 and id_floor(1e18) == "7ZZZZZZZZZ" + "0" * 16
 
 
 def test_sessions_expire_are_ended_and_are_bounded() -> None:

@@ -9,7 +9,9 @@ the session's CSRF token, and the session may write.
 
 from __future__ import annotations
 
+import math
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -21,14 +23,30 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from gateway.engine import Engine
+from gateway.http.bulk import (
+    ENDED,
+    LIVE,
+    Action,
+    BulkOutcome,
+    Selection,
+    act_in_bulk,
+    find_runs,
+    id_floor,
+)
 from gateway.http.dashboard.sessions import SESSION_SECONDS, Session, Sessions
 from gateway.http.dashboard.timeline import bars
 from gateway.http.eventlog import event_json
 from gateway.http.events import EventLimits, parse_events, read_body
-from gateway.http.management import _ULID, DEFAULT_PAGE, ManagementRoutes, run_json
+from gateway.http.management import (
+    _ULID,
+    DEFAULT_PAGE,
+    ManagementRoutes,
+    run_json,
+    selection_of,
+)
 from gateway.registry import Registry
 from gateway.runs import RunStatus
-from gateway.store.base import CancelRequest
+from gateway.store.base import CancelRequest, RunRecord
 from gateway.transport.auth import Authenticator, key_hash
 from protocol.errors import AuthError, InvalidInput, NotFound, PayloadTooLarge
 
@@ -38,6 +56,13 @@ COOKIE = "tether_session"
 MAX_FORM = 256 * 1024
 #: Static files served, by name (nothing else under static/ is reachable).
 STATIC = {"app.css": "text/css", "live.js": "text/javascript"}
+#: The runs page's filter fields (query parameters, and the bulk forms' hidden fields).
+FILTERS = ("function_id", "status", "from", "to", "text", "if", "cursor")
+#: Flow-control keys the Functions page shows per function (the busiest).
+TOP_KEYS = 5
+#: The Functions page counts ended runs queued within this many seconds (live ones all):
+#: the cost follows the recent volume, not the whole history.
+COUNTS_WINDOW = 24 * 3600.0
 
 
 class Refused(AuthError):
@@ -64,6 +89,7 @@ class Dashboard:
         self.env.filters["json"] = lambda v: orjson.dumps(
             v, option=orjson.OPT_INDENT_2).decode()
         self.env.filters["seconds"] = _seconds
+        self.env.filters["options"] = _options
 
     # --- sessions ------------------------------------------------------------------------
 
@@ -185,31 +211,55 @@ class Dashboard:
         if session is None:
             return self.to_login(request)
         q = request.query_params
-        function_id = q.get("function_id") or None
-        status = q.get("status") or None
-        cursor = q.get("cursor") or None
+        form = {name: q.get(name) or "" for name in FILTERS}
         problem = None
-        if function_id is not None and "\x00" in function_id:
-            problem, function_id = "a function id holds no NUL character", None
-        if status is not None and status not in {s.value for s in RunStatus}:
-            problem, status = f"unknown status {status!r}", None
-        if cursor is not None and not _ULID.match(cursor):
-            problem, cursor = "malformed cursor: paging starts again from the newest", None
-        page = await self.engine.store.list_runs(function_id=function_id, status=status,
-                                                 limit=DEFAULT_PAGE, cursor=cursor)
+        try:
+            selection = self.selection(form, statuses=tuple(RunStatus), what="listed")
+        except InvalidInput as exc:
+            problem, selection = exc.message, None
+        runs: list[RunRecord] = []
+        cursor, scanned = None, 0
+        if selection is not None:
+            try:
+                ids, cursor, scanned = await find_runs(self.engine, selection, DEFAULT_PAGE)
+            except InvalidInput as exc:
+                problem, ids = exc.message, []
+            runs = await self.engine.store.runs_by_ids(ids)
         now = self.engine.clock.now()
-        rows = [run_json(r, now) for r in page.runs]
-        more = None
-        if page.cursor:
-            more = "/?" + urlencode({k: v for k, v in (("function_id", function_id),
-                                                       ("status", status),
-                                                       ("cursor", page.cursor)) if v})
+        filters = {k: v for k, v in form.items() if v and k != "cursor"}
+        more = "/?" + urlencode({**filters, "cursor": cursor}) if cursor else None
         template = "runs_rows.html" if q.get("fragment") else "runs.html"
-        return self.render(request, template, session, runs=rows, more=more,
-                           functions=sorted(self.engine.functions),
-                           statuses=[s.value for s in RunStatus],
-                           function_id=function_id or "", status=status or "",
-                           cursor=cursor or "", problem=problem)
+        return self.render(request, template, session, runs=[run_json(r, now) for r in runs],
+                           more=more, functions=sorted(self.engine.functions),
+                           statuses=[s.value for s in RunStatus], form=form,
+                           filters=filters, problem=problem, scanned=scanned,
+                           searching=bool(form["text"] or form["if"]),
+                           # A CEL filter costs a child process a look: no polling then.
+                           live=not form["cursor"] and not form["if"] and problem is None)
+
+    def selection(self, form: dict[str, str], *, statuses: tuple[str, ...],
+                  what: str) -> Selection:
+        """The runs page's filter as a :class:`Selection` of ``statuses`` (those the action
+        may touch; the filter's status narrows them).
+
+        Raises:
+            InvalidInput: a filter that is not well-formed (the message says which).
+        """
+        function_id = form["function_id"] or None
+        if function_id is not None and "\x00" in function_id:
+            raise InvalidInput("a function id holds no NUL character")
+        status = form["status"] or None
+        if status is not None and status not in {s.value for s in RunStatus}:
+            raise InvalidInput(f"unknown status {status[:40]!r}")
+        body: dict[str, Any] = {"if": form["if"], "text": form["text"],
+                                "cursor": form["cursor"] or None}
+        for field, name in (("from", "queued_after"), ("to", "queued_before")):
+            if form[field]:
+                body[name] = _form_time(form[field], field)
+        chosen = statuses if status is None else tuple(s for s in statuses if s == status)
+        if not chosen:  # e.g. cancelling with the filter "Completed": nothing can be
+            return Selection(function_id, (), cursor=None)
+        return selection_of(function_id, body, allowed=chosen, default=chosen, what=what)
 
     async def run(self, request: Request) -> Response:
         session = self.session(request)
@@ -228,9 +278,12 @@ class Dashboard:
             events.append(event_json(stored) if stored else {"id": event_id, "name": None})
         tracing = self.engine.tracing  # the run's trace id, and a link with --trace-url
         trace = await tracing.run_links(record.id) if tracing is not None else None
+        attempts = await self.engine.store.step_attempts(run_id)
+        children = await self.engine.store.child_runs(run_id)
         return self.render(request, "run.html", session, run=run_json(record, now),
                            parent=record.parent_run_id, events=events, trace=trace,
-                           bars=bars(record, now), live=record.ended_at is None,
+                           bars=bars(record, now, attempts, children),
+                           live=record.ended_at is None,
                            message=request.query_params.get("message"))
 
     async def functions(self, request: Request) -> Response:
@@ -238,7 +291,16 @@ class Dashboard:
         if session is None:
             return self.to_login(request)
         data = orjson.loads(await self._management(self.manage.functions, request))["data"]
-        return self.render(request, "functions.html", session, functions=data)
+        counts = await self.engine.store.recent_counts(
+            id_floor(self.engine.clock.now() - COUNTS_WINDOW))
+        for function in data:
+            function["counts"] = counts.get(function["id"], {})
+            function["flow_keys"] = await self.engine.store.flow_key_counts(
+                function["id"], TOP_KEYS)
+        template = "functions_rows.html" if request.query_params.get("fragment") \
+            else "functions.html"
+        return self.render(request, template, session, functions=data,
+                           statuses=[s.value for s in RunStatus])
 
     async def workers(self, request: Request) -> Response:
         session = self.session(request)
@@ -299,6 +361,37 @@ class Dashboard:
         return RedirectResponse(f"/runs/{new_id}?" + urlencode(
             {"message": f"replay of {run_id}"}), status_code=303)
 
+    async def bulk(self, request: Request) -> Response:
+        """Cancel or replay what the runs page's filter selects: first a count and a question,
+        then (``confirm``) the action, over runs queued before the count was shown."""
+        session, form = await self.action(request)
+        action: Action
+        if form.get("action") == "cancel":
+            action = "cancel"
+        elif form.get("action") == "replay":
+            action = "replay"
+        else:
+            raise InvalidInput("'action' must be cancel or replay")
+        fields = {name: form.get(name, "") for name in FILTERS}
+        if not fields["to"]:  # pin the selection: runs created after the count stay out
+            fields["to"] = _form_iso(self.engine.clock.now())
+        allowed = LIVE if action == "cancel" else ENDED
+        try:
+            selection = self.selection(fields, statuses=allowed,
+                                       what="cancelled" if action == "cancel" else "replayed")
+            if not selection.statuses:
+                outcome = BulkOutcome("count", 0, 0, 0, None)
+            else:
+                outcome = await act_in_bulk(
+                    self.engine, selection, action if form.get("confirm") else "count",
+                    reason="cancelled in bulk from the dashboard")
+        except InvalidInput as exc:
+            return self.render(request, "bulk.html", session, code=400, action=action,
+                               fields=fields, problem=exc.message, outcome=None,
+                               back=_runs_link(fields))
+        return self.render(request, "bulk.html", session, action=action, fields=fields,
+                           outcome=outcome, problem=None, back=_runs_link(fields))
+
     async def send_event(self, request: Request) -> Response:
         _, form = await self.action(request)
         try:
@@ -322,6 +415,43 @@ class Dashboard:
                             headers={"cache-control": "max-age=300"})
 
 
+def _form_time(value: str, field: str) -> float:
+    """A ``datetime-local`` field's value, read as UTC (the times the pages show)."""
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(f"'{field}' must be a date and time such as 2026-11-30T09:00 "
+                           "(UTC)") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _form_iso(ts: float) -> str:
+    """``ts`` as a ``datetime-local`` value in UTC, rounded up to the second (so a run
+    queued just before ``ts`` is inside a range that ends there)."""
+    return datetime.fromtimestamp(math.ceil(ts), UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _runs_link(fields: dict[str, str]) -> str:
+    return "/?" + urlencode({k: v for k, v in fields.items() if v and k != "cursor"})
+
+
+#: Config fields that are not options (shown elsewhere, or internal).
+_NOT_OPTIONS = {"id", "name", "triggers", "kind"}
+
+
+def _options(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """A function's options as set (name, compact JSON), unset and null fields left out."""
+    def compact(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: compact(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [compact(v) for v in value]
+        return value
+
+    return [(name, orjson.dumps(compact(value)).decode()) for name, value in config.items()
+            if name not in _NOT_OPTIONS and value not in (None, [], {})]
+
+
 def _seconds(value: float) -> str:
     """A duration for people: milliseconds under a second."""
     return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
@@ -341,6 +471,7 @@ def dashboard_routes(engine: Engine, registry: Registry, auth: Authenticator,
     d = Dashboard(engine, registry, auth, limits, manage)
     return [
         Route("/", d.runs, methods=["GET"]),
+        Route("/runs/bulk", d.bulk, methods=["POST"]),
         Route("/runs/{run_id}", d.run, methods=["GET"]),
         Route("/runs/{run_id}/cancel", d.cancel, methods=["POST"]),
         Route("/runs/{run_id}/replay", d.replay, methods=["POST"]),

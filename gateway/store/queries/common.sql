@@ -45,12 +45,14 @@ ORDER BY seq;
 -- =============================== checkpoints ================================
 
 -- name: upsert_step
+-- started_at stays the first attempt's; attempt_started_at is this one's (step_attempts).
 INSERT INTO steps (run_id, step_id, kind, status, attempts, output, error, wake_at, started_at,
-                   ended_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                   ended_at, attempt_started_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9)
 ON CONFLICT (run_id, step_id) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts, output = excluded.output,
-    error = excluded.error, wake_at = excluded.wake_at, ended_at = excluded.ended_at
+    error = excluded.error, wake_at = excluded.wake_at, ended_at = excluded.ended_at,
+    attempt_started_at = excluded.attempt_started_at
 WHERE steps.status NOT IN ('Completed', 'Failed');
 
 -- name: insert_pending_step
@@ -118,13 +120,6 @@ WHERE id = $5;
 -- name: live_children
 SELECT id FROM runs WHERE parent_run_id = $1
 AND status NOT IN ('Completed', 'Failed', 'Cancelled', 'Skipped');
-
--- name: live_runs_page
-SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
-              WHERE re.run_id = r.id AND re.position = 0)
-FROM runs r WHERE r.function_id = $1 AND r.queued_at >= $2 AND r.queued_at < $3
-AND r.id > $4 AND r.status NOT IN ('Completed', 'Failed', 'Cancelled', 'Skipped')
-ORDER BY r.id LIMIT $5;
 
 -- name: set_lease_losses
 UPDATE runs SET lease_losses = $1 WHERE id = $2;
@@ -449,3 +444,27 @@ WHERE id = $5 AND status = 'Queued' AND fence = 0;
 
 -- name: delete_run_events
 DELETE FROM run_events WHERE run_id = $1;
+
+-- ================= dashboard: selections, counts, timeline ==================
+
+-- name: scan_runs
+SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
+              WHERE re.run_id = r.id AND re.position = 0)
+FROM runs r
+WHERE r.id >= $1 AND r.id < $2
+ORDER BY r.id DESC LIMIT $3;
+
+-- name: status_counts
+-- Counts per status of every function, from runs_by_function_status alone.
+SELECT function_id, status, COUNT(*) FROM runs GROUP BY function_id, status;
+
+-- name: status_counts_of_function
+SELECT status, COUNT(*) FROM runs WHERE function_id = $1 GROUP BY status;
+
+-- name: step_attempts_of_run
+SELECT step_id, attempt, status, started_at, ended_at, retry_at, error
+FROM step_attempts WHERE run_id = $1 ORDER BY step_id, attempt;
+
+-- name: child_runs
+SELECT id, function_id, status, queued_at, started_at, ended_at, parent_step_id
+FROM runs WHERE parent_run_id = $1 ORDER BY id;

@@ -184,6 +184,66 @@ DELETE FROM flow_windows WHERE (function_id, key_hash) IN (
     SELECT function_id, key_hash FROM flow_windows WHERE function_id = $1 AND deadline < $2
     LIMIT $3 FOR UPDATE SKIP LOCKED);
 
+-- ========================= tracing (OpenTelemetry) ==========================
+
+-- name: trace_parents_of_runs
+-- The traceparent of each run's first event: the parent of the run's span (migration 0013).
+SELECT re.run_id, e.traceparent FROM run_events re JOIN events e ON e.seq = re.event_seq
+WHERE re.run_id = ANY($1::text[]) AND re.position = 0;
+
+-- A run id is a ULID of its queue time, so a time range is an id range: these scans walk
+-- runs_by_function (or the primary key) newest first and read no run outside the range.
+
+-- ================= dashboard: selections, counts, timeline ==================
+
+-- name: scan_runs_by_function
+SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
+              WHERE re.run_id = r.id AND re.position = 0)
+FROM runs r
+WHERE r.function_id = $1 AND r.id >= $2 AND r.id < $3
+ORDER BY r.id DESC LIMIT $4;
+
+-- name: scan_runs_by_status
+SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
+              WHERE re.run_id = r.id AND re.position = 0)
+FROM runs r
+WHERE r.status = $1 AND r.id >= $2 AND r.id < $3
+ORDER BY r.id DESC LIMIT $4;
+
+-- name: scan_runs_by_function_status
+SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
+              WHERE re.run_id = r.id AND re.position = 0)
+FROM runs r
+WHERE r.function_id = $1 AND r.status = $2 AND r.id >= $3 AND r.id < $4
+ORDER BY r.id DESC LIMIT $5;
+
+-- name: runs_by_ids
+SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued_at,
+       started_at, ended_at, available_at, parent_run_id
+FROM runs WHERE id = ANY($1::text[]) ORDER BY id DESC;
+
+-- name: live_counts
+-- The Functions page: live runs of every function (few, whatever the store's size) ...
+SELECT function_id, status, COUNT(*) FROM runs
+WHERE status IN ('Queued', 'Running', 'Sleeping', 'Waiting') GROUP BY function_id, status;
+
+-- name: ended_counts_since
+-- ... and the runs that ended among those queued since a time (an id: see scan_runs).
+SELECT function_id, status, COUNT(*) FROM runs
+WHERE status IN ('Completed', 'Failed', 'Cancelled', 'Skipped') AND id >= $1
+GROUP BY function_id, status;
+
+-- name: flow_key_counts
+-- Per flow-control key holding a function's runs, the queued and running counts, top first.
+SELECT hold_option, hold_key, COUNT(*) FILTER (WHERE status = 'Queued'),
+       COUNT(*) FILTER (WHERE status = 'Running')
+FROM runs WHERE function_id = $1 AND status IN ('Queued', 'Running', 'Sleeping', 'Waiting')
+AND hold_key IS NOT NULL
+GROUP BY hold_option, hold_key
+HAVING COUNT(*) FILTER (WHERE status = 'Queued' OR status = 'Running') > 0
+ORDER BY COUNT(*) FILTER (WHERE status = 'Queued' OR status = 'Running') DESC, hold_key
+LIMIT $2;
+
 -- ======================== gateways (PostgreSQL only) ========================
 
 -- name: gateway_beat
@@ -223,10 +283,3 @@ ORDER BY run_id;
 -- Claimed by one gateway: another skips the rows this one holds until it commits.
 SELECT function_id, cron, tz, next_tick FROM schedules WHERE next_tick <= $1
 ORDER BY next_tick LIMIT $2 FOR UPDATE SKIP LOCKED;
-
--- ========================= tracing (OpenTelemetry) ==========================
-
--- name: trace_parents_of_runs
--- The traceparent of each run's first event: the parent of the run's span (migration 0013).
-SELECT re.run_id, e.traceparent FROM run_events re JOIN events e ON e.seq = re.event_seq
-WHERE re.run_id = ANY($1::text[]) AND re.position = 0;

@@ -204,3 +204,54 @@ DELETE FROM flow_windows WHERE (function_id, key_hash) IN (
 -- The traceparent of each run's first event: the parent of the run's span (migration 0013).
 SELECT re.run_id, e.traceparent FROM run_events re JOIN events e ON e.seq = re.event_seq
 WHERE re.run_id IN (SELECT value FROM json_each(?1)) AND re.position = 0;
+
+-- A run id is a ULID of its queue time, so a time range is an id range: these scans walk
+-- runs_by_function (or the primary key) newest first and read no run outside the range.
+
+-- ================= dashboard: selections, counts, timeline ==================
+
+-- name: scan_runs_by_function
+SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
+              WHERE re.run_id = r.id AND re.position = 0)
+FROM runs r INDEXED BY runs_by_function
+WHERE r.function_id = ?1 AND r.id >= ?2 AND r.id < ?3
+ORDER BY r.id DESC LIMIT ?4;
+
+-- name: scan_runs_by_status
+SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
+              WHERE re.run_id = r.id AND re.position = 0)
+FROM runs r INDEXED BY runs_by_status
+WHERE r.status = ?1 AND r.id >= ?2 AND r.id < ?3
+ORDER BY r.id DESC LIMIT ?4;
+
+-- name: scan_runs_by_function_status
+SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
+              WHERE re.run_id = r.id AND re.position = 0)
+FROM runs r INDEXED BY runs_by_function_status
+WHERE r.function_id = ?1 AND r.status = ?2 AND r.id >= ?3 AND r.id < ?4
+ORDER BY r.id DESC LIMIT ?5;
+
+-- name: runs_by_ids
+SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued_at,
+       started_at, ended_at, available_at, parent_run_id
+FROM runs WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY id DESC;
+
+-- name: live_counts
+-- The Functions page: live runs of every function (few, whatever the store's size) ...
+-- (INDEXED BY: with statistics SQLite would rather walk every run in function order.)
+SELECT function_id, status, COUNT(*) FROM runs INDEXED BY runs_by_status
+WHERE status IN ('Queued', 'Running', 'Sleeping', 'Waiting') GROUP BY function_id, status;
+
+-- name: ended_counts_since
+-- ... and the runs that ended among those queued since a time (an id: see scan_runs).
+SELECT function_id, status, COUNT(*) FROM runs INDEXED BY runs_by_status
+WHERE status IN ('Completed', 'Failed', 'Cancelled', 'Skipped') AND id >= ?1
+GROUP BY function_id, status;
+
+-- name: flow_key_counts
+-- Per flow-control key holding a function's runs, the queued and running counts, top first.
+SELECT hold_option, hold_key, SUM(status = 'Queued') AS queued, SUM(status = 'Running') AS running
+FROM runs WHERE function_id = ?1 AND status IN ('Queued', 'Running', 'Sleeping', 'Waiting')
+AND hold_key IS NOT NULL
+GROUP BY hold_option, hold_key HAVING queued + running > 0
+ORDER BY queued + running DESC, hold_key LIMIT ?2;
