@@ -71,6 +71,19 @@ async def flow(ctx: inngest.Context):
             "sent": len(ids), "flaky": flaky_result}
 
 
+@client.create_function(fn_id="serial", trigger=inngest.TriggerEvent(event="py/serial"),
+                        concurrency=[inngest.Concurrency(limit=1, key="event.data.group")])
+async def serial(ctx: inngest.Context):
+    def work():
+        with open(os.path.join(os.getcwd(), "spans.txt"), "a") as out:
+            started = time.time()
+            time.sleep(0.3)
+            out.write(f"{ctx.event.data['group']} {started} {time.time()}\n")
+        return ctx.event.data["key"]
+
+    return await ctx.step.run("work", work)
+
+
 @client.create_function(fn_id="slow", trigger=inngest.TriggerEvent(event="py/slow"))
 async def slow(ctx: inngest.Context):
     def first():
@@ -99,7 +112,7 @@ async def boom(ctx: inngest.Context):
 
 
 async def main():
-    await connect([(client, [child, flow, slow, boom])],
+    await connect([(client, [child, flow, slow, boom, serial])],
                   instance_id=f"pyapp-{os.getpid()}").start()
 
 

@@ -157,3 +157,21 @@ def test_on_postgresql_an_event_sent_to_another_gateway_runs_on_the_sdk(
         first.stop()
         second.stop()
         pg.drop_database_sync(db)
+
+
+def test_concurrency_from_the_sdk_config_is_enforced(sdk: InngestApps) -> None:
+    """``concurrency=[Concurrency(limit=1, key="event.data.group")]``: a group's runs never
+    overlap (from the steps' own times), another group's run alongside them."""
+    sdk.start_gateway()
+    sdk.start_app(name="app1")
+    sdk.start_app(name="app2")
+    sdk.wait_apps(2)
+    runs = [sdk.run_of(sdk.send("py/serial", key=f"s{i}", group="g" if i < 3 else "h"))
+            for i in range(4)]
+    for run in runs:
+        done = sdk.wait_final(run["id"])
+        sdk.check(done["status"] == "Completed", f"run ended {done['status']}: {done['error']}")
+    spans = [line.split() for line in (sdk.workdir / "spans.txt").read_text().splitlines()]
+    group = sorted((float(start), float(end)) for g, start, end in spans if g == "g")
+    assert len(group) == 3 and len(spans) == 4
+    assert all(end <= later for (_, end), (later, _) in zip(group, group[1:])), group
