@@ -1,10 +1,21 @@
-"""Shared fixtures: fake clock, temporary stores, in-process gateways, real process clusters."""
+"""Shared fixtures: fake clock, temporary stores, in-process gateways, real process clusters.
+
+The suite runs under pytest-xdist (``python3 dev.py test`` passes ``-n``; ``--dist
+loadgroup`` is in the pytest options). Two hooks here keep that safe:
+
+- every test of a module whose tests share a module-scoped fixture (a gateway process, a
+  browser) goes to one xdist worker, so the fixture starts once, not once per worker;
+- a test marked ``serial`` has the machine to itself (no other test of the run executes
+  meanwhile): a readers-writer lock on a file shared by the run's workers.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +24,57 @@ from gateway.app import open_store
 from gateway.clock import FakeClock
 from gateway.store.base import Store
 from tests.helpers import postgres as pg
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "serial: needs the machine to itself (load, timing): while it runs, no "
+                   "other test of the run does, even under pytest-xdist")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep the tests sharing a module-scoped fixture on one xdist worker."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d and d[-1].scope == "module" for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
+def _run_lock_dir(config: pytest.Config) -> Path:
+    """A folder every xdist worker of this run shares (and only they)."""
+    factory: pytest.TempPathFactory = config._tmp_path_factory  # type: ignore[attr-defined]
+    base = factory.getbasetemp()
+    return base.parent if hasattr(config, "workerinput") else base
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None
+                            ) -> Generator[None, Any, Any]:
+    """Shared lock around every test, exclusive around a ``serial`` one.
+
+    A turnstile makes it fair to the writer: a serial test waiting for the running ones to
+    end stops new ones from starting meanwhile.
+    """
+    folder = _run_lock_dir(item.config)
+    serial = item.get_closest_marker("serial") is not None
+    with (folder / "tests.turnstile").open("a") as turnstile, \
+            (folder / "tests.lock").open("a") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if serial else fcntl.LOCK_SH)
+        finally:
+            if not serial:
+                fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            return (yield)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            if serial:
+                fcntl.flock(turnstile, fcntl.LOCK_UN)
 
 
 @pytest.fixture
