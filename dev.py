@@ -6,8 +6,8 @@
     python3 dev.py test [PYTEST OPTIONS]       install with test tools (and PostgreSQL if no
                                                server runs on 127.0.0.1:5432, and chromium for
                                                the dashboard's browser tests), run every test
-                                               in parallel (-n WORKERS, default 4, or
-                                               TETHER_TEST_WORKERS; -n 0 runs in one process)
+                                               in parallel (-n WORKERS, default two per core,
+                                               or TETHER_TEST_WORKERS; -n 0: one process)
     python3 dev.py bench [BENCH OPTIONS]       install, then run the benchmark
 
 Everything goes into ./.venv; re-running skips the install when pyproject.toml is unchanged.
@@ -121,16 +121,17 @@ def ensure_chromium() -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env)
 
 
-#: pytest-xdist workers for ``dev.py test``: most tests wait on real gateway and worker
-#: processes, so more workers than cores pays (measured on two cores).
-TEST_WORKERS = 4
+def test_workers() -> int:
+    """pytest-xdist workers for ``dev.py test``: two per core, at most six. Most tests wait on
+    real gateway and worker processes, so more workers than cores pays (measured on two)."""
+    return min(6, 2 * (os.cpu_count() or 1))
 
 
 def pytest_args(rest: list[str]) -> list[str]:
     """``rest`` with ``-n`` added, unless the caller chose the workers."""
     if any(a.startswith(("-n", "--numprocesses")) for a in rest):
         return rest
-    workers = os.environ.get("TETHER_TEST_WORKERS") or str(TEST_WORKERS)
+    workers = os.environ.get("TETHER_TEST_WORKERS") or str(test_workers())
     return ["-n", workers, *rest]
 
 

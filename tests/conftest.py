@@ -5,6 +5,9 @@ loadgroup`` is in the pytest options). Two hooks here keep that safe:
 
 - every test of a module whose tests share a module-scoped fixture (a gateway process, a
   browser) goes to one xdist worker, so the fixture starts once, not once per worker;
+- the tests using a ``fleet`` (several gateways on one PostgreSQL database, eight
+  connections each) go to one worker, so fleets never add up to the server's connection
+  limit;
 - a test marked ``serial`` has the machine to itself (no other test of the run executes
   meanwhile): a readers-writer lock on a file shared by the run's workers.
 """
@@ -34,9 +37,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep the tests sharing a module-scoped fixture on one xdist worker."""
+    """Keep the tests sharing a module-scoped fixture, and those using a fleet, on one xdist
+    worker each."""
     for item in items:
         if item.get_closest_marker("xdist_group") is not None:
+            continue
+        if "fleet" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("postgres-fleet"))
             continue
         info = getattr(item, "_fixtureinfo", None)
         defs = info.name2fixturedefs.values() if info is not None else ()
