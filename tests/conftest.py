@@ -15,6 +15,7 @@ loadgroup`` is in the pytest options). Two hooks here keep that safe:
 from __future__ import annotations
 
 import fcntl
+import json
 import random
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
@@ -35,20 +36,62 @@ def pytest_configure(config: pytest.Config) -> None:
                    "other test of the run does, even under pytest-xdist")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_itemcollected(item: pytest.Item) -> None:
     """Keep the tests sharing a module-scoped fixture, and those using a fleet, on one xdist
-    worker each."""
+    worker each (marked as each is collected: xdist reads the groups in
+    ``pytest_collection_modifyitems``)."""
+    if item.get_closest_marker("xdist_group") is not None:
+        return
+    if "fleet" in getattr(item, "fixturenames", ()):
+        item.add_marker(pytest.mark.xdist_group("postgres-fleet"))
+        return
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.values() if info is not None else ()
+    if any(d and d[-1].scope == "module" for d in defs):
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
+GROUPS_FILE = "xdist-groups.json"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On an xdist worker, tell the controller each test's group (in a file of the run).
+
+    xdist 3.8 passes groups by renaming ``item._nodeid``, which pytest 9 no longer reads, so
+    the controller's scheduler (below) reads them from this file instead.
+    """
+    if not hasattr(config, "workerinput"):
+        return
+    groups = {}
     for item in items:
-        if item.get_closest_marker("xdist_group") is not None:
-            continue
-        if "fleet" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("postgres-fleet"))
-            continue
-        info = getattr(item, "_fixtureinfo", None)
-        defs = info.name2fixturedefs.values() if info is not None else ()
-        if any(d and d[-1].scope == "module" for d in defs):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+        mark = item.get_closest_marker("xdist_group")
+        if mark is not None:
+            groups[item.nodeid] = str(mark.args[0] if mark.args else mark.kwargs["name"])
+    target = _run_lock_dir(config) / GROUPS_FILE
+    partial = target.with_suffix(f".{config.workerinput['workerid']}")  # type: ignore[attr-defined]
+    partial.write_text(json.dumps(groups))
+    partial.replace(target)  # every worker collects the same tests: the same groups
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup`` with the groups the workers wrote (see above)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+
+    class FileGroups(LoadGroupScheduling):  # type: ignore[misc]
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:
+                self.groups = json.loads((base / GROUPS_FILE).read_text())
+            return self.groups.get(nodeid, nodeid)
+
+    return FileGroups(config, log)
 
 
 def _run_lock_dir(config: pytest.Config) -> Path:
