@@ -1,7 +1,7 @@
 """Shared fixtures: fake clock, temporary stores, in-process gateways, real process clusters.
 
 The suite runs under pytest-xdist (``python3 dev.py test`` passes ``-n``; ``--dist
-loadgroup`` is in the pytest options). Two hooks here keep that safe:
+loadgroup`` is in the pytest options). The hooks here keep that safe and cheap:
 
 - every test of a module whose tests share a module-scoped fixture (a gateway process, a
   browser) goes to one xdist worker, so the fixture starts once, not once per worker;
@@ -38,8 +38,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_itemcollected(item: pytest.Item) -> None:
     """Keep the tests sharing a module-scoped fixture, and those using a fleet, on one xdist
-    worker each (marked as each is collected: xdist reads the groups in
-    ``pytest_collection_modifyitems``)."""
+    worker each (a test's own ``xdist_group`` mark wins)."""
     if item.get_closest_marker("xdist_group") is not None:
         return
     if "fleet" in getattr(item, "fixturenames", ()):
@@ -88,7 +87,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
         def _split_scope(self, nodeid: str) -> str:
             if self.groups is None:
-                self.groups = json.loads((base / GROUPS_FILE).read_text())
+                path = base / GROUPS_FILE
+                self.groups = json.loads(path.read_text()) if path.exists() else {}
             return self.groups.get(nodeid, nodeid)
 
     return FileGroups(config, log)
