@@ -6,6 +6,8 @@
     python3 dev.py test [PYTEST OPTIONS]       install with test tools (and PostgreSQL if no
                                                server runs on 127.0.0.1:5432, and chromium for
                                                the dashboard's browser tests), run every test
+                                               in parallel (-n WORKERS, default two per core,
+                                               or TETHER_TEST_WORKERS; -n 0: one process)
     python3 dev.py bench [BENCH OPTIONS]       install, then run the benchmark
 
 Everything goes into ./.venv; re-running skips the install when pyproject.toml is unchanged.
@@ -119,6 +121,20 @@ def ensure_chromium() -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env)
 
 
+def test_workers() -> int:
+    """pytest-xdist workers for ``dev.py test``: two per core, at most six. Most tests wait on
+    real gateway and worker processes, so more workers than cores pays (measured on two)."""
+    return min(6, 2 * (os.cpu_count() or 1))
+
+
+def pytest_args(rest: list[str]) -> list[str]:
+    """``rest`` with ``-n`` added, unless the caller chose the workers."""
+    if any(a.startswith(("-n", "--numprocesses")) for a in rest):
+        return rest
+    workers = os.environ.get("TETHER_TEST_WORKERS") or str(test_workers())
+    return ["-n", workers, *rest]
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(__doc__)
@@ -135,7 +151,8 @@ def main(argv: list[str]) -> int:
         ensure_env("test")
         env = {**os.environ, "TETHER_TEST_PG_URL": ensure_postgres()}
         ensure_chromium()
-        return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT, env=env)
+        return subprocess.call([str(PYTHON), "-m", "pytest", *pytest_args(rest)], cwd=ROOT,
+                               env=env)
     if command == "bench":
         ensure_env()
         return subprocess.call([str(PYTHON), "-m", "bench", *rest], cwd=ROOT)

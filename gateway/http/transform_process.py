@@ -27,6 +27,11 @@ INLINE_LIMIT = 16 * 1024
 BUDGET = 2.0
 #: Seconds the child waits for work before leaving.
 IDLE_EXIT = 60.0
+#: Seconds a new child may take to start (its imports) before its first job. Not part of
+#: :data:`BUDGET`, which is the transform's own time: on a busy machine starting the child
+#: alone can take longer, and a good request must not be refused for that.
+STARTUP = 30.0
+READY = "ready"
 
 Job = tuple[str, bytes, str | None, dict[str, str], dict[str, str]]
 
@@ -73,6 +78,9 @@ class TransformProcess:
         self._process.start()
         child.close()
         assert self._conn is not None
+        if not self._conn.poll(STARTUP) or self._conn.recv() != READY:
+            self.close()
+            raise OSError("the webhook transform process did not start")
         return self._conn
 
     def _exchange(self, job: Job) -> tuple[bool, Any] | None:
@@ -102,6 +110,7 @@ class TransformProcess:
 
 def _serve(conn: Connection) -> None:
     """The child: answer each job with (True, event JSON) or (False, why), until idle."""
+    conn.send(READY)  # imports done: the budget of the first job starts now
     while conn.poll(IDLE_EXIT):
         try:
             source, raw, content_type, headers, query = conn.recv()

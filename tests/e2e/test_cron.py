@@ -18,7 +18,7 @@ import pytest
 
 from bench.cluster import Cluster
 from tests.e2e.gateways_support import Fleet, fleet_fixture
-from tests.e2e.harness import cluster_with_app
+from tests.e2e.harness import cluster_with_app, log_events
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -84,12 +84,14 @@ def test_a_fast_schedule_fires_once_per_tick_with_two_workers_and_a_restart(app_
     cluster.start_gateway()
     cluster.start_worker("cronapp:app", name="w1")
     cluster.start_worker("cronapp:app", name="w2")
-    wait_until(lambda: completed(cluster, 10), timeout=60, what="10 ticks")
+    # A few ticks each side of the restart prove "once each, none skipped"; more only
+    # lengthen the test (a long count is `python -m bench`'s business).
+    wait_until(lambda: completed(cluster, 4), timeout=60, what="4 ticks")
     cluster.gateway.stop()  # type: ignore[union-attr]
     cluster.start_gateway()
     before = len(tick_runs(cluster))
-    wait_until(lambda: completed(cluster, before + 5), timeout=60,
-               what="5 ticks after the restart")
+    wait_until(lambda: completed(cluster, before + 3), timeout=60,
+               what="3 ticks after the restart")
     runs = tick_runs(cluster)
     check_once_each(ticks(runs), logs_of(cluster))
     done = [r for r in runs if r["status"] == "Completed"]
@@ -118,9 +120,16 @@ def test_a_delayed_event_starts_at_ts_across_a_restart(app_cluster):
         lambda: (lambda r: r if r["status"] == "Completed" else None)(
             cluster.get(f"/v1/runs/{run['id']}")),
         timeout=30, what="the delayed run completes")
-    lateness = iso_seconds(final["started_at"]) - ts / 1000
-    print(f"delayed event: started {lateness * 1000:+.1f} ms after its ts")
-    assert 0 <= lateness < 2.0, logs_of(cluster)
+    started = iso_seconds(final["started_at"])
+    assert started >= ts / 1000, f"started before its ts\n{logs_of(cluster)}"
+    # Due at its ts, or, when the restart and the worker's reconnect outlast the delay (a
+    # loaded machine), as soon as the worker is back: either way it must not linger.
+    back = log_events(cluster.gateway, "worker_connected")  # type: ignore[arg-type]
+    assert back, logs_of(cluster)
+    due = max(ts / 1000, iso_seconds(back[0]["timestamp"]))
+    print(f"delayed event: started {(started - ts / 1000) * 1000:+.1f} ms after its ts, "
+          f"{(started - due) * 1000:+.1f} ms after it was due with a worker connected")
+    assert started - due < 2.0, logs_of(cluster)
 
 
 @pytest.fixture
@@ -134,5 +143,5 @@ def test_two_gateways_on_postgres_fire_each_tick_once(fleet):
     fleet.start_worker(spec, [0, 1], name="w0")
     fleet.start_worker(spec, [1, 0], name="w1")
     first = fleet.clusters[0]
-    wait_until(lambda: completed(first, 12), timeout=60, what="12 ticks")
+    wait_until(lambda: completed(first, 5), timeout=60, what="5 ticks")
     check_once_each(ticks(tick_runs(first)), logs_of(*fleet.clusters))

@@ -1,6 +1,6 @@
 """Three gateways on one PostgreSQL database under load, and one of them killed -9 mid-way.
 
-2,000 runs of three trivial steps (one run in eight sleeps between its second and third step)
+800 runs of three trivial steps (one run in eight sleeps between its second and third step)
 go in through the three gateways' event APIs; four workers are spread over the gateways. When
 the load is in flight, with runs leased through the victim and runs asleep, the victim gets
 SIGKILL. Its peers presume it dead after ``peer_ttl`` without a beat and requeue its leases;
@@ -20,12 +20,13 @@ from bench.cluster import Process
 from tests.e2e.gateways_support import LOAD_APP, Fleet, Sender, fleet_fixture
 from tests.e2e.harness import log_events
 
-pytestmark = pytest.mark.e2e
+#: serial: 800 runs through seven processes, and a kill timed to fall mid-load.
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
-RUNS = 2000
+RUNS = 800
 #: Runs whose step b waits for the test: some are surely in flight on the victim's workers.
 HOLDS = 12
-BATCH = 50
+BATCH = 20
 #: Pause between two batches: the load lasts a few seconds, so the kill falls in the middle.
 PACE = 0.06
 NAP_EVERY = 8  # one run in eight sleeps

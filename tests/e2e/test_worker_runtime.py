@@ -22,8 +22,10 @@ from tests.helpers.waiting import bound
 
 pytestmark = pytest.mark.e2e
 
-HEARTBEAT = 0.5  # the gateway drops a worker silent for 3 of them (1.5 s)
-HOG = 3.0  # seconds one step blocks the loop: twice the gateway's patience
+HEARTBEAT = 0.4  # the gateway drops a worker silent for 3 of them (1.2 s)
+#: Seconds one step blocks the loop: twice the gateway's patience. The blocker ends after
+#: the gateway's limit of lost leases (10), so this sets the test's length.
+HOG = 2.4
 
 STALL_APP = f'''
 import asyncio

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.helpers.waiting import eventually
+from tests.helpers.waiting import bound, eventually
 from worker import App, Worker
 
 
@@ -17,7 +17,10 @@ class Harness:
 
     def __init__(self, gateway: Any) -> None:
         self.gateway = gateway
-        self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}")
+        # httpx's default 5 s is a latency bound no test means: on a loaded machine (the
+        # suite runs under pytest-xdist) a heavy request may take longer.
+        self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}",
+                                      timeout=bound(30))
         self.workers: list[tuple[Worker, asyncio.Task[None]]] = []
 
     @property

@@ -50,7 +50,8 @@ def test_made_keys_are_strong_and_say_what_they_are(kind):
     ("x", False),
     ("a" * 200, False),  # length without variety is no entropy
     ("abcdefg" * 30, False),  # seven distinct characters
-])
+], ids=["hex-64", "hex-63", "base64url-43", "prefixed-42", "empty", "one-char", "one-char-200",
+        "seven-chars"])  # fixed ids: every xdist worker must collect the same test names
 def test_a_signing_key_needs_256_bits(key, strong):
     if strong:
         check_strength(key, what="--signing-key", kind="signing")
