@@ -1,0 +1,195 @@
+"""End-of-run accounting: history (what clients were told), ledger (what ran), store (what
+was committed) joined into counters. The ones in :data:`MUST_BE_ZERO` are promises.
+
+"Re-run after acknowledgement" is observed without trusting the gateway's timing: the step's
+committed result names the execution that produced it (its nonce), and the gateway commits,
+and so acknowledges, a result only after that execution has ended. An execution of the same
+step that *started* after the committed one *ended* therefore either started after the commit
+(the promise broken) or raced it under a newer lease, which fencing must refuse; both are
+counted. Both clocks are the host's CLOCK_MONOTONIC, shared by every process on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from bench.chaos.chaosapp import expected
+from bench.chaos.driver import OK, UNKNOWN, Driver
+from bench.chaos.store import Snapshot
+
+FINAL = frozenset({"Completed", "Failed", "Cancelled", "Skipped"})
+FLOW = "chaos/flow"
+
+#: Counters that must be 0 after every loop.
+MUST_BE_ZERO = ("lost", "dup_runs", "stuck", "not_completed", "reexec_after_ack",
+                "dup_commits", "wrong_values", "unwitnessed", "dup_effects", "missing_effects")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One step body as the ledger saw it (``end`` is None when its process died in it)."""
+
+    run: str
+    step: str
+    nonce: str
+    pid: int
+    start: float
+    end: float | None
+
+
+def read_ledger(folder: Path) -> list[Execution]:
+    """Every process's ledger; a torn last line (a kill mid-write) is skipped."""
+    starts: dict[str, dict[str, Any]] = {}
+    ends: dict[str, float] = {}
+    for path in sorted(folder.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record["e"] == "start":
+                starts[record["x"]] = record
+            else:
+                ends[record["x"]] = record["t"]
+    return [Execution(r["run"], r["step"], x, r["pid"], r["t"], ends.get(x))
+            for x, r in starts.items()]
+
+
+@dataclass
+class Report:
+    """The figures of one loop."""
+
+    name: str
+    faults: int = 0
+    requests: int = 0
+    ok: int = 0
+    unknown: int = 0
+    failed: int = 0
+    events: int = 0
+    runs: int = 0
+    completed: int = 0
+    steps_committed: int = 0
+    executions: int = 0
+    reexecutions: int = 0
+    lost: int = 0
+    dup_runs: int = 0
+    stuck: int = 0
+    not_completed: int = 0
+    reexec_after_ack: int = 0
+    dup_commits: int = 0
+    wrong_values: int = 0
+    unwitnessed: int = 0
+    dup_effects: int = 0
+    missing_effects: int = 0
+    integrity: str = "n/a"
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def violations(self) -> dict[str, int]:
+        bad = {k: getattr(self, k) for k in MUST_BE_ZERO if getattr(self, k)}
+        if self.integrity not in ("ok", "n/a"):
+            bad["integrity"] = 1
+        return bad
+
+    def line(self) -> str:
+        shown = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
+                 if f.name not in ("name", "notes")]
+        return f"{self.name}: " + " ".join(shown)
+
+
+def check(report: Report, driver: Driver, ledger: Path, snap: Snapshot) -> Report:
+    """Fill ``report``'s counters; ``notes`` says which run or step broke which promise."""
+    note = report.notes.append
+    outcomes = driver.outcomes()
+    report.requests = sum(len(o) for o in outcomes.values())
+    every = Counter(x for o in outcomes.values() for x in o)
+    report.ok, report.unknown = every[OK], every[UNKNOWN]
+    report.failed = report.requests - report.ok - report.unknown
+    report.events = len(outcomes)
+
+    flows = [r for r in snap.runs if r.function_id == FLOW]
+    report.runs = len(flows)
+    by_event: dict[str, list[str]] = defaultdict(list)
+    for run in flows:
+        for event_id in run.event_ids:
+            by_event[event_id].append(run.id)
+    for event_id, outs in outcomes.items():
+        found = len(by_event.get(event_id, []))
+        if OK in outs and found == 0:
+            report.lost += 1
+            note(f"lost: event {event_id} was answered ok and has no run")
+        if found > 1:
+            report.dup_runs += found - 1
+            note(f"dup_runs: event {event_id} started {by_event[event_id]}")
+    for run in flows:
+        if run.status not in FINAL:
+            report.stuck += 1
+            note(f"stuck: run {run.id} still {run.status}")
+        elif run.status != "Completed":
+            report.not_completed += 1
+            note(f"not_completed: run {run.id} ended {run.status}")
+        else:
+            report.completed += 1
+
+    executions: dict[tuple[str, str], list[Execution]] = defaultdict(list)
+    for e in read_ledger(ledger):
+        executions[(e.run, e.step)].append(e)
+    report.executions = sum(len(v) for v in executions.values())
+    report.reexecutions = sum(len(v) - 1 for v in executions.values())
+
+    by_run = {r.id: r for r in flows}
+    for step in snap.steps:
+        run = by_run.get(step.run_id)
+        if run is None or step.kind != "run" or step.status != "Completed":
+            continue
+        report.steps_committed += 1
+        result = step.output if isinstance(step.output, dict) else {}
+        if result.get("v") != expected(step.run_id, step.step_id):
+            report.wrong_values += 1
+            note(f"wrong_values: {step.run_id}/{step.step_id} committed {step.output!r}")
+        ran = executions.get((step.run_id, step.step_id), [])
+        committed = [e for e in ran if e.nonce == result.get("x")]
+        if not committed:
+            report.unwitnessed += 1
+            note(f"unwitnessed: {step.run_id}/{step.step_id} committed {result.get('x')} "
+                 "which no ledger line started")
+            continue
+        ended = committed[0].end
+        late = [e for e in ran if ended is not None and e.start > ended]
+        if late:
+            report.reexec_after_ack += len(late)
+            note(f"reexec_after_ack: {step.run_id}/{step.step_id} ran again "
+                 f"(pids {[e.pid for e in late]}) after its committed execution ended")
+        if (run.status == "Completed" and isinstance(run.output, dict)
+                and run.output.get(step.step_id) != step.output):
+            report.dup_commits += 1
+            note(f"dup_commits: {step.run_id}/{step.step_id}: the run saw "
+                 f"{run.output.get(step.step_id)!r}, the store holds {step.output!r}")
+
+    sent_runs = Counter(r.output for r in snap.runs
+                        if r.function_id == "chaos/sent" and r.status == "Completed")
+    sent_events = Counter(json.dumps(d.get("parent")) if isinstance(d, dict) else None
+                          for _, d in {i: d for i, d in snap.sent}.items())
+    children = Counter(r.parent_run_id for r in snap.runs if r.function_id == "chaos/invoked")
+    effects = {e["id"] for e in driver.events.values() if e["data"].get("effects")}
+    for run in flows:
+        if not any(i in effects for i in run.event_ids):
+            continue
+        counts = (sent_events[json.dumps(run.id)], children[run.id])
+        for what, n in zip(("send_event", "invoke"), counts, strict=True):
+            if n > 1:
+                report.dup_effects += n - 1
+                note(f"dup_effects: run {run.id}: {what} took effect {n} times")
+            elif n == 0 and run.status == "Completed":
+                report.missing_effects += 1
+                note(f"missing_effects: run {run.id} completed without its {what}")
+        if run.status == "Completed" and sent_runs[run.id] != 1:
+            report.dup_effects += max(0, sent_runs[run.id] - 1)
+            if sent_runs[run.id] == 0:
+                report.missing_effects += 1
+                note(f"missing_effects: the event run {run.id} sent started no completed run")
+    return report

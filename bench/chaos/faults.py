@@ -1,0 +1,230 @@
+"""Fault loops over real processes: a load of witnessed runs, faults on a seeded schedule,
+a final heal, then the accounting of :mod:`bench.chaos.checker`.
+
+The schedule (which process, how long between faults) comes from ``random.Random(seed)`` and
+is printed with the figures, so a failing loop can be run again as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.chaos import store
+from bench.chaos.checker import FINAL, Report, check
+from bench.chaos.driver import Driver
+from bench.cluster import Cluster, Process
+from bench.throughput import PG_SERVER, Database
+
+APP = "bench.chaos.chaosapp:app"
+FINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(FINAL)) + ")"
+
+
+@dataclass
+class Loop:
+    """Gateways on one store, workers connected to all of them (their own first)."""
+
+    workdir: Path
+    backend: str = "sqlite"
+    gateways: int = 1
+    workers: int = 3
+    heartbeat: float = 0.5
+    concurrency: int = 20
+    #: Where each worker dials instead of gateway i (a proxy), when set.
+    connect_urls: Callable[[int], str] | None = None
+    db: Database | None = None
+    clusters: list[Cluster] = field(default_factory=list)
+    procs: list[Process] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(self.backend, self.workdir)
+        for i in range(self.gateways):
+            cluster = Cluster(self.workdir / f"gw{i}", db=self.db.url, env={
+                "TETHER_CHAOS_DIR": str(self.workdir)}, gateway_args=[
+                "--heartbeat-interval", str(self.heartbeat), "--retry-base", "0.05",
+                "--log-format", "json"])
+            self.clusters.append(cluster)
+            cluster.start_gateway()
+        for slot in range(self.workers):
+            self.procs.append(self._worker(slot))
+        self.wait(lambda: sum(len(c.get("/v1/workers")["data"]) for c in self.live()) >=
+                  self.workers * (len(self.live()) if self.backend == "postgres" else 1),
+                  "every worker connected", 30)
+
+    @property
+    def url(self) -> str:
+        assert self.db is not None
+        return self.db.url
+
+    def live(self) -> list[Cluster]:
+        return [c for c in self.clusters if c.gateway is not None and c.gateway.alive()]
+
+    def apis(self) -> list[str]:
+        return [c.api for c in self.live()] or [self.clusters[0].api]
+
+    def _worker(self, slot: int) -> Process:
+        home = slot % self.gateways
+        urls = [self.connect_urls(i) if self.connect_urls else self.clusters[i].connect_url
+                for i in range(self.gateways)]
+        order = urls[home:] + urls[:home]
+        args = [a for u in order[1:] for a in ("--gateway", u)]
+        cluster = self.clusters[home]
+        proc = cluster._spawn(f"worker{slot}", [
+            "-m", "worker", APP, "--gateway", order[0], *args, "--concurrency",
+            str(self.concurrency), "--log-format", "json"])
+        cluster.workers.append(proc)
+        return proc
+
+    def restart_worker(self, slot: int) -> None:
+        self.procs[slot] = self._worker(slot)
+
+    def wait(self, predicate: Callable[[], object], what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def ledger_lines(self) -> int:
+        return sum(p.read_bytes().count(b"\n")
+                   for p in (self.workdir / "ledger").glob("*.jsonl"))
+
+    def wait_progress(self, lines: int, timeout: float) -> None:
+        """Until ``lines`` more ledger lines exist: work is flowing (before the next fault)."""
+        target = self.ledger_lines() + lines
+        self.wait(lambda: self.ledger_lines() >= target, "steps running between faults",
+                  timeout)
+
+    def unfinished(self) -> int:
+        return int(store.rows(self.url, f"SELECT count(*) FROM runs WHERE status NOT IN "
+                                        f"{FINAL_SQL}")[0][0])
+
+    def stop(self) -> None:
+        for cluster in self.clusters:
+            try:
+                cluster.stop()
+            except Exception:  # a process already gone must not hide the figures
+                pass
+
+    def drop(self) -> None:
+        if self.db is not None:
+            self.db.drop()
+
+
+# --- faults: one call injects one fault and heals it -----------------------------------------
+
+Fault = Callable[[Loop, random.Random], None]
+
+
+def kill_worker(loop: Loop, rng: random.Random) -> None:
+    """kill -9 a worker (steps die mid-body), and start another in its place."""
+    slot = rng.randrange(len(loop.procs))
+    loop.procs[slot].kill()
+    loop.restart_worker(slot)
+
+
+def stop_worker(loop: Loop, rng: random.Random) -> None:
+    """SIGSTOP a worker past its lease (3 heartbeats), then SIGCONT: a zombie lease holder
+    whose late results must be refused."""
+    proc = loop.procs[rng.randrange(len(loop.procs))]
+    proc.signal(signal.SIGSTOP)
+    try:
+        time.sleep(loop.heartbeat * rng.uniform(3.5, 5))
+    finally:
+        proc.signal(signal.SIGCONT)
+
+
+def kill_gateway(loop: Loop, rng: random.Random) -> None:
+    """kill -9 a gateway and start it again on the same store and ports."""
+    cluster = loop.clusters[rng.randrange(len(loop.clusters))]
+    assert cluster.gateway is not None
+    cluster.gateway.kill()
+    if rng.random() < 0.5:
+        time.sleep(rng.uniform(0, 0.5))
+    cluster.start_gateway()
+
+
+def terminate_backends(loop: Loop, rng: random.Random) -> None:
+    """pg_terminate_backend on every connection of the gateways to their database."""
+    import asyncpg
+
+    assert loop.db is not None
+    name = loop.db.name
+
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_SERVER, timeout=10)
+        try:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()", name)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def gateway_or_backends(loop: Loop, rng: random.Random) -> None:
+    """PostgreSQL: a gateway kill -9, or its connections terminated, at random."""
+    (kill_gateway if rng.random() < 0.6 else terminate_backends)(loop, rng)
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """One loop: its load, its fault and how many times, and its bounds."""
+
+    name: str
+    fault: Fault
+    cycles: int
+    backend: str = "sqlite"
+    gateways: int = 1
+    workers: int = 3
+    events: int = 60
+    rate: float = 40.0
+    steps: int = 3
+    hold: float = 0.05
+    effects_every: int = 5
+    progress: int = 6  # ledger lines between faults
+    settle: float = 60.0  # the heal window: every run final within it, or it is stuck
+
+
+def run(plan: Plan, workdir: Path, seed: int, **extra: Any) -> Report:
+    """Run ``plan`` in ``workdir`` with the schedule of ``seed``; the figures, checked."""
+    rng = random.Random(seed)
+    report = Report(f"{plan.name} (seed {seed})")
+    began = time.monotonic()
+    loop = Loop(workdir, backend=plan.backend, gateways=plan.gateways, workers=plan.workers,
+                **extra)
+    try:
+        loop.start()
+        driver = Driver(loop.apis, workdir, plan.events, plan.rate, lambda n: {
+            "name": "chaos/go", "data": {"steps": plan.steps, "hold": plan.hold,
+                                         "effects": n % plan.effects_every == 0}}, seed=seed)
+        driver.start()
+        for _ in range(plan.cycles):
+            loop.wait_progress(plan.progress, 60)
+            plan.fault(loop, rng)
+            report.faults += 1
+        driver.stop()
+        driver.join(plan.events / plan.rate + 120)
+        driver.heal()
+        deadline = time.monotonic() + plan.settle
+        while loop.unfinished() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        snap = store.snapshot(loop.url)
+        check(report, driver, workdir / "ledger", snap)
+        report.stuck = loop.unfinished()
+    finally:
+        loop.stop()
+    report.integrity = store.integrity_check(loop.url) if loop.db is not None else "n/a"
+    loop.drop()
+    report.seconds = round(time.monotonic() - began, 1)
+    return report
