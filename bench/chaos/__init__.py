@@ -11,5 +11,6 @@ The rooms:
 * ``faults``: the fault loops (processes, network, store, time) over real processes;
 * ``proxy``: a seeded frame-level TCP proxy between workers and gateway.
 
-The CI suite (``tests/reliability``) runs each loop a few cycles; ``--long`` runs the issue's counts.
+The CI suite (``tests/reliability``) runs each loop a few cycles; ``--long`` runs the issue's
+counts.
 """

@@ -88,6 +88,7 @@ class Report:
     integrity: str = "n/a"
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    schedule: list[str] = field(default_factory=list)
 
     def violations(self) -> dict[str, int]:
         bad = {k: getattr(self, k) for k in MUST_BE_ZERO if getattr(self, k)}
@@ -97,7 +98,7 @@ class Report:
 
     def line(self) -> str:
         shown = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
-                 if f.name not in ("name", "notes")]
+                 if f.name not in ("name", "notes", "schedule")]
         return f"{self.name}: " + " ".join(shown)
 
 
@@ -143,8 +144,8 @@ def check(report: Report, driver: Driver, ledger: Path, snap: Snapshot) -> Repor
 
     by_run = {r.id: r for r in flows}
     for step in snap.steps:
-        run = by_run.get(step.run_id)
-        if run is None or step.kind != "run" or step.status != "Completed":
+        owner = by_run.get(step.run_id)
+        if owner is None or step.kind != "run" or step.status != "Completed":
             continue
         report.steps_committed += 1
         result = step.output if isinstance(step.output, dict) else {}
@@ -164,11 +165,11 @@ def check(report: Report, driver: Driver, ledger: Path, snap: Snapshot) -> Repor
             report.reexec_after_ack += len(late)
             note(f"reexec_after_ack: {step.run_id}/{step.step_id} ran again "
                  f"(pids {[e.pid for e in late]}) after its committed execution ended")
-        if (run.status == "Completed" and isinstance(run.output, dict)
-                and run.output.get(step.step_id) != step.output):
+        if (owner.status == "Completed" and isinstance(owner.output, dict)
+                and owner.output.get(step.step_id) != step.output):
             report.dup_commits += 1
             note(f"dup_commits: {step.run_id}/{step.step_id}: the run saw "
-                 f"{run.output.get(step.step_id)!r}, the store holds {step.output!r}")
+                 f"{owner.output.get(step.step_id)!r}, the store holds {step.output!r}")
 
     sent_runs = Counter(r.output for r in snap.runs
                         if r.function_id == "chaos/sent" and r.status == "Completed")
@@ -176,20 +177,20 @@ def check(report: Report, driver: Driver, ledger: Path, snap: Snapshot) -> Repor
                           for _, d in {i: d for i, d in snap.sent}.items())
     children = Counter(r.parent_run_id for r in snap.runs if r.function_id == "chaos/invoked")
     effects = {e["id"] for e in driver.events.values() if e["data"].get("effects")}
-    for run in flows:
-        if not any(i in effects for i in run.event_ids):
+    for parent in flows:
+        if not any(i in effects for i in parent.event_ids):
             continue
-        counts = (sent_events[json.dumps(run.id)], children[run.id])
+        counts = (sent_events[json.dumps(parent.id)], children[parent.id])
         for what, n in zip(("send_event", "invoke"), counts, strict=True):
             if n > 1:
                 report.dup_effects += n - 1
-                note(f"dup_effects: run {run.id}: {what} took effect {n} times")
-            elif n == 0 and run.status == "Completed":
+                note(f"dup_effects: run {parent.id}: {what} took effect {n} times")
+            elif n == 0 and parent.status == "Completed":
                 report.missing_effects += 1
-                note(f"missing_effects: run {run.id} completed without its {what}")
-        if run.status == "Completed" and sent_runs[run.id] != 1:
-            report.dup_effects += max(0, sent_runs[run.id] - 1)
-            if sent_runs[run.id] == 0:
+                note(f"missing_effects: run {parent.id} completed without its {what}")
+        if parent.status == "Completed" and sent_runs[parent.id] != 1:
+            report.dup_effects += max(0, sent_runs[parent.id] - 1)
+            if sent_runs[parent.id] == 0:
                 report.missing_effects += 1
-                note(f"missing_effects: the event run {run.id} sent started no completed run")
+                note(f"missing_effects: the event run {parent.id} sent started no completed run")
     return report

@@ -8,6 +8,7 @@ is printed with the figures, so a failing loop can be run again as it was.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 import time
@@ -19,11 +20,31 @@ from typing import Any
 from bench.chaos import store
 from bench.chaos.checker import FINAL, Report, check
 from bench.chaos.driver import Driver
+from bench.chaos.pgserver import PrivatePostgres
 from bench.cluster import Cluster, Process
-from bench.throughput import PG_SERVER, Database
 
 APP = "bench.chaos.chaosapp:app"
 FINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(FINAL)) + ")"
+
+
+class Store:
+    """The loop's database: a SQLite file in its directory, or a PostgreSQL server of its own
+    (so that it can be crashed and restarted)."""
+
+    def __init__(self, backend: str, workdir: Path) -> None:
+        self.server: PrivatePostgres | None = None
+        if backend == "sqlite":
+            self.url = f"sqlite:///{workdir / 'tether.db'}"
+        elif backend == "postgres":
+            self.server = PrivatePostgres()
+            self.server.start()
+            self.url = self.server.url
+        else:
+            raise ValueError(f"unknown backend {backend!r}: sqlite or postgres")
+
+    def drop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
 
 
 @dataclass
@@ -38,13 +59,15 @@ class Loop:
     concurrency: int = 20
     #: Where each worker dials instead of gateway i (a proxy), when set.
     connect_urls: Callable[[int], str] | None = None
-    db: Database | None = None
+    db: Store | None = None
+    cycle: int = 0  # the fault being injected, of ``cycles``
+    cycles: int = 0
     clusters: list[Cluster] = field(default_factory=list)
     procs: list[Process] = field(default_factory=list)
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.db = Database(self.backend, self.workdir)
+        self.db = Store(self.backend, self.workdir)
         for i in range(self.gateways):
             cluster = Cluster(self.workdir / f"gw{i}", db=self.db.url, env={
                 "TETHER_CHAOS_DIR": str(self.workdir)}, gateway_args=[
@@ -108,10 +131,8 @@ class Loop:
 
     def stop(self) -> None:
         for cluster in self.clusters:
-            try:
+            with contextlib.suppress(Exception):  # a process gone must not hide the figures
                 cluster.stop()
-            except Exception:  # a process already gone must not hide the figures
-                pass
 
     def drop(self) -> None:
         if self.db is not None:
@@ -120,59 +141,73 @@ class Loop:
 
 # --- faults: one call injects one fault and heals it -----------------------------------------
 
-Fault = Callable[[Loop, random.Random], None]
+#: Injects one fault, heals it, and says what it did (for the printed schedule).
+Fault = Callable[[Loop, random.Random], str]
 
 
-def kill_worker(loop: Loop, rng: random.Random) -> None:
+def kill_worker(loop: Loop, rng: random.Random) -> str:
     """kill -9 a worker (steps die mid-body), and start another in its place."""
     slot = rng.randrange(len(loop.procs))
+    pid = loop.procs[slot].pid
     loop.procs[slot].kill()
     loop.restart_worker(slot)
+    return f"kill -9 worker{slot} ({pid})"
 
 
-def stop_worker(loop: Loop, rng: random.Random) -> None:
+def stop_worker(loop: Loop, rng: random.Random) -> str:
     """SIGSTOP a worker past its lease (3 heartbeats), then SIGCONT: a zombie lease holder
     whose late results must be refused."""
-    proc = loop.procs[rng.randrange(len(loop.procs))]
+    slot = rng.randrange(len(loop.procs))
+    proc, frozen = loop.procs[slot], loop.heartbeat * rng.uniform(3.5, 5)
     proc.signal(signal.SIGSTOP)
     try:
-        time.sleep(loop.heartbeat * rng.uniform(3.5, 5))
+        time.sleep(frozen)
     finally:
         proc.signal(signal.SIGCONT)
+    return f"SIGSTOP worker{slot} ({proc.pid}) for {frozen:.1f} s"
 
 
-def kill_gateway(loop: Loop, rng: random.Random) -> None:
+def kill_gateway(loop: Loop, rng: random.Random) -> str:
     """kill -9 a gateway and start it again on the same store and ports."""
-    cluster = loop.clusters[rng.randrange(len(loop.clusters))]
+    index = rng.randrange(len(loop.clusters))
+    cluster = loop.clusters[index]
     assert cluster.gateway is not None
     cluster.gateway.kill()
-    if rng.random() < 0.5:
-        time.sleep(rng.uniform(0, 0.5))
+    down = rng.uniform(0, 0.5) if rng.random() < 0.5 else 0.0
+    time.sleep(down)
     cluster.start_gateway()
+    return f"kill -9 gateway{index}, down {down:.2f} s"
 
 
-def terminate_backends(loop: Loop, rng: random.Random) -> None:
+def terminate_backends(loop: Loop, rng: random.Random) -> str:
     """pg_terminate_backend on every connection of the gateways to their database."""
     import asyncpg
 
-    assert loop.db is not None
-    name = loop.db.name
-
-    async def run() -> None:
-        conn = await asyncpg.connect(PG_SERVER, timeout=10)
+    async def run() -> int:
+        conn = await asyncpg.connect(loop.url, timeout=10)
         try:
-            await conn.execute(
+            return len(await conn.fetch(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = $1 AND pid <> pg_backend_pid()", name)
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
         finally:
             await conn.close()
 
-    asyncio.run(run())
+    return f"pg_terminate_backend x{asyncio.run(run())}"
 
 
-def gateway_or_backends(loop: Loop, rng: random.Random) -> None:
-    """PostgreSQL: a gateway kill -9, or its connections terminated, at random."""
-    (kill_gateway if rng.random() < 0.6 else terminate_backends)(loop, rng)
+def restart_postgres(loop: Loop, rng: random.Random) -> str:
+    """PostgreSQL stopped as by a crash (``-m immediate``) and started again."""
+    assert loop.db is not None and loop.db.server is not None
+    loop.db.server.crash_restart()
+    return "PostgreSQL crash-restart"
+
+
+def postgres_mix(loop: Loop, rng: random.Random) -> str:
+    """PostgreSQL: a gateway kill -9 or its connections terminated, at random, and one crash
+    restart of the server in the middle of the loop."""
+    if loop.cycle == loop.cycles // 2:
+        return restart_postgres(loop, rng)
+    return (kill_gateway if rng.random() < 0.6 else terminate_backends)(loop, rng)
 
 
 # --- the loop --------------------------------------------------------------------------------
@@ -209,9 +244,10 @@ def run(plan: Plan, workdir: Path, seed: int, **extra: Any) -> Report:
             "name": "chaos/go", "data": {"steps": plan.steps, "hold": plan.hold,
                                          "effects": n % plan.effects_every == 0}}, seed=seed)
         driver.start()
-        for _ in range(plan.cycles):
+        loop.cycles = plan.cycles
+        for loop.cycle in range(plan.cycles):
             loop.wait_progress(plan.progress, 60)
-            plan.fault(loop, rng)
+            report.schedule.append(plan.fault(loop, rng))
             report.faults += 1
         driver.stop()
         driver.join(plan.events / plan.rate + 120)

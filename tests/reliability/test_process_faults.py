@@ -1,0 +1,61 @@
+"""Process faults under load, short form (the long form: ``python -m bench chaos --long``).
+
+Each test runs a seeded fault loop over real gateways and workers and ends with the exact
+accounting of :mod:`bench.chaos.checker`: nothing acknowledged lost, no step run again after
+its result was committed, no run left unfinished, every effect taken once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.chaos import faults
+from bench.chaos.checker import Report
+from bench.chaos.pgserver import binaries
+
+pytestmark = pytest.mark.e2e
+
+
+def accounted(report: Report) -> None:
+    """Every promise kept, or the figures, the schedule and what broke."""
+    assert report.faults > 0, report.line()
+    assert report.events > 0 and report.completed == report.runs == report.events, (
+        report.line())
+    assert not report.violations(), "\n".join(
+        [report.line(), f"schedule: {report.schedule}", *report.notes[:40]])
+
+
+def test_worker_kill_9_loses_nothing_and_reruns_nothing_acknowledged(tmp_path: Path) -> None:
+    plan = faults.Plan("worker kill -9", faults.kill_worker, cycles=4)
+    report = faults.run(plan, tmp_path, seed=11)
+    accounted(report)
+    assert report.schedule[0].startswith("kill -9 worker"), report.schedule
+
+
+def test_frozen_worker_sigstop_sigcont_cannot_commit_a_stale_result(tmp_path: Path) -> None:
+    plan = faults.Plan("worker SIGSTOP/SIGCONT", faults.stop_worker, cycles=2)
+    report = faults.run(plan, tmp_path, seed=12)
+    accounted(report)
+    assert report.schedule[0].startswith("SIGSTOP worker"), report.schedule
+
+
+def test_gateway_kill_9_on_sqlite_loses_no_acknowledged_event(tmp_path: Path) -> None:
+    plan = faults.Plan("gateway kill -9 (SQLite)", faults.kill_gateway, cycles=3)
+    report = faults.run(plan, tmp_path, seed=13)
+    accounted(report)
+    assert report.integrity == "ok", report.integrity
+    assert report.failed > 0, "no request met a dead gateway: the kills did not bite"
+
+
+@pytest.mark.skipif(binaries() is None, reason="needs the PostgreSQL server binaries "
+                    "(initdb, pg_ctl) for a server of the test's own; python3 dev.py test "
+                    "installs PostgreSQL")
+def test_two_gateways_on_postgres_survive_kills_terminated_backends_and_a_restart(
+        tmp_path: Path) -> None:
+    plan = faults.Plan("PostgreSQL, 2 gateways", faults.postgres_mix, cycles=4,
+                       backend="postgres", gateways=2, workers=2)
+    report = faults.run(plan, tmp_path, seed=14)
+    accounted(report)
+    assert "PostgreSQL crash-restart" in report.schedule, report.schedule
