@@ -10,6 +10,9 @@
     cron         10,000 cron functions ticking at once: how late their runs are (p50/p99)
     takeover     PostgreSQL, 3 gateways under load: a gateway killed (kill -9) or stopped
                  (SIGTERM), and how soon its runs complete through the others
+    chaos        fault loops (kill -9, SIGSTOP, PostgreSQL faults, ...) under load, with exact
+                 accounting: 0 lost, 0 re-runs after acknowledgement, 0 stuck; --long for
+                 the full counts
     all          every benchmark with its default options
 
 ``python -m bench NAME --help`` lists a benchmark's options. With no name: throughput.
@@ -20,10 +23,11 @@ from __future__ import annotations
 import sys
 
 from bench import cron, http_api, intake, scale, sleeps, takeover, throughput, waits
+from bench.chaos import main as chaos
 
 BENCHMARKS = {"throughput": throughput.main, "waits": waits.main, "sleeps": sleeps.main,
               "scale": scale.main, "http": http_api.main, "takeover": takeover.main,
-              "intake": intake.main, "cron": cron.main}
+              "intake": intake.main, "cron": cron.main, "chaos": chaos.main}
 
 
 def main(argv: list[str]) -> int:
