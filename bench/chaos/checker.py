@@ -26,7 +26,8 @@ FLOW = "chaos/flow"
 
 #: Counters that must be 0 after every loop.
 MUST_BE_ZERO = ("lost", "dup_runs", "stuck", "not_completed", "reexec_after_ack",
-                "dup_commits", "wrong_values", "unwitnessed", "dup_effects", "missing_effects")
+                "dup_commits", "missing_steps", "wrong_values", "unwitnessed", "dup_effects",
+                "missing_effects")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class Report:
     not_completed: int = 0
     reexec_after_ack: int = 0
     dup_commits: int = 0
+    missing_steps: int = 0
     wrong_values: int = 0
     unwitnessed: int = 0
     dup_effects: int = 0
@@ -170,6 +172,15 @@ def check(report: Report, driver: Driver, ledger: Path, snap: Snapshot) -> Repor
             report.dup_commits += 1
             note(f"dup_commits: {step.run_id}/{step.step_id}: the run saw "
                  f"{owner.output.get(step.step_id)!r}, the store holds {step.output!r}")
+
+    recorded = {(s.run_id, s.step_id) for s in snap.steps if s.status == "Completed"}
+    for run in flows:
+        if run.status == "Completed" and isinstance(run.output, dict):
+            gone = [k for k in run.output if k.startswith("s") and (run.id, k) not in recorded]
+            if gone:
+                report.missing_steps += len(gone)
+                note(f"missing_steps: run {run.id} completed, but no result of {gone} "
+                     "was recorded")
 
     sent_runs = Counter(r.output for r in snap.runs
                         if r.function_id == "chaos/sent" and r.status == "Completed")

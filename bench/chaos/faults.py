@@ -21,6 +21,7 @@ from bench.chaos import store
 from bench.chaos.checker import FINAL, Report, check
 from bench.chaos.driver import Driver
 from bench.chaos.pgserver import PrivatePostgres
+from bench.chaos.proxy import CLEAN, Faults, Proxy
 from bench.cluster import Cluster, Process
 
 APP = "bench.chaos.chaosapp:app"
@@ -57,13 +58,14 @@ class Loop:
     workers: int = 3
     heartbeat: float = 0.5
     concurrency: int = 20
-    #: Where each worker dials instead of gateway i (a proxy), when set.
-    connect_urls: Callable[[int], str] | None = None
+    #: Workers dial the gateways through this proxy, when set.
+    proxy: Proxy | None = None
     db: Store | None = None
     cycle: int = 0  # the fault being injected, of ``cycles``
     cycles: int = 0
     clusters: list[Cluster] = field(default_factory=list)
     procs: list[Process] = field(default_factory=list)
+    dial: list[str] = field(default_factory=list)  # the URL workers use for each gateway
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -75,6 +77,10 @@ class Loop:
                 "--log-format", "json"])
             self.clusters.append(cluster)
             cluster.start_gateway()
+        self.dial = [c.connect_url for c in self.clusters]
+        if self.proxy is not None:
+            self.dial = [f"ws://127.0.0.1:{self.proxy.listen(c.connect_port)}/connect"
+                         for c in self.clusters]
         for slot in range(self.workers):
             self.procs.append(self._worker(slot))
         self.wait(lambda: sum(len(c.get("/v1/workers")["data"]) for c in self.live()) >=
@@ -94,9 +100,7 @@ class Loop:
 
     def _worker(self, slot: int) -> Process:
         home = slot % self.gateways
-        urls = [self.connect_urls(i) if self.connect_urls else self.clusters[i].connect_url
-                for i in range(self.gateways)]
-        order = urls[home:] + urls[:home]
+        order = self.dial[home:] + self.dial[:home]
         args = [a for u in order[1:] for a in ("--gateway", u)]
         cluster = self.clusters[home]
         proc = cluster._spawn(f"worker{slot}", [
@@ -130,6 +134,8 @@ class Loop:
                                         f"{FINAL_SQL}")[0][0])
 
     def stop(self) -> None:
+        if self.proxy is not None:
+            self.proxy.close()
         for cluster in self.clusters:
             with contextlib.suppress(Exception):  # a process gone must not hide the figures
                 cluster.stop()
@@ -210,6 +216,26 @@ def postgres_mix(loop: Loop, rng: random.Random) -> str:
     return (kill_gateway if rng.random() < 0.6 else terminate_backends)(loop, rng)
 
 
+def network(faults: Faults, period: float = 1.5) -> Fault:
+    """``faults`` on the wire between workers and gateways for about ``period`` seconds."""
+
+    def inject(loop: Loop, rng: random.Random) -> str:
+        assert loop.proxy is not None, "a network fault needs the loop's proxy"
+        before = dict(loop.proxy.stats)
+        spell = rng.uniform(period / 2, period)
+        loop.proxy.set(faults)
+        try:
+            time.sleep(spell)
+        finally:
+            loop.proxy.set(CLEAN)
+        done = {k: v - before.get(k, 0) for k, v in loop.proxy.stats.items()
+                if k != "frames" and v - before.get(k, 0)}
+        return f"{spell:.1f} s of {faults}: {done}"
+
+    inject.__doc__ = f"{faults} for about {period:g} s"
+    return inject
+
+
 # --- the loop --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -229,6 +255,7 @@ class Plan:
     effects_every: int = 5
     progress: int = 6  # ledger lines between faults
     settle: float = 60.0  # the heal window: every run final within it, or it is stuck
+    proxied: bool = False  # workers dial through a frame proxy (network faults)
 
 
 def run(plan: Plan, workdir: Path, seed: int, **extra: Any) -> Report:
@@ -237,7 +264,7 @@ def run(plan: Plan, workdir: Path, seed: int, **extra: Any) -> Report:
     report = Report(f"{plan.name} (seed {seed})")
     began = time.monotonic()
     loop = Loop(workdir, backend=plan.backend, gateways=plan.gateways, workers=plan.workers,
-                **extra)
+                proxy=Proxy(seed) if plan.proxied else None, **extra)
     try:
         loop.start()
         driver = Driver(loop.apis, workdir, plan.events, plan.rate, lambda n: {

@@ -14,6 +14,8 @@ current :class:`Faults` to each:
   seconds, then is reset: only heartbeats can tell;
 * ``flap``: every connection is reset, and new ones are refused, while ``down`` is set.
 
+Per-frame faults apply to both directions, or only ``up`` (worker to gateway) or ``down``.
+
 The random choices come from ``random.Random(f"{seed}/{connection}/{direction}")``, so a
 connection meets the same faults, frame by frame, when the loop is run again with its seed.
 ``stats`` counts what was injected, so a test can show the proxy does what it says.
@@ -45,6 +47,8 @@ class Faults:
     half_open: float = 0.0
     silence: float = 3.0
     down: bool = False
+    #: Which way the per-frame faults apply: "up" (worker to gateway), "down" or "both".
+    direction: str = "both"
 
 
 CLEAN = Faults()
@@ -169,6 +173,8 @@ class Proxy:
             while True:
                 opcode, frame = await read_frame(reader)
                 f = self.faults
+                if f.direction not in ("both", direction):
+                    f = CLEAN
                 self.stats["frames"] += 1
                 data = opcode < CONTROL
                 # One draw per fault per frame, always: the sequence depends only on the seed.

@@ -61,7 +61,7 @@ def test_each_broken_promise_is_counted(tmp_path: Path) -> None:
          flow("r2", "e2", status="Running"),               # stuck
          flow("r3", "e3", status="Failed"),
          flow("r4", "e4", output={"s0": bad_value}), flow("r5", "e4"),  # two runs, one event
-         flow("r6", "e6", output={}),                      # effects never taken
+         flow("r6", "e6", output={"s0": good}),            # effects never taken, no s0
          ],
         [StepRow("r1", "s0", "run", "Completed", good),
          StepRow("r4", "s0", "run", "Completed", bad_value),
@@ -79,7 +79,7 @@ def test_each_broken_promise_is_counted(tmp_path: Path) -> None:
         snap)
     assert report.violations() == {
         "lost": 1, "dup_runs": 1, "stuck": 1, "not_completed": 1, "reexec_after_ack": 1,
-        "dup_commits": 1, "wrong_values": 1, "unwitnessed": 1, "dup_effects": 1,
+        "dup_commits": 1, "missing_steps": 1, "wrong_values": 1, "unwitnessed": 1, "dup_effects": 1,
         "missing_effects": 2,
     }, report.notes
     assert (report.executions, report.reexecutions) == (4, 2)
