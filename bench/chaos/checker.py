@@ -88,6 +88,8 @@ class Report:
     dup_effects: int = 0
     missing_effects: int = 0
     integrity: str = "n/a"
+    start_s: float = 0.0  # processes up and connected
+    drain_s: float = 0.0  # from the last fault healed to every run final
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     schedule: list[str] = field(default_factory=list)

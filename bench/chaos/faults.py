@@ -134,11 +134,13 @@ class Loop:
                                         f"{FINAL_SQL}")[0][0])
 
     def stop(self) -> None:
+        """kill -9 everything: the accounting is done, and the store must survive it."""
         if self.proxy is not None:
             self.proxy.close()
         for cluster in self.clusters:
-            with contextlib.suppress(Exception):  # a process gone must not hide the figures
-                cluster.stop()
+            for proc in [*cluster.workers, *([cluster.gateway] if cluster.gateway else [])]:
+                with contextlib.suppress(Exception):  # a process gone hides no figure
+                    proc.kill()
 
     def drop(self) -> None:
         if self.db is not None:
@@ -236,6 +238,24 @@ def network(faults: Faults, period: float = 1.5) -> Fault:
     return inject
 
 
+#: The wire faults a network loop goes through, one per cycle, in this order.
+NETWORK: list[tuple[str, Faults]] = [
+    ("delay", Faults(delay=0.2)),
+    ("duplicate", Faults(duplicate=0.1)),
+    ("reorder", Faults(reorder=0.1)),
+    ("drop up", Faults(drop=0.05, direction="up")),
+    ("truncate/reset", Faults(truncate=0.03, reset=0.03)),
+    ("half-open", Faults(half_open=0.05, silence=2.0)),
+    ("flap", Faults(down=True)),
+]
+
+
+def network_mix(loop: Loop, rng: random.Random) -> str:
+    """Each of :data:`NETWORK` in turn, for about a second each."""
+    name, faults = NETWORK[loop.cycle % len(NETWORK)]
+    return f"{name}: " + network(faults, period=1.5)(loop, rng)
+
+
 # --- the loop --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -272,16 +292,19 @@ def run(plan: Plan, workdir: Path, seed: int, **extra: Any) -> Report:
                                          "effects": n % plan.effects_every == 0}}, seed=seed)
         driver.start()
         loop.cycles = plan.cycles
+        report.start_s = round(time.monotonic() - began, 1)
         for loop.cycle in range(plan.cycles):
             loop.wait_progress(plan.progress, 60)
             report.schedule.append(plan.fault(loop, rng))
             report.faults += 1
+        healed = time.monotonic()
         driver.stop()
         driver.join(plan.events / plan.rate + 120)
         driver.heal()
-        deadline = time.monotonic() + plan.settle
+        deadline = healed + plan.settle
         while loop.unfinished() and time.monotonic() < deadline:
             time.sleep(0.1)
+        report.drain_s = round(time.monotonic() - healed, 1)
         snap = store.snapshot(loop.url)
         check(report, driver, workdir / "ledger", snap)
         report.stuck = loop.unfinished()

@@ -36,6 +36,8 @@ def plans(long: bool) -> dict[str, Plan]:
         "gateway-kill": Plan("gateway kill -9, SQLite", faults.kill_gateway, n(3, 50)),
         "postgres": Plan("2 gateways, PostgreSQL", faults.postgres_mix, n(4, 50),
                          backend="postgres", gateways=2, workers=2),
+        "network": Plan("frame faults", faults.network_mix, n(len(faults.NETWORK), 105),
+                        proxied=True),
     }
 
 
@@ -54,6 +56,7 @@ COLUMNS: list[tuple[str, Callable[[Report], object]]] = [
     ("dup commits", lambda r: r.dup_commits + r.wrong_values + r.unwitnessed),
     ("dup effects", lambda r: r.dup_effects + r.missing_effects),
     ("integrity", lambda r: r.integrity),
+    ("drain s", lambda r: f"{r.drain_s:.1f}"),
     ("s", lambda r: f"{r.seconds:.0f}"),
 ]
 
