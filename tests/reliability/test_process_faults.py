@@ -28,7 +28,7 @@ def accounted(report: Report) -> None:
 
 
 def test_worker_kill_9_loses_nothing_and_reruns_nothing_acknowledged(tmp_path: Path) -> None:
-    plan = faults.Plan("worker kill -9", faults.kill_worker, cycles=4)
+    plan = faults.Plan("worker kill -9", faults.kill_worker, cycles=3)
     report = faults.run(plan, tmp_path, seed=11)
     accounted(report)
     assert report.schedule[0].startswith("kill -9 worker"), report.schedule
@@ -42,7 +42,7 @@ def test_frozen_worker_sigstop_sigcont_cannot_commit_a_stale_result(tmp_path: Pa
 
 
 def test_gateway_kill_9_on_sqlite_loses_no_acknowledged_event(tmp_path: Path) -> None:
-    plan = faults.Plan("gateway kill -9 (SQLite)", faults.kill_gateway, cycles=3)
+    plan = faults.Plan("gateway kill -9 (SQLite)", faults.kill_gateway, cycles=2)
     report = faults.run(plan, tmp_path, seed=13)
     accounted(report)
     assert report.integrity == "ok", report.integrity
@@ -54,7 +54,7 @@ def test_gateway_kill_9_on_sqlite_loses_no_acknowledged_event(tmp_path: Path) ->
                     "installs PostgreSQL")
 def test_two_gateways_on_postgres_survive_kills_terminated_backends_and_a_restart(
         tmp_path: Path) -> None:
-    plan = faults.Plan("PostgreSQL, 2 gateways", faults.postgres_mix, cycles=4,
+    plan = faults.Plan("PostgreSQL, 2 gateways", faults.postgres_mix, cycles=3,
                        backend="postgres", gateways=2, workers=2)
     report = faults.run(plan, tmp_path, seed=14)
     accounted(report)
