@@ -27,7 +27,7 @@ FLOW = "chaos/flow"
 #: Counters that must be 0 after every loop.
 MUST_BE_ZERO = ("lost", "dup_runs", "stuck", "not_completed", "reexec_after_ack",
                 "dup_commits", "missing_steps", "wrong_values", "unwitnessed", "dup_effects",
-                "missing_effects")
+                "missing_effects", "no_retry_after")
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,8 @@ class Report:
     unwitnessed: int = 0
     dup_effects: int = 0
     missing_effects: int = 0
+    unavailable: int = 0  # 503 answers (the store could not commit)
+    no_retry_after: int = 0  # ... without a Retry-After
     integrity: str = "n/a"
     start_s: float = 0.0  # processes up and connected
     drain_s: float = 0.0  # from the last fault healed to every run final
@@ -115,6 +117,12 @@ def check(report: Report, driver: Driver, ledger: Path, snap: Snapshot) -> Repor
     report.ok, report.unknown = every[OK], every[UNKNOWN]
     report.failed = report.requests - report.ok - report.unknown
     report.events = len(outcomes)
+    for request in driver.history:
+        if request.status == 503:
+            report.unavailable += 1
+            if not request.retry_after:
+                report.no_retry_after += 1
+                note(f"no_retry_after: 503 for {request.event_id}: {request.detail}")
 
     flows = [r for r in snap.runs if r.function_id == FLOW]
     report.runs = len(flows)

@@ -31,6 +31,7 @@ class Request:
     status: int | None
     detail: str
     at: float  # time.monotonic() when the answer (or the error) came
+    retry_after: str | None = None
 
 
 def post_event(api: str, event: dict[str, Any], key: str = "dev", timeout: float = 3.0
@@ -50,13 +51,15 @@ def post_event(api: str, event: dict[str, Any], key: str = "dev", timeout: float
                        time.monotonic())
     finally:
         conn.close()
+    retry_after = resp.getheader("Retry-After")
     if 200 <= resp.status < 300:
         outcome = OK
     elif 400 <= resp.status < 500 and resp.status not in (408, 429):
         outcome = FAILED
     else:
         outcome = UNKNOWN
-    return Request(event["id"], outcome, resp.status, text[:200], time.monotonic())
+    return Request(event["id"], outcome, resp.status, text[:200], time.monotonic(),
+                   retry_after)
 
 
 @dataclass

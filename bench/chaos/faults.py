@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import signal
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,10 +35,14 @@ class Store:
     """The loop's database: a SQLite file in its directory, or a PostgreSQL server of its own
     (so that it can be crashed and restarted)."""
 
-    def __init__(self, backend: str, workdir: Path) -> None:
+    def __init__(self, backend: str, workdir: Path, disk_mb: int = 0) -> None:
         self.server: PrivatePostgres | None = None
+        self.disk: Path | None = None
         if backend == "sqlite":
-            self.url = f"sqlite:///{workdir / 'tether.db'}"
+            folder = workdir
+            if disk_mb:
+                self.disk = folder = mount_tmpfs(workdir / "disk", disk_mb)
+            self.url = f"sqlite:///{folder / 'tether.db'}"
         elif backend == "postgres":
             self.server = PrivatePostgres()
             self.server.start()
@@ -46,6 +53,30 @@ class Store:
     def drop(self) -> None:
         if self.server is not None:
             self.server.stop()
+        if self.disk is not None:
+            subprocess.run(["umount", "-l", str(self.disk)], capture_output=True, check=False)
+
+
+def mount_tmpfs(folder: Path, size_mb: int) -> Path:
+    """A size-limited tmpfs at ``folder`` (root only); raises OSError saying why not."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs",
+                           str(folder)], capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise OSError(f"cannot mount a {size_mb} MiB tmpfs at {folder} (needs root): "
+                      f"{done.stderr.strip()}")
+    return folder
+
+
+def can_mount_tmpfs() -> str | None:
+    """None when this process can mount a tmpfs, else why not (a test's skip reason)."""
+    with tempfile.TemporaryDirectory(prefix="tether-tmpfs-probe-") as tmp:
+        try:
+            mount_tmpfs(Path(tmp) / "d", 1)
+        except OSError as exc:
+            return str(exc)
+        subprocess.run(["umount", str(Path(tmp) / "d")], check=False)
+    return None
 
 
 @dataclass
@@ -58,6 +89,7 @@ class Loop:
     workers: int = 3
     heartbeat: float = 0.5
     concurrency: int = 20
+    disk_mb: int = 0  # the SQLite file on a tmpfs of this size (disk-full faults)
     #: Workers dial the gateways through this proxy, when set.
     proxy: Proxy | None = None
     db: Store | None = None
@@ -69,7 +101,7 @@ class Loop:
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.db = Store(self.backend, self.workdir)
+        self.db = Store(self.backend, self.workdir, self.disk_mb)
         for i in range(self.gateways):
             cluster = Cluster(self.workdir / f"gw{i}", db=self.db.url, env={
                 "TETHER_CHAOS_DIR": str(self.workdir)}, gateway_args=[
@@ -256,6 +288,25 @@ def network_mix(loop: Loop, rng: random.Random) -> str:
     return f"{name}: " + network(faults, period=1.5)(loop, rng)
 
 
+def disk_full(loop: Loop, rng: random.Random) -> str:
+    """Fill the store's tmpfs to the last byte for a spell, then free the space."""
+    assert loop.db is not None and loop.db.disk is not None, "needs Plan(disk_mb=...)"
+    filler = loop.db.disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for size in (1 << 16, 512):  # big chunks, then the last few blocks
+            with contextlib.suppress(OSError):  # ENOSPC: full
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    spell = rng.uniform(1.0, 2.0)
+    time.sleep(spell)
+    size = filler.stat().st_size
+    filler.unlink()
+    return f"disk full ({size >> 20} MiB of filler) for {spell:.1f} s"
+
+
 # --- the loop --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -276,6 +327,8 @@ class Plan:
     progress: int = 6  # ledger lines between faults
     settle: float = 60.0  # the heal window: every run final within it, or it is stuck
     proxied: bool = False  # workers dial through a frame proxy (network faults)
+    disk_mb: int = 0  # SQLite on a tmpfs this big (disk-full faults)
+    pad: int = 0  # bytes of padding in each event (to fill a disk)
 
 
 def run(plan: Plan, workdir: Path, seed: int, **extra: Any) -> Report:
@@ -284,12 +337,13 @@ def run(plan: Plan, workdir: Path, seed: int, **extra: Any) -> Report:
     report = Report(f"{plan.name} (seed {seed})")
     began = time.monotonic()
     loop = Loop(workdir, backend=plan.backend, gateways=plan.gateways, workers=plan.workers,
-                proxy=Proxy(seed) if plan.proxied else None, **extra)
+                proxy=Proxy(seed) if plan.proxied else None, disk_mb=plan.disk_mb, **extra)
     try:
         loop.start()
         driver = Driver(loop.apis, workdir, plan.events, plan.rate, lambda n: {
             "name": "chaos/go", "data": {"steps": plan.steps, "hold": plan.hold,
-                                         "effects": n % plan.effects_every == 0}}, seed=seed)
+                                         "effects": n % plan.effects_every == 0,
+                                         "pad": "x" * plan.pad}}, seed=seed)
         driver.start()
         loop.cycles = plan.cycles
         report.start_s = round(time.monotonic() - began, 1)

@@ -36,6 +36,8 @@ def plans(long: bool) -> dict[str, Plan]:
         "gateway-kill": Plan("gateway kill -9, SQLite", faults.kill_gateway, n(3, 50)),
         "postgres": Plan("2 gateways, PostgreSQL", faults.postgres_mix, n(4, 50),
                          backend="postgres", gateways=2, workers=2),
+        "disk-full": Plan("disk full, SQLite on tmpfs", faults.disk_full, n(2, 20),
+                          disk_mb=24, pad=20_000),
         "network": Plan("frame faults", faults.network_mix, n(len(faults.NETWORK), 105),
                         proxied=True),
     }
@@ -44,6 +46,7 @@ def plans(long: bool) -> dict[str, Plan]:
 COLUMNS: list[tuple[str, Callable[[Report], object]]] = [
     ("faults", lambda r: r.faults),
     ("ok/unk/fail", lambda r: f"{r.ok}/{r.unknown}/{r.failed}"),
+    ("503", lambda r: r.unavailable),
     ("runs", lambda r: r.runs),
     ("steps", lambda r: r.steps_committed),
     ("execs", lambda r: r.executions),
@@ -89,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             plan = replace(plan, cycles=args.cycles)
         if plan.backend == "postgres" and binaries() is None:
             print(f"  {name}: skipped (no PostgreSQL server binaries)", flush=True)
+            continue
+        if plan.disk_mb and (why := faults.can_mount_tmpfs()):
+            print(f"  {name}: skipped ({why})", flush=True)
             continue
         with tempfile.TemporaryDirectory(prefix=f"tether-chaos-{name}-") as tmp:
             report = faults.run(plan, Path(tmp), seed=args.seed + i)

@@ -59,3 +59,15 @@ def test_two_gateways_on_postgres_survive_kills_terminated_backends_and_a_restar
     report = faults.run(plan, tmp_path, seed=14)
     accounted(report)
     assert "PostgreSQL crash-restart" in report.schedule, report.schedule
+
+
+@pytest.mark.skipif(bool(faults.can_mount_tmpfs()), reason=f"disk full needs a size-limited "
+                    f"tmpfs: {faults.can_mount_tmpfs()}")
+def test_disk_full_answers_503_with_retry_after_and_recovers_without_a_restart(
+        tmp_path: Path) -> None:
+    plan = faults.Plan("disk full (SQLite on tmpfs)", faults.disk_full, cycles=2,
+                       disk_mb=24, pad=20_000)
+    report = faults.run(plan, tmp_path, seed=15)
+    accounted(report)  # no 200 without a commit: every ok event has its run
+    assert report.unavailable > 0, f"the disk never filled: {report.line()}"
+    assert report.integrity == "ok", report.integrity
