@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -307,6 +308,24 @@ def disk_full(loop: Loop, rng: random.Random) -> str:
     return f"disk full ({size >> 20} MiB of filler) for {spell:.1f} s"
 
 
+def outside_lock(loop: Loop, rng: random.Random) -> str:
+    """Another process holds the SQLite write lock for a spell (a backup, a curious sqlite3
+    shell): the gateway meets ``database is locked`` and must neither lose nor fail a run."""
+    assert loop.url.startswith("sqlite:"), "an outside lock is a SQLite fault"
+    spell = rng.uniform(1.0, 7.0)  # below and above the gateway's 5 s busy_timeout
+    script = ("import sqlite3, sys, time\n"
+              "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+              "c.execute('BEGIN IMMEDIATE')\n"
+              "print('locked', flush=True)\n"
+              "time.sleep(float(sys.argv[2]))\n"
+              "c.execute('ROLLBACK')\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, loop.url.removeprefix(
+        "sqlite:///"), str(spell)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    holder.wait(timeout=spell + 30)
+    return f"write lock held from outside for {spell:.1f} s"
+
+
 # --- the loop --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -364,7 +383,10 @@ def run(plan: Plan, workdir: Path, seed: int, **extra: Any) -> Report:
         report.stuck = loop.unfinished()
     finally:
         loop.stop()
-    report.integrity = store.integrity_check(loop.url) if loop.db is not None else "n/a"
-    loop.drop()
+        try:
+            if loop.db is not None:
+                report.integrity = store.integrity_check(loop.url)
+        finally:
+            loop.drop()
     report.seconds = round(time.monotonic() - began, 1)
     return report

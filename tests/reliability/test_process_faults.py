@@ -71,3 +71,10 @@ def test_disk_full_answers_503_with_retry_after_and_recovers_without_a_restart(
     accounted(report)  # no 200 without a commit: every ok event has its run
     assert report.unavailable > 0, f"the disk never filled: {report.line()}"
     assert report.integrity == "ok", report.integrity
+
+
+def test_database_locked_from_outside_fails_no_run_and_loses_nothing(tmp_path: Path) -> None:
+    plan = faults.Plan("outside write lock (SQLite)", faults.outside_lock, cycles=2)
+    report = faults.run(plan, tmp_path, seed=16)
+    accounted(report)
+    assert report.integrity == "ok", report.integrity
