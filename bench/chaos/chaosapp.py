@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 import zlib
@@ -18,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import worker
-from worker import App, Event, TriggerEvent
+from worker import App, Event, TriggerCron, TriggerEvent
 
 app = App("chaos")
+#: Served only by the clock loops: a cron tick every second.
+clock = App("chaos-clock")
 
 _ledger_fd: int | None = None
 
@@ -53,7 +56,8 @@ def body(run_id: str, step_id: str, attempt: int, hold: float) -> dict[str, Any]
     witness({"e": "start", "run": run_id, "step": step_id, "x": nonce, "pid": os.getpid(),
              "attempt": attempt, "t": time.monotonic(), "w": time.time()})
     if hold:
-        time.sleep(hold)
+        # Not time.sleep: under libfaketime (the clock loops) Python's clock_nanosleep fails.
+        threading.Event().wait(hold)
     witness({"e": "end", "x": nonce, "t": time.monotonic()})
     return {"v": expected(run_id, step_id), "x": nonce}
 
@@ -68,6 +72,8 @@ async def flow(ctx: worker.Context) -> dict[str, Any]:
         name = f"s{i}"
         out[name] = await ctx.step.run(name, body, ctx.run_id, name, ctx.attempt,
                                        float(data.get("hold", 0.0)))
+        if i == 0 and data.get("nap"):  # a durable sleep between s0 and s1
+            await ctx.step.sleep("nap", float(data["nap"]))
     if data.get("effects"):
         await ctx.step.send_event("send", Event("chaos/sent", {"parent": ctx.run_id}))
         out["invoke"] = await ctx.step.invoke("invoke", function=invoked,
@@ -85,3 +91,9 @@ async def sent(ctx: worker.Context) -> str:
 async def invoked(ctx: worker.Context) -> str:
     """The effect of an invoke: one child run per parent."""
     return str(ctx.event.data["parent"])
+
+
+@clock.function(id="tick", trigger=TriggerCron("* * * * * *"), retries=10)
+async def tick(ctx: worker.Context) -> int:
+    """One run per second; its output is the tick (ms), so a tick run twice shows."""
+    return int(ctx.event.ts)

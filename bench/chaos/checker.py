@@ -27,7 +27,7 @@ FLOW = "chaos/flow"
 #: Counters that must be 0 after every loop.
 MUST_BE_ZERO = ("lost", "dup_runs", "stuck", "not_completed", "reexec_after_ack",
                 "dup_commits", "missing_steps", "wrong_values", "unwitnessed", "dup_effects",
-                "missing_effects", "no_retry_after")
+                "missing_effects", "no_retry_after", "dup_ticks", "early_timers")
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,9 @@ class Report:
     missing_effects: int = 0
     unavailable: int = 0  # 503 answers (the store could not commit)
     no_retry_after: int = 0  # ... without a Retry-After
+    ticks: int = 0  # cron runs (the clock loops)
+    dup_ticks: int = 0  # a cron tick that started more than one run
+    early_timers: int = 0  # a durable sleep that ended before its duration had passed
     integrity: str = "n/a"
     start_s: float = 0.0  # processes up and connected
     drain_s: float = 0.0  # from the last fault healed to every run final
@@ -191,6 +194,24 @@ def check(report: Report, driver: Driver, ledger: Path, snap: Snapshot) -> Repor
                 report.missing_steps += len(gone)
                 note(f"missing_steps: run {run.id} completed, but no result of {gone} "
                      "was recorded")
+
+    ticks = Counter(r.output for r in snap.runs if r.function_id == "chaos-clock/tick")
+    report.ticks = sum(ticks.values())
+    for at, n in ticks.items():
+        if n > 1:
+            report.dup_ticks += n - 1
+            note(f"dup_ticks: the tick {at} started {n} runs")
+    naps = {e["id"]: float(e["data"].get("nap") or 0) for e in driver.events.values()}
+    ran = {e.nonce: e for es in executions.values() for e in es}
+    for run in flows:
+        nap = max((naps.get(i, 0.0) for i in run.event_ids), default=0.0)
+        if not nap or run.status != "Completed" or not isinstance(run.output, dict):
+            continue
+        before, after = (ran.get(str((run.output.get(k) or {}).get("x"))) for k in ("s0", "s1"))
+        if before is not None and after is not None and before.end is not None and (
+                after.start - before.end < nap):
+            report.early_timers += 1
+            note(f"early_timers: run {run.id} slept {after.start - before.end:.3f} s of {nap}")
 
     sent_runs = Counter(r.output for r in snap.runs
                         if r.function_id == "chaos/sent" and r.status == "Completed")

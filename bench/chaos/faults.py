@@ -29,6 +29,7 @@ from bench.chaos.proxy import CLEAN, Faults, Proxy
 from bench.cluster import Cluster, Process
 
 APP = "bench.chaos.chaosapp:app"
+CLOCK_APP = "bench.chaos.chaosapp:clock"
 FINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(FINAL)) + ")"
 
 
@@ -91,6 +92,9 @@ class Loop:
     heartbeat: float = 0.5
     concurrency: int = 20
     disk_mb: int = 0  # the SQLite file on a tmpfs of this size (disk-full faults)
+    #: Every process under libfaketime, its clock offset read from ``clock-NAME`` in workdir.
+    faketime: bool = False
+    apps: tuple[str, ...] = (APP,)
     #: Workers dial the gateways through this proxy, when set.
     proxy: Proxy | None = None
     db: Store | None = None
@@ -109,6 +113,7 @@ class Loop:
                 "--heartbeat-interval", str(self.heartbeat), "--retry-base", "0.05",
                 "--log-format", "json"])
             self.clusters.append(cluster)
+            self._clock(cluster, f"gateway{i}")
             cluster.start_gateway()
         self.dial = [c.connect_url for c in self.clusters]
         if self.proxy is not None:
@@ -136,11 +141,27 @@ class Loop:
         order = self.dial[home:] + self.dial[:home]
         args = [a for u in order[1:] for a in ("--gateway", u)]
         cluster = self.clusters[home]
+        self._clock(cluster, f"worker{slot}")
         proc = cluster._spawn(f"worker{slot}", [
-            "-m", "worker", APP, "--gateway", order[0], *args, "--concurrency",
+            "-m", "worker", *self.apps, "--gateway", order[0], *args, "--concurrency",
             str(self.concurrency), "--log-format", "json"])
         cluster.workers.append(proc)
         return proc
+
+    def _clock(self, cluster: Cluster, name: str) -> None:
+        """The next process spawned for ``cluster`` reads its clock offset from its own file."""
+        if not self.faketime:
+            return
+        control = self.workdir / f"clock-{name}"
+        if not control.exists():
+            control.write_text("+0\n")
+        cluster.env.update(FAKETIME_ENV)
+        cluster.env["LD_PRELOAD"] = str(libfaketime())
+        cluster.env["FAKETIME_TIMESTAMP_FILE"] = str(control)
+
+    def set_clock(self, name: str, offset: int) -> None:
+        """``name``'s wall clock (gateway0, worker1, ...) now reads real time + ``offset`` s."""
+        (self.workdir / f"clock-{name}").write_text(f"{offset:+d}\n")
 
     def restart_worker(self, slot: int) -> None:
         self.procs[slot] = self._worker(slot)
@@ -326,6 +347,40 @@ def outside_lock(loop: Loop, rng: random.Random) -> str:
     return f"write lock held from outside for {spell:.1f} s"
 
 
+#: libfaketime as a real clock jump looks: the wall clock moves, CLOCK_MONOTONIC does not;
+#: the offset file is read again at most every second.
+FAKETIME_ENV = {"FAKETIME_DONT_FAKE_MONOTONIC": "1", "DONT_FAKE_MONOTONIC": "1",
+                "FAKETIME_CACHE_DURATION": "1"}
+
+
+def libfaketime() -> Path | None:
+    """The multithreaded libfaketime (Debian's ``faketime`` package), or None."""
+    for folder in ("/usr/lib/x86_64-linux-gnu/faketime", "/usr/lib/aarch64-linux-gnu/faketime",
+                   "/usr/lib/faketime", "/usr/local/lib/faketime"):
+        path = Path(folder) / "libfaketimeMT.so.1"
+        if path.exists():
+            return path
+    return None
+
+
+#: The clock loop's jumps, one set per cycle: (process, its offset from real time, seconds).
+JUMPS: list[list[tuple[str, int]]] = [
+    # The gateway's clock an hour ahead, a worker's an hour behind.
+    [("gateway0", 3600), ("worker0", -3600)],
+    # The gateway's 5 s back (cron seconds come again, sleeps wait), the worker's 1 h forward.
+    [("gateway0", 3595), ("worker0", 0)],
+]
+
+
+def clock_jump(loop: Loop, rng: random.Random) -> str:
+    """Jump wall clocks (:data:`JUMPS`, in turn), and let the processes run a while."""
+    jumps = JUMPS[loop.cycle % len(JUMPS)]
+    for name, offset in jumps:
+        loop.set_clock(name, offset)
+    time.sleep(1.0 + rng.uniform(1.0, 2.0))  # the offset is read within a second
+    return ", ".join(f"{name} clock at real {offset:+d} s" for name, offset in jumps)
+
+
 # --- the loop --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -348,6 +403,10 @@ class Plan:
     proxied: bool = False  # workers dial through a frame proxy (network faults)
     disk_mb: int = 0  # SQLite on a tmpfs this big (disk-full faults)
     pad: int = 0  # bytes of padding in each event (to fill a disk)
+    nap: float = 0.0  # a durable sleep of this long in each run, between s0 and s1
+    faketime: bool = False  # every process under libfaketime (clock faults)
+    cron: bool = False  # workers also serve a function ticking every second
+    heartbeat: float = 0.5
 
 
 def run(plan: Plan, workdir: Path, seed: int, **extra: Any) -> Report:
@@ -356,13 +415,16 @@ def run(plan: Plan, workdir: Path, seed: int, **extra: Any) -> Report:
     report = Report(f"{plan.name} (seed {seed})")
     began = time.monotonic()
     loop = Loop(workdir, backend=plan.backend, gateways=plan.gateways, workers=plan.workers,
-                proxy=Proxy(seed) if plan.proxied else None, disk_mb=plan.disk_mb, **extra)
+                proxy=Proxy(seed) if plan.proxied else None, disk_mb=plan.disk_mb,
+                heartbeat=plan.heartbeat, faketime=plan.faketime,
+                apps=(APP, CLOCK_APP) if plan.cron else (APP,), **extra)
     try:
         loop.start()
         driver = Driver(loop.apis, workdir, plan.events, plan.rate, lambda n: {
             "name": "chaos/go", "data": {"steps": plan.steps, "hold": plan.hold,
                                          "effects": n % plan.effects_every == 0,
-                                         "pad": "x" * plan.pad}}, seed=seed)
+                                         "pad": "x" * plan.pad, "nap": plan.nap}},
+            seed=seed)
         driver.start()
         loop.cycles = plan.cycles
         report.start_s = round(time.monotonic() - began, 1)

@@ -38,6 +38,10 @@ def plans(long: bool) -> dict[str, Plan]:
                          backend="postgres", gateways=2, workers=2),
         "disk-full": Plan("disk full, SQLite on tmpfs", faults.disk_full, n(2, 20),
                           disk_mb=24, pad=20_000),
+        "outside-lock": Plan("outside write lock, SQLite", faults.outside_lock, n(2, 20)),
+        "clock": Plan("wall clock jumps (libfaketime)", faults.clock_jump,
+                      n(len(faults.JUMPS), 40), faketime=True, cron=True, nap=0.3,
+                      heartbeat=2.0, events=30, rate=20),
         "network": Plan("frame faults", faults.network_mix, n(len(faults.NETWORK), 105),
                         proxied=True),
     }
@@ -58,6 +62,8 @@ COLUMNS: list[tuple[str, Callable[[Report], object]]] = [
     ("rerun after ack", lambda r: r.reexec_after_ack),
     ("dup commits", lambda r: r.dup_commits + r.wrong_values + r.unwitnessed),
     ("dup effects", lambda r: r.dup_effects + r.missing_effects),
+    ("ticks (dup)", lambda r: f"{r.ticks} ({r.dup_ticks})" if r.ticks else "-"),
+    ("early naps", lambda r: r.early_timers),
     ("integrity", lambda r: r.integrity),
     ("drain s", lambda r: f"{r.drain_s:.1f}"),
     ("s", lambda r: f"{r.seconds:.0f}"),
@@ -92,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             plan = replace(plan, cycles=args.cycles)
         if plan.backend == "postgres" and binaries() is None:
             print(f"  {name}: skipped (no PostgreSQL server binaries)", flush=True)
+            continue
+        if plan.faketime and faults.libfaketime() is None:
+            print(f"  {name}: skipped (no libfaketime: apt-get install faketime)", flush=True)
             continue
         if plan.disk_mb and (why := faults.can_mount_tmpfs()):
             print(f"  {name}: skipped ({why})", flush=True)

@@ -78,3 +78,16 @@ def test_database_locked_from_outside_fails_no_run_and_loses_nothing(tmp_path: P
     report = faults.run(plan, tmp_path, seed=16)
     accounted(report)
     assert report.integrity == "ok", report.integrity
+
+
+@pytest.mark.skipif(faults.libfaketime() is None, reason="clock jumps need libfaketime: "
+                    "apt-get install faketime (python3 dev.py test installs it as root)")
+def test_wall_clock_jumps_cost_no_lease_no_early_sleep_and_no_tick_twice(
+        tmp_path: Path) -> None:
+    plan = faults.Plan("wall clock jumps (libfaketime)", faults.clock_jump,
+                       cycles=len(faults.JUMPS), faketime=True, cron=True, nap=0.3,
+                       heartbeat=2.0, events=30, rate=20)
+    report = faults.run(plan, tmp_path, seed=17)
+    accounted(report)
+    assert report.reexecutions == 0, f"a clock jump cost a lease: {report.line()}"
+    assert report.ticks > 0, report.line()
