@@ -45,16 +45,25 @@ def witness(record: dict[str, Any]) -> None:
     os.fsync(fd)
 
 
+def lease_fence(ctx: worker.Context) -> int | None:
+    """The fence of the lease this execution runs under. The SDK keeps it private; the witness
+    needs it to tell a stale execution (an older lease, whose result fencing refuses) from a
+    step run again after its result was committed."""
+    fence = getattr(getattr(ctx, "_exec", None), "fence", None)
+    return fence if isinstance(fence, int) else None
+
+
 def expected(run_id: str, step_id: str) -> int:
     """The value a step of a run must return, whichever execution computes it."""
     return zlib.crc32(f"{run_id}/{step_id}".encode())
 
 
-def body(run_id: str, step_id: str, attempt: int, hold: float) -> dict[str, Any]:
+def body(run_id: str, step_id: str, attempt: int, hold: float, fence: int | None = None
+         ) -> dict[str, Any]:
     """A plain function (so the worker runs it on a thread, and the fsyncs block no loop)."""
     nonce = uuid.uuid4().hex[:12]
     witness({"e": "start", "run": run_id, "step": step_id, "x": nonce, "pid": os.getpid(),
-             "attempt": attempt, "t": time.monotonic(), "w": time.time()})
+             "attempt": attempt, "fence": fence, "t": time.monotonic(), "w": time.time()})
     if hold:
         # Not time.sleep: under libfaketime (the clock loops) Python's clock_nanosleep fails.
         threading.Event().wait(hold)
@@ -71,7 +80,7 @@ async def flow(ctx: worker.Context) -> dict[str, Any]:
     for i in range(int(data.get("steps", 3))):
         name = f"s{i}"
         out[name] = await ctx.step.run(name, body, ctx.run_id, name, ctx.attempt,
-                                       float(data.get("hold", 0.0)))
+                                       float(data.get("hold", 0.0)), lease_fence(ctx))
         if i == 0 and data.get("nap"):  # a durable sleep between s0 and s1
             await ctx.step.sleep("nap", float(data["nap"]))
     if data.get("effects"):

@@ -435,7 +435,7 @@ def run(plan: Plan, workdir: Path, seed: int, **extra: Any) -> Report:
         healed = time.monotonic()
         driver.stop()
         driver.join(plan.events / plan.rate + 120)
-        driver.heal()
+        report.unaccepted = driver.heal()
         deadline = healed + plan.settle
         while loop.unfinished() and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -11,6 +11,7 @@ of issue 13. Prints one table; exits 1 when any promise was broken (the details 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -60,6 +61,7 @@ COLUMNS: list[tuple[str, Callable[[Report], object]]] = [
     ("dup runs", lambda r: r.dup_runs),
     ("stuck", lambda r: r.stuck + r.not_completed),
     ("rerun after ack", lambda r: r.reexec_after_ack),
+    ("late stale", lambda r: r.stale_execs),
     ("dup commits", lambda r: r.dup_commits + r.wrong_values + r.unwitnessed),
     ("dup effects", lambda r: r.dup_effects + r.missing_effects),
     ("ticks (dup)", lambda r: f"{r.ticks} ({r.dup_ticks})" if r.ticks else "-"),
@@ -105,8 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         if plan.disk_mb and (why := faults.can_mount_tmpfs()):
             print(f"  {name}: skipped ({why})", flush=True)
             continue
-        with tempfile.TemporaryDirectory(prefix=f"tether-chaos-{name}-") as tmp:
-            report = faults.run(plan, Path(tmp), seed=args.seed + i)
+        tmp = Path(tempfile.mkdtemp(prefix=f"tether-chaos-{name}-"))
+        report = faults.run(plan, tmp, seed=args.seed + i)
+        if report.violations():  # keep the logs, ledger and history for reading
+            report.notes.insert(0, f"logs, ledger and history kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         print(f"  {name}: {report.line()}", flush=True)
         names.append(name)
         reports.append(report)

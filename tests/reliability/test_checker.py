@@ -22,13 +22,15 @@ def driver(tmp: Path, outcomes: dict[str, list[str]], effects: frozenset[str] = 
     return d
 
 
-def ledger(tmp: Path, *executions: tuple[str, str, str, float, float | None]) -> Path:
+def ledger(tmp: Path, *executions: tuple[Any, ...]) -> Path:
+    """(run, step, nonce, start, end[, fence]) per execution; end None: it died in the body."""
     folder = tmp / "ledger"
     folder.mkdir()
     with (folder / "1.jsonl").open("w") as out:
-        for run, step, nonce, start, end in executions:
+        for run, step, nonce, start, end, *fence in executions:
             out.write(json.dumps({"e": "start", "run": run, "step": step, "x": nonce,
-                                  "pid": 1, "t": start}) + "\n")
+                                  "pid": 1, "t": start, "fence": (fence or [None])[0]})
+                      + "\n")
             if end is not None:
                 out.write(json.dumps({"e": "end", "x": nonce, "t": end}) + "\n")
         out.write('{"e": "sta')  # torn by a kill mid-write: skipped
@@ -72,9 +74,10 @@ def test_each_broken_promise_is_counted(tmp_path: Path) -> None:
         driver(tmp_path, {"e1": [OK], "e2": [OK], "e3": [OK], "e4": [OK], "e5": [OK],
                           "e6": [OK], "e7": [FAILED]}, effects=frozenset({"e6"})),
         ledger(tmp_path,
-               ("r1", "s0", "a", 1.0, 2.0),   # ran, result lost with its worker
-               ("r1", "s0", "b", 2.5, 3.0),   # the committed execution
-               ("r1", "s0", "c2", 4.0, None),  # began after b ended: after the ack
+               ("r1", "s0", "a", 1.0, 2.0, 1),   # ran, result lost with its worker
+               ("r1", "s0", "b", 2.5, 3.0, 2),   # the committed execution
+               ("r1", "s0", "c2", 4.0, None, 2),  # began after b ended: after the ack
+               ("r1", "s0", "z", 4.5, 5.0, 1),   # late, but under the older lease: stale
                ("r4", "s0", "c", 1.0, 2.0)),
         snap)
     assert report.violations() == {
@@ -82,4 +85,4 @@ def test_each_broken_promise_is_counted(tmp_path: Path) -> None:
         "dup_commits": 1, "missing_steps": 1, "wrong_values": 1, "unwitnessed": 1, "dup_effects": 1,
         "missing_effects": 2,
     }, report.notes
-    assert (report.executions, report.reexecutions) == (4, 2)
+    assert (report.executions, report.reexecutions, report.stale_execs) == (5, 3, 1)

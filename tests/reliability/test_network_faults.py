@@ -13,7 +13,7 @@ import pytest
 
 from bench.chaos import faults
 from bench.chaos.proxy import Faults
-from tests.reliability.test_process_faults import accounted
+from tests.reliability.support import accounted
 
 pytestmark = pytest.mark.e2e
 
