@@ -38,7 +38,7 @@ def plans(long: bool) -> dict[str, Plan]:
         "postgres": Plan("2 gateways, PostgreSQL", faults.postgres_mix, n(4, 50),
                          backend="postgres", gateways=2, workers=2),
         "disk-full": Plan("disk full, SQLite on tmpfs", faults.disk_full, n(2, 20),
-                          disk_mb=24, pad=20_000),
+                          disk_mb=n(24, 96), pad=n(20_000, 4_000)),
         "outside-lock": Plan("outside write lock, SQLite", faults.outside_lock, n(2, 20)),
         "clock": Plan("wall clock jumps (libfaketime)", faults.clock_jump,
                       n(len(faults.JUMPS), 40), faketime=True, cron=True, nap=0.3,

@@ -73,7 +73,7 @@ def test_database_locked_from_outside_fails_no_run_and_loses_nothing(tmp_path: P
 
 @pytest.mark.skipif(faults.libfaketime() is None, reason="clock jumps need libfaketime: "
                     "apt-get install faketime (python3 dev.py test installs it as root)")
-def test_wall_clock_jumps_cost_no_lease_no_early_sleep_and_no_tick_twice(
+def test_wall_clock_jumps_cost_no_lease_and_no_tick_twice(
         tmp_path: Path) -> None:
     plan = faults.Plan("wall clock jumps (libfaketime)", faults.clock_jump,
                        cycles=len(faults.JUMPS), faketime=True, cron=True, nap=0.3,
