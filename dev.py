@@ -135,6 +135,23 @@ def pytest_args(rest: list[str]) -> list[str]:
     return ["-n", workers, *rest]
 
 
+def ensure_faketime() -> None:
+    """Debian's faketime (libfaketime) for the reliability suite's wall-clock jumps. Without
+    root or apt-get, say how to get it: that test skips meanwhile."""
+    if any(Path(d, "libfaketimeMT.so.1").exists() for d in (
+            "/usr/lib/x86_64-linux-gnu/faketime", "/usr/lib/aarch64-linux-gnu/faketime",
+            "/usr/lib/faketime")):
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        print("dev.py: faketime is not installed, so the clock-jump test skips; install it "
+              "(Debian: apt-get install faketime)", flush=True)
+        return
+    print("dev.py: installing faketime for the clock-jump test", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "faketime"], check=True, env=env)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(__doc__)
@@ -151,6 +168,7 @@ def main(argv: list[str]) -> int:
         ensure_env("test")
         env = {**os.environ, "TETHER_TEST_PG_URL": ensure_postgres()}
         ensure_chromium()
+        ensure_faketime()
         return subprocess.call([str(PYTHON), "-m", "pytest", *pytest_args(rest)], cwd=ROOT,
                                env=env)
     if command == "bench":

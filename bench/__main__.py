@@ -15,6 +15,9 @@
                  (SIGTERM), and how soon its runs complete through the others
     cpu          CPU ms the gateway and the worker spend per 1,000 runs of the 3-step
                  function (steady under load from other processes, unlike wall time)
+    chaos        fault loops (kill -9, SIGSTOP, PostgreSQL faults, ...) under load, with exact
+                 accounting: 0 lost, 0 re-runs after acknowledgement, 0 stuck; --long for
+                 the full counts
     all          every benchmark with its default options
 
 ``python -m bench NAME --help`` lists a benchmark's options. With no name: throughput.
@@ -37,11 +40,12 @@ from bench import (
     throughput,
     waits,
 )
+from bench.chaos import main as chaos
 
 BENCHMARKS = {"throughput": throughput.main, "waits": waits.main, "sleeps": sleeps.main,
               "scale": scale.main, "http": http_api.main, "takeover": takeover.main,
               "intake": intake.main, "cron": cron.main, "flow": flow.main, "cpu": cpu.main,
-              "dashboard": dashboard.main}
+              "dashboard": dashboard.main, "chaos": chaos.main}
 
 
 def main(argv: list[str]) -> int:

@@ -262,6 +262,8 @@ class Engine:
         Its payload is checked and encoded now, outside the transaction: a malformed one
         enters the batch marked invalid (its run fails, the worker is told), harming no one.
         """
+        if self.registry.get(worker.session_id) is not worker:
+            return  # its socket was dropped (a failed commit): the worker resends it later
         now = self.clock.now()
         checked = check_checkpoint(message, self.limits, self.event_limits, now)
         if checked.invalid is not None:
@@ -682,10 +684,16 @@ class Engine:
             if not future.done():
                 future.set_exception(error)
         # Unacknowledged checkpoints are resent by workers after they reconnect.
-        for session_id in {w.session_id for w in batch.checkpoints}:
+        closed = {w.session_id for w in batch.checkpoints}
+        for session_id in closed:
             worker = self.registry.get(session_id)
             if worker is not None:
                 worker.close(1011, "store unavailable; reconnect and resend checkpoints")
+        # What those sockets sent while the write failed follows the lost checkpoints: it
+        # must not commit without them (a run would end without a step's result, and the
+        # cumulative ack would cover the lost one). It is resent after them.
+        self._batch.checkpoints = [w for w in self._batch.checkpoints
+                                   if w.session_id not in closed]
         self._find_wakeup = self._find_wakeup or batch.find_wakeup
         # Releases and returns must not be forgotten: their runs would stay leased.
         self._batch.releases.extend(batch.releases)

@@ -259,6 +259,11 @@ class Worker:
                 self._lose(revoked, f"lease revoked: {msg.reason}")
 
     def _on_lease(self, lease: m.LeaseGranted) -> None:
+        if (lease.run_id, lease.fence) in self.executions:
+            # The same lease twice (a repeating intermediary): one execution per lease, or
+            # two would race their checkpoints and the run could end on unrecorded results.
+            log.warning("lease_duplicate_ignored", run_id=lease.run_id, fence=lease.fence)
+            return
         function = self.functions.get(lease.function_id)
         reason = None
         if self.draining:

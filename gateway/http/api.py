@@ -158,6 +158,8 @@ def build_api(
         # A body that did not arrive in time leaves the connection mid-request: close it
         # rather than wait for (and parse) the rest of that body as the next request.
         headers = {"connection": "close"} if exc.http_status == 408 else None
+        if exc.http_status == 503:  # the store failed (disk full, connection lost): soon
+            headers = {"retry-after": "1"}
         return JSONResponse({"error": exc.message}, status_code=exc.http_status,
                             headers=headers)
 

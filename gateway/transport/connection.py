@@ -249,11 +249,19 @@ class WorkerConnection:
         worker = self.worker
         assert worker is not None
         engine, session, limit = self.engine, self.session, self.settings.max_frame_in
+        due = 1  # a worker numbers its checkpoints 1, 2, 3... on each socket
         async for frame in self.ws:
             worker.last_seen = self.clock.monotonic()
             for msg in decode(frame, max_size=limit):
                 session.receive(msg)
                 if isinstance(msg, m.CHECKPOINT_TYPES):
+                    if msg.seq != due:
+                        # Acks are cumulative: acking past a hole would tell the worker to
+                        # forget a checkpoint never committed. A new socket resends them all.
+                        raise RemoteProtocolError(
+                            f"checkpoint {msg.seq} arrived where {due} was due: checkpoints "
+                            "went missing; reconnect and resend the unacknowledged ones")
+                    due += 1
                     engine.checkpoint(worker, msg)
                 elif isinstance(msg, m.Heartbeat):
                     self.outbox.send(m.HeartbeatAck())

@@ -8,6 +8,7 @@ would run it, and its steps write the shared ledger so a test counts executions.
 from __future__ import annotations
 
 import signal
+from itertools import pairwise
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,4 +175,4 @@ def test_concurrency_from_the_sdk_config_is_enforced(sdk: InngestApps) -> None:
     spans = [line.split() for line in (sdk.workdir / "spans.txt").read_text().splitlines()]
     group = sorted((float(start), float(end)) for g, start, end in spans if g == "g")
     assert len(group) == 3 and len(spans) == 4
-    assert all(end <= later for (_, end), (later, _) in zip(group, group[1:])), group
+    assert all(end <= later for (_, end), (later, _) in pairwise(group)), group
