@@ -8,8 +8,8 @@ would run it, and its steps write the shared ledger so a test counts executions.
 from __future__ import annotations
 
 import signal
-from itertools import pairwise
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
