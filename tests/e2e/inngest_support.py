@@ -3,6 +3,7 @@ app processes (Python or Node) dialling into it, as users would run them."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -28,14 +29,18 @@ def inngest_js_modules() -> Path:
     if node is None or npm is None:
         pytest.skip("node and npm are needed for the TypeScript SDK tests (Node >= 20)")
     modules = NODE_CACHE / "node_modules"
-    if not (modules / "inngest" / "package.json").exists():
-        NODE_CACHE.mkdir(parents=True, exist_ok=True)
-        (NODE_CACHE / "package.json").write_text('{"private": true}\n')
-        done = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--ignore-scripts", INNGEST_JS],
-            cwd=NODE_CACHE, capture_output=True, text=True, timeout=bound(600))
-        if done.returncode != 0:
-            raise RuntimeError(f"npm install {INNGEST_JS} failed:\n{done.stdout}{done.stderr}")
+    NODE_CACHE.mkdir(parents=True, exist_ok=True)
+    # Test processes run in parallel (pytest-xdist): one installs, the others wait for it.
+    with (NODE_CACHE.parent / "inngest-js.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (modules / "inngest" / "package.json").exists():
+            (NODE_CACHE / "package.json").write_text('{"private": true}\n')
+            done = subprocess.run(
+                [npm, "install", "--no-audit", "--no-fund", "--ignore-scripts", INNGEST_JS],
+                cwd=NODE_CACHE, capture_output=True, text=True, timeout=bound(600))
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"npm install {INNGEST_JS} failed:\n{done.stdout}{done.stderr}")
     return modules
 
 
