@@ -138,6 +138,7 @@ def test_with_a_signing_key_the_sdk_in_production_mode_is_let_in(sdk: InngestApp
     assert run["status"] == "Completed" and run["output"] == {"doubled": 10}
 
 
+@pytest.mark.serial  # two gateways, PostgreSQL and the SDK: timed out once under a full -n 4
 def test_on_postgresql_an_event_sent_to_another_gateway_runs_on_the_sdk(
         tmp_path: Path) -> None:
     """Two gateways share one database; the SDK is connected to the first, the event goes to
