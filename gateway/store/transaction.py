@@ -99,6 +99,9 @@ WOKEN = edge(RunEvent.WOKEN)
 _ENDING = {RunStatus.COMPLETED: RunEvent.COMPLETED, RunStatus.FAILED: RunEvent.ABORTED,
            RunStatus.CANCELLED: RunEvent.CANCELLED}
 
+#: insert_run's concurrency columns for a run without limits.
+_NO_SLOTS = (None, None, None, None)
+
 ConfigLookup = Callable[[Db, str], Awaitable[FunctionConfig | None]]
 
 
@@ -176,9 +179,8 @@ class Transaction:
         self._prune: list[tuple[str, int]] = []
         # Flow-control keys this batch locked and has yet to write (gateway.flow.admission).
         self._admissions = admission.Admissions()
-        # (slot1, slot2, queue, key shown, run id) of new runs with concurrency limits, and
-        # how many runs each queue gained in the batch and not yet written (max_queued).
-        self._conc: list[tuple[Any, ...]] = []
+        # How many runs each concurrency queue gained in the batch, not yet written
+        # (max_queued).
         self._queued: dict[str, int] = {}
         self._claimer = queues.Claimer()
         # Debounce and batch windows (gateway.flow.windows): all their state is in the store.
@@ -341,7 +343,7 @@ class Transaction:
         self.touched, result.refused, result.flow_skipped = touched, refused, skipped
         self._new_runs, self._new_links, self._endings = [], [], []
         self._flow, self._flow_failures = [], []
-        self._conc, self._queued = [], {}
+        self._queued = {}
         self._counted = {}
         self._admissions.reset()
 
@@ -558,6 +560,8 @@ class Transaction:
         self._new_runs.append((
             run_id, function_id, start, orjson.dumps([e[1] for e in events]).decode(), self.now,
             parent[0] if parent else None, parent[1] if parent else None, deadline,
+            *(_NO_SLOTS if slots is None or slots.failure is not None
+              else self._conc_row(run_id, slots)[:4]),
         ))
         self._new_links.extend((run_id, i, seq) for i, (seq, _) in enumerate(events))
         if window is None and len(events) == 1:
@@ -586,11 +590,10 @@ class Transaction:
         return run_id
 
     def _place(self, run_id: str, placed: queues.Placement) -> None:
-        """A new run takes its concurrency slots (written with the batch's runs)."""
+        """A new run takes its concurrency slots (written with its row, by insert_run)."""
         if placed.failure is not None:
             self._flow_failures.append((run_id, placed.failure))
             return
-        self._conc.append(self._conc_row(run_id, placed))
         self._queued[placed.queue] = self._queued.get(placed.queue, 0) + 1
 
     @staticmethod
@@ -747,13 +750,11 @@ class Transaction:
             await self.db.executemany("insert_run", self._new_runs)
             await self.db.executemany("insert_run_event", self._new_links)
             self._new_runs, self._new_links = [], []
+            self._queued = {}  # the store counts them now (max_queued)
         await self._admissions.flush(self.db)
         if self._flow:
             await self.db.executemany("set_run_flow", self._flow)
             self._flow = []
-        if self._conc:
-            await self.db.executemany("set_run_concurrency", self._conc)
-            self._conc, self._queued = [], {}
         failures, self._flow_failures = self._flow_failures, []
         for run_id, reason in failures:  # a flow-control key that gave no key: see timing
             await self.end_run(run_id, RunStatus.FAILED, error=error_json("FlowControlError",

@@ -11,9 +11,10 @@ INSERT INTO events (seq, id, name, payload, received_at, traceparent)
 VALUES ($1, $2, $3, $4, $5, $6);
 
 -- name: insert_run
+-- slot1, slot2, cqueue, conc_key: its concurrency slots, queue and key (NULL without limits).
 INSERT INTO runs (id, function_id, status, available_at, event_ids, queued_at, parent_run_id,
-                  parent_step_id, deadline_at)
-VALUES ($1, $2, 'Queued', $3, $4, $5, $6, $7, $8);
+                  parent_step_id, deadline_at, slot1, slot2, cqueue, conc_key)
+VALUES ($1, $2, 'Queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12);
 
 -- name: insert_run_event
 INSERT INTO run_events (run_id, position, event_seq) VALUES ($1, $2, $3);
