@@ -35,8 +35,13 @@ class Timing:
 
 
 async def timing(db: Db, function_id: str, config: FunctionConfig, event: dict[str, Any],
-                 start: float, now: float) -> Timing:
-    """The start of a run of ``function_id`` for ``event``, not before ``start``."""
+                 start: float, now: float,
+                 tats: dict[tuple[str, str], float | None] | None = None) -> Timing:
+    """The start of a run of ``function_id`` for ``event``, not before ``start``.
+
+    ``tats`` caches the transaction's throttle keys: a key is read (and locked) once per
+    batch, however many of its events the batch holds.
+    """
     priority = 0
     if config.priority is not None:
         result = priority_of(config.priority.run, event)
@@ -52,8 +57,11 @@ async def timing(db: Db, function_id: str, config: FunctionConfig, event: dict[s
         return Timing(start, priority=priority, failure=f"throttle {key.reason}")
     gcra = ThrottleConfig(throttle.limit, float(throttle.period),  # type: ignore[arg-type]
                           throttle.burst)
-    await db.execute("throttle_seed", function_id, key.hash)
-    tat = await db.fetchval("throttle_tat", function_id, key.hash)
+    row = (function_id, key.hash)
+    if tats is not None and row in tats:
+        tat = tats[row]
+    else:
+        tat = await db.fetchval("lock_throttle_tat", function_id, key.hash)
     if start > now:
         # A delayed event (ts ahead): wait for the slots reserved before it, reserve none, or
         # one event a day ahead would hold every later event of its key back until then.
@@ -61,6 +69,9 @@ async def timing(db: Db, function_id: str, config: FunctionConfig, event: dict[s
     else:
         admitted = admit(tat, start, gcra)
         await db.execute("set_throttle_tat", admitted.tat, function_id, key.hash)
+        tat = admitted.tat
         at = admitted.start_at
+    if tats is not None:
+        tats[row] = tat
     hold = (THROTTLE, key.display) if at > start else None
     return Timing(at, hold=hold, priority=priority)

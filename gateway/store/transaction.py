@@ -182,6 +182,8 @@ class Transaction:
         # How many runs each concurrency queue gained in the batch, not yet written
         # (max_queued).
         self._queued: dict[str, int] = {}
+        # Throttle keys read (and locked) in this batch, with their TAT (gateway.flow.timing).
+        self._tats: dict[tuple[str, str], float | None] = {}
         self._claimer = queues.Claimer()
         # Debounce and batch windows (gateway.flow.windows): all their state is in the store.
         self._windows = windows.Windows()
@@ -344,6 +346,7 @@ class Transaction:
         self._new_runs, self._new_links, self._endings = [], [], []
         self._flow, self._flow_failures = [], []
         self._queued = {}
+        self._tats = {}
         self._counted = {}
         self._admissions.reset()
 
@@ -543,7 +546,8 @@ class Transaction:
                 if start > self.now:
                     self.result.flow_delayed.append(placed.option)
         if config.throttle is not None or config.priority is not None:
-            flow = await timing(self.db, function_id, config, trigger_data, start, self.now)
+            flow = await timing(self.db, function_id, config, trigger_data, start, self.now,
+                                self._tats)
             start = flow.start
             self._flow.append((flow.hold[0] if flow.hold else None,
                                flow.hold[1] if flow.hold else None, flow.priority, after_seq,

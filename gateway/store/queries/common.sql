@@ -382,9 +382,12 @@ VALUES ($1, $2, 'Skipped', NULL, $3, $4, $5, $6, $4, $7);
 
 -- =================== flow control: throttle and priority ====================
 
--- name: throttle_seed
+-- name: lock_throttle_tat
+-- The key's TAT, its row created if new and (on PostgreSQL) locked until the admitting
+-- transaction commits: gateways sharing the key queue here, each reserving its own slot.
 INSERT INTO throttle_tat (function_id, key_hash, tat) VALUES ($1, $2, NULL)
-ON CONFLICT DO NOTHING;
+ON CONFLICT (function_id, key_hash) DO UPDATE SET tat = throttle_tat.tat
+RETURNING tat;
 
 -- name: set_throttle_tat
 UPDATE throttle_tat SET tat = $1 WHERE function_id = $2 AND key_hash = $3;

@@ -99,11 +99,6 @@ DELETE FROM flow_keys WHERE (function_id, kind, key_hash) IN (
 
 -- =================== flow control: throttle and priority ====================
 
--- name: throttle_tat
--- Row-locked until the admitting transaction commits: gateways sharing the key queue here,
--- so each reserves its own slot.
-SELECT tat FROM throttle_tat WHERE function_id = $1 AND key_hash = $2 FOR UPDATE;
-
 -- name: ready_runs_by_priority
 -- As ready_runs, in priority order (runs_by_priority): as if queued ``priority`` s earlier,
 -- ties by arrival.

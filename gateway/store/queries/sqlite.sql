@@ -116,10 +116,6 @@ DELETE FROM flow_keys WHERE (function_id, kind, key_hash) IN (
 
 -- =================== flow control: throttle and priority ====================
 
--- name: throttle_tat
--- The writer holds the database: no other transaction moves the TAT meanwhile.
-SELECT tat FROM throttle_tat WHERE function_id = ?1 AND key_hash = ?2;
-
 -- name: ready_runs_by_priority
 -- As ready_runs, in priority order (runs_by_priority): as if queued ``priority`` s earlier,
 -- ties by arrival.
