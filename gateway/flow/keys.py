@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from protocol.errors import ExpressionError
@@ -71,16 +73,52 @@ def make_key(scope: str, text: str) -> Key:
     return Key(hash=digest, display=text[:MAX_DISPLAY])
 
 
+#: ``event.a.b``: a path of plain field names, the shape almost every key expression has.
+_PATH = re.compile(r"event(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+_ABSENT = object()
+
+
+@lru_cache(maxsize=1024)
+def _path(expression: str) -> tuple[str, ...] | None:
+    """The field names of a plain path expression, or None for any other expression."""
+    text = expression.strip()
+    return tuple(text.split(".")[1:]) if _PATH.fullmatch(text) else None
+
+
+def _walk(event: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at ``path`` in the event, as CEL would give it; _ABSENT where CEL would fail
+    (a missing field, a field of something not an object): CEL then says why."""
+    value: Any = event
+    for name in path:
+        if not isinstance(value, dict) or name not in value:
+            return _ABSENT
+        value = value[name]
+    return value
+
+
 def key_for(expression: str | None, event: dict[str, Any], *, scope: str) -> Key | KeyFailure:
-    """The key of ``event`` (the event's JSON object) under ``expression``; never raises."""
+    """The key of ``event`` (the event's JSON object) under ``expression``; never raises.
+
+    A plain path (``event.data.tenant``) is read straight from the event, as CEL would read
+    it (a tenth of the cost, on the admission of every event); anything else, and any path
+    that CEL would refuse, goes through CEL.
+    """
     if expression is None:
         return make_key(scope, NO_KEY)
+    path = _path(expression)
+    value = _walk(event, path) if path is not None else _ABSENT
+    if value is not _ABSENT:
+        return _key_of(expression, value, scope)
     try:
         value = evaluate(expression, {"event": event})
     except ExpressionError as exc:
         return KeyFailure(f"key {exc.message}")
     except Exception as exc:  # a user's expression must not crash admission
         return KeyFailure(f"key {expression!r} could not be evaluated: {type(exc).__name__}")
+    return _key_of(expression, value, scope)
+
+
+def _key_of(expression: str, value: Any, scope: str) -> Key | KeyFailure:
     text = canonical(value)
     if text is None:
         kind = "null" if value is None else type(value).__name__

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.flow.keys import MAX_DISPLAY, MAX_KEY_LENGTH, Key, KeyFailure, canonical, key_for
+from protocol.errors import ExpressionError
+from protocol.expressions import evaluate
 
 EVENT = {"name": "order", "data": {"tenant": "acme", "n": 3, "f": 3.0, "x": 2.5, "ok": True,
                                    "list": [1], "map": {"a": 1}, "none": None,
@@ -54,3 +58,31 @@ def test_keys_are_length_capped_and_hashed() -> None:
                                         "int(event.data.tenant)", "x" * 5000])
 def test_hostile_expressions_never_raise(expression: str) -> None:
     assert isinstance(key_for(expression, EVENT, scope="s"), KeyFailure)
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6)
+    | st.floats(allow_nan=False, allow_infinity=False, width=32) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(["a", "b", "tenant"]), inner, max_size=3),
+    max_leaves=8)
+
+
+@given(data=st.dictionaries(st.sampled_from(["a", "b", "tenant"]), _values, max_size=3),
+       path=st.lists(st.sampled_from(["a", "b", "tenant"]), min_size=1, max_size=3))
+def test_a_plain_path_reads_what_cel_reads(data, path) -> None:
+    """The fast path for ``event.x.y`` gives the key (or the failure kind) CEL gives."""
+    from gateway.flow.keys import _key_of
+
+    expression = "event.data." + ".".join(path)
+    event = {"name": "e", "data": data}
+    fast = key_for(expression, event, scope="s")
+    try:
+        slow = _key_of(expression, evaluate(expression, {"event": event}), "s")
+    except ExpressionError:
+        assert isinstance(fast, KeyFailure)
+        return
+    if isinstance(slow, Key):
+        assert fast == slow
+    else:
+        assert isinstance(fast, KeyFailure)
