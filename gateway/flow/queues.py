@@ -22,7 +22,7 @@ from gateway.store.db import Db, Row
 from protocol.manifest import FunctionConfig
 
 #: Queues read per window of a claim, at least (more when many workers have room).
-MIN_WINDOW = 64
+MIN_WINDOW = 32
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class Claimer:
             return [], True
         cursor: str | None = await db.fetchval("conc_cursor", function_id)
         cap = min(n, max(lim.limit for lim in limits))
-        window = max(MIN_WINDOW, 4 * n)
+        window = max(MIN_WINDOW, n + n // 4)  # most queues have room: few more than n
         queues: list[Queue] = []
         after, wrapped, exhausted, roomy = cursor or "", cursor is None, False, 0
         while roomy < n:
