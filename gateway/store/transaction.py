@@ -881,6 +881,8 @@ class Transaction:
                     # first, so this failure's count is the one kept.
                     await self._flush_steps(steps, growth)
                     retry_at = write.retry_at if write.retry_at is not None else now
+                    if run.status != RunStatus.RUNNING:
+                        continue  # requeued already (a resend after a restart): done
                     run.status = next_status(run.status, RunEvent.FAILED_RETRY)
                     await db.execute("requeue_run", retry_at, msg.attempt + 1,
                                      error_of(msg.error), msg.run_id, run.status)
@@ -891,6 +893,8 @@ class Transaction:
                 suspended.append(msg.run_id)
                 run.status = RunStatus.QUEUED
             elif isinstance(msg, m.LeaseReleased):
+                if run.status != RunStatus.RUNNING:
+                    continue  # already back in the queue (a resend after a restart): done
                 run.status = next_status(run.status, RunEvent.RELEASED)
                 await db.execute("requeue_run", now, None, None, msg.run_id, run.status)
                 self.touched.add(run.function_id)

@@ -110,3 +110,23 @@ async def test_a_hello_offering_more_leases_than_its_capacity_is_refused(gateway
     # The gateway serves on: a well-behaved worker (offering its leases) is ready.
     ok = await RawWorker.ready_on(gw.connect_port)
     assert ok.of(m.Ready)
+
+
+async def test_a_resent_release_of_a_run_already_requeued_changes_nothing(gateway):
+    """A worker resends what a gateway committed but did not acknowledge before it died: a
+    release (or a retry) of a run already back in the queue, at the same fence, is done, not
+    an illegal move that would fail the run."""
+    world = gateway.world
+    await world.send("go.work")  # nobody serves t/work: the run stays Queued at fence 0
+    page = await world.engine.store.list_runs(function_id="t/work", status=None, limit=5,
+                                              cursor=None)
+    (queued,) = page.runs
+    held = m.LeaseGranted(run_id=queued.id, fence=queued.fence, function_id="t/work",
+                          events=[], memos={}, attempts={}, deferred=[], attempt=0)
+    resender = world.worker("t/none")
+    ack = await world.checkpoint(resender, held, m.LeaseReleased, reason="draining")
+    assert isinstance(ack, m.CheckpointAck)
+    ack = await world.checkpoint(resender, held, m.RunFailed, attempt=0, final=False,
+                                 error=m.ErrorInfo(name="E", message="x"))
+    assert isinstance(ack, m.CheckpointAck)
+    assert (await world.run(queued.id))["status"] == "Queued"  # never failed by a resend
