@@ -106,19 +106,25 @@ def ensure_postgres() -> str:
     sys.exit("dev.py: PostgreSQL did not come up on 127.0.0.1:5432")
 
 
-def ensure_chromium() -> None:
-    """Debian's chromium for the dashboard's browser tests (Playwright drives it; no browser
-    download). Without root or apt-get, say how to get it: those tests skip meanwhile."""
-    if shutil.which("chromium"):
-        return
+def _apt_install(package: str, purpose: str, without: str) -> None:
+    """Install a Debian ``package`` for ``purpose``; without root or apt-get, say how to get
+    it and what skips meanwhile (``without``)."""
     if shutil.which("apt-get") is None or os.geteuid() != 0:
-        print("dev.py: chromium is not installed, so the dashboard's browser tests skip; "
-              "install it (Debian: apt-get install chromium)", flush=True)
+        print(f"dev.py: {package} is not installed, so {without}; install it "
+              f"(Debian: apt-get install {package})", flush=True)
         return
-    print("dev.py: installing chromium for the dashboard's browser tests", flush=True)
+    print(f"dev.py: installing {package} for {purpose}", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, env=env)
+
+
+def ensure_chromium() -> None:
+    """Debian's chromium for the dashboard's browser tests (Playwright drives it; no browser
+    download)."""
+    if not shutil.which("chromium"):
+        _apt_install("chromium", "the dashboard's browser tests",
+                     "the dashboard's browser tests skip")
 
 
 def test_workers() -> int:
@@ -136,20 +142,11 @@ def pytest_args(rest: list[str]) -> list[str]:
 
 
 def ensure_faketime() -> None:
-    """Debian's faketime (libfaketime) for the reliability suite's wall-clock jumps. Without
-    root or apt-get, say how to get it: that test skips meanwhile."""
-    if any(Path(d, "libfaketimeMT.so.1").exists() for d in (
+    """Debian's faketime (libfaketime) for the reliability suite's wall-clock jumps."""
+    if not any(Path(d, "libfaketimeMT.so.1").exists() for d in (
             "/usr/lib/x86_64-linux-gnu/faketime", "/usr/lib/aarch64-linux-gnu/faketime",
             "/usr/lib/faketime")):
-        return
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        print("dev.py: faketime is not installed, so the clock-jump test skips; install it "
-              "(Debian: apt-get install faketime)", flush=True)
-        return
-    print("dev.py: installing faketime for the clock-jump test", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "faketime"], check=True, env=env)
+        _apt_install("faketime", "the clock-jump test", "the clock-jump test skips")
 
 
 def main(argv: list[str]) -> int:
