@@ -35,6 +35,11 @@ from worker.connection import GatewayLink, Outbox
 from worker.runner import Limits, RunExecution
 from worker.watchdog import LoopWatchdog
 
+#: Ended leases remembered, to answer a grant sent again after its run ended here. Any
+#: checkpoint of a lease counts as its answer, so such a grant only crosses our checkpoints on
+#: the wire: the runs that end within one round trip are far fewer.
+FINISHED_KEPT = 4096
+
 if TYPE_CHECKING:
     from worker.tracing import WorkerTracing
 
@@ -93,6 +98,9 @@ class Worker:
         #: Executions whose lease is still ours (what the gateway counts against capacity):
         #: a lease leaves it when lost, whoever noticed, or when its run ends here.
         self._holding: set[Key] = set()
+        #: Leases that ended here, newest last (bounded): a grant of one sent again is
+        #: answered, never run a second time.
+        self._finished: dict[Key, None] = {}
         self.draining = False
         self.outbox = Outbox()
         self.executor = ThreadPoolExecutor(concurrency * 2 + 16, thread_name_prefix="tether-step")
@@ -259,10 +267,14 @@ class Worker:
                 self._lose(revoked, f"lease revoked: {msg.reason}")
 
     def _on_lease(self, lease: m.LeaseGranted) -> None:
-        if (lease.run_id, lease.fence) in self.executions:
-            # The same lease twice (a repeating intermediary): one execution per lease, or
-            # two would race their checkpoints and the run could end on unrecorded results.
-            log.warning("lease_duplicate_ignored", run_id=lease.run_id, fence=lease.fence)
+        if (lease.run_id, lease.fence) in self.executions or (
+                lease.run_id, lease.fence) in self._finished:
+            # The same lease twice: the gateway sends a grant again when it heard no answer
+            # (the grant or our answer was lost on the way), or an intermediary repeated it.
+            # One execution per lease, or two would race their checkpoints and the run could
+            # end on unrecorded results; answer again so the gateway stops resending.
+            log.info("lease_duplicate", run_id=lease.run_id, fence=lease.fence)
+            self.link.send(m.LeaseAccepted(run_id=lease.run_id, fence=lease.fence))
             return
         function = self.functions.get(lease.function_id)
         reason = None
@@ -306,6 +318,10 @@ class Worker:
     def _ended(self, execution: RunExecution) -> None:
         key = (execution.run_id, execution.fence)
         self.executions.pop(key, None)
+        finished = self._finished
+        finished[key] = None
+        if len(finished) > FINISHED_KEPT:
+            del finished[next(iter(finished))]
         self._holding.discard(key)
         if not self.executions:
             self._idle.set()

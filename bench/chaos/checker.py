@@ -27,7 +27,7 @@ FLOW = "chaos/flow"
 #: Counters that must be 0 after every loop.
 MUST_BE_ZERO = ("lost", "dup_runs", "stuck", "not_completed", "reexec_after_ack",
                 "dup_commits", "missing_steps", "wrong_values", "unwitnessed", "dup_effects",
-                "missing_effects", "no_retry_after", "dup_ticks", "unaccepted")
+                "missing_effects", "no_retry_after", "dup_ticks", "unaccepted", "early_timers")
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,8 @@ class Report:
     no_retry_after: int = 0  # ... without a Retry-After
     ticks: int = 0  # cron runs (the clock loops)
     dup_ticks: int = 0  # a cron tick that started more than one run
-    #: A durable sleep that ended before its duration had passed. Not a promise: sleeps are
-    #: wall-clock due times (durable across restarts), so a forward jump of the gateway's
-    #: clock ends those pending early by up to the jump.
+    #: A durable sleep that ended before its duration had passed (a step of the gateway's
+    #: wall clock must not end the pending ones: see gateway.clock.SystemClock).
     early_timers: int = 0
     integrity: str = "n/a"
     start_s: float = 0.0  # processes up and connected

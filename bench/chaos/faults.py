@@ -298,6 +298,7 @@ NETWORK: list[tuple[str, Faults]] = [
     ("duplicate", Faults(duplicate=0.1)),
     ("reorder", Faults(reorder=0.1)),
     ("drop up", Faults(drop=0.05, direction="up")),
+    ("drop down", Faults(drop=0.05, direction="down")),
     ("truncate/reset", Faults(truncate=0.03, reset=0.03)),
     ("half-open", Faults(half_open=0.05, silence=2.0)),
     ("flap", Faults(down=True)),

@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.clock import Clock
 from gateway.engine import Engine
+from gateway.leases import Unanswered
 from gateway.registry import Registry, WorkerEntry
 from gateway.transport.auth import Authenticator
 from protocol import messages as m
@@ -135,6 +136,7 @@ class WorkerConnection:
         self.session = Session(Role.GATEWAY)
         self.outbox = Outbox(ws, self.session, settings.max_frame_out)
         self.worker: WorkerEntry | None = None
+        self.grants = Unanswered(after=settings.heartbeat_interval)
         #: Authenticated with a signing key being rotated out: closed when its grace ends.
         self.previous_key = False
         self._gone = False
@@ -227,7 +229,7 @@ class WorkerConnection:
             functions=frozenset(f"{a.id}/{f.id}" for a in hello.apps for f in a.functions),
             apps={a.id: a.version for a in hello.apps},
             connected_at=self.clock.now(),
-            send=self.outbox.send,
+            send=self._send,
             close=self.close,
             last_seen=self.clock.monotonic(),
         )
@@ -249,6 +251,7 @@ class WorkerConnection:
         worker = self.worker
         assert worker is not None
         engine, session, limit = self.engine, self.session, self.settings.max_frame_in
+        grants = self.grants
         due = 1  # a worker numbers its checkpoints 1, 2, 3... on each socket
         async for frame in self.ws:
             worker.last_seen = self.clock.monotonic()
@@ -262,12 +265,15 @@ class WorkerConnection:
                             f"checkpoint {msg.seq} arrived where {due} was due: checkpoints "
                             "went missing; reconnect and resend the unacknowledged ones")
                     due += 1
+                    if grants:
+                        grants.answered(msg.run_id, msg.fence)
                     engine.checkpoint(worker, msg)
                 elif isinstance(msg, m.Heartbeat):
                     self.outbox.send(m.HeartbeatAck())
                 elif isinstance(msg, m.LeaseAccepted):
-                    pass
+                    grants.answered(msg.run_id, msg.fence)
                 elif isinstance(msg, m.LeaseRejected):
+                    grants.answered(msg.run_id, msg.fence)
                     self.log.info("lease_rejected", run_id=msg.run_id, reason=msg.reason)
                     engine.lease_rejected(worker, msg.run_id, msg.fence, msg.reason)
                 elif isinstance(msg, m.LoopStalled):
@@ -284,6 +290,28 @@ class WorkerConnection:
                     self._disconnected(f"worker error: {msg.code}")
                     return
         self._disconnected(f"socket closed ({self.ws.close_code})")
+
+    def _send(self, message: m.Message) -> None:
+        """What the engine sends this worker; grants are kept until the worker answers."""
+        if type(message) is m.LeaseGranted:
+            self.grants.sent(message, self.clock.monotonic())
+        self.outbox.send(message)
+
+    def resend_grants(self, now: float) -> int:
+        """Send again the grants unanswered for a heartbeat interval (see
+        :class:`~gateway.leases.Unanswered`); returns how many."""
+        worker = self.worker
+        if worker is None or self._gone or worker.draining or not self.grants:
+            return 0
+        again = self.grants.due(worker.in_flight, now)
+        for grant in again:
+            self.outbox.send(grant)
+        if again:
+            self.log.warning("lease_grants_resent", count=len(again),
+                             run_ids=[g.run_id for g in again[:20]],
+                             hint="the worker did not answer these grants: something between "
+                                  "it and the gateway loses messages")
+        return len(again)
 
     async def _refuse(self, exc: TetherError, code: int) -> None:
         """Tell the peer what it did wrong, close its socket, keep serving everyone else."""

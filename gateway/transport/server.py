@@ -139,10 +139,14 @@ class WorkerServer:
 
     async def reap(self) -> None:
         """Drop workers that missed their heartbeats (their leases go to others at once), and
-        those that proved a previous signing key once its grace is over."""
+        those that proved a previous signing key once its grace is over; send again the lease
+        grants a worker has not answered."""
         while True:
             await self.clock.sleep(self.settings.heartbeat_interval / 2)
-            for worker in self.liveness.expired(self.registry, self.clock.monotonic()):
+            now = self.clock.monotonic()
+            for conn in list(self._connections):
+                conn.resend_grants(now)
+            for worker in self.liveness.expired(self.registry, now):
                 log.warning("worker_heartbeat_missed", session_id=worker.session_id,
                             instance_id=worker.instance_id, in_flight=len(worker.in_flight))
                 worker.close(CLOSE_HEARTBEAT_TIMEOUT, "no heartbeat for 3 intervals")

@@ -370,6 +370,58 @@ async def test_a_silent_worker_is_dropped_after_three_intervals(gw, http, clock)
     assert [w["instance_id"] for w in workers] == ["beating"]
 
 
+# --- lost grants ---------------------------------------------------------------------------
+# TCP loses nothing, but an intermediary can drop a frame: a grant the worker never answers is
+# sent again every heartbeat interval until it does, and never once its lease has ended.
+
+
+async def beat(worker: RawWorker, clock: FakeClock, times: int = 1) -> None:
+    """A heartbeat interval passes ``times`` times, the worker alive and heard each time."""
+    for _ in range(times):
+        clock.advance(HEARTBEAT)
+        await worker.send(m.Heartbeat())
+        await worker.expect(m.HeartbeatAck)
+
+
+async def test_an_unanswered_grant_is_sent_again_until_the_worker_answers(gw, http, clock):
+    worker = await RawWorker.ready_on(gw.connect_port)
+    await post_event(http)
+    grant = await worker.expect(m.LeaseGranted)
+
+    clock.advance(HEARTBEAT)
+    assert await worker.expect(m.LeaseGranted) == grant  # same run, same fence
+    clock.advance(HEARTBEAT)
+    assert await worker.expect(m.LeaseGranted) == grant
+
+    await worker.send(m.LeaseAccepted(run_id=grant.run_id, fence=grant.fence), m.Heartbeat())
+    await worker.expect(m.HeartbeatAck)  # the answer was read
+    await beat(worker, clock, times=3)
+    assert len(worker.of(m.LeaseGranted)) == 3
+    assert worker.ws.close_code is None
+
+
+async def test_a_checkpoint_answers_its_grant(gw, http, clock):
+    worker = await RawWorker.ready_on(gw.connect_port)
+    await post_event(http)
+    grant = await worker.expect(m.LeaseGranted)
+    await worker.send(worker.step_completed(grant.run_id, grant.fence, "a", b'"1"'))
+    await worker.expect(m.CheckpointAck)
+    await beat(worker, clock, times=3)
+    assert len(worker.of(m.LeaseGranted)) == 1
+
+
+async def test_a_grant_whose_lease_ended_is_not_sent_again(gw, http, clock):
+    worker = await RawWorker.ready_on(gw.connect_port)
+    await post_event(http)
+    grant = await worker.expect(m.LeaseGranted)
+    r = await http.post(f"/v1/runs/{grant.run_id}/cancel")
+    assert r.status_code == 200, r.text
+    revoked = await worker.expect(m.LeaseRevoked)
+    assert (revoked.run_id, revoked.fence) == (grant.run_id, grant.fence)
+    await beat(worker, clock, times=3)
+    assert len(worker.of(m.LeaseGranted)) == 1
+
+
 # --- fencing ---------------------------------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
 """Network faults between workers and gateway, short form, through the seeded frame proxy.
 
 Each wire fault of :data:`bench.chaos.faults.NETWORK` in turn (delay, duplicate, reorder,
-drop worker-to-gateway, truncate/reset, half-open, flap), then the accounting: nothing lost,
+drop in either direction, truncate/reset, half-open, flap), then the accounting: nothing lost,
 nothing committed twice, every run completed within the heal window.
 """
 
@@ -27,21 +27,10 @@ def test_every_wire_fault_in_turn_loses_and_duplicates_nothing(tmp_path: Path) -
     assert all(not line.endswith(": {}") for line in report.schedule), report.schedule
 
 
-#: Issue 13, found by the suite: not fixed here (a protocol change, scheduled by the lead).
-LOST_GRANT = (
-    "a LeaseGranted lost on its way to the worker leaves the run leased to a worker that "
-    "never heard of it; its heartbeats keep the session, so the lease never lapses and the "
-    "run stays Running for ever. Gateway-to-worker messages carry no sequence number the "
-    "worker could check, nor do heartbeats list the leases the worker holds")
-
-
 def test_frames_dropped_gateway_to_worker_leave_no_run_stuck(tmp_path: Path) -> None:
+    """Lost grants are sent again (the gateway hears no answer): no run stays leased to a
+    worker that never heard of it."""
     plan = faults.Plan("drop down", faults.network(Faults(drop=0.1, direction="down")),
                        cycles=1, proxied=True, events=30, settle=6.0)
     report = faults.run(plan, tmp_path, seed=22)
-    # Whatever else: nothing lost, nothing run again after its ack, nothing committed twice.
-    broken = set(report.violations()) - {"stuck", "missing_effects"}
-    assert not broken, "\n".join([report.line(), *report.notes[:40]])
-    if report.stuck:
-        pytest.xfail(f"{LOST_GRANT} ({report.stuck} runs stuck; seed 22)")
     accounted(report)

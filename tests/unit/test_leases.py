@@ -7,8 +7,9 @@ import asyncio
 import pytest
 
 from gateway.clock import FakeClock
-from gateway.leases import Liveness
+from gateway.leases import Liveness, Unanswered
 from gateway.registry import WorkerEntry
+from protocol.messages import LeaseGranted
 
 
 def entry(session_id: str, last_seen: float) -> WorkerEntry:
@@ -130,3 +131,39 @@ async def test_cancelled_sleeper_is_forgotten(fake_clock):
         await asyncio.wait_for(task, timeout=5)
     assert fake_clock.sleepers == 0
     fake_clock.advance(20)  # waking a cancelled sleeper must not fail
+
+
+# --- grants sent again -------------------------------------------------------------------
+
+
+def grant(run_id: str, fence: int = 1) -> LeaseGranted:
+    return LeaseGranted(run_id=run_id, fence=fence, function_id="a/f", events=[])
+
+
+def test_a_grant_is_due_again_after_the_interval_and_then_every_interval():
+    grants = Unanswered(after=5.0)
+    grants.sent(grant("r1"), now=100.0)
+    held = {"r1": 1}
+    assert grants.due(held, now=104.9) == []
+    assert grants.due(held, now=105.0) == [grant("r1")]
+    assert grants.due(held, now=109.0) == []  # counted from the last send
+    assert grants.due(held, now=110.0) == [grant("r1")]
+
+
+def test_an_answer_of_the_same_fence_ends_the_resending():
+    grants = Unanswered(after=5.0)
+    grants.sent(grant("r1", fence=3), now=0.0)
+    grants.answered("r1", 2)  # about an older lease of the run: not this grant's answer
+    assert len(grants) == 1
+    grants.answered("r1", 3)
+    assert len(grants) == 0
+    assert grants.due({"r1": 3}, now=60.0) == []
+
+
+def test_a_grant_whose_lease_ended_or_moved_on_is_forgotten():
+    grants = Unanswered(after=5.0)
+    grants.sent(grant("ended"), now=0.0)
+    grants.sent(grant("newer", fence=1), now=0.0)
+    grants.sent(grant("held"), now=0.0)
+    assert grants.due({"newer": 2, "held": 1}, now=5.0) == [grant("held")]
+    assert len(grants) == 1
