@@ -61,7 +61,7 @@ _LEASE_ENDS = (m.RunCompleted, m.RunFailed, m.RunSuspended, m.LeaseReleased)
 
 
 class StoreUnavailable(TetherError):
-    """The store failed to commit; nothing of the batch was kept."""
+    """The store did not confirm a commit (it failed, or its answer was lost): send again."""
 
     code = "store_unavailable"
     http_status = 503
@@ -677,14 +677,20 @@ class Engine:
         commands: list[tuple[str, asyncio.Future[Any]]],
         exc: Exception,
     ) -> None:
+        # It may have committed before the error came (a connection lost after COMMIT): the
+        # sender cannot know, so it sends again, and ids make that safe.
         error = StoreUnavailable(
-            f"the store could not commit ({exc}); nothing was stored, retry the request"
+            f"the store did not confirm the commit ({exc}); retry the request: events sent "
+            "again with the same ids are stored once"
         )
         for future in [f for _, f in waiters] + [f for _, f in commands]:
             if not future.done():
                 future.set_exception(error)
-        # Unacknowledged checkpoints are resent by workers after they reconnect.
+        # Unacknowledged checkpoints are resent by workers after they reconnect. Leases the
+        # batch may have committed were never sent: the sessions that could have taken one
+        # are dropped too, which gives back whatever they hold.
         closed = {w.session_id for w in batch.checkpoints}
+        closed.update(slots.session_id for slots in batch.claims)
         for session_id in closed:
             worker = self.registry.get(session_id)
             if worker is not None:

@@ -43,7 +43,8 @@ def plans(long: bool) -> dict[str, Plan]:
         "clock": Plan("wall clock jumps (libfaketime)", faults.clock_jump,
                       n(len(faults.JUMPS), 40), faketime=True, cron=True, nap=0.3,
                       heartbeat=2.0, events=30, rate=20),
-        "network": Plan("frame faults", faults.network_mix, n(len(faults.NETWORK), 105),
+        "network": Plan("frame faults", faults.network_mix,
+                        n(len(faults.NETWORK), 14 * len(faults.NETWORK)),
                         proxied=True),
     }
 
