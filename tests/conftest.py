@@ -22,12 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from bench.cluster import Cluster
 from gateway.app import open_store
 from gateway.clock import FakeClock
 from gateway.store.base import Store
 from tests.helpers import postgres as pg
+
+# Properties are about what is drawn, not how fast: on a loaded machine (xdist workers on two
+# cores) drawing one example can take seconds, which Hypothesis would report as a failure.
+settings.register_profile("tether", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("tether")
 
 
 def pytest_configure(config: pytest.Config) -> None:
