@@ -30,6 +30,9 @@ def _boot_clock() -> Callable[[], float]:
     return functools.partial(time.clock_gettime, boottime)
 
 
+BOOT_CLOCK = _boot_clock()
+
+
 class Clock(Protocol):
     def now(self) -> float:
         """Wall time, epoch seconds."""
@@ -64,7 +67,7 @@ class SystemClock:
 
     def __init__(self, *, tolerance: float = 0.5, stepout: float = 900.0,
                  wall: Callable[[], float] = time.time,
-                 boot: Callable[[], float] = _boot_clock()) -> None:
+                 boot: Callable[[], float] = BOOT_CLOCK) -> None:
         self.tolerance = tolerance
         self.stepout = stepout
         self._wall = wall

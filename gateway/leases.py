@@ -44,7 +44,7 @@ class Unanswered:
     ``after`` seconds is sent again until the worker answers it or the lease ends.
     """
 
-    __slots__ = ("after", "_sent")
+    __slots__ = ("_sent", "after")
 
     def __init__(self, after: float) -> None:
         self.after = after
