@@ -149,6 +149,13 @@ def ensure_faketime() -> None:
         _apt_install("faketime", "the clock-jump test", "the clock-jump test skips")
 
 
+def ensure_strace() -> None:
+    """strace, for the reliability test that every acknowledgement follows its fsync."""
+    if not shutil.which("strace"):
+        _apt_install("strace", "the fsync-before-acknowledgement test",
+                     "the fsync-before-acknowledgement test skips")
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(__doc__)
@@ -166,6 +173,7 @@ def main(argv: list[str]) -> int:
         env = {**os.environ, "TETHER_TEST_PG_URL": ensure_postgres()}
         ensure_chromium()
         ensure_faketime()
+        ensure_strace()
         return subprocess.call([str(PYTHON), "-m", "pytest", *pytest_args(rest)], cwd=ROOT,
                                env=env)
     if command == "bench":
