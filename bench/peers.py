@@ -99,7 +99,8 @@ def _admin(sql: str) -> None:
 class DBOSRun:
     """A DBOS process on a fresh ``bench_dbos`` database, and a client that feeds it."""
 
-    def __init__(self, workdir: Path, worker_concurrency: int, poll: float, pool: int) -> None:
+    def __init__(self, workdir: Path, *, worker_concurrency: int, poll: float, pool: int,
+                 senders: int) -> None:
         self.url = PG_SERVER.rsplit("/", 1)[0] + "/" + DBOS_DB
         _admin(f'DROP DATABASE IF EXISTS "{DBOS_DB}" WITH (FORCE)')
         _admin(f'CREATE DATABASE "{DBOS_DB}"')
@@ -114,15 +115,20 @@ class DBOSRun:
                  "--pool", str(pool)],
                 stdout=out, stderr=subprocess.STDOUT, cwd=workdir, env=env)
         self.process = Process("dbos", popen, log_path)
-        self._wait_ready()
-        import sqlalchemy
-        from dbos import DBOSClient
+        try:
+            self._wait_ready()
+            import sqlalchemy
+            from dbos import DBOSClient
 
-        from bench.dbos_app import APP_NAME
-        self.client = DBOSClient(system_database_url=self.url, application_name=APP_NAME)
-        self.engine = sqlalchemy.create_engine(
-            self.url.replace("postgresql://", "postgresql+psycopg://", 1),
-            pool_size=4, max_overflow=0)
+            from bench.dbos_app import APP_NAME
+            self.client = DBOSClient(system_database_url=self.url, application_name=APP_NAME)
+            self.engine = sqlalchemy.create_engine(
+                self.url.replace("postgresql://", "postgresql+psycopg://", 1),
+                pool_size=senders + 1, max_overflow=0)
+        except BaseException:
+            self.process.stop(timeout=15)
+            _admin(f'DROP DATABASE IF EXISTS "{DBOS_DB}" WITH (FORCE)')
+            raise
 
     def _wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -178,11 +184,8 @@ class DBOSRun:
             time.sleep(0.05)
 
     def close(self) -> None:
-        for close in (self.client.destroy, self.engine.dispose):
-            try:
-                close()
-            except Exception:  # noqa: S110 - closing what may never have opened
-                pass
+        self.client.destroy()
+        self.engine.dispose()
         self.process.stop(timeout=15)
         _admin(f'DROP DATABASE IF EXISTS "{DBOS_DB}" WITH (FORCE)')
 
@@ -193,7 +196,8 @@ def measure_dbos(*, workflows: int, light: int, gap: float, batch: int, senders:
     with tempfile.TemporaryDirectory(prefix="tether-bench-dbos-") as tmp:
         run = None
         try:
-            run = DBOSRun(Path(tmp), worker_concurrency, poll, pool)
+            run = DBOSRun(Path(tmp), worker_concurrency=worker_concurrency, poll=poll,
+                          pool=pool, senders=senders)
             if progress:
                 print(f"DBOS {dbos_version()} on PostgreSQL, queue worker_concurrency "
                       f"{worker_concurrency}, polled every {poll * 1000:g} ms", flush=True)
@@ -269,9 +273,11 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def figures(rows: list[Row]) -> dict[str, Any]:
-    out: dict[str, Any] = {"dbos_version": dbos_version(), "cores": os.cpu_count(),
-                           "rows": [asdict(r) for r in rows]}
+def figures(rows: list[Row], options: dict[str, Any]) -> dict[str, Any]:
+    """What ``--json`` writes: the rows, the Tether/DBOS ratios and what was run."""
+    out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d", time.gmtime()),
+                           "cores": os.cpu_count(), "dbos_version": dbos_version(),
+                           "options": options, "rows": [asdict(r) for r in rows]}
     dbos = next((r for r in rows if r.system == "DBOS"), None)
     if dbos is not None:
         out["ratios"] = {r.store.lower(): {
@@ -285,7 +291,7 @@ def figures(rows: list[Row]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench peers", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workflows", type=int, default=3000,
+    p.add_argument("--workflows", type=int, default=2000,
                    help="DBOS workflows in the throughput phase")
     p.add_argument("--events", type=int, default=10000,
                    help="Tether events in the throughput phase (more than DBOS's workflows: "
@@ -323,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
           f" light load: {args.light} starts, one every {args.gap * 1000:g} ms):")
     print(table(rows), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(figures(rows), indent=2) + "\n")
+        options = {k: v for k, v in vars(args).items() if k not in ("json", "only")}
+        Path(args.json).write_text(json.dumps(figures(rows, options), indent=2) + "\n")
     return 0
 
 
