@@ -8,7 +8,10 @@ runs three ``@DBOS.step`` calls). Each system gets the two phases of ``bench thr
   (Tether: event sent -> the commit that recorded the run completed; DBOS: ``enqueue`` called
   -> the workflow's ``completed_at``);
 * throughput: N starts in batches of ``--batch`` from ``--senders`` threads as fast as they
-  are accepted, then steps/s = 3 N / (last completion - first send).
+  are accepted, then steps/s = 3 N / (last completion - first send), and the CPU time the
+  system's processes (DBOS's process, or Tether's gateway and worker) and its database's
+  PostgreSQL server processes spent meanwhile, per 1,000 runs: on a busy machine wall-clock
+  figures swing with the other load, CPU per run much less.
 
 DBOS runs in its own process (``python -m bench.dbos_app``) on PostgreSQL, in a database
 ``bench_dbos`` on ``TETHER_BENCH_PG_URL``'s server, dropped and created afresh each run. Its
@@ -45,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cluster import ROOT, Process
-from bench.throughput import PG_SERVER, STEPS_PER_RUN, _percentile, measure
+from bench.throughput import PG_SERVER, STEPS_PER_RUN, _percentile, cpu_seconds, measure
 
 DBOS_DB = "bench_dbos"
 INSTALL_HINT = ("DBOS is not installed, so only Tether is measured. To compare with it: "
@@ -61,6 +64,10 @@ class Row:
     steps_per_s: float
     light_p50_ms: float
     light_p99_ms: float
+    #: CPU ms per 1,000 runs under load, of the system's own processes and its database's
+    #: server processes (the load generator excluded): what a run costs, whatever the
+    #: machine's other load
+    cpu_ms_per_1000: float
     runs: int
     light: int
 
@@ -161,6 +168,12 @@ class DBOSRun:
         with self.engine.connect() as conn:
             return list(conn.execute(sqlalchemy.text(sql)))
 
+    def pids(self) -> list[int]:
+        """The DBOS process and the PostgreSQL server processes serving its database."""
+        return [self.process.pid, *(int(pid) for (pid,) in self._rows(
+            f"SELECT pid FROM pg_stat_activity WHERE datname = '{DBOS_DB}' "
+            "AND pid <> pg_backend_pid()"))]
+
     def completed(self) -> dict[str, float]:
         """Completion time (epoch seconds) of every successful workflow, by id."""
         return {wid: at / 1000 for wid, at in self._rows(
@@ -224,17 +237,21 @@ def measure_dbos(*, workflows: int, light: int, gap: float, batch: int, senders:
 
             threads = [threading.Thread(target=sender, args=(chunks[i::senders],))
                        for i in range(senders)]
+            pids = run.pids()
+            cpu_before = {pid: cpu_seconds(pid) for pid in pids}
             began = time.time()
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             run.wait_completed(len(warm) + light + workflows, timeout=1800)
+            cpu = sum(max(0.0, cpu_seconds(pid) - cpu_before.get(pid, 0.0))
+                      for pid in {*pids, *run.pids()})
             done = run.completed()
             last = max(at for w, at in done.items() if w.startswith("load-"))
             p50, p99 = _p(light_lat)
             return Row("DBOS", "PostgreSQL", workflows * STEPS_PER_RUN / (last - began),
-                       p50, p99, workflows, light)
+                       p50, p99, cpu * 1e6 / workflows, workflows, light)
         finally:
             if run is not None:
                 run.close()
@@ -249,7 +266,7 @@ def measure_tether(db_kind: str, *, events: int, light: int, gap: float, batch: 
                 senders=senders)
     p50, p99 = _p(f.light_end)
     return Row("Tether", "SQLite" if db_kind == "sqlite" else "PostgreSQL", f.steps_per_s,
-               p50, p99, events, light)
+               p50, p99, f.cpu_s * 1e6 / events, events, light)
 
 
 # --- report --------------------------------------------------------------------------------
@@ -257,11 +274,13 @@ def measure_tether(db_kind: str, *, events: int, light: int, gap: float, batch: 
 
 def table(rows: list[Row]) -> str:
     """The figures, and each Tether row's ratio to DBOS (steps/s: higher is better for
-    Tether; latency: lower is)."""
-    lines = [f"{'':24}{'steps/s':>10}{'light p50':>12}{'light p99':>12}"]
+    Tether; latency and CPU: lower is)."""
+    lines = [f"{'':24}{'steps/s':>10}{'light p50':>12}{'light p99':>12}"
+             f"{'CPU ms / 1,000 runs':>21}"]
     for r in rows:
         lines.append(f"{r.system + ' (' + r.store + ')':24}{r.steps_per_s:>10,.0f}"
-                     f"{r.light_p50_ms:>9.1f} ms{r.light_p99_ms:>9.1f} ms")
+                     f"{r.light_p50_ms:>9.1f} ms{r.light_p99_ms:>9.1f} ms"
+                     f"{r.cpu_ms_per_1000:>21,.0f}")
     dbos = next((r for r in rows if r.system == "DBOS"), None)
     if dbos is not None:
         for r in rows:
@@ -269,7 +288,8 @@ def table(rows: list[Row]) -> str:
                 lines.append(f"{'Tether/DBOS, ' + r.store:24}"
                              f"{r.steps_per_s / dbos.steps_per_s:>9.1f}x"
                              f"{r.light_p50_ms / dbos.light_p50_ms:>11.2f}x"
-                             f"{r.light_p99_ms / dbos.light_p99_ms:>11.2f}x")
+                             f"{r.light_p99_ms / dbos.light_p99_ms:>11.2f}x"
+                             f"{r.cpu_ms_per_1000 / dbos.cpu_ms_per_1000:>20.3f}x")
     return "\n".join(lines)
 
 
@@ -284,6 +304,7 @@ def figures(rows: list[Row], options: dict[str, Any]) -> dict[str, Any]:
             "steps_per_s": r.steps_per_s / dbos.steps_per_s,
             "light_p50": r.light_p50_ms / dbos.light_p50_ms,
             "light_p99": r.light_p99_ms / dbos.light_p99_ms,
+            "cpu_per_run": r.cpu_ms_per_1000 / dbos.cpu_ms_per_1000,
         } for r in rows if r.system == "Tether"}
     return out
 

@@ -16,9 +16,9 @@ from bench import peers
 from bench.__main__ import BENCHMARKS
 from bench.__main__ import main as bench_main
 
-DBOS = peers.Row("DBOS", "PostgreSQL", 300.0, 40.0, 80.0, 2000, 200)
-LITE = peers.Row("Tether", "SQLite", 15000.0, 4.0, 8.0, 10000, 200)
-PG = peers.Row("Tether", "PostgreSQL", 9000.0, 10.0, 16.0, 10000, 200)
+DBOS = peers.Row("DBOS", "PostgreSQL", 300.0, 40.0, 80.0, 16000.0, 2000, 200)
+LITE = peers.Row("Tether", "SQLite", 15000.0, 4.0, 8.0, 400.0, 10000, 200)
+PG = peers.Row("Tether", "PostgreSQL", 9000.0, 10.0, 16.0, 800.0, 10000, 200)
 
 
 def test_peers_is_a_benchmark_with_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -38,6 +38,7 @@ def test_table_gives_each_tether_store_its_ratio_to_dbos() -> None:
     assert "DBOS (PostgreSQL)" in text
     assert "Tether/DBOS, SQLite" in text and "50.0x" in text and "0.10x" in text
     assert "Tether/DBOS, PostgreSQL" in text and "30.0x" in text and "0.25x" in text
+    assert "16,000" in text and "0.025x" in text and "0.050x" in text
 
 
 def test_figures_hold_rows_ratios_and_options() -> None:
@@ -45,6 +46,7 @@ def test_figures_hold_rows_ratios_and_options() -> None:
     assert [r["system"] for r in out["rows"]] == ["DBOS", "Tether", "Tether"]
     assert out["ratios"]["sqlite"]["steps_per_s"] == 50.0
     assert math.isclose(out["ratios"]["postgresql"]["light_p99"], 0.2)
+    assert math.isclose(out["ratios"]["sqlite"]["cpu_per_run"], 0.025)
     assert out["options"] == {"workflows": 2000}
     json.dumps(out)
 
