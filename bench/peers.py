@@ -19,7 +19,7 @@ starts come from a ``DBOSClient`` in this process, as Tether's events come from 
 over HTTP; a batch is one transaction of ``enqueue_in_transaction`` calls (Tether: one
 ``POST /e`` of the batch). Both systems share the machine's cores with this load generator.
 
-DBOS's configuration, chosen for its best figures on a 2-core machine (see ``--help``):
+DBOS's configuration, chosen for its best figures on a 2-core machine (options below):
 synchronous workflows and steps (DBOS's documented form; its async steps hand every database
 call to a thread anyway, and measured 20-25% slower), queue ``worker_concurrency`` 100
 (unlimited would start a thread per enqueued workflow; 50 and 200 measured no better), a
