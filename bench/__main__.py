@@ -18,6 +18,9 @@
     chaos        fault loops (kill -9, SIGSTOP, PostgreSQL faults, ...) under load, with exact
                  accounting: 0 lost, 0 re-runs after acknowledgement, 0 stuck; --long for
                  the full counts
+    peers        the same 3-step workload on DBOS Transact (PostgreSQL) and on Tether (SQLite,
+                 PostgreSQL): steps/s, light-load latency p50/p99, Tether/DBOS ratios
+                 (needs `pip install dbos`; without it, Tether alone)
     all          every benchmark with its default options
 
 ``python -m bench NAME --help`` lists a benchmark's options. With no name: throughput.
@@ -34,6 +37,7 @@ from bench import (
     flow,
     http_api,
     intake,
+    peers,
     scale,
     sleeps,
     takeover,
@@ -45,7 +49,7 @@ from bench.chaos import main as chaos
 BENCHMARKS = {"throughput": throughput.main, "waits": waits.main, "sleeps": sleeps.main,
               "scale": scale.main, "http": http_api.main, "takeover": takeover.main,
               "intake": intake.main, "cron": cron.main, "flow": flow.main, "cpu": cpu.main,
-              "dashboard": dashboard.main, "chaos": chaos.main}
+              "dashboard": dashboard.main, "chaos": chaos.main, "peers": peers.main}
 
 
 def main(argv: list[str]) -> int:

@@ -44,6 +44,17 @@ _LATENCY_SQL = (
 )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), in seconds; 0 once it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = raw[raw.rindex(")") + 2:].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -125,6 +136,14 @@ class Database:
 
         return asyncio.run(run())
 
+    def backend_pids(self) -> list[int]:
+        """The PostgreSQL server processes serving this database now (none for SQLite)."""
+        if self.kind == "sqlite":
+            return []
+        return [int(pid) for (pid,) in self.rows(
+            f"SELECT pid FROM pg_stat_activity WHERE datname = '{self.name}' "
+            "AND pid <> pg_backend_pid()")]
+
     def drop(self) -> None:
         if self.kind == "postgres":
             self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
@@ -139,6 +158,9 @@ class Figures:
     load_start: list[float]
     load_end: list[float]
     peak_rss_mib: float
+    #: CPU seconds the gateways, the workers and (PostgreSQL) the database's server processes
+    #: spent in the throughput phase: steadier than wall time on a busy machine.
+    cpu_s: float = 0.0
 
 
 def _latencies(db: Database, sent: dict[str, float]) -> tuple[list[float], list[float]]:
@@ -222,6 +244,9 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
 
             threads = [threading.Thread(target=sender, args=(i, batches[i::senders]))
                        for i in range(senders)]
+            processes = [p.pid for c in group for p in (c.gateway, *c.workers) if p]
+            processes += db.backend_pids()
+            cpu_before = {pid: cpu_seconds(pid) for pid in processes}
             began = time.time()
             for t in threads:
                 t.start()
@@ -229,12 +254,15 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
                 t.join()
             intake = time.time() - began
             _wait_completed(group, light + events, timeout=900)
+            # (a process gone by now reads 0: its share is lost, never negative)
+            cpu = sum(max(0.0, cpu_seconds(pid) - cpu_before.get(pid, 0.0))
+                      for pid in {*processes, *db.backend_pids()})
             load_start, load_end = _latencies(db, heavy)
             last_end = db.rows("SELECT MAX(ended_at) FROM runs")[0][0]
             elapsed = last_end - began
             rss = max(c.gateway.peak_rss_kib() for c in group if c.gateway) / 1024
             return Figures(light_start, light_end, events / intake,
-                           events * STEPS_PER_RUN / elapsed, load_start, load_end, rss)
+                           events * STEPS_PER_RUN / elapsed, load_start, load_end, rss, cpu)
         finally:
             for cluster in group:
                 cluster.stop()
