@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,12 +60,16 @@ class Phase:
     p99: float
     max: float
     late_sends_ms: float  # p99 of how late the senders posted behind the schedule
+    commits_per_run: float  # write batches the gateway committed, per run of the phase
+    commit_ms: float  # mean time to commit one batch (fsync included)
+    hops: dict[str, float] = dataclasses.field(default_factory=dict)  # light load only
 
     def line(self) -> str:
         return (f"  {self.name:<16} offered {self.offered_steps_per_s:>7,.0f} steps/s, "
                 f"achieved {self.achieved_steps_per_s:>7,.0f}: p50 {self.p50:.2f} ms, "
                 f"p90 {self.p90:.2f}, p99 {self.p99:.2f}, max {self.max:.2f} "
-                f"({self.runs} runs; senders late p99 {self.late_sends_ms:.1f} ms)")
+                f"({self.runs} runs, {self.commits_per_run:.2f} commits/run of "
+                f"{self.commit_ms:.2f} ms; senders late p99 {self.late_sends_ms:.1f} ms)")
 
 
 class Sender:
@@ -167,15 +172,61 @@ class Sender:
             self.jobs.put(None)
 
 
+_HOPS_SQL = (
+    "SELECT e.id, e.received_at, r.queued_at, MIN(s.started_at), MAX(s.ended_at), r.ended_at "
+    "FROM events e JOIN run_events re ON re.event_seq = e.seq JOIN runs r ON r.id = re.run_id "
+    "JOIN steps s ON s.run_id = r.id WHERE r.status = 'Completed' "
+    "GROUP BY e.id, e.received_at, r.queued_at, r.ended_at"
+)
+
+#: Where a run's time goes, from the timestamps the store keeps (gateway and worker clocks).
+HOPS = (
+    "sent -> event received (HTTP)",
+    "received -> commit began (engine loop)",
+    "commit began -> first step began (commit, lease, worker)",
+    "first step began -> last step ended (worker)",
+    "last step ended -> end's commit began (frame, engine loop)",
+)
+
+
+def hops(db: Database, sent: dict[str, float]) -> dict[str, float]:
+    """Median ms of each of :data:`HOPS` over the runs of ``sent``."""
+    spans: list[list[float]] = [[] for _ in HOPS]
+    for event_id, *times in db.rows(_HOPS_SQL):
+        t0 = sent.get(event_id)
+        if t0 is None or None in times:
+            continue
+        points = [t0, *(float(t) for t in times)]
+        for i in range(len(HOPS)):
+            spans[i].append((points[i + 1] - points[i]) * 1000)
+    return {name: statistics.median(v) if v else float("nan") for name, v in zip(HOPS, spans,
+                                                                                    strict=True)}
+
+
+def _commits(cluster: Cluster) -> tuple[float, float]:
+    """(batches committed, seconds spent committing them) so far, from ``/metrics``."""
+    found = {"tether_batches_committed_total": 0.0, "tether_commit_seconds_sum": 0.0}
+    for line in cluster.get_text("/metrics").splitlines():
+        name, _, value = line.partition(" ")
+        if name in found:
+            found[name] = float(value)
+    return found["tether_batches_committed_total"], found["tether_commit_seconds_sum"]
+
+
 def _completed_total(db: Database) -> int:
     return int(db.rows("SELECT COUNT(*) FROM runs WHERE status = 'Completed'")[0][0])
 
 
 def _phase(name: str, db: Database, cluster: Cluster, sender: Sender, *, rate: float,
-           count: int, tick: float) -> Phase:
+           count: int, tick: float, keep: dict[str, float] | None = None) -> Phase:
     before = _completed_total(db)
+    batches, seconds = _commits(cluster)
     start, sent = sender.run(rate, count, tick)
+    if keep is not None:
+        keep.update(sent)
     _wait_completed(cluster, before + len(sent), timeout=300)
+    batches_after, seconds_after = _commits(cluster)
+    commits = max(batches_after - batches, 1.0)
     _, ends = _latencies(db, sent)
     ended = db.rows("SELECT MAX(ended_at) FROM runs")[0][0]
     ms = [e * 1000 for e in ends]
@@ -184,7 +235,9 @@ def _phase(name: str, db: Database, cluster: Cluster, sender: Sender, *, rate: f
         achieved_steps_per_s=len(ends) * STEPS_PER_RUN / max(ended - start, 1e-9),
         runs=len(ends), p50=statistics.median(ms), p90=_percentile(ms, 0.90),
         p99=_percentile(ms, 0.99), max=max(ms),
-        late_sends_ms=_percentile(sender.late, 0.99) * 1000 if sender.late else 0.0)
+        late_sends_ms=_percentile(sender.late, 0.99) * 1000 if sender.late else 0.0,
+        commits_per_run=commits / max(len(ends), 1),
+        commit_ms=(seconds_after - seconds) / commits * 1000)
 
 
 def _max_throughput(db: Database, cluster: Cluster, events: int, batch: int = 500) -> float:
@@ -204,7 +257,7 @@ def _max_throughput(db: Database, cluster: Cluster, events: int, batch: int = 50
     for t in threads:
         t.join()
     _wait_completed(cluster, before + events, timeout=600)
-    last_end = db.rows("SELECT MAX(ended_at) FROM runs")[0][0]
+    last_end = float(db.rows("SELECT MAX(ended_at) FROM runs")[0][0])
     return events * STEPS_PER_RUN / (last_end - began)
 
 
@@ -233,8 +286,10 @@ def measure(*, db_kind: str = "sqlite", max_steps: float | None = None,
                     print(f"measuring the maximum ({max_events} events, backlog)...",
                           flush=True)
                 max_steps = _max_throughput(db, cluster, max_events)
+            light_sent: dict[str, float] = {}
             phases = [_phase("light", db, cluster, sender, rate=1 / light_gap, count=light,
-                             tick=light_gap)]
+                             tick=light_gap, keep=light_sent)]
+            phases[0].hops = hops(db, light_sent)
             if progress:
                 print(phases[-1].line(), flush=True)
             for fraction in fractions:
@@ -280,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{' (given)' if args.max else ''}; batches every {args.tick * 1000:.0f} ms:")
     for phase in phases:
         print(phase.line())
+    print("  light load, median ms per hop (gateway and worker timestamps in the store):")
+    for name, value in phases[0].hops.items():
+        print(f"    {name:<58} {value:6.2f}")
     if args.json is not None:
         args.json.write_text(json.dumps({
             "max_steps_per_s": max_steps, "db": args.db, "tick": args.tick,
