@@ -23,6 +23,7 @@ everything before it is). Sender and gateway share the machine's wall clock.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import json
 import queue
@@ -31,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
