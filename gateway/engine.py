@@ -426,11 +426,6 @@ class Engine:
                 await self._sleep()
                 self._idle.clear()
                 continue
-            # Once round the loop before taking: frames and requests already read from their
-            # sockets (their tasks queue behind this one, e.g. the checkpoints that arrived
-            # during the last commit) join this batch instead of waiting a whole commit for
-            # the next. No timer: with nothing else ready this costs a loop iteration.
-            await asyncio.sleep(0)
             batch, waiters, commands = self._take()
             self._in_flight = waiters, commands
             if self.crash_on is not None and any(e.name == self.crash_on for e in batch.events):
