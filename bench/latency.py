@@ -132,7 +132,7 @@ class Sender:
         bodies = [json.dumps({"name": "bench/go", "data": {"i": i}}).encode()
                   for i in range(count)]
         self.sent, self.late, self.errors = {}, [], []
-        i = 0
+        i = queued = 0
         next_tick = start
         while i < count:
             delay = next_tick - time.time()
@@ -145,27 +145,25 @@ class Sender:
             if j > i:
                 body = b"[" + b",".join(bodies[i:j]) + b"]"
                 self.jobs.put((intended[i:j], body))
+                queued += 1
                 i = j
             next_tick += tick
             if next_tick < now:  # we fell behind: send what is due at once, keep the grid
                 next_tick = now
-        self._drain()
+        self._drain(queued)
         if self.errors:
             raise RuntimeError(f"{len(self.errors)} POSTs failed, first: {self.errors[0]}")
         return start, dict(self.sent)
 
-    def _drain(self) -> None:
-        while not self.jobs.empty():
-            time.sleep(0.01)
-        expected = 0
-        deadline = time.monotonic() + 120
+    def _drain(self, queued: int) -> None:
+        """Until every queued POST has been answered (or failed): none is left out."""
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             with self._lock:
-                done = len(self.late) + len(self.errors)
-            if done == expected:
-                break
-            expected = done
-            time.sleep(0.2)
+                if len(self.late) + len(self.errors) >= queued:
+                    return
+            time.sleep(0.01)
+        raise TimeoutError("POSTs still unanswered after 300 s")
 
     def close(self) -> None:
         for _ in self._threads:
