@@ -1,6 +1,8 @@
 """``python -m bench [NAME] [options]``: print figures of the hot paths.
 
     throughput   events -> 3-step runs through a gateway and workers: steps/s, latencies
+    latency      event -> run completed p50/p90/p99, open loop (events on a fixed schedule)
+                 at 50% and 80% of the maximum throughput, and under light load
     waits        cost of matching one event against 10,000 runs waiting for events
     sleeps       10,000 concurrent 1 s sleeps: how late they wake (p50/p99)
     scale        throughput on SQLite, and on PostgreSQL with 1, 2 and 3 gateways
@@ -37,6 +39,7 @@ from bench import (
     flow,
     http_api,
     intake,
+    latency,
     peers,
     scale,
     sleeps,
@@ -49,7 +52,8 @@ from bench.chaos import main as chaos
 BENCHMARKS = {"throughput": throughput.main, "waits": waits.main, "sleeps": sleeps.main,
               "scale": scale.main, "http": http_api.main, "takeover": takeover.main,
               "intake": intake.main, "cron": cron.main, "flow": flow.main, "cpu": cpu.main,
-              "dashboard": dashboard.main, "chaos": chaos.main, "peers": peers.main}
+              "dashboard": dashboard.main, "chaos": chaos.main, "peers": peers.main,
+              "latency": latency.main}
 
 
 def main(argv: list[str]) -> int:

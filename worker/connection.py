@@ -295,6 +295,11 @@ class GatewayLink:
         try:
             while True:
                 await outbox.ready.wait()
+                # Once round the loop before taking: what was made ready along with the
+                # first message (a leased run's task after its LeaseAccepted, the other runs
+                # woken by the same frame) queues its checkpoints first, so they leave in one
+                # frame and the gateway commits them in one batch, not two in a row.
+                await asyncio.sleep(0)
                 budget = min(FRAME_BYTES, self.max_frame)
                 for frame in frames(outbox.take(), budget, FRAME_MESSAGES):
                     await ws.send(frame)
