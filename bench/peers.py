@@ -35,7 +35,6 @@ benchmark says so and measures Tether alone.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
@@ -49,7 +48,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.cluster import ROOT, Process
-from bench.throughput import PG_SERVER, STEPS_PER_RUN, _percentile, cpu_seconds, measure
+from bench.throughput import (
+    PG_SERVER,
+    STEPS_PER_RUN,
+    _percentile,
+    cpu_seconds,
+    measure,
+    pg_admin,
+)
 
 DBOS_DB = "bench_dbos"
 INSTALL_HINT = ("DBOS is not installed, so only Tether is measured. To compare with it: "
@@ -91,27 +97,14 @@ def dbos_version() -> str | None:
 # --- DBOS ----------------------------------------------------------------------------------
 
 
-def _admin(sql: str) -> None:
-    import asyncpg
-
-    async def run() -> None:
-        conn = await asyncpg.connect(PG_SERVER)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
 class DBOSRun:
     """A DBOS process on a fresh ``bench_dbos`` database, and a client that feeds it."""
 
     def __init__(self, workdir: Path, *, worker_concurrency: int, poll: float, pool: int,
                  senders: int) -> None:
         self.url = PG_SERVER.rsplit("/", 1)[0] + "/" + DBOS_DB
-        _admin(f'DROP DATABASE IF EXISTS "{DBOS_DB}" WITH (FORCE)')
-        _admin(f'CREATE DATABASE "{DBOS_DB}"')
+        pg_admin(f'DROP DATABASE IF EXISTS "{DBOS_DB}" WITH (FORCE)')
+        pg_admin(f'CREATE DATABASE "{DBOS_DB}"')
         log_path = workdir / "dbos.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get(
@@ -135,7 +128,7 @@ class DBOSRun:
                 pool_size=senders + 1, max_overflow=0)
         except BaseException:
             self.process.stop(timeout=15)
-            _admin(f'DROP DATABASE IF EXISTS "{DBOS_DB}" WITH (FORCE)')
+            pg_admin(f'DROP DATABASE IF EXISTS "{DBOS_DB}" WITH (FORCE)')
             raise
 
     def _wait_ready(self, timeout: float = 60) -> None:
@@ -201,7 +194,7 @@ class DBOSRun:
         self.client.destroy()
         self.engine.dispose()
         self.process.stop(timeout=15)
-        _admin(f'DROP DATABASE IF EXISTS "{DBOS_DB}" WITH (FORCE)')
+        pg_admin(f'DROP DATABASE IF EXISTS "{DBOS_DB}" WITH (FORCE)')
 
 
 def measure_dbos(*, workflows: int, light: int, gap: float, batch: int, senders: int,

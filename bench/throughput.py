@@ -93,6 +93,20 @@ def _wait_completed(clusters: Cluster | list[Cluster], target: int, timeout: flo
         time.sleep(0.05)
 
 
+
+def pg_admin(sql: str) -> None:
+    """Run one statement on the benchmark's PostgreSQL server (creating, dropping databases)."""
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_SERVER)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
 class Database:
     """The benchmark's database: a SQLite file, or a throwaway PostgreSQL database."""
 
@@ -107,16 +121,7 @@ class Database:
             self._admin(f'CREATE DATABASE "{self.name}"')
 
     def _admin(self, sql: str) -> None:
-        import asyncpg
-
-        async def run() -> None:
-            conn = await asyncpg.connect(PG_SERVER)
-            try:
-                await conn.execute(sql)
-            finally:
-                await conn.close()
-
-        asyncio.run(run())
+        pg_admin(sql)
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
         if self.kind == "sqlite":
