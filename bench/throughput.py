@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ PG_SERVER = os.environ.get("TETHER_BENCH_PG_URL",
 _LATENCY_SQL = (
     "SELECT e.id, r.ended_at, (SELECT MIN(s.started_at) FROM steps s WHERE s.run_id = r.id) "
     "FROM events e JOIN run_events re ON re.event_seq = e.seq JOIN runs r ON r.id = re.run_id "
-    "WHERE r.status = 'Completed'"
+    "WHERE r.status = 'Completed' AND e.seq > {after}"
 )
 
 
@@ -141,10 +142,14 @@ class Figures:
     peak_rss_mib: float
 
 
-def _latencies(db: Database, sent: dict[str, float]) -> tuple[list[float], list[float]]:
-    """(event -> first step start, event -> run ended) in seconds, per run."""
+def _latencies(db: Database, sent: dict[str, float],
+               after: int = 0) -> tuple[list[float], list[float]]:
+    """(event -> first step start, event -> run ended) in seconds, per run.
+
+    Only events stored after seq ``after`` are read (a store may hold a million older ones).
+    """
     starts, ends = [], []
-    for event_id, ended, started in db.rows(_LATENCY_SQL):
+    for event_id, ended, started in db.rows(_LATENCY_SQL.format(after=int(after))):
         t0 = sent.get(event_id)
         if t0 is None:
             continue
@@ -164,8 +169,12 @@ def ms(values: list[float]) -> str:
 def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
             concurrency: int = 1000, events: int = 20000, batch: int = 500, senders: int = 2,
             light: int = 300, gap: float = 0.01, progress: bool = True,
-            event: str = "bench/go", tenants: int = 0) -> Figures:
+            event: str = "bench/go", tenants: int = 0,
+            prepare: Callable[[Database], None] | None = None) -> Figures:
     """Run both phases once and return the figures.
+
+    ``prepare`` fills the fresh database before the gateways start (``bench state`` writes a
+    million runs into it).
 
     ``event`` names the function's trigger (see bench/app.py); with ``tenants``, event ``i``
     carries ``data.tenant`` ``i % tenants`` (the key of the flow-controlled functions).
@@ -180,6 +189,10 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
         group = [Cluster(workdir / f"gw{i}", db=db.url, gateway_args=["--log-level", "warning"])
                  for i in range(gateways)]
         try:
+            after = 0
+            if prepare is not None:
+                prepare(db)
+                after = db.rows("SELECT COALESCE(MAX(seq), 0) FROM events")[0][0]
             for cluster in group:
                 cluster.start_gateway()
             urls = [c.connect_url for c in group]
@@ -202,7 +215,7 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
                 sent[event_id] = t0
                 time.sleep(gap)
             _wait_completed(group, light, timeout=60)
-            light_start, light_end = _latencies(db, sent)
+            light_start, light_end = _latencies(db, sent, after)
 
             heavy: dict[str, float] = {}
             lock = threading.Lock()
@@ -229,8 +242,10 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
                 t.join()
             intake = time.time() - began
             _wait_completed(group, light + events, timeout=900)
-            load_start, load_end = _latencies(db, heavy)
-            last_end = db.rows("SELECT MAX(ended_at) FROM runs")[0][0]
+            load_start, load_end = _latencies(db, heavy, after)
+            last_end = db.rows(
+                "SELECT MAX(r.ended_at) FROM events e JOIN run_events re ON re.event_seq = e.seq "
+                f"JOIN runs r ON r.id = re.run_id WHERE e.seq > {int(after)}")[0][0]
             elapsed = last_end - began
             rss = max(c.gateway.peak_rss_kib() for c in group if c.gateway) / 1024
             return Figures(light_start, light_end, events / intake,
