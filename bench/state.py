@@ -99,6 +99,7 @@ def run_all(source: Path | None, args: argparse.Namespace) -> dict[str, Any]:
         "light_end_p99_ms": throughput._percentile(tp.light_end, 0.99) * 1e3,
         "load_end_p99_ms": throughput._percentile(tp.load_end, 0.99) * 1e3,
         "gateway_peak_rss_mib": tp.peak_rss_mib,
+        "gateway_cpu_ms_per_1000": tp.gateway_cpu_ms,
     })
     if args.sleeps:
         late = sleeps.measure(runs=args.sleeps, seconds=1.0, prepare=copy)
@@ -120,12 +121,17 @@ ROWS = [
     ("light_end_p50_ms", "light: event -> done p50", "{:.1f} ms"),
     ("light_end_p99_ms", "light: event -> done p99", "{:.1f} ms"),
     ("load_end_p99_ms", "load: event -> done p99", "{:.0f} ms"),
+    ("gateway_cpu_ms_per_1000", "gateway CPU per 1,000 runs", "{:,.0f} ms"),
     ("gateway_peak_rss_mib", "gateway peak RSS", "{:.0f} MiB"),
     ("sleep_late_p50_ms", "sleeps: lateness p50", "{:.1f} ms"),
     ("sleep_late_p99_ms", "sleeps: lateness p99", "{:.1f} ms"),
     ("sleep_late_max_ms", "sleeps: lateness max", "{:.1f} ms"),
     ("sleep_rss_mib", "sleeps: gateway peak RSS", "{:.0f} MiB"),
 ]
+
+
+def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
 def report(empty: dict[str, Any], big: dict[str, Any]) -> None:
@@ -148,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="concurrent 1 s sleeps (0: skip that phase)")
     p.add_argument("--events", type=int, default=20_000, help="events in the throughput phase")
     p.add_argument("--light", type=int, default=300, help="events in the light-load phase")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="alternate empty and big this many times; print the medians")
     p.add_argument("--store", type=Path,
                    help="keep the big store at this path, and reuse it if it is there")
     p.add_argument("--json", type=Path, help="write the figures to this file")
@@ -162,17 +170,22 @@ def main(argv: list[str] | None = None) -> int:
             took = build(store, args.completed, args.queued)
             print(f"  written in {took:.0f} s, {store.stat().st_size / 2**20:,.0f} MiB",
                   flush=True)
-        print("measuring against an empty store", flush=True)
-        empty = run_all(None, args)
-        print("measuring against the big store", flush=True)
-        big = run_all(store, args)
+        empties, bigs = [], []
+        for i in range(args.repeats):
+            print(f"measuring against an empty store ({i + 1} of {args.repeats})", flush=True)
+            empties.append(run_all(None, args))
+            print(f"measuring against the big store ({i + 1} of {args.repeats})", flush=True)
+            bigs.append(run_all(store, args))
+    empty, big = _medians(empties), _medians(bigs)
     print(f"{args.completed:,} completed + {args.queued:,} queued runs against an empty store "
-          f"({args.events:,} events, {args.light} light, {args.sleeps:,} sleeps):")
+          f"({args.events:,} events, {args.light} light, {args.sleeps:,} sleeps; medians of "
+          f"{args.repeats}):")
     report(empty, big)
     if args.json:
         args.json.write_text(json.dumps({
             "completed": args.completed, "queued": args.queued, "sleeps": args.sleeps,
-            "events": args.events, "empty": empty, "big": big,
+            "events": args.events, "repeats": args.repeats, "empty": empty, "big": big,
+            "empty_runs": empties, "big_runs": bigs,
             "date": time.strftime("%Y-%m-%d"),
         }, indent=2))
     return 0

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cluster import Cluster
+from bench.cpu import cpu_seconds
 
 STEPS_PER_RUN = 3
 PG_SERVER = os.environ.get("TETHER_BENCH_PG_URL",
@@ -140,6 +141,8 @@ class Figures:
     load_start: list[float]
     load_end: list[float]
     peak_rss_mib: float
+    #: The gateways' CPU time (user + system) over the throughput phase, per 1,000 runs.
+    gateway_cpu_ms: float = 0.0
 
 
 def _latencies(db: Database, sent: dict[str, float],
@@ -235,6 +238,7 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
 
             threads = [threading.Thread(target=sender, args=(i, batches[i::senders]))
                        for i in range(senders)]
+            cpu_before = sum(cpu_seconds(c.gateway.pid) for c in group if c.gateway)
             began = time.time()
             for t in threads:
                 t.start()
@@ -242,6 +246,7 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
                 t.join()
             intake = time.time() - began
             _wait_completed(group, light + events, timeout=900)
+            cpu = sum(cpu_seconds(c.gateway.pid) for c in group if c.gateway) - cpu_before
             load_start, load_end = _latencies(db, heavy, after)
             last_end = db.rows(
                 "SELECT MAX(r.ended_at) FROM events e JOIN run_events re ON re.event_seq = e.seq "
@@ -249,7 +254,8 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
             elapsed = last_end - began
             rss = max(c.gateway.peak_rss_kib() for c in group if c.gateway) / 1024
             return Figures(light_start, light_end, events / intake,
-                           events * STEPS_PER_RUN / elapsed, load_start, load_end, rss)
+                           events * STEPS_PER_RUN / elapsed, load_start, load_end, rss,
+                           cpu * 1e6 / events)
         finally:
             for cluster in group:
                 cluster.stop()
@@ -283,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  durable steps/s         {f.steps_per_s:,.0f}")
     print(f"  event -> run start      {ms(f.load_start)}")
     print(f"  event -> run completed  {ms(f.load_end)}")
+    print(f"  gateway CPU per 1,000   {f.gateway_cpu_ms:,.0f} ms")
     print(f"  gateway peak RSS        {f.peak_rss_mib:.0f} MiB", flush=True)
     return 0
 
