@@ -57,6 +57,100 @@ def build(path: Path, completed: int, queued: int, *, progress: bool = True) -> 
     return time.monotonic() - began
 
 
+#: The big store on PostgreSQL, written once by SQL (``--db postgres``), copied per measurement.
+PG_TEMPLATE = "tether_state_big"
+
+_PG_SEED = """
+INSERT INTO events (seq, id, name, payload, received_at)
+SELECT g, '00E' || lpad(g::text, 23, '0'), f || '.go',
+       convert_to('{{"name": "' || f || '.go", "data": {{"n": ' || g % 1000 || '}}}}', 'UTF8'), t
+FROM (SELECT g, {functions}[1 + g % {nfunctions}] AS f,
+             {now} - {days} * 86400 + g * ({days} * 86400.0 / {count}) AS t
+      FROM generate_series({first}, {first} + {count} - 1) g) s;
+INSERT INTO run_events (run_id, position, event_seq)
+SELECT '00R' || lpad(g::text, 23, '0'), 0, g FROM generate_series({first}, {first} + {count} - 1) g;
+INSERT INTO runs (id, function_id, status, available_at, event_ids, queued_at, started_at,
+                  ended_at, output)
+SELECT '00R' || lpad(seq::text, 23, '0'), substr(name, 1, length(name) - 3), '{status}',
+       {available}, '["' || id || '"]', received_at, {started}, {ended}, {output}
+FROM events WHERE seq >= {first};
+"""
+
+_PG_STEPS = """
+INSERT INTO steps (run_id, step_id, kind, status, attempts, output, started_at, ended_at)
+SELECT r.id, s.step, 'run', 'Completed', 1, '\\x31'::bytea, r.queued_at, r.queued_at + 0.005
+FROM runs r, (VALUES ('fetch'), ('charge'), ('notify')) s(step) WHERE r.status = 'Completed';
+"""
+
+
+def _pg_admin(server: str, sql: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(server)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def build_postgres(server: str, completed: int, queued: int) -> float:
+    """Write the big store into database :data:`PG_TEMPLATE` on ``server`` (made anew).
+
+    Plain SQL (``generate_series``) into a database made by the gateway's migrations: the
+    same runs as :func:`build`, with ids that sort before any the gateway makes.
+    """
+    import asyncio
+
+    import asyncpg
+
+    from gateway.store import migrations
+    from gateway.store.db import queries
+
+    url = server.rsplit("/", 1)[0] + "/" + PG_TEMPLATE
+    began = time.monotonic()
+    _pg_admin(server, f'DROP DATABASE IF EXISTS "{PG_TEMPLATE}" WITH (FORCE)')
+    _pg_admin(server, f'CREATE DATABASE "{PG_TEMPLATE}"')
+    migrations.apply(migrations.yoyo_url(url), "postgres")
+    q = queries("postgres")
+    now = time.time()
+
+    async def fill() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            for fid in [*COMPLETED_FUNCTIONS, IDLE_FUNCTION]:
+                app_id, name = fid.split("/", 1)
+                config = {"id": name, "triggers": [{"event": f"{fid}.go"}]}
+                await conn.execute(q["upsert_app"], app_id, "1", now)
+                await conn.execute(q["upsert_function"], fid, app_id, json.dumps(config), now)
+            for label, first, count, funcs, status, available, started, ended, output, days in (
+                    ("completed runs", 1, completed, COMPLETED_FUNCTIONS, "Completed", "NULL",
+                     "received_at + 0.01", "received_at + 0.05", "'\\x226f6b22'::bytea", 30),
+                    ("queued runs", completed + 1, queued, [IDLE_FUNCTION], "Queued",
+                     "received_at", "NULL", "NULL", "NULL", 1)):
+                if not count:
+                    continue
+                functions = "(ARRAY[" + ", ".join(f"'{f}'" for f in funcs) + "])"
+                await conn.execute(_PG_SEED.format(
+                    functions=functions, nfunctions=len(funcs), now=now, days=days,
+                    count=count, first=first, status=status, available=available,
+                    started=started, ended=ended, output=output))
+                print(f"  {label}: {count:,} written ({time.monotonic() - began:.0f} s)",
+                      flush=True)
+            await conn.execute(_PG_STEPS)
+            await conn.execute("SELECT setval('events_seq_seq', $1)", completed + queued + 1)
+            await conn.execute("ANALYZE")
+        finally:
+            await conn.close()
+
+    asyncio.run(fill())
+    return time.monotonic() - began
+
+
 def _copier(source: Path | None) -> Callable[[Path], None] | None:
     """A ``prepare`` that starts the gateway on a copy of ``source`` (None: an empty store)."""
     if source is None:
@@ -84,23 +178,28 @@ def startup(source: Path | None) -> float:
             cluster.stop()
 
 
-def run_all(source: Path | None, args: argparse.Namespace) -> dict[str, Any]:
-    """Every measurement against a fresh copy of ``source`` (None: an empty store)."""
+def _pg_copy(db: throughput.Database) -> None:
+    """The benchmark's PostgreSQL database made anew as a copy of the big store."""
+    _pg_admin(throughput.PG_SERVER, f'DROP DATABASE "{db.name}" WITH (FORCE)')
+    _pg_admin(throughput.PG_SERVER, f'CREATE DATABASE "{db.name}" TEMPLATE "{PG_TEMPLATE}"')
+
+
+def run_all(source: Path | None, args: argparse.Namespace, big: bool) -> dict[str, Any]:
+    """Every measurement against a fresh copy of the big store (``big``) or an empty one.
+
+    On PostgreSQL only the throughput phase runs (start-up and sleeps read a SQLite file).
+    """
+    if args.db == "postgres":
+        tp = throughput.measure(db_kind="postgres", events=args.events, light=args.light,
+                                progress=False, prepare=_pg_copy if big else None)
+        return _throughput_figures(tp)
+    source = source if big else None
     copy = _copier(source)
     figures: dict[str, Any] = {"startup_s": startup(source)}
     tp = throughput.measure(
         events=args.events, light=args.light, progress=False,
         prepare=None if copy is None else (lambda db: copy(db.path)))
-    figures.update({
-        "steps_per_s": tp.steps_per_s, "events_per_s": tp.events_per_s,
-        "light_start_p50_ms": statistics.median(tp.light_start) * 1e3,
-        "light_start_p99_ms": throughput._percentile(tp.light_start, 0.99) * 1e3,
-        "light_end_p50_ms": statistics.median(tp.light_end) * 1e3,
-        "light_end_p99_ms": throughput._percentile(tp.light_end, 0.99) * 1e3,
-        "load_end_p99_ms": throughput._percentile(tp.load_end, 0.99) * 1e3,
-        "gateway_peak_rss_mib": tp.peak_rss_mib,
-        "gateway_cpu_ms_per_1000": tp.gateway_cpu_ms,
-    })
+    figures.update(_throughput_figures(tp))
     if args.sleeps:
         late = sleeps.measure(runs=args.sleeps, seconds=1.0, prepare=copy)
         figures.update({
@@ -110,6 +209,19 @@ def run_all(source: Path | None, args: argparse.Namespace) -> dict[str, Any]:
             "sleep_rss_mib": late.peak_rss_mib,
         })
     return figures
+
+
+def _throughput_figures(tp: throughput.Figures) -> dict[str, Any]:
+    return {
+        "steps_per_s": tp.steps_per_s, "events_per_s": tp.events_per_s,
+        "light_start_p50_ms": statistics.median(tp.light_start) * 1e3,
+        "light_start_p99_ms": throughput._percentile(tp.light_start, 0.99) * 1e3,
+        "light_end_p50_ms": statistics.median(tp.light_end) * 1e3,
+        "light_end_p99_ms": throughput._percentile(tp.light_end, 0.99) * 1e3,
+        "load_end_p99_ms": throughput._percentile(tp.load_end, 0.99) * 1e3,
+        "gateway_peak_rss_mib": tp.peak_rss_mib,
+        "gateway_cpu_ms_per_1000": tp.gateway_cpu_ms,
+    }
 
 
 ROWS = [
@@ -147,6 +259,9 @@ def report(empty: dict[str, Any], big: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench state", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite",
+                   help="postgres: the throughput phase only, on the server at "
+                        "TETHER_BENCH_PG_URL (the big store is database " + PG_TEMPLATE + ")")
     p.add_argument("--completed", type=int, default=1_000_000, help="completed runs stored")
     p.add_argument("--queued", type=int, default=100_000,
                    help="queued runs of a function no worker serves")
@@ -162,7 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tether-bench-state-") as tmp:
         store = args.store or Path(tmp) / "big.db"
-        if store.exists():
+        if args.db == "postgres":
+            print(f"writing {args.completed:,} completed and {args.queued:,} queued runs "
+                  f"into PostgreSQL database {PG_TEMPLATE}", flush=True)
+            took = build_postgres(throughput.PG_SERVER, args.completed, args.queued)
+            print(f"  written in {took:.0f} s", flush=True)
+        elif store.exists():
             print(f"reusing the store at {store}", flush=True)
         else:
             print(f"writing {args.completed:,} completed and {args.queued:,} queued runs",
@@ -173,9 +293,12 @@ def main(argv: list[str] | None = None) -> int:
         empties, bigs = [], []
         for i in range(args.repeats):
             print(f"measuring against an empty store ({i + 1} of {args.repeats})", flush=True)
-            empties.append(run_all(None, args))
+            empties.append(run_all(store, args, big=False))
             print(f"measuring against the big store ({i + 1} of {args.repeats})", flush=True)
-            bigs.append(run_all(store, args))
+            bigs.append(run_all(store, args, big=True))
+        if args.db == "postgres":
+            _pg_admin(throughput.PG_SERVER,
+                      f'DROP DATABASE IF EXISTS "{PG_TEMPLATE}" WITH (FORCE)')
     empty, big = _medians(empties), _medians(bigs)
     print(f"{args.completed:,} completed + {args.queued:,} queued runs against an empty store "
           f"({args.events:,} events, {args.light} light, {args.sleeps:,} sleeps; medians of "
