@@ -13,6 +13,8 @@
     flow         the throughput function with concurrency keys and with throttle keys over
                  1,000 tenants, against none: what flow control costs
     dashboard    the dashboard's pages and filters over 1,000,000 stored runs (p50/p99)
+    state        throughput, latencies, gateway RSS, start-up and 10,000 sleeps' lateness
+                 with 1,000,000 completed and 100,000 queued runs stored, against empty
     takeover     PostgreSQL, 3 gateways under load: a gateway killed (kill -9) or stopped
                  (SIGTERM), and how soon its runs complete through the others
     cpu          CPU ms the gateway and the worker spend per 1,000 runs of the 3-step
@@ -43,6 +45,7 @@ from bench import (
     peers,
     scale,
     sleeps,
+    state,
     takeover,
     throughput,
     waits,
@@ -52,8 +55,8 @@ from bench.chaos import main as chaos
 BENCHMARKS = {"throughput": throughput.main, "waits": waits.main, "sleeps": sleeps.main,
               "scale": scale.main, "http": http_api.main, "takeover": takeover.main,
               "intake": intake.main, "cron": cron.main, "flow": flow.main, "cpu": cpu.main,
-              "dashboard": dashboard.main, "chaos": chaos.main, "peers": peers.main,
-              "latency": latency.main}
+              "dashboard": dashboard.main, "state": state.main, "chaos": chaos.main,
+              "peers": peers.main, "latency": latency.main}
 
 
 def main(argv: list[str]) -> int:

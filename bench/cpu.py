@@ -35,8 +35,11 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live process (all its threads), in seconds."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
+    """User + system CPU time of a process (all its threads), in seconds; 0 once it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
     fields = raw[raw.rindex(")") + 2:].split()
     # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
     return (int(fields[11]) + int(fields[12])) / _TICK

@@ -17,6 +17,7 @@ import random
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -33,41 +34,57 @@ MIX = [("Completed", 0.94), ("Failed", 0.03), ("Cancelled", 0.01), ("Queued", 0.
        ("Sleeping", 0.01)]
 
 
-def seed(path: Path, runs: int, now: float, rng: random.Random) -> list[str]:
-    """Write the runs (and their events and steps); returns a few run ids to open."""
+def seed(path: Path, runs: int, now: float, rng: random.Random, *,
+         mix: list[tuple[str, float]] = MIX, functions: list[str] = FUNCTIONS,
+         ready: bool = False, days: float = 30,
+         progress: Callable[[int], None] | None = None) -> list[str]:
+    """Write the runs (and their events and steps); returns a few run ids to open.
+
+    The database is created by the gateway's own migrations if new; a second call adds to
+    it. Runs are spread over ``functions`` (``app/name``) and the last ``days``, with statuses
+    drawn from ``mix``. Queued and Sleeping runs are due a year from ``now``, or, with
+    ``ready``, Queued ones are ready since they were queued (a backlog nobody serves).
+    ``progress`` is told the runs written so far after each chunk.
+    """
     url = f"sqlite:///{path}"
     migrations.apply(url, "sqlite")
     q = queries("sqlite")
     db = sqlite3.connect(path)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=OFF")
-    for fid in FUNCTIONS:
-        db.execute(q["upsert_app"], ("bench", "1", now))
-        config = {"id": fid.split("/")[1], "triggers": [{"event": f"{fid}.go"}]}
-        db.execute(q["upsert_function"], (fid, "bench", json.dumps(config), now))
-    statuses = [s for s, _ in MIX]
-    weights = [w for _, w in MIX]
-    times = sorted(now - 30 * DAY + rng.random() * 30 * DAY for _ in range(runs))
+    for fid in functions:
+        app_id, name = fid.split("/", 1)
+        db.execute(q["upsert_app"], (app_id, "1", now))
+        config = {"id": name, "triggers": [{"event": f"{fid}.go"}]}
+        db.execute(q["upsert_function"], (fid, app_id, json.dumps(config), now))
+    first_seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0] + 1
+    statuses = [s for s, _ in mix]
+    weights = [w for _, w in mix]
+    times = sorted(now - days * DAY + rng.random() * days * DAY for _ in range(runs))
     sample: list[str] = []
     chunk = 50_000
     for start in range(0, runs, chunk):
         run_rows, events, links, steps = [], [], [], []
-        for seq, ts in enumerate(times[start:start + chunk], start + 1):
+        for seq, ts in enumerate(times[start:start + chunk], start + first_seq):
             run_id, event_id = new_id(ts), new_id(ts)
-            fid = FUNCTIONS[seq % len(FUNCTIONS)]
+            fid = functions[seq % len(functions)]
             status = rng.choices(statuses, weights)[0]
             ended = ts + 0.05 if status in ("Completed", "Failed", "Cancelled") else None
             later = now + 365 * DAY if status in ("Queued", "Sleeping") else None
+            fresh = ready and status == "Queued"  # never started: no steps yet
+            if fresh:
+                later = ts
             payload = json.dumps({"name": f"{fid}.go", "id": event_id, "ts": int(ts * 1000),
                                   "data": {"n": seq % 1000, "customer": f"c-{seq}"}})
             events.append((seq, event_id, f"{fid}.go", payload.encode(), ts))
             links.append((run_id, 0, seq))
             run_rows.append((run_id, fid, status, later, json.dumps([event_id]), ts,
-                             ts + 0.01, ended, b'"ok"' if status == "Completed" else None))
-            for i, step in enumerate(("fetch", "charge", "notify")):
+                             None if fresh else ts + 0.01, ended,
+                             b'"ok"' if status == "Completed" else None))
+            for i, step in enumerate(() if fresh else ("fetch", "charge", "notify")):
                 steps.append((run_id, step, "run", "Completed", 1, b"1", ts + 0.01 * i,
                               ts + 0.01 * i + 0.005))
-            if seq % (runs // 5 or 1) == 0:
+            if (seq - first_seq + 1) % (runs // 5 or 1) == 0:
                 sample.append(run_id)
         db.executemany("INSERT INTO events (seq, id, name, payload, received_at) "
                        "VALUES (?, ?, ?, ?, ?)", events)
@@ -79,6 +96,8 @@ def seed(path: Path, runs: int, now: float, rng: random.Random) -> list[str]:
         db.executemany("INSERT INTO steps (run_id, step_id, kind, status, attempts, output, "
                        "started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", steps)
         db.commit()
+        if progress is not None:
+            progress(min(runs, start + chunk))
     db.execute("ANALYZE")
     db.commit()
     db.close()

@@ -14,6 +14,8 @@ import sqlite3
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.cluster import Cluster
@@ -37,6 +39,53 @@ async def _noop():
 '''
 
 
+@dataclass
+class Lateness:
+    """Per run, how late its sleep woke (ms, sorted); how long sending and the whole took;
+    the gateway's peak RSS."""
+
+    late_ms: list[float]
+    sent_s: float
+    total_s: float
+    peak_rss_mib: float
+
+
+def measure(*, runs: int = 10_000, seconds: float = 1.0, concurrency: int = 500,
+            batch: int = 1000, prepare: Callable[[Path], None] | None = None) -> Lateness:
+    """Sleep ``runs`` runs at once and read how late each woke.
+
+    ``prepare`` fills the SQLite file (its path is given) before the gateway starts.
+    """
+    with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "sleepers.py").write_text(APP)
+        if prepare is not None:
+            prepare(workdir / "tether.db")
+        cluster = Cluster(workdir, gateway_args=["--log-level", "warning"])
+        try:
+            cluster.start_gateway()
+            cluster.start_worker("sleepers:app", args=("--concurrency", str(concurrency),
+                                                       "--log-level", "warning"))
+            _wait_workers(cluster, 1)
+            began = time.time()
+            for start in range(0, runs, batch):
+                cluster.send([{"name": "bench/nap", "data": {"seconds": seconds}}
+                              for _ in range(start, min(runs, start + batch))])
+            sent = time.time() - began
+            _wait_completed(cluster, runs, timeout=120 + seconds)
+            total = time.time() - began
+            rss = cluster.gateway.peak_rss_kib() / 1024 if cluster.gateway else 0.0
+            conn = sqlite3.connect(f"file:{workdir / 'tether.db'}?mode=ro", uri=True)
+            rows = conn.execute(
+                "SELECT s.started_at, s.ended_at FROM runs r JOIN steps s ON s.run_id = r.id "
+                "WHERE r.function_id = 'sleepers/nap' AND s.step_id = 'zz'").fetchall()
+            conn.close()
+        finally:
+            cluster.stop()
+    late = sorted(max(0.0, end - (start + seconds)) * 1e3 for start, end in rows)
+    return Lateness(late, sent, total, rss)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench sleeps", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,31 +94,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=500, help="the worker's --concurrency")
     p.add_argument("--batch", type=int, default=1000, help="events per POST")
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
-        workdir = Path(tmp)
-        (workdir / "sleepers.py").write_text(APP)
-        cluster = Cluster(workdir, gateway_args=["--log-level", "warning"])
-        try:
-            cluster.start_gateway()
-            cluster.start_worker("sleepers:app", args=("--concurrency", str(args.concurrency),
-                                                       "--log-level", "warning"))
-            _wait_workers(cluster, 1)
-            began = time.time()
-            for start in range(0, args.runs, args.batch):
-                cluster.send([{"name": "bench/nap", "data": {"seconds": args.seconds}}
-                              for _ in range(start, min(args.runs, start + args.batch))])
-            sent = time.time() - began
-            _wait_completed(cluster, args.runs, timeout=120 + args.seconds)
-            conn = sqlite3.connect(f"file:{workdir / 'tether.db'}?mode=ro", uri=True)
-            rows = conn.execute(
-                "SELECT started_at, ended_at FROM steps WHERE step_id = 'zz'").fetchall()
-            conn.close()
-            late = sorted(max(0.0, end - (start + args.seconds)) * 1e3 for start, end in rows)
-            print(f"{args.runs:,} runs sleeping {args.seconds:g} s at once (sent in "
-                  f"{sent:.1f} s), one worker with --concurrency {args.concurrency}:")
-            print(f"  wake-up lateness        p50 {statistics.median(late):.1f} ms, "
-                  f"p99 {late[int(0.99 * len(late))]:.1f} ms, max {late[-1]:.1f} ms")
-            print(f"  all completed after     {time.time() - began:.1f} s", flush=True)
-        finally:
-            cluster.stop()
+    f = measure(runs=args.runs, seconds=args.seconds, concurrency=args.concurrency,
+                batch=args.batch)
+    print(f"{args.runs:,} runs sleeping {args.seconds:g} s at once (sent in "
+          f"{f.sent_s:.1f} s), one worker with --concurrency {args.concurrency}:")
+    print(f"  wake-up lateness        {lateness(f.late_ms)}")
+    print(f"  all completed after     {f.total_s:.1f} s", flush=True)
     return 0
+
+
+def lateness(late_ms: list[float]) -> str:
+    if not late_ms:
+        return "n/a"
+    return (f"p50 {statistics.median(late_ms):.1f} ms, "
+            f"p99 {late_ms[int(0.99 * len(late_ms))]:.1f} ms, max {late_ms[-1]:.1f} ms")

@@ -27,11 +27,13 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.cluster import Cluster
+from bench.cpu import cpu_seconds
 
 STEPS_PER_RUN = 3
 PG_SERVER = os.environ.get("TETHER_BENCH_PG_URL",
@@ -40,19 +42,8 @@ PG_SERVER = os.environ.get("TETHER_BENCH_PG_URL",
 _LATENCY_SQL = (
     "SELECT e.id, r.ended_at, (SELECT MIN(s.started_at) FROM steps s WHERE s.run_id = r.id) "
     "FROM events e JOIN run_events re ON re.event_seq = e.seq JOIN runs r ON r.id = re.run_id "
-    "WHERE r.status = 'Completed'"
+    "WHERE r.status = 'Completed' AND e.seq > {after}"
 )
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), in seconds; 0 once it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = raw[raw.rindex(")") + 2:].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -166,12 +157,18 @@ class Figures:
     #: CPU seconds the gateways, the workers and (PostgreSQL) the database's server processes
     #: spent in the throughput phase: steadier than wall time on a busy machine.
     cpu_s: float = 0.0
+    #: The gateways' CPU time (user + system) over the throughput phase, per 1,000 runs.
+    gateway_cpu_ms: float = 0.0
 
 
-def _latencies(db: Database, sent: dict[str, float]) -> tuple[list[float], list[float]]:
-    """(event -> first step start, event -> run ended) in seconds, per run."""
+def _latencies(db: Database, sent: dict[str, float],
+               after: int = 0) -> tuple[list[float], list[float]]:
+    """(event -> first step start, event -> run ended) in seconds, per run.
+
+    Only events stored after seq ``after`` are read (a store may hold a million older ones).
+    """
     starts, ends = [], []
-    for event_id, ended, started in db.rows(_LATENCY_SQL):
+    for event_id, ended, started in db.rows(_LATENCY_SQL.format(after=int(after))):
         t0 = sent.get(event_id)
         if t0 is None:
             continue
@@ -191,8 +188,12 @@ def ms(values: list[float]) -> str:
 def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
             concurrency: int = 1000, events: int = 20000, batch: int = 500, senders: int = 2,
             light: int = 300, gap: float = 0.01, progress: bool = True,
-            event: str = "bench/go", tenants: int = 0) -> Figures:
+            event: str = "bench/go", tenants: int = 0,
+            prepare: Callable[[Database], None] | None = None) -> Figures:
     """Run both phases once and return the figures.
+
+    ``prepare`` fills the fresh database before the gateways start (``bench state`` writes a
+    million runs into it).
 
     ``event`` names the function's trigger (see bench/app.py); with ``tenants``, event ``i``
     carries ``data.tenant`` ``i % tenants`` (the key of the flow-controlled functions).
@@ -207,6 +208,10 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
         group = [Cluster(workdir / f"gw{i}", db=db.url, gateway_args=["--log-level", "warning"])
                  for i in range(gateways)]
         try:
+            after = 0
+            if prepare is not None:
+                prepare(db)
+                after = db.rows("SELECT COALESCE(MAX(seq), 0) FROM events")[0][0]
             for cluster in group:
                 cluster.start_gateway()
             urls = [c.connect_url for c in group]
@@ -229,7 +234,7 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
                 sent[event_id] = t0
                 time.sleep(gap)
             _wait_completed(group, light, timeout=60)
-            light_start, light_end = _latencies(db, sent)
+            light_start, light_end = _latencies(db, sent, after)
 
             heavy: dict[str, float] = {}
             lock = threading.Lock()
@@ -252,6 +257,7 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
             processes = [p.pid for c in group for p in (c.gateway, *c.workers) if p]
             processes += db.backend_pids()
             cpu_before = {pid: cpu_seconds(pid) for pid in processes}
+            gateways = [c.gateway.pid for c in group if c.gateway]
             began = time.time()
             for t in threads:
                 t.start()
@@ -260,14 +266,18 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
             intake = time.time() - began
             _wait_completed(group, light + events, timeout=900)
             # (a process gone by now reads 0: its share is lost, never negative)
-            cpu = sum(max(0.0, cpu_seconds(pid) - cpu_before.get(pid, 0.0))
-                      for pid in {*processes, *db.backend_pids()})
-            load_start, load_end = _latencies(db, heavy)
-            last_end = db.rows("SELECT MAX(ended_at) FROM runs")[0][0]
+            spent = {pid: max(0.0, cpu_seconds(pid) - cpu_before.get(pid, 0.0))
+                     for pid in {*processes, *db.backend_pids()}}
+            load_start, load_end = _latencies(db, heavy, after)
+            last_end = db.rows(
+                "SELECT MAX(r.ended_at) FROM events e JOIN run_events re ON re.event_seq = e.seq "
+                f"JOIN runs r ON r.id = re.run_id WHERE e.seq > {int(after)}")[0][0]
             elapsed = last_end - began
             rss = max(c.gateway.peak_rss_kib() for c in group if c.gateway) / 1024
             return Figures(light_start, light_end, events / intake,
-                           events * STEPS_PER_RUN / elapsed, load_start, load_end, rss, cpu)
+                           events * STEPS_PER_RUN / elapsed, load_start, load_end, rss,
+                           sum(spent.values()),
+                           sum(spent.get(pid, 0.0) for pid in gateways) * 1e6 / events)
         finally:
             for cluster in group:
                 cluster.stop()
@@ -301,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  durable steps/s         {f.steps_per_s:,.0f}")
     print(f"  event -> run start      {ms(f.load_start)}")
     print(f"  event -> run completed  {ms(f.load_end)}")
+    print(f"  gateway CPU per 1,000   {f.gateway_cpu_ms:,.0f} ms")
     print(f"  gateway peak RSS        {f.peak_rss_mib:.0f} MiB", flush=True)
     return 0
 
