@@ -15,6 +15,8 @@
                  (SIGTERM), and how soon its runs complete through the others
     cpu          CPU ms the gateway and the worker spend per 1,000 runs of the 3-step
                  function (steady under load from other processes, unlike wall time)
+    styles       steps/s of the 3-step function with async, def and lambda step callables
+                 and as a def function, each against async in the same run
     chaos        fault loops (kill -9, SIGSTOP, PostgreSQL faults, ...) under load, with exact
                  accounting: 0 lost, 0 re-runs after acknowledgement, 0 stuck; --long for
                  the full counts
@@ -36,6 +38,7 @@ from bench import (
     intake,
     scale,
     sleeps,
+    styles,
     takeover,
     throughput,
     waits,
@@ -45,7 +48,8 @@ from bench.chaos import main as chaos
 BENCHMARKS = {"throughput": throughput.main, "waits": waits.main, "sleeps": sleeps.main,
               "scale": scale.main, "http": http_api.main, "takeover": takeover.main,
               "intake": intake.main, "cron": cron.main, "flow": flow.main, "cpu": cpu.main,
-              "dashboard": dashboard.main, "chaos": chaos.main}
+              "dashboard": dashboard.main, "styles": styles.main,
+              "chaos": chaos.main}
 
 
 def main(argv: list[str]) -> int:
