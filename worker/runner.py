@@ -26,7 +26,6 @@ import inspect
 import time
 import traceback
 from collections.abc import Callable, Coroutine
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -50,6 +49,7 @@ from worker.connection import fields_size
 from worker.context import Context
 from worker.interrupts import Abandoned
 from worker.plan import PARK, NewStep, Park, Replay
+from worker.threads import StepThreads
 from worker.watchdog import ACTIVITY, Doing
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ class RunExecution:
         function: Function,
         *,
         emit: Callable[[type[m._Checkpoint], dict[str, Any]], None],
-        executor: Executor,
+        threads: StepThreads,
         limits: Limits,
         on_end: Callable[[RunExecution], None] = lambda execution: None,
         lease_ok: Callable[[], bool] = lambda: True,
@@ -158,7 +158,7 @@ class RunExecution:
         self._emit = emit
         self._on_end = on_end
         self._lease_ok = lease_ok
-        self.executor = executor
+        self.threads = threads
         self.limits = limits
         self._counts: dict[str, int] = {}
         self._recorded = frozenset(self.memos)  # steps done by earlier executions
@@ -176,6 +176,7 @@ class RunExecution:
         self._idle.set()
         self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.loop = asyncio.get_running_loop()
+        self.mailbox = threads.mailbox()  # how a ``def`` function's thread calls the loop
         self._log: Any = None
         self._calls: list[tuple[Coroutine[Any, Any, Any], str, str]] = []  # step calls made
         self.warnings: list[str] = []  # for the run's record (replay divergence)
@@ -276,9 +277,7 @@ class RunExecution:
                 context = contextvars.copy_context()
                 self.threads_active = 1
                 try:
-                    result = await self.loop.run_in_executor(
-                        self.executor, context.run, self.function.handler, ctx
-                    )
+                    result = await self.threads.run(context.run, self.function.handler, ctx)
                 finally:
                     self.threads_active = 0
         except (Abandoned, asyncio.CancelledError):
@@ -389,6 +388,14 @@ class RunExecution:
             self._new.append(sid)
         return NewStep(sid, self.attempts.get(sid, 0))
 
+    def begin_run_step(self, step_id: str) -> NewStep | Replay | Park:
+        """:meth:`begin_step` for ``step.run``, and :meth:`enter` if the step is new: one
+        call to the loop for a ``def`` function's thread."""
+        plan = self.begin_step(step_id, "run")
+        if isinstance(plan, NewStep):
+            self.enter(plan)
+        return plan
+
     def enter(self, step: NewStep) -> None:
         """The step's code starts running now (the run cannot suspend until it ends)."""
         self._in_flight += 1
@@ -433,26 +440,18 @@ class RunExecution:
             StepError: the step failed for good.
         """
         ended = time.time()
-        self._in_flight -= 1
-        self.running.discard(step.id)
-        self._activity += 1
         final = False
+        if exc is None:
+            try:
+                output = self.step_output(step, result)
+            except TetherError as err:
+                # The same result would be too large (or not JSON) on every attempt.
+                exc, final = err, True
+            else:
+                self.step_completed(step, started, ended, output)
+                return serde.loads(output)
+        self._step_ended(step)
         try:
-            if exc is None:
-                try:
-                    output = serde.dumps(result, what=f"step {step.id!r} result",
-                                         limit=self.limits.max_step_result)
-                    self._send(m.StepCompleted, {
-                        "step_id": step.id, "attempt": step.attempt, "output": output,
-                        "started_at": started, "ended_at": ended,
-                    }, f"step {step.id!r} result")
-                except TetherError as err:
-                    # The same result would be too large (or not JSON) on every attempt.
-                    exc, final = err, True
-                else:
-                    self.memos[step.id] = m.StepMemo(kind="run", output=output)
-                    self.attempt = 0  # a completed step gives the body a fresh retry budget
-                    return serde.loads(output)
             final = (final or isinstance(exc, NonRetriableError)
                      or step.attempt >= self.function.retries)
             info = error_info(exc)
@@ -467,15 +466,59 @@ class RunExecution:
                 raise StepError(step.id, info.name, info.message, info.stack) from exc
             return PARK
         finally:
-            if self._in_flight == 0:
-                self._idle.set()
-                self._poke()
+            self._step_settled()
+
+    def step_output(self, step: NewStep, result: Any) -> bytes:
+        """A step's result as it will be recorded. Pure: a ``def`` function's thread calls it.
+
+        Raises:
+            TetherError: not JSON, over the result limit, or (FrameTooLarge) over the frame
+                limit once in its checkpoint.
+        """
+        what = f"step {step.id!r} result"
+        output = serde.dumps(result, what=what, limit=self.limits.max_step_result)
+        self._check_frame(m.StepCompleted, {"step_id": step.id, "attempt": step.attempt,
+                                            "output": output, "started_at": 0.0,
+                                            "ended_at": 0.0}, what)
+        return output
+
+    def step_completed(self, step: NewStep, started: float, ended: float, output: bytes
+                       ) -> None:
+        """Checkpoint and memoize a step's result (``output``, from :meth:`step_output`)."""
+        self._step_ended(step)
+        try:
+            self._emit(m.StepCompleted, {
+                "step_id": step.id, "attempt": step.attempt, "output": output,
+                "started_at": started, "ended_at": ended,
+            })
+            self.memos[step.id] = m.StepMemo(kind="run", output=output)
+            self.attempt = 0  # a completed step gives the body a fresh retry budget
+        finally:
+            self._step_settled()
+
+    def _step_ended(self, step: NewStep) -> None:
+        self._in_flight -= 1
+        self.running.discard(step.id)
+        self._activity += 1
+
+    def _step_settled(self) -> None:
+        if self._in_flight == 0:
+            self._idle.set()
+            self._poke()
 
     def _send(self, kind: type[m._Checkpoint], fields: dict[str, Any], what: str) -> None:
         """Emit one checkpoint, unless it alone is over the gateway's frame limit.
 
-        A frame the gateway cannot read closes the socket, and the checkpoint would be sent
-        again on every reconnect; the step fails for good here instead.
+        Raises:
+            FrameTooLarge: see :meth:`_check_frame`.
+        """
+        self._check_frame(kind, fields, what)
+        self._emit(kind, fields)
+
+    def _check_frame(self, kind: type[m._Checkpoint], fields: dict[str, Any], what: str
+                     ) -> None:
+        """A frame the gateway cannot read closes the socket, and the checkpoint would be
+        sent again on every reconnect; the step fails for good here instead.
 
         Raises:
             FrameTooLarge: naming ``what``, its size and the limit.
@@ -490,7 +533,6 @@ class RunExecution:
                     f"of {limit:,} bytes; send less data (store large data elsewhere and "
                     "pass a reference) or raise the gateway's --max-step-result"
                 )
-        self._emit(kind, fields)
 
     async def park(self) -> Any:
         """Wait for the gateway (the run suspends once every branch is here); never returns."""
