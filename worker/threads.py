@@ -163,6 +163,7 @@ class StepThreads:
         self._mailbox: Mailbox | None = None
         self._closed = False
         self._started = 0
+        self._spawns: queue.SimpleQueue[bool] | None = None
 
     def mailbox(self) -> Mailbox:
         """The running loop's mailbox (call on the loop)."""
@@ -230,10 +231,21 @@ class StepThreads:
             self._start()
 
     def _start(self) -> None:
-        self._started += 1
-        thread = threading.Thread(target=self._serve, name=f"{self.name}-{self._started}",
-                                  daemon=True)  # a hung step must not hold the process
-        thread.start()
+        """A new thread, started by the spawner thread: ``Thread.start`` waits until the new
+        thread runs, which takes long on a busy machine, and the loop must not wait."""
+        spawns = self._spawns
+        if spawns is None:
+            spawns = self._spawns = queue.SimpleQueue()
+            threading.Thread(target=self._spawn, args=(spawns,), name=f"{self.name}-spawner",
+                             daemon=True).start()
+        spawns.put(True)
+
+    def _spawn(self, spawns: queue.SimpleQueue[bool]) -> None:
+        while spawns.get():
+            self._started += 1
+            # Daemon threads: a hung step must not hold the process at exit.
+            threading.Thread(target=self._serve, name=f"{self.name}-{self._started}",
+                             daemon=True).start()
 
     def _serve(self) -> None:
         jobs, lock, clock = self._jobs, self._lock, self.clock
@@ -293,3 +305,5 @@ class StepThreads:
                     job[1].loop.call_soon_threadsafe(job[0].cancel)
         for _ in range(count):
             self._jobs.put(None)
+        if self._spawns is not None:
+            self._spawns.put(False)
