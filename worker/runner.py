@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import threading
 import time
 import traceback
 from collections.abc import Callable, Coroutine
@@ -140,6 +141,7 @@ class RunExecution:
         limits: Limits,
         on_end: Callable[[RunExecution], None] = lambda execution: None,
         lease_ok: Callable[[], bool] = lambda: True,
+        lease_fine: Callable[[], bool] = lambda: True,
         tracing: RunTracing | None = None,
     ) -> None:
         self.lease = lease
@@ -157,7 +159,9 @@ class RunExecution:
         self.ended = False
         self._emit = emit
         self._on_end = on_end
-        self._lease_ok = lease_ok
+        self._lease_ok = lease_ok  # on the loop: may drop the socket
+        self._lease_fine = lease_fine  # anywhere: only looks (False: ask lease_ok on the loop)
+        self._naming = threading.Lock()
         self.threads = threads
         self.limits = limits
         self._counts: dict[str, int] = {}
@@ -349,6 +353,34 @@ class RunExecution:
         Raises:
             NonDeterminismError: the history recorded another kind of step under this id.
         """
+        named = self._name(step_id, kind)
+        if isinstance(named, Replay):
+            return named
+        return self._decide(named)
+
+    def begin_run_step_off_loop(self, step_id: str) -> NewStep | Replay | Park:
+        """:meth:`begin_step` for ``step.run`` on a ``def`` function's thread, without waiting
+        for the loop when nothing is unusual: a replay, or a new step while the lease is
+        sound (the loop is told, in order, that it runs). Otherwise the loop decides.
+
+        Raises:
+            LoopGone: the loop is closed.
+        """
+        named = self._name(step_id, "run")
+        if isinstance(named, Replay):
+            return named
+        if self.lost or self.draining or named in self.deferred or not self._lease_fine():
+            return self.mailbox.call(self._decide_and_enter, named)
+        plan = self._new_step(named)
+        self.mailbox.post(self.enter, plan)
+        return plan
+
+    def _name(self, step_id: str, kind: str) -> str | Replay:
+        """The step's id within the run (repeats suffixed), or its replay if recorded.
+
+        Called on the loop and on ``def`` functions' threads (parallel branches): the
+        naming is done under a lock.
+        """
         if self.ended:
             raise Abandoned()
         if not isinstance(step_id, str) or not step_id:
@@ -356,45 +388,54 @@ class RunExecution:
         if "\x00" in step_id:  # protocol.names: no NUL in any id; retrying cannot help
             raise NonRetriableError(f"step id {step_id!r} contains a NUL character "
                                     "(\\u0000); step ids may not")
-        count = self._counts.get(step_id, 0)
-        self._counts[step_id] = count + 1
+        with self._naming:
+            count = self._counts.get(step_id, 0)
+            self._counts[step_id] = count + 1
+            self._activity += 1
+            self._steps_requested += 1
+            requested = self._steps_requested
         sid = step_id if count == 0 else f"{step_id}:{count}"
-        self._activity += 1
-        self._steps_requested += 1
-        if self._steps_requested > self.limits.max_steps:
+        if requested > self.limits.max_steps:
             raise NonRetriableError(
                 f"run has more than {self.limits.max_steps} steps; split the work into "
                 "several runs (step.invoke or send_event)"
             )
         memo = self.memos.get(sid)
-        if memo is not None:
-            if memo.kind != kind:
-                raise NonDeterminismError(
-                    f"step {sid!r} was recorded as step.{memo.kind}() but this replay calls "
-                    f"step.{kind}() under that id: either the code changed while the run was "
-                    "in flight (give the new step another id), or the step ids or their order "
-                    "depend on something that differs between replays (time, randomness, "
-                    "uuid4, unordered sets); step ids must be the same on every replay"
-                )
-            if sid in self._recorded:
-                self._reached.add(sid)
-            return Replay(sid, memo)
+        if memo is None:
+            return sid
+        if memo.kind != kind:
+            raise NonDeterminismError(
+                f"step {sid!r} was recorded as step.{memo.kind}() but this replay calls "
+                f"step.{kind}() under that id: either the code changed while the run was "
+                "in flight (give the new step another id), or the step ids or their order "
+                "depend on something that differs between replays (time, randomness, "
+                "uuid4, unordered sets); step ids must be the same on every replay"
+            )
+        if sid in self._recorded:
+            self._reached.add(sid)
+        return Replay(sid, memo)
+
+    def _decide(self, sid: str) -> NewStep | Park:
+        """A step not recorded yet (on the loop): run it, or park if the lease is in doubt."""
+        if self.ended:
+            raise Abandoned()
         if not self.lost and not self._lease_ok():
             self.lose("the gateway has been silent too long: the lease is presumed revoked")
         if self.lost or self.draining or sid in self.deferred:
             return PARK
+        return self._new_step(sid)
+
+    def _decide_and_enter(self, sid: str) -> NewStep | Park:
+        plan = self._decide(sid)
+        if isinstance(plan, NewStep):
+            self.enter(plan)
+        return plan
+
+    def _new_step(self, sid: str) -> NewStep:
         self.replaying = False
         if len(self._new) < 100:
             self._new.append(sid)
         return NewStep(sid, self.attempts.get(sid, 0))
-
-    def begin_run_step(self, step_id: str) -> NewStep | Replay | Park:
-        """:meth:`begin_step` for ``step.run``, and :meth:`enter` if the step is new: one
-        call to the loop for a ``def`` function's thread."""
-        plan = self.begin_step(step_id, "run")
-        if isinstance(plan, NewStep):
-            self.enter(plan)
-        return plan
 
     def enter(self, step: NewStep) -> None:
         """The step's code starts running now (the run cannot suspend until it ends)."""

@@ -287,6 +287,7 @@ class Worker:
             lease, function, emit=self._emitter(key), threads=self.threads,
             limits=self.limits, on_end=self._ended,
             lease_ok=lambda: not self.link.presumed_deaf(),
+            lease_fine=lambda: not self.link.silent_too_long(),
             tracing=None if self.tracing is None else self.tracing.run(
                 lease.run_id, lease.function_id, lease.traceparent),
         )

@@ -310,7 +310,12 @@ class SyncStep:
     def run(self, step_id: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Blocking :meth:`Step.run`. ``fn`` runs on this thread."""
         run = self._exec
-        plan = self._call(run.begin_run_step, step_id)
+        if run.ended:
+            raise Abandoned()
+        try:
+            plan = run.begin_run_step_off_loop(step_id)
+        except LoopGone:
+            raise Abandoned() from None
         if isinstance(plan, Replay):
             return run.replay(plan)  # type: ignore[no-any-return]
         if plan is PARK:
