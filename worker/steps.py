@@ -21,6 +21,7 @@ import contextvars
 import functools
 import inspect
 import time
+import types
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -128,7 +129,13 @@ class _Plans:
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
-    """``inspect.iscoroutinefunction``, remembered: the same callables run step after step."""
+    """``inspect.iscoroutinefunction``, remembered: the same callables run step after step.
+
+    A plain function (a lambda is a new one on every call) is read from its code's flags,
+    not remembered: the cache would keep thousands of closures, and their runs, alive.
+    """
+    if type(fn) is types.FunctionType:
+        return bool(fn.__code__.co_flags & inspect.CO_COROUTINE)
     try:
         return _is_async_cached(fn)
     except TypeError:  # an unhashable callable
