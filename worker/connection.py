@@ -314,6 +314,14 @@ class GatewayLink:
             self._last_tick = self.monotonic()
             self.send(m.Heartbeat(in_flight=self.in_flight()))
 
+    def silent_too_long(self) -> bool:
+        """Whether :meth:`presumed_deaf` would say so, without acting on it: any thread."""
+        deaf_after = self._deaf_after
+        if self.ws is None or not self.connected.is_set() or deaf_after is None:
+            return False
+        now = self.monotonic()
+        return now - self._last_heard > deaf_after or now - self._last_tick > deaf_after
+
     def presumed_deaf(self) -> bool:
         """Whether the gateway has been silent for too long; if so, drop the socket.
 

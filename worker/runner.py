@@ -23,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import threading
 import time
 import traceback
 from collections.abc import Callable, Coroutine
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,7 @@ from worker.connection import fields_size
 from worker.context import Context
 from worker.interrupts import Abandoned
 from worker.plan import PARK, NewStep, Park, Replay
+from worker.threads import StepThreads
 from worker.watchdog import ACTIVITY, Doing
 
 if TYPE_CHECKING:
@@ -136,10 +137,11 @@ class RunExecution:
         function: Function,
         *,
         emit: Callable[[type[m._Checkpoint], dict[str, Any]], None],
-        executor: Executor,
+        threads: StepThreads,
         limits: Limits,
         on_end: Callable[[RunExecution], None] = lambda execution: None,
         lease_ok: Callable[[], bool] = lambda: True,
+        lease_fine: Callable[[], bool] = lambda: True,
         tracing: RunTracing | None = None,
     ) -> None:
         self.lease = lease
@@ -157,8 +159,10 @@ class RunExecution:
         self.ended = False
         self._emit = emit
         self._on_end = on_end
-        self._lease_ok = lease_ok
-        self.executor = executor
+        self._lease_ok = lease_ok  # on the loop: may drop the socket
+        self._lease_fine = lease_fine  # anywhere: only looks (False: ask lease_ok on the loop)
+        self._naming = threading.Lock()
+        self.threads = threads
         self.limits = limits
         self._counts: dict[str, int] = {}
         self._recorded = frozenset(self.memos)  # steps done by earlier executions
@@ -176,6 +180,7 @@ class RunExecution:
         self._idle.set()
         self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.loop = asyncio.get_running_loop()
+        self.mailbox = threads.mailbox()  # how a ``def`` function's thread calls the loop
         self._log: Any = None
         self._calls: list[tuple[Coroutine[Any, Any, Any], str, str]] = []  # step calls made
         self.warnings: list[str] = []  # for the run's record (replay divergence)
@@ -276,9 +281,7 @@ class RunExecution:
                 context = contextvars.copy_context()
                 self.threads_active = 1
                 try:
-                    result = await self.loop.run_in_executor(
-                        self.executor, context.run, self.function.handler, ctx
-                    )
+                    result = await self.threads.run(context.run, self.function.handler, ctx)
                 finally:
                     self.threads_active = 0
         except (Abandoned, asyncio.CancelledError):
@@ -350,6 +353,34 @@ class RunExecution:
         Raises:
             NonDeterminismError: the history recorded another kind of step under this id.
         """
+        named = self._name(step_id, kind)
+        if isinstance(named, Replay):
+            return named
+        return self._decide(named)
+
+    def begin_run_step_off_loop(self, step_id: str) -> NewStep | Replay | Park:
+        """:meth:`begin_step` for ``step.run`` on a ``def`` function's thread, without waiting
+        for the loop when nothing is unusual: a replay, or a new step while the lease is
+        sound (the loop is told, in order, that it runs). Otherwise the loop decides.
+
+        Raises:
+            LoopGone: the loop is closed.
+        """
+        named = self._name(step_id, "run")
+        if isinstance(named, Replay):
+            return named
+        if self.lost or self.draining or named in self.deferred or not self._lease_fine():
+            return self.mailbox.call(self._decide_and_enter, named)
+        plan = self._new_step(named)
+        self.mailbox.post(self.enter, plan)
+        return plan
+
+    def _name(self, step_id: str, kind: str) -> str | Replay:
+        """The step's id within the run (repeats suffixed), or its replay if recorded.
+
+        Called on the loop and on ``def`` functions' threads (parallel branches): the
+        naming is done under a lock.
+        """
         if self.ended:
             raise Abandoned()
         if not isinstance(step_id, str) or not step_id:
@@ -357,33 +388,50 @@ class RunExecution:
         if "\x00" in step_id:  # protocol.names: no NUL in any id; retrying cannot help
             raise NonRetriableError(f"step id {step_id!r} contains a NUL character "
                                     "(\\u0000); step ids may not")
-        count = self._counts.get(step_id, 0)
-        self._counts[step_id] = count + 1
+        with self._naming:
+            count = self._counts.get(step_id, 0)
+            self._counts[step_id] = count + 1
+            self._activity += 1
+            self._steps_requested += 1
+            requested = self._steps_requested
         sid = step_id if count == 0 else f"{step_id}:{count}"
-        self._activity += 1
-        self._steps_requested += 1
-        if self._steps_requested > self.limits.max_steps:
+        if requested > self.limits.max_steps:
             raise NonRetriableError(
                 f"run has more than {self.limits.max_steps} steps; split the work into "
                 "several runs (step.invoke or send_event)"
             )
         memo = self.memos.get(sid)
-        if memo is not None:
-            if memo.kind != kind:
-                raise NonDeterminismError(
-                    f"step {sid!r} was recorded as step.{memo.kind}() but this replay calls "
-                    f"step.{kind}() under that id: either the code changed while the run was "
-                    "in flight (give the new step another id), or the step ids or their order "
-                    "depend on something that differs between replays (time, randomness, "
-                    "uuid4, unordered sets); step ids must be the same on every replay"
-                )
-            if sid in self._recorded:
-                self._reached.add(sid)
-            return Replay(sid, memo)
+        if memo is None:
+            return sid
+        if memo.kind != kind:
+            raise NonDeterminismError(
+                f"step {sid!r} was recorded as step.{memo.kind}() but this replay calls "
+                f"step.{kind}() under that id: either the code changed while the run was "
+                "in flight (give the new step another id), or the step ids or their order "
+                "depend on something that differs between replays (time, randomness, "
+                "uuid4, unordered sets); step ids must be the same on every replay"
+            )
+        if sid in self._recorded:
+            self._reached.add(sid)
+        return Replay(sid, memo)
+
+    def _decide(self, sid: str) -> NewStep | Park:
+        """A step not recorded yet (on the loop): run it, or park if the lease is in doubt."""
+        if self.ended:
+            raise Abandoned()
         if not self.lost and not self._lease_ok():
             self.lose("the gateway has been silent too long: the lease is presumed revoked")
         if self.lost or self.draining or sid in self.deferred:
             return PARK
+        return self._new_step(sid)
+
+    def _decide_and_enter(self, sid: str) -> NewStep | Park:
+        plan = self._decide(sid)
+        if isinstance(plan, NewStep):
+            self.enter(plan)
+        return plan
+
+    def _new_step(self, sid: str) -> NewStep:
         self.replaying = False
         if len(self._new) < 100:
             self._new.append(sid)
@@ -433,26 +481,18 @@ class RunExecution:
             StepError: the step failed for good.
         """
         ended = time.time()
-        self._in_flight -= 1
-        self.running.discard(step.id)
-        self._activity += 1
         final = False
+        if exc is None:
+            try:
+                output = self.step_output(step, result)
+            except TetherError as err:
+                # The same result would be too large (or not JSON) on every attempt.
+                exc, final = err, True
+            else:
+                self.step_completed(step, started, ended, output)
+                return serde.loads(output)
+        self._step_ended(step)
         try:
-            if exc is None:
-                try:
-                    output = serde.dumps(result, what=f"step {step.id!r} result",
-                                         limit=self.limits.max_step_result)
-                    self._send(m.StepCompleted, {
-                        "step_id": step.id, "attempt": step.attempt, "output": output,
-                        "started_at": started, "ended_at": ended,
-                    }, f"step {step.id!r} result")
-                except TetherError as err:
-                    # The same result would be too large (or not JSON) on every attempt.
-                    exc, final = err, True
-                else:
-                    self.memos[step.id] = m.StepMemo(kind="run", output=output)
-                    self.attempt = 0  # a completed step gives the body a fresh retry budget
-                    return serde.loads(output)
             final = (final or isinstance(exc, NonRetriableError)
                      or step.attempt >= self.function.retries)
             info = error_info(exc)
@@ -467,15 +507,59 @@ class RunExecution:
                 raise StepError(step.id, info.name, info.message, info.stack) from exc
             return PARK
         finally:
-            if self._in_flight == 0:
-                self._idle.set()
-                self._poke()
+            self._step_settled()
+
+    def step_output(self, step: NewStep, result: Any) -> bytes:
+        """A step's result as it will be recorded. Pure: a ``def`` function's thread calls it.
+
+        Raises:
+            TetherError: not JSON, over the result limit, or (FrameTooLarge) over the frame
+                limit once in its checkpoint.
+        """
+        what = f"step {step.id!r} result"
+        output = serde.dumps(result, what=what, limit=self.limits.max_step_result)
+        self._check_frame(m.StepCompleted, {"step_id": step.id, "attempt": step.attempt,
+                                            "output": output, "started_at": 0.0,
+                                            "ended_at": 0.0}, what)
+        return output
+
+    def step_completed(self, step: NewStep, started: float, ended: float, output: bytes
+                       ) -> None:
+        """Checkpoint and memoize a step's result (``output``, from :meth:`step_output`)."""
+        self._step_ended(step)
+        try:
+            self._emit(m.StepCompleted, {
+                "step_id": step.id, "attempt": step.attempt, "output": output,
+                "started_at": started, "ended_at": ended,
+            })
+            self.memos[step.id] = m.StepMemo(kind="run", output=output)
+            self.attempt = 0  # a completed step gives the body a fresh retry budget
+        finally:
+            self._step_settled()
+
+    def _step_ended(self, step: NewStep) -> None:
+        self._in_flight -= 1
+        self.running.discard(step.id)
+        self._activity += 1
+
+    def _step_settled(self) -> None:
+        if self._in_flight == 0:
+            self._idle.set()
+            self._poke()
 
     def _send(self, kind: type[m._Checkpoint], fields: dict[str, Any], what: str) -> None:
         """Emit one checkpoint, unless it alone is over the gateway's frame limit.
 
-        A frame the gateway cannot read closes the socket, and the checkpoint would be sent
-        again on every reconnect; the step fails for good here instead.
+        Raises:
+            FrameTooLarge: see :meth:`_check_frame`.
+        """
+        self._check_frame(kind, fields, what)
+        self._emit(kind, fields)
+
+    def _check_frame(self, kind: type[m._Checkpoint], fields: dict[str, Any], what: str
+                     ) -> None:
+        """A frame the gateway cannot read closes the socket, and the checkpoint would be
+        sent again on every reconnect; the step fails for good here instead.
 
         Raises:
             FrameTooLarge: naming ``what``, its size and the limit.
@@ -490,7 +574,6 @@ class RunExecution:
                     f"of {limit:,} bytes; send less data (store large data elsewhere and "
                     "pass a reference) or raise the gateway's --max-step-result"
                 )
-        self._emit(kind, fields)
 
     async def park(self) -> Any:
         """Wait for the gateway (the run suspends once every branch is here); never returns."""

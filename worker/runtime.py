@@ -22,7 +22,6 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
@@ -33,6 +32,7 @@ from protocol.messages import PROTOCOL_VERSION
 from worker.app import App, Function
 from worker.connection import GatewayLink, Outbox
 from worker.runner import Limits, RunExecution
+from worker.threads import StepThreads
 from worker.watchdog import LoopWatchdog
 
 #: Ended leases remembered, to answer a grant sent again after its run ended here. Any
@@ -50,6 +50,9 @@ log = structlog.get_logger("tether.worker")
 EXIT_ABANDONED = 130
 
 Key = tuple[str, int]  # (run id, fence)
+
+#: Threads kept for plain step callables (more are added while steps block).
+CORE_THREADS = 16
 
 
 class Worker:
@@ -103,7 +106,10 @@ class Worker:
         self._finished: dict[Key, None] = {}
         self.draining = False
         self.outbox = Outbox()
-        self.executor = ThreadPoolExecutor(concurrency * 2 + 16, thread_name_prefix="tether-step")
+        #: Threads for plain step callables and ``def`` functions: a few serve short steps;
+        #: more are added when steps block, up to one ``def`` body and one step per run.
+        self.threads = StepThreads(core=min(CORE_THREADS, concurrency),
+                                   limit=concurrency * 2 + 16)
         self.link = GatewayLink(
             gateways,
             hello=self._hello,
@@ -160,7 +166,7 @@ class Worker:
             except TimeoutError:
                 log.warning("drain_unacknowledged", checkpoints=len(self.outbox.unacked))
         await self.link.stop(1000, "worker shutdown")
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.threads.shutdown()
         log.info("worker_stopped")
 
     def interrupt(self) -> None:
@@ -190,7 +196,7 @@ class Worker:
             self._drain_task.cancel()
         self.link.abort()
         self.watchdog.stop()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.threads.shutdown()
 
     def _hello(self) -> m.Hello:
         return m.Hello(
@@ -290,9 +296,10 @@ class Worker:
             return
         key = (lease.run_id, lease.fence)
         execution = RunExecution(
-            lease, function, emit=self._emitter(key), executor=self.executor,
+            lease, function, emit=self._emitter(key), threads=self.threads,
             limits=self.limits, on_end=self._ended,
             lease_ok=lambda: not self.link.presumed_deaf(),
+            lease_fine=lambda: not self.link.silent_too_long(),
             tracing=None if self.tracing is None else self.tracing.run(
                 lease.run_id, lease.function_id, lease.traceparent),
         )

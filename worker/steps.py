@@ -21,6 +21,7 @@ import contextvars
 import functools
 import inspect
 import time
+import types
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -29,13 +30,14 @@ import orjson
 
 from protocol import messages as m
 from protocol.durations import YEAR, Duration, check_sleep, to_seconds
-from protocol.errors import InvalidInput
+from protocol.errors import InvalidInput, TetherError
 from protocol.expressions import check
 from protocol.names import RESERVED_PREFIX, check_no_nul, is_reserved
 from worker import serde
 from worker.app import Event, Function
 from worker.interrupts import Abandoned
 from worker.plan import PARK, NewStep, Replay, current_attempt, current_step
+from worker.threads import LoopGone
 from worker.watchdog import ACTIVITY, Doing
 
 if TYPE_CHECKING:
@@ -127,7 +129,13 @@ class _Plans:
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
-    """``inspect.iscoroutinefunction``, remembered: the same callables run step after step."""
+    """``inspect.iscoroutinefunction``, remembered: the same callables run step after step.
+
+    A plain function (a lambda is a new one on every call) is read from its code's flags,
+    not remembered: the cache would keep thousands of closures, and their runs, alive.
+    """
+    if type(fn) is types.FunctionType:
+        return bool(fn.__code__.co_flags & inspect.CO_COROUTINE)
     try:
         return _is_async_cached(fn)
     except TypeError:  # an unhashable callable
@@ -207,9 +215,7 @@ class Step:
                 result = await fn(*args, **kwargs)
             else:
                 context = contextvars.copy_context()
-                result = await run.loop.run_in_executor(
-                    run.executor, functools.partial(context.run, fn, *args, **kwargs)
-                )
+                result = await run.threads.run(context.run, fn, *args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
         except (Abandoned, asyncio.CancelledError) as exc:
@@ -311,13 +317,17 @@ class SyncStep:
     def run(self, step_id: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Blocking :meth:`Step.run`. ``fn`` runs on this thread."""
         run = self._exec
-        plan = self._on_loop(_call(run.begin_step, step_id, "run"))
+        if run.ended:
+            raise Abandoned()
+        try:
+            plan = run.begin_run_step_off_loop(step_id)
+        except LoopGone:
+            raise Abandoned() from None
         if isinstance(plan, Replay):
-            return self._on_loop(_call(run.replay, plan))  # type: ignore[no-any-return]
+            return run.replay(plan)  # type: ignore[no-any-return]
         if plan is PARK:
             return self._on_loop(run.park())  # type: ignore[no-any-return]
         assert isinstance(plan, NewStep)
-        self._on_loop(_call(run.enter, plan))
         started = time.time()
         token, step_token = current_attempt.set(plan.attempt), current_step.set(plan.id)
         span = run.tracing.step(plan.id, plan.attempt) if run.tracing is not None else None
@@ -331,9 +341,17 @@ class SyncStep:
             raise
         except BaseException as exc:  # user code: recorded, then StepError or a retry
             failure = exc
-            outcome = self._on_loop(_call(run.finish_step, plan, started, None, exc))
+            outcome = self._call(run.finish_step, plan, started, None, exc)
         else:
-            outcome = self._on_loop(_call(run.finish_step, plan, started, result, None))
+            try:
+                output = run.step_output(plan, result)
+            except TetherError:  # fails the same way there, and is recorded as the step's
+                outcome = self._call(run.finish_step, plan, started, result, None)
+            else:
+                # Recorded on the loop while this thread goes on: the loop runs what threads
+                # post in order, so the next step's call sees this one recorded.
+                self._post(run.step_completed, plan, started, time.time(), output)
+                outcome = serde.loads(output)
         finally:
             current_attempt.reset(token)
             current_step.reset(step_token)
@@ -379,6 +397,26 @@ class SyncStep:
         """
         return self._on_loop(_parallel(self._exec, branches))
 
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the worker's loop (a plain call: no task), this thread waiting."""
+        run = self._exec
+        if run.ended:
+            raise Abandoned()
+        try:
+            return run.mailbox.call(fn, *args)
+        except LoopGone:
+            raise Abandoned() from None
+
+    def _post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """``fn(*args)`` on the worker's loop, soon, in order; this thread goes on."""
+        run = self._exec
+        if run.ended:
+            raise Abandoned()
+        try:
+            run.mailbox.post(fn, *args)
+        except LoopGone:
+            raise Abandoned() from None
+
     def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the worker's loop while this thread waits (and counts as idle)."""
         run = self._exec
@@ -390,10 +428,6 @@ class SyncStep:
             return future.result()
         except concurrent.futures.CancelledError:
             raise Abandoned() from None
-
-
-async def _call(fn: Callable[..., T], *args: Any) -> T:
-    return fn(*args)
 
 
 async def _awaited(awaitable: Awaitable[T]) -> T:
@@ -414,7 +448,7 @@ async def _parallel(run: RunExecution, branches: Sequence[Callable[[], Any]]) ->
         run.threads_active += 1
         try:
             context = contextvars.copy_context()
-            return await run.loop.run_in_executor(run.executor, context.run, fn)
+            return await run.threads.run(context.run, fn)
         finally:
             run.threads_active -= 1
             # A settle check that ran while this thread was still counted gave up; the

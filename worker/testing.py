@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +45,7 @@ import orjson
 from protocol import messages as m
 from worker.app import Event, Function
 from worker.runner import Limits, RunExecution, error_info
+from worker.threads import StepThreads
 
 
 @dataclass
@@ -105,14 +105,14 @@ async def run(
     attempts: dict[str, int] = {}
     result = TestResult(status="Running")
     attempt = 0
-    executor = ThreadPoolExecutor(8, thread_name_prefix="tether-test")
+    threads = StepThreads(core=8, limit=64, name="tether-test")
     try:
         for fence in range(1, max_executions + 1):
             emitted: list[m._Checkpoint] = []
             lease = m.LeaseGranted(run_id="test-run", fence=fence, function_id=function.id,
                                    events=payloads, memos=memos, attempts=attempts,
                                    attempt=attempt)
-            execution = RunExecution(lease, function, executor=executor, limits=Limits(),
+            execution = RunExecution(lease, function, threads=threads, limits=Limits(),
                                      emit=_collector(emitted, fence))
             execution.start()
             await asyncio.wait_for(execution.wait(), 60)
@@ -128,7 +128,7 @@ async def run(
                     return outcome
         raise AssertionError(f"{function.id} did not finish within {max_executions} executions")
     finally:
-        executor.shutdown(wait=False, cancel_futures=True)
+        threads.shutdown()
 
 
 def run_sync(function: Function, event: Event | None = None, **options: Any) -> TestResult:

@@ -107,7 +107,7 @@ class LoopWatchdog:
 
     def __init__(self, *, threshold: float = 5.0,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.threshold = threshold
+        self._threshold = threshold
         self.monotonic = monotonic
         self.loop: asyncio.AbstractEventLoop | None = None
         self.last: Stall | None = None  # the latest stall, open or ended
@@ -116,6 +116,22 @@ class LoopWatchdog:
         self._stop = threading.Event()
         self._ticker: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, seconds: float) -> None:
+        """A new threshold (the gateway's heartbeat interval, on the loop): the ticker,
+        asleep for a quarter of the old one, starts again at once, or a threshold lowered
+        below that quarter would see a stall that is not one."""
+        self._threshold = seconds
+        ticker = self._ticker
+        if ticker is not None and not ticker.done() and self.loop is not None:
+            ticker.cancel()
+            self.tick()
+            self._ticker = self.loop.create_task(self._ticking(), name="tether-loop-ticker")
 
     def start(self) -> None:
         """Watch the running loop (call on it)."""

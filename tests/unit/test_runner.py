@@ -10,7 +10,6 @@ import asyncio
 import json
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from protocol import messages as m
 from protocol.errors import NonRetriableError, RetryAfterError, StepError
 from worker.app import App, Event
 from worker.runner import Limits, RunExecution
+from worker.threads import StepThreads
 
 EVENT = {"name": "shop/order.paid", "data": {"amount": 30}, "id": "evt-1", "ts": 1234,
          "user": None}
@@ -60,9 +60,10 @@ class Counter:
 
 
 @pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="user") as executor:
-        yield executor
+def pool() -> Iterator[StepThreads]:
+    threads = StepThreads(core=4, limit=16, name="user")
+    yield threads
+    threads.shutdown()
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ def run(pool):
         lease = m.LeaseGranted(run_id="run-1", fence=7, function_id="shop/f",
                                events=[json.dumps(EVENT).encode()], **lease_fields)
         recorder = Recorder()
-        execution = RunExecution(lease, function, emit=recorder, executor=pool,
+        execution = RunExecution(lease, function, emit=recorder, threads=pool,
                                  limits=limits or Limits())
         if start:
             execution.start()

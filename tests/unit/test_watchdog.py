@@ -121,3 +121,22 @@ def test_a_frozen_process_is_not_a_blocked_loop():
     clock.now += 10  # SIGSTOP: the watchdog thread did not run either
     assert watchdog.check() is None
     assert watchdog.last is None
+
+
+async def test_a_lowered_threshold_restarts_the_ticker_at_once():
+    """The gateway's heartbeat interval (from Ready) may be far below the default: a ticker
+    asleep for a quarter of the old threshold must not look like a stalled loop."""
+    clock = Clock()
+    watchdog = LoopWatchdog(threshold=5.0, monotonic=clock)
+    watchdog.start()
+    try:
+        await asyncio.sleep(0)  # the ticker ticks, then sleeps 1.25 s
+        watchdog.threshold = 0.2
+        clock.now += 0.3  # over the new threshold since the last tick...
+        for _ in range(50):  # ...but the loop turns: the restarted ticker ticks (every 0.05 s)
+            await asyncio.sleep(0.01)
+            if watchdog._tick == clock.now:
+                break
+        assert watchdog.check() is None
+    finally:
+        watchdog.stop()
