@@ -61,6 +61,17 @@ def unreachable(url: str, exc: BaseException) -> DatabaseUnreachable:
     return DatabaseUnreachable(f"cannot open the database at {where}: {why}; {hint}")
 
 
+#: Writes executemany() runs as one statement over arrays (``bulk_<name>`` in postgres.sql),
+#: with the positions of the columns that identify a row's target: when a key repeats in the
+#: rows (a step retried then completed in one batch), the rows run one by one, in order, as
+#: each one's effect depends on the one before. None: any rows may go together.
+BULK: dict[str, tuple[int, ...] | None] = {
+    "insert_event": None, "insert_run": None, "insert_run_event": None,
+    "upsert_step": (0, 1), "run_progressed": (1,), "add_steps": (1,), "end_run": (4,),
+    "delete_waits": None, "lease_run": (2,),
+}
+
+
 class PgDb:
     """:class:`~gateway.store.db.Db` over one asyncpg connection."""
 
@@ -84,7 +95,16 @@ class PgDb:
         return int(tail) if tail.isdigit() else 0
 
     async def executemany(self, name: str, rows: list[tuple[Any, ...]]) -> None:
-        if rows:
+        """One statement over arrays for the writes in :data:`BULK` (a round trip and one
+        execution, whatever the rows), else asyncpg's pipelined executemany."""
+        if not rows:
+            return
+        if name in BULK and len(rows) > 1 and _distinct(rows, BULK[name]):
+            await self.conn.execute(self.sql[f"bulk_{name}"],
+                                    *(list(column) for column in zip(*rows, strict=True)))
+        elif len(rows) == 1:
+            await self.conn.execute(self.sql[name], *rows[0])
+        else:
             await self.conn.executemany(self.sql[name], rows)
 
     @asynccontextmanager
@@ -93,8 +113,25 @@ class PgDb:
             yield
 
 
+def _distinct(rows: list[tuple[Any, ...]], key: tuple[int, ...] | None) -> bool:
+    """Does every row target its own row (no key repeats)?"""
+    if key is None:
+        return True
+    if len(key) == 1:
+        (k,) = key
+        return len({row[k] for row in rows}) == len(rows)
+    return len({tuple(row[k] for k in key) for row in rows}) == len(rows)
+
+
 def _args(args: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(list(a) if isinstance(a, (tuple, set)) else a for a in args)
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """A connection goes back to the pool as it is (asyncpg still rolls back a transaction
+    left open): the store keeps no session state (its locks are the transaction's, it listens
+    on a connection of its own), so the reset query asyncpg would send on every release (a
+    round trip per batch) has nothing to undo."""
 
 
 class PostgresStore(SqlStore):
@@ -124,7 +161,7 @@ class PostgresStore(SqlStore):
         try:
             await asyncio.to_thread(migrations.apply, migrations.yoyo_url(self.url), "postgres")
             self._pool = await asyncpg.create_pool(self.url, min_size=2,
-                                                   max_size=self.pool_size)
+                                                   max_size=self.pool_size, reset=_no_reset)
         except (OSError, psycopg.OperationalError, asyncpg.PostgresError) as exc:
             raise unreachable(self.url, exc) from exc
 

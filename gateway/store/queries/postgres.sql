@@ -278,3 +278,74 @@ ORDER BY run_id;
 -- Claimed by one gateway: another skips the rows this one holds until it commits.
 SELECT function_id, cron, tz, next_tick FROM schedules WHERE next_tick <= $1
 ORDER BY next_tick LIMIT $2 FOR UPDATE SKIP LOCKED;
+
+-- ================= bulk writes (PostgreSQL only: PgDb.executemany) =================
+-- The transaction's executemany() of a hot write runs here as one statement over arrays, one
+-- array per column of its rows (unnest), instead of one execution per row: the server plans
+-- and runs it once for a whole batch. Each is the twin of the query named in its comment, and
+-- applies to distinct rows only (PgDb falls back to one execution per row when a key repeats,
+-- so the rows' order still decides).
+
+-- name: bulk_insert_event
+-- insert_event
+INSERT INTO events (seq, id, name, payload, received_at, traceparent)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::float8[],
+                     $6::text[]);
+
+-- name: bulk_insert_run
+-- insert_run
+INSERT INTO runs (id, function_id, status, available_at, event_ids, queued_at, parent_run_id,
+                  parent_step_id, deadline_at, slot1, slot2, cqueue, conc_key)
+SELECT id, fn, 'Queued', av, ev, qa, pr, ps, dl, s1, s2, cq, ck
+FROM unnest($1::text[], $2::text[], $3::float8[], $4::text[], $5::float8[], $6::text[],
+            $7::text[], $8::float8[], $9::text[], $10::text[], $11::text[], $12::text[])
+     AS t(id, fn, av, ev, qa, pr, ps, dl, s1, s2, cq, ck);
+
+-- name: bulk_insert_run_event
+-- insert_run_event
+INSERT INTO run_events (run_id, position, event_seq)
+SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[]);
+
+-- name: bulk_upsert_step
+-- upsert_step
+INSERT INTO steps (run_id, step_id, kind, status, attempts, output, error, wake_at, started_at,
+                   ended_at, attempt_started_at)
+SELECT r, s, k, st, a, o, e, w, sa, ea, sa
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::bytea[],
+            $7::text[], $8::float8[], $9::float8[], $10::float8[])
+     AS t(r, s, k, st, a, o, e, w, sa, ea)
+ON CONFLICT (run_id, step_id) DO UPDATE SET
+    status = excluded.status, attempts = excluded.attempts, output = excluded.output,
+    error = excluded.error, wake_at = excluded.wake_at, ended_at = excluded.ended_at,
+    attempt_started_at = excluded.attempt_started_at
+WHERE steps.status NOT IN ('Completed', 'Failed');
+
+-- name: bulk_run_progressed
+-- run_progressed
+UPDATE runs SET state_bytes = state_bytes + t.size, step_count = step_count + t.n,
+    lease_losses = 0, attempt = CASE WHEN t.size > 0 THEN 0 ELSE attempt END
+FROM unnest($1::bigint[], $2::text[], $3::int[]) AS t(size, id, n)
+WHERE runs.id = t.id;
+
+-- name: bulk_add_steps
+-- add_steps
+UPDATE runs SET step_count = step_count + t.n
+FROM unnest($1::int[], $2::text[]) AS t(n, id) WHERE runs.id = t.id;
+
+-- name: bulk_end_run
+-- end_run
+UPDATE runs SET status = t.st, output = t.o, error = t.e, ended_at = t.ea, session_id = NULL,
+    available_at = NULL, deadline_at = NULL
+FROM unnest($1::text[], $2::bytea[], $3::text[], $4::float8[], $5::text[]) AS t(st, o, e, ea, id)
+WHERE runs.id = t.id;
+
+-- name: bulk_delete_waits
+-- delete_waits
+DELETE FROM waits WHERE run_id = ANY($1::text[]);
+
+-- name: bulk_lease_run
+-- lease_run
+UPDATE runs SET status = t.st, fence = fence + 1, session_id = t.sid,
+    started_at = COALESCE(started_at, t.now), resumable = 0
+FROM unnest($1::text[], $2::float8[], $3::text[], $4::text[]) AS t(sid, now, id, st)
+WHERE runs.id = t.id;
