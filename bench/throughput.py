@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.cluster import Cluster
+from bench.cpu import cpu_seconds
+from bench.pgstats import PgFigures, PgWatch
 
 STEPS_PER_RUN = 3
 PG_SERVER = os.environ.get("TETHER_BENCH_PG_URL",
@@ -139,6 +141,10 @@ class Figures:
     load_start: list[float]
     load_end: list[float]
     peak_rss_mib: float
+    #: CPU seconds all the gateways spent in the throughput phase.
+    gateway_cpu_s: float = 0.0
+    #: With ``watch`` on PostgreSQL: what the database did in the throughput phase.
+    pg: PgFigures | None = None
 
 
 def _latencies(db: Database, sent: dict[str, float]) -> tuple[list[float], list[float]]:
@@ -164,8 +170,10 @@ def ms(values: list[float]) -> str:
 def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
             concurrency: int = 1000, events: int = 20000, batch: int = 500, senders: int = 2,
             light: int = 300, gap: float = 0.01, progress: bool = True,
-            event: str = "bench/go", tenants: int = 0) -> Figures:
+            event: str = "bench/go", tenants: int = 0, watch: bool = False) -> Figures:
     """Run both phases once and return the figures.
+
+    With ``watch`` (PostgreSQL), :class:`bench.pgstats.PgWatch` watches the throughput phase.
 
     ``event`` names the function's trigger (see bench/app.py); with ``tenants``, event ``i``
     carries ``data.tenant`` ``i % tenants`` (the key of the flow-controlled functions).
@@ -222,6 +230,11 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
 
             threads = [threading.Thread(target=sender, args=(i, batches[i::senders]))
                        for i in range(senders)]
+            pids = [c.gateway.pid for c in group if c.gateway]
+            watcher = PgWatch(db.url) if watch and db_kind == "postgres" else None
+            if watcher is not None:
+                watcher.start()
+            cpu0 = sum(cpu_seconds(pid) for pid in pids)
             began = time.time()
             for t in threads:
                 t.start()
@@ -229,12 +242,14 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
                 t.join()
             intake = time.time() - began
             _wait_completed(group, light + events, timeout=900)
+            cpu = sum(cpu_seconds(pid) for pid in pids) - cpu0
+            pg = watcher.stop() if watcher is not None else None
             load_start, load_end = _latencies(db, heavy)
             last_end = db.rows("SELECT MAX(ended_at) FROM runs")[0][0]
             elapsed = last_end - began
             rss = max(c.gateway.peak_rss_kib() for c in group if c.gateway) / 1024
             return Figures(light_start, light_end, events / intake,
-                           events * STEPS_PER_RUN / elapsed, load_start, load_end, rss)
+                           events * STEPS_PER_RUN / elapsed, load_start, load_end, rss, cpu, pg)
         finally:
             for cluster in group:
                 cluster.stop()
