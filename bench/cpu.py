@@ -164,7 +164,9 @@ def measure(*, runs: int, repeats: int, warmup: int, batch: int, concurrency: in
                         print(f"            postgres {pg.backend_cpu_s * 1e6 / runs:7.1f} ms, "
                               f"{pg.commits * 1000 / runs:.0f} commits, "
                               f"{pg.wal_syncs * 1000 / runs:.0f} WAL syncs (server-wide), "
-                              f"{pg.notes * 1000 / runs:.0f} notes per 1,000 runs; "
+                              f"{pg.notes * 1000 / runs:.0f} notes per 1,000 runs, "
+                              f"{pg.hot_updates * 100 / max(pg.updates, 1):.0f}% of "
+                              f"{pg.updates * 1000 / runs:,.0f} row updates HOT; "
                               f"backends: {pg.waits()}", flush=True)
             for spy in spies:
                 spy.send_signal(signal.SIGINT)

@@ -4,7 +4,8 @@
 gateways' NOTIFY channel and counts the notes and their bytes, samples ``pg_stat_activity``
 every ``interval`` for the gateways' backends of the benchmark database (what each is doing or
 waiting on), and reads ``pg_stat_database``, ``pg_stat_wal`` and each backend's CPU time
-(``/proc``: the server runs on this machine) at the start and the end. ``pg_stat_wal`` is the
+(``/proc``: the server runs on this machine) at the start and the end (the counters
+``settle`` seconds after the end: backends report them late). ``pg_stat_wal`` is the
 whole server's: other databases on it count there too.
 
 The samples say where a backend's time goes: ``active`` (executing), ``idle in transaction``
@@ -37,6 +38,11 @@ _DATABASE = """
 SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_deleted, tup_returned,
        tup_fetched FROM pg_stat_database WHERE datname = current_database()
 """
+#: Row updates of the hot tables, and how many were HOT (no index touched: cheaper, less WAL).
+_UPDATES = """
+SELECT COALESCE(sum(n_tup_upd), 0), COALESCE(sum(n_tup_hot_upd), 0) FROM pg_stat_user_tables
+WHERE relname IN ('runs', 'steps')
+"""
 _WAL = "SELECT wal_records, wal_bytes, wal_write, wal_sync FROM pg_stat_wal"
 _CHANNEL = "tether"
 #: The benchmark's own connections say so: their backends are not the gateways'.
@@ -59,6 +65,8 @@ class PgFigures:
     notes: int  # NOTIFY payloads heard on the gateways' channel
     note_bytes: int
     backend_cpu_s: float  # CPU of the database's backends (all gateways' connections)
+    updates: int  # rows of runs and steps updated
+    hot_updates: int  # of which HOT (heap-only: no index entry written)
     #: Samples of the database's backends by what they were doing: "active", "active
     #: Lock:transactionid", "idle in transaction Client:ClientRead", ... (idle ones left out).
     samples: Counter[str] = field(default_factory=Counter)
@@ -80,15 +88,17 @@ class PgFigures:
                 "rows_deleted": self.rows_deleted, "wal_records": self.wal_records,
                 "wal_bytes": self.wal_bytes, "wal_syncs": self.wal_syncs, "notes": self.notes,
                 "note_bytes": self.note_bytes, "backend_cpu_s": self.backend_cpu_s,
+                "updates": self.updates, "hot_updates": self.hot_updates,
                 "samples": dict(self.samples), "sample_count": self.sample_count}
 
 
 class PgWatch:
     """Start with :meth:`start` when the phase begins, :meth:`stop` returns its figures."""
 
-    def __init__(self, url: str, interval: float = 0.05) -> None:
+    def __init__(self, url: str, interval: float = 0.05, settle: float = 11.0) -> None:
         self.url = url
         self.interval = interval
+        self.settle = settle
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._ready = threading.Event()
@@ -145,6 +155,7 @@ class PgWatch:
             samples: Counter[str] = Counter()
             count = 0
             db0, wal0 = await conn.fetchrow(_DATABASE), await conn.fetchrow(_WAL)
+            up0 = await conn.fetchrow(_UPDATES)
             cpu0 = await self._backend_cpu(conn)
             t0 = time.monotonic()
             self._ready.set()
@@ -156,13 +167,19 @@ class PgWatch:
                 await asyncio.sleep(self.interval)
             seconds = time.monotonic() - t0
             cpu1 = await self._backend_cpu(conn)
+            # A backend reports its counts to pg_stat_* at most once a second while busy, and
+            # 10 s after it went idle: wait for the last ones (the gateways' heartbeats
+            # meanwhile add a few commits).
+            await asyncio.sleep(self.settle)
             db1, wal1 = await conn.fetchrow(_DATABASE), await conn.fetchrow(_WAL)
+            up1 = await conn.fetchrow(_UPDATES)
             cpu = sum(c - cpu0.get(pid, 0.0) for pid, c in cpu1.items())
             # The watcher's own statements are transactions too: one per sample and read.
             self._figures = PgFigures(
-                seconds, db1[0] - db0[0] - count - 3, db1[1] - db0[1], db1[2] - db0[2],
+                seconds, db1[0] - db0[0] - count - 4, db1[1] - db0[1], db1[2] - db0[2],
                 db1[3] - db0[3], db1[4] - db0[4], wal1[0] - wal0[0], int(wal1[1] - wal0[1]),
-                wal1[3] - wal0[3], notes[0], notes[1], cpu, samples, count)
+                wal1[3] - wal0[3], notes[0], notes[1], cpu, int(up1[0] - up0[0]),
+                int(up1[1] - up0[1]), samples, count)
         finally:
             await conn.close()
 
