@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
@@ -61,14 +62,26 @@ def unreachable(url: str, exc: BaseException) -> DatabaseUnreachable:
     return DatabaseUnreachable(f"cannot open the database at {where}: {why}; {hint}")
 
 
-#: Writes executemany() runs as one statement over arrays (``bulk_<name>`` in postgres.sql),
-#: with the positions of the columns that identify a row's target: when a key repeats in the
-#: rows (a step retried then completed in one batch), the rows run one by one, in order, as
-#: each one's effect depends on the one before. None: any rows may go together.
-BULK: dict[str, tuple[int, ...] | None] = {
-    "insert_event": None, "insert_run": None, "insert_run_event": None,
-    "upsert_step": (0, 1), "run_progressed": (1,), "add_steps": (1,), "end_run": (4,),
-    "delete_waits": None, "lease_run": (2,),
+@dataclass(frozen=True, slots=True)
+class Bulk:
+    """How executemany() runs a write as one statement (``bulk_<name>`` in postgres.sql).
+
+    ``key``: the positions of the columns that name the row a row changes. When a key repeats
+    in the rows (a step retried, then completed, in one batch) they run one by one, in order,
+    as each one's effect depends on the one before; None: any rows may go together.
+    ``binary``: the positions of the bytea columns, sent as arrays beside the JSON rows.
+    """
+
+    key: tuple[int, ...] | None = None
+    binary: tuple[int, ...] = ()
+
+
+#: Writes executemany() runs as one statement over the batch's rows.
+BULK: dict[str, Bulk] = {
+    "insert_event": Bulk(binary=(3,)), "insert_run": Bulk(), "insert_run_event": Bulk(),
+    "upsert_step": Bulk(key=(0, 1), binary=(5,)), "run_progressed": Bulk(key=(1,)),
+    "add_steps": Bulk(key=(1,)), "end_run": Bulk(key=(4,), binary=(1,)),
+    "delete_waits": Bulk(), "lease_run": Bulk(key=(2,)),
 }
 
 
@@ -99,9 +112,9 @@ class PgDb:
         execution, whatever the rows), else asyncpg's pipelined executemany."""
         if not rows:
             return
-        if name in BULK and len(rows) > 1 and _distinct(rows, BULK[name]):
-            await self.conn.execute(self.sql[f"bulk_{name}"],
-                                    *(list(column) for column in zip(*rows, strict=True)))
+        bulk = BULK.get(name)
+        if bulk is not None and len(rows) > 1 and _distinct(rows, bulk.key):
+            await self.conn.execute(self.sql[f"bulk_{name}"], *_bulk_args(rows, bulk.binary))
         elif len(rows) == 1:
             await self.conn.execute(self.sql[name], *rows[0])
         else:
@@ -121,6 +134,16 @@ def _distinct(rows: list[tuple[Any, ...]], key: tuple[int, ...] | None) -> bool:
         (k,) = key
         return len({row[k] for row in rows}) == len(rows)
     return len({tuple(row[k] for k in key) for row in rows}) == len(rows)
+
+
+def _bulk_args(rows: list[tuple[Any, ...]], binary: tuple[int, ...]) -> list[Any]:
+    """The parameters of a ``bulk_`` statement: the rows as JSON without their bytea columns,
+    then each bytea column as an array."""
+    if not binary:
+        return [orjson.dumps(rows).decode()]
+    keep = [i for i in range(len(rows[0])) if i not in binary]
+    return [orjson.dumps([[row[i] for i in keep] for row in rows]).decode(),
+            *([row[i] for row in rows] for i in binary)]
 
 
 def _args(args: tuple[Any, ...]) -> tuple[Any, ...]:
