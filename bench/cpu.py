@@ -9,6 +9,11 @@ gateway and the worker, per repeat and as the median.
 
 Completion is watched by reading the SQLite file from this process, not by asking the gateway,
 so the polling costs the gateway nothing, and the figures compare across versions of the code.
+
+With ``--db postgres`` the gateway uses a throwaway database on ``TETHER_BENCH_PG_URL``'s
+server, watched by :class:`bench.pgstats.PgWatch` (which also sees the completions): each
+round also prints the CPU of the gateway's PostgreSQL backends per 1,000 runs, commits, WAL
+syncs, NOTIFY notes, the share of HOT row updates and what the backends were sampled doing.
 To compare commits, copy this file into an older checkout's ``bench/`` and run it there (the
 gateway and the worker are imported from the checkout that holds ``bench/``).
 """
