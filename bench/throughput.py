@@ -34,6 +34,7 @@ from typing import Any
 
 from bench.cluster import Cluster
 from bench.cpu import cpu_seconds
+from bench.pgstats import PgFigures, PgWatch
 
 STEPS_PER_RUN = 3
 PG_SERVER = os.environ.get("TETHER_BENCH_PG_URL",
@@ -159,6 +160,8 @@ class Figures:
     cpu_s: float = 0.0
     #: The gateways' CPU time (user + system) over the throughput phase, per 1,000 runs.
     gateway_cpu_ms: float = 0.0
+    #: With ``watch`` on PostgreSQL: what the database did in the throughput phase.
+    pg: PgFigures | None = None
 
 
 def _latencies(db: Database, sent: dict[str, float],
@@ -189,11 +192,12 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
             concurrency: int = 1000, events: int = 20000, batch: int = 500, senders: int = 2,
             light: int = 300, gap: float = 0.01, progress: bool = True,
             event: str = "bench/go", tenants: int = 0,
-            prepare: Callable[[Database], None] | None = None) -> Figures:
+            prepare: Callable[[Database], None] | None = None, watch: bool = False) -> Figures:
     """Run both phases once and return the figures.
 
     ``prepare`` fills the fresh database before the gateways start (``bench state`` writes a
-    million runs into it).
+    million runs into it). With ``watch`` (PostgreSQL), :class:`bench.pgstats.PgWatch` watches
+    the throughput phase.
 
     ``event`` names the function's trigger (see bench/app.py); with ``tenants``, event ``i``
     carries ``data.tenant`` ``i % tenants`` (the key of the flow-controlled functions).
@@ -258,6 +262,9 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
             processes += db.backend_pids()
             cpu_before = {pid: cpu_seconds(pid) for pid in processes}
             gateways = [c.gateway.pid for c in group if c.gateway]
+            watcher = PgWatch(db.url) if watch and db_kind == "postgres" else None
+            if watcher is not None:
+                watcher.start()
             began = time.time()
             for t in threads:
                 t.start()
@@ -268,6 +275,7 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
             # (a process gone by now reads 0: its share is lost, never negative)
             spent = {pid: max(0.0, cpu_seconds(pid) - cpu_before.get(pid, 0.0))
                      for pid in {*processes, *db.backend_pids()}}
+            pg = watcher.stop() if watcher is not None else None
             load_start, load_end = _latencies(db, heavy, after)
             last_end = db.rows(
                 "SELECT MAX(r.ended_at) FROM events e JOIN run_events re ON re.event_seq = e.seq "
@@ -277,7 +285,7 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
             return Figures(light_start, light_end, events / intake,
                            events * STEPS_PER_RUN / elapsed, load_start, load_end, rss,
                            sum(spent.values()),
-                           sum(spent.get(pid, 0.0) for pid in gateways) * 1e6 / events)
+                           sum(spent.get(pid, 0.0) for pid in gateways) * 1e6 / events, pg)
         finally:
             for cluster in group:
                 cluster.stop()

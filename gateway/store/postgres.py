@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
@@ -61,6 +62,29 @@ def unreachable(url: str, exc: BaseException) -> DatabaseUnreachable:
     return DatabaseUnreachable(f"cannot open the database at {where}: {why}; {hint}")
 
 
+@dataclass(frozen=True, slots=True)
+class Bulk:
+    """How executemany() runs a write as one statement (``bulk_<name>`` in postgres.sql).
+
+    ``key``: the positions of the columns that name the row a row changes. When a key repeats
+    in the rows (a step retried, then completed, in one batch) they run one by one, in order,
+    as each one's effect depends on the one before; None: any rows may go together.
+    ``binary``: the positions of the bytea columns, sent as arrays beside the JSON rows.
+    """
+
+    key: tuple[int, ...] | None = None
+    binary: tuple[int, ...] = ()
+
+
+#: Writes executemany() runs as one statement over the batch's rows.
+BULK: dict[str, Bulk] = {
+    "insert_event": Bulk(binary=(3,)), "insert_run": Bulk(), "insert_run_event": Bulk(),
+    "upsert_step": Bulk(key=(0, 1), binary=(5,)), "run_progressed": Bulk(key=(1,)),
+    "add_steps": Bulk(key=(1,)), "end_run": Bulk(key=(4,), binary=(1,)),
+    "delete_waits": Bulk(), "lease_run": Bulk(key=(2,)),
+}
+
+
 class PgDb:
     """:class:`~gateway.store.db.Db` over one asyncpg connection."""
 
@@ -84,7 +108,16 @@ class PgDb:
         return int(tail) if tail.isdigit() else 0
 
     async def executemany(self, name: str, rows: list[tuple[Any, ...]]) -> None:
-        if rows:
+        """One statement over arrays for the writes in :data:`BULK` (a round trip and one
+        execution, whatever the rows), else asyncpg's pipelined executemany."""
+        if not rows:
+            return
+        bulk = BULK.get(name)
+        if bulk is not None and len(rows) > 1 and _distinct(rows, bulk.key):
+            await self.conn.execute(self.sql[f"bulk_{name}"], *_bulk_args(rows, bulk.binary))
+        elif len(rows) == 1:
+            await self.conn.execute(self.sql[name], *rows[0])
+        else:
             await self.conn.executemany(self.sql[name], rows)
 
     @asynccontextmanager
@@ -93,8 +126,35 @@ class PgDb:
             yield
 
 
+def _distinct(rows: list[tuple[Any, ...]], key: tuple[int, ...] | None) -> bool:
+    """Does every row target its own row (no key repeats)?"""
+    if key is None:
+        return True
+    if len(key) == 1:
+        (k,) = key
+        return len({row[k] for row in rows}) == len(rows)
+    return len({tuple(row[k] for k in key) for row in rows}) == len(rows)
+
+
+def _bulk_args(rows: list[tuple[Any, ...]], binary: tuple[int, ...]) -> list[Any]:
+    """The parameters of a ``bulk_`` statement: the rows as JSON without their bytea columns,
+    then each bytea column as an array."""
+    if not binary:
+        return [orjson.dumps(rows).decode()]
+    keep = [i for i in range(len(rows[0])) if i not in binary]
+    return [orjson.dumps([[row[i] for i in keep] for row in rows]).decode(),
+            *([row[i] for row in rows] for i in binary)]
+
+
 def _args(args: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(list(a) if isinstance(a, (tuple, set)) else a for a in args)
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """A connection goes back to the pool as it is (asyncpg still rolls back a transaction
+    left open): the store keeps no session state (its locks are the transaction's, it listens
+    on a connection of its own), so the reset query asyncpg would send on every release (a
+    round trip per batch) has nothing to undo."""
 
 
 class PostgresStore(SqlStore):
@@ -124,7 +184,7 @@ class PostgresStore(SqlStore):
         try:
             await asyncio.to_thread(migrations.apply, migrations.yoyo_url(self.url), "postgres")
             self._pool = await asyncpg.create_pool(self.url, min_size=2,
-                                                   max_size=self.pool_size)
+                                                   max_size=self.pool_size, reset=_no_reset)
         except (OSError, psycopg.OperationalError, asyncpg.PostgresError) as exc:
             raise unreachable(self.url, exc) from exc
 

@@ -910,3 +910,50 @@ async def test_a_gateway_that_lost_its_listener_listens_again(store, db_url):
 
 async def _closed(store) -> bool:
     return store._listener.is_closed()
+
+
+async def test_a_batch_of_many_runs_records_each_value_exactly(store):
+    """Many runs' checkpoints in one batch are written together (on PostgreSQL, one statement
+    per kind of write): outputs, errors and times come back as sent, byte for byte and to the
+    last bit, and a step that failed then succeeded in the batch keeps its success."""
+    run_ids = await create_runs(store, 3)
+    leases = {lease.run_id: lease
+              for lease in (await claim(store, T0, slots(capacity=3))).leases}
+    retried, timed, ended = run_ids
+    odd = '{"s": "é\\u00e9 \\"q\\" \\\\ \\n", "big": 12345678901234567890, "f": 0.1}'.encode()
+    started, finished = T0 + 0.123456789012345, T0 + 1.000000000000001
+    precise = StepCompleted(seq=next(_seq), run_id=timed, fence=leases[timed].fence,
+                            step_id="t", attempt=0, output=b"null", started_at=started,
+                            ended_at=finished)
+    result = await checkpoint(
+        store, T0 + 2,
+        cp(step_done(retried, leases[retried].fence, "b", b'"\\u0000-free \xf0\x9f\x8e\x89"')),
+        cp(precise),
+        cp(step_done(ended, leases[ended].fence, "x", b"[1,2,3]")),
+        cp(run_completed(ended, leases[ended].fence, odd)),
+    )
+    assert result.refused == {}
+    # The same step twice in one batch: the rows go one by one, in order.
+    result = await checkpoint(
+        store, T0 + 3,
+        cp(step_failed(retried, leases[retried].fence, "a"), retry_at=T0 + 30),
+        cp(step_done(retried, leases[retried].fence, "a", odd, attempt=1)),
+        cp(step_done(timed, leases[timed].fence, "u", odd)),
+    )
+
+    assert result.refused == {}
+    run = await store.get_run(retried)
+    assert run is not None
+    steps = {s.id: s for s in run.steps}
+    assert (steps["a"].status, steps["a"].attempts, steps["a"].output) == ("Completed", 2, odd)
+    assert steps["b"].output == b'"\\u0000-free \xf0\x9f\x8e\x89"'
+    run = await store.get_run(timed)
+    assert run is not None
+    steps = {s.id: s for s in run.steps}
+    assert (steps["t"].started_at, steps["t"].ended_at, steps["t"].output) == (
+        started, finished, b"null")
+    assert steps["u"].output == odd
+    run = await store.get_run(ended)
+    assert run is not None
+    assert (run.status, run.output, run.ended_at) == ("Completed", odd, T0 + 2)
+    assert [s.output for s in run.steps] == [b"[1,2,3]"]

@@ -15,6 +15,7 @@ import pytest
 
 from gateway.runs import ENDED, HOLDS_LEASE, LIVE, READY, SUSPENDED, RunStatus, StepStatus, sql_list
 from gateway.store.db import _named, queries
+from gateway.store.postgres import BULK
 
 FOLDER = Path(__file__).resolve().parents[2] / "gateway" / "store" / "queries"
 #: Queries only SQLite has: one gateway owns the file, so a start requeues every lease.
@@ -31,7 +32,15 @@ def _normalised(sql: str) -> str:
 def test_both_backends_answer_the_same_names() -> None:
     lite, pg = set(queries("sqlite")), set(queries("postgres"))
     assert lite - pg == SQLITE_ONLY
-    assert pg - lite == POSTGRES_ONLY
+    assert pg - lite == POSTGRES_ONLY | {f"bulk_{name}" for name in BULK}
+
+
+def test_every_bulk_write_is_the_twin_of_a_query() -> None:
+    """PgDb.executemany runs ``bulk_<name>`` for ``name``: both exist, and nothing else is
+    named bulk_."""
+    pg = queries("postgres")
+    assert {n for n in pg if n.startswith("bulk_")} == {f"bulk_{name}" for name in BULK}
+    assert all(name in pg for name in BULK)
 
 
 def test_no_query_is_written_twice() -> None:
