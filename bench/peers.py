@@ -48,11 +48,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.cluster import ROOT, Process
+from bench.cpu import cpu_seconds
 from bench.throughput import (
     PG_SERVER,
     STEPS_PER_RUN,
     _percentile,
-    cpu_seconds,
     measure,
     pg_admin,
 )

@@ -261,7 +261,7 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
             processes = [p.pid for c in group for p in (c.gateway, *c.workers) if p]
             processes += db.backend_pids()
             cpu_before = {pid: cpu_seconds(pid) for pid in processes}
-            gateways = [c.gateway.pid for c in group if c.gateway]
+            gateway_pids = [c.gateway.pid for c in group if c.gateway]
             watcher = PgWatch(db.url) if watch and db_kind == "postgres" else None
             if watcher is not None:
                 watcher.start()
@@ -285,7 +285,7 @@ def measure(*, db_kind: str = "sqlite", gateways: int = 1, workers: int = 1,
             return Figures(light_start, light_end, events / intake,
                            events * STEPS_PER_RUN / elapsed, load_start, load_end, rss,
                            sum(spent.values()),
-                           sum(spent.get(pid, 0.0) for pid in gateways) * 1e6 / events, pg)
+                           sum(spent.get(pid, 0.0) for pid in gateway_pids) * 1e6 / events, pg)
         finally:
             for cluster in group:
                 cluster.stop()
