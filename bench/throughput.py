@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sqlite3
 import statistics
@@ -304,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=1000, help="--concurrency per worker")
     p.add_argument("--light", type=int, default=300, help="events in the light-load phase")
     p.add_argument("--gap", type=float, default=0.01, help="seconds between light-load events")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH",
+                   help="also write the figures here (to compare runs)")
     args = p.parse_args(argv)
     if args.gateways > 1 and args.db == "sqlite":
         p.error("several gateways need a shared database: add --db postgres")
@@ -321,7 +324,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  event -> run completed  {ms(f.load_end)}")
     print(f"  gateway CPU per 1,000   {f.gateway_cpu_ms:,.0f} ms")
     print(f"  gateway peak RSS        {f.peak_rss_mib:.0f} MiB", flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps(summary(f, vars(args)), indent=1))
     return 0
+
+
+def summary(f: Figures, options: dict[str, Any]) -> dict[str, Any]:
+    """The figures as plain numbers (milliseconds for latencies), with the options used."""
+    def pct(values: list[float]) -> dict[str, float]:
+        if not values:
+            return {}
+        return {"p50_ms": _percentile(values, 0.5) * 1000,
+                "p99_ms": _percentile(values, 0.99) * 1000}
+
+    return {
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()},
+        "light": {"start": pct(f.light_start), "completed": pct(f.light_end)},
+        "load": {"start": pct(f.load_start), "completed": pct(f.load_end)},
+        "events_per_s": f.events_per_s, "steps_per_s": f.steps_per_s,
+        "gateway_cpu_ms_per_1000_runs": f.gateway_cpu_ms, "cpu_s": f.cpu_s,
+        "gateway_peak_rss_mib": f.peak_rss_mib,
+    }
 
 
 if __name__ == "__main__":
