@@ -186,10 +186,12 @@ class Steps:
         return sum(w["in_flight"] for w in self.cluster.get("/v1/workers")["data"])
 
 
-def steps_fixture(cluster: Cluster) -> Iterator[Steps]:
-    """A started gateway; on the way out, every blocked step is released so workers stop fast."""
+def steps_fixture(cluster: Cluster, *, start: bool = True) -> Iterator[Steps]:
+    """A started gateway (unless ``start`` is false: the test starts it with its own
+    options); on the way out, every blocked step is released so workers stop fast."""
     steps = Steps(cluster)
-    steps.start_gateway()
+    if start:
+        steps.start_gateway()
     try:
         yield steps
     finally:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from bench.cluster import Cluster
-from tests.e2e.steps_support import Steps
+from tests.e2e.steps_support import Steps, steps_fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -69,11 +69,7 @@ def quick_def(ctx):
 
 @pytest.fixture
 def steps(cluster: Cluster) -> Iterator[Steps]:
-    steps = Steps(cluster)
-    try:
-        yield steps
-    finally:
-        steps.release_all()
+    yield from steps_fixture(cluster, start=False)
 
 
 def test_blocking_def_steps_keep_the_leases_and_let_other_runs_through(steps: Steps) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from bench.cluster import Cluster
-from tests.e2e.steps_support import Steps
+from tests.e2e.steps_support import Steps, steps_fixture
 from tests.helpers.waiting import bound
 
 pytestmark = pytest.mark.e2e
@@ -96,11 +96,7 @@ def slow(ctx):
 
 @pytest.fixture
 def steps(cluster: Cluster) -> Iterator[Steps]:
-    steps = Steps(cluster)
-    try:
-        yield steps
-    finally:
-        steps.release_all()
+    yield from steps_fixture(cluster, start=False)
 
 
 def test_a_run_blocking_the_loop_is_named_and_does_not_fail_its_neighbours(steps: Steps

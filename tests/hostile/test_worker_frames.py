@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from bench.cluster import Cluster
-from tests.e2e.steps_support import Steps
+from tests.e2e.steps_support import Steps, steps_fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -40,12 +40,7 @@ async def normal(ctx):
 
 @pytest.fixture
 def steps(cluster: Cluster) -> Iterator[Steps]:
-    steps = Steps(cluster)
-    steps.start_gateway()
-    try:
-        yield steps
-    finally:
-        steps.release_all()
+    yield from steps_fixture(cluster)
 
 
 def test_a_send_event_over_the_frame_limit_fails_its_step_and_the_worker_serves_on(
