@@ -13,15 +13,17 @@ Decoding validates every message against :data:`protocol.messages.Message`; any 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from types import NoneType, UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import msgpack
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from protocol.errors import RemoteProtocolError
-from protocol.messages import MESSAGE_TYPES, Message
+from protocol.messages import MESSAGE_TYPES, GatewayMessage, Message, WorkerMessage
 
 _FRAME: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
+_packb = msgpack.packb
 
 #: Default cap on one frame; the gateway and worker raise it to fit their payload limits.
 DEFAULT_MAX_FRAME = 8 * 1024 * 1024
@@ -31,11 +33,41 @@ DEFAULT_MAX_FRAME = 8 * 1024 * 1024
 FRAME_HEADER = 5
 
 
+_PLAIN = (int, float, str, bytes, bool, NoneType)
+
+
+def _holds_models(annotation: Any) -> bool:
+    """Whether a field so annotated may hold something that is not plain msgpack data."""
+    if annotation in _PLAIN:
+        return False
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return False
+    if origin is Annotated:
+        return _holds_models(get_args(annotation)[0])
+    if origin in (list, dict, Union, UnionType):
+        return any(_holds_models(arg) for arg in get_args(annotation))
+    return True
+
+
+#: Message class -> its fields that may hold models (nested messages, manifests). A message
+#: whose such fields are all empty is its ``__dict__`` on the wire: model_dump would copy it.
+_NESTING: dict[type[BaseModel], tuple[str, ...]] = {
+    cls: tuple(name for name, info in cls.model_fields.items()
+               if _holds_models(info.annotation))
+    for cls in get_args(GatewayMessage | WorkerMessage)
+}
+
+
 def pack(message: Message) -> bytes:
     """One message's msgpack map: the bytes it takes in a frame."""
+    values = message.__dict__
+    nesting = _NESTING.get(type(message))
+    if nesting is not None and (not nesting or not any(values[name] for name in nesting)):
+        return _packb(values, use_bin_type=True)  # type: ignore[no-any-return]
     # The model's own serializer: the same map the frame's union adapter writes, without
     # looking the message's type up among every message type.
-    return msgpack.packb(message.model_dump(), use_bin_type=True)  # type: ignore[no-any-return]
+    return _packb(message.model_dump(), use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def frame(packed: Sequence[bytes]) -> bytes:

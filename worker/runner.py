@@ -247,7 +247,7 @@ class RunExecution:
         )
 
     def _warnings(self) -> dict[str, Any]:
-        return {"warnings": self.warnings[:10]} if self.warnings else {}
+        return {"warnings": self.warnings[:10]}
 
     def _check_replay(self, *, completed: bool) -> None:
         """Report recorded steps this replay never reached, and the new ones in their place.

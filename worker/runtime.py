@@ -54,6 +54,14 @@ Key = tuple[str, int]  # (run id, fence)
 #: Threads kept for plain step callables (more are added while steps block).
 CORE_THREADS = 16
 
+#: Checkpoints built without pydantic's validation (type -> tag): every run sends them, and
+#: the runner makes every field of them itself (the step's id, which it checked, its attempt
+#: and output, the clock; the run's output and warnings). tests/unit/test_runner.py builds
+#: each one the runner emits with validation. The others carry values from user code (a
+#: sleep's duration, a retry delay, an error), checked by pydantic on their way out.
+_UNVALIDATED: dict[type[m._Checkpoint], str] = {
+    kind: kind.model_fields["type"].default for kind in (m.StepCompleted, m.RunCompleted)}
+
 
 class Worker:
     """Serves ``apps`` to the gateways at ``gateways`` until drained.
@@ -280,7 +288,7 @@ class Worker:
             # One execution per lease, or two would race their checkpoints and the run could
             # end on unrecorded results; answer again so the gateway stops resending.
             log.info("lease_duplicate", run_id=lease.run_id, fence=lease.fence)
-            self.link.send(m.LeaseAccepted(run_id=lease.run_id, fence=lease.fence))
+            self.link.send(_accepted(lease))
             return
         function = self.functions.get(lease.function_id)
         reason = None
@@ -306,7 +314,7 @@ class Worker:
         self.executions[key] = execution
         self._holding.add(key)
         self._idle.clear()
-        self.link.send(m.LeaseAccepted(run_id=lease.run_id, fence=lease.fence))
+        self.link.send(_accepted(lease))
         execution.start()
 
     def _emitter(self, key: Key) -> Any:
@@ -314,7 +322,13 @@ class Worker:
         outbox = self.outbox
 
         def emit(kind: type[m._Checkpoint], fields: dict[str, Any]) -> None:
-            outbox.emit(kind(seq=outbox.next_seq(), run_id=run_id, fence=fence, **fields))  # type: ignore[arg-type]
+            tag = _UNVALIDATED.get(kind)
+            if tag is None:
+                outbox.emit(kind(seq=outbox.next_seq(), run_id=run_id, fence=fence, **fields))  # type: ignore[arg-type]
+            else:
+                outbox.emit(m.unvalidated(kind, {  # type: ignore[arg-type]
+                    "seq": outbox.next_seq(), "run_id": run_id, "fence": fence, "type": tag,
+                    **fields}))
 
         return emit
 
@@ -332,6 +346,12 @@ class Worker:
         self._holding.discard(key)
         if not self.executions:
             self._idle.set()
+
+
+def _accepted(lease: m.LeaseGranted) -> m.LeaseAccepted:
+    """The answer to a lease (its run id and fence were validated when it arrived)."""
+    return m.unvalidated(m.LeaseAccepted, {"type": "lease_accepted", "run_id": lease.run_id,
+                                           "fence": lease.fence})
 
 
 def exit_abandoned() -> NoReturn:
