@@ -1,9 +1,10 @@
-"""The two shortcuts of the hot messages, against pydantic with hypothesis.
+"""The shortcuts of the hot messages, against pydantic and the msgpack package, with hypothesis.
 
-``protocol.codec.pack`` sends a message's ``__dict__`` as it is when it holds no nested model,
-and ``protocol.messages.unvalidated`` builds the worker's hot messages without validating
-them. Both must change nothing that pydantic would do: the same bytes on the wire, the same
-instances, the same refusals at the other end.
+``protocol.codec.pack`` sends a message's ``__dict__`` as it is (encoded by msgspec) when it
+holds no nested model, ``protocol.codec.decode`` reads frames with msgspec, and
+``protocol.messages.unvalidated`` builds the worker's hot messages without validating them.
+None may change anything that pydantic and the msgpack package did: the same bytes on the
+wire, the same instances, the same refusals in the same words.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import messages as m
-from protocol.codec import decode, encode, pack
+from protocol.codec import _decode_msgpack, decode, encode, pack
 from protocol.errors import RemoteProtocolError
-from tests.unit.test_codec import SAMPLES, frame
+from tests.unit.test_codec import _VALUES, SAMPLES, frame
 from worker.app import App
 from worker.runtime import Worker
 
@@ -142,3 +143,88 @@ def test_a_message_with_nested_models_still_goes_through_model_dump():
     assert data["memos"]["charge"]["error"]["name"] == "ValueError"
     assert json.loads(data["events"][1]) == {"name": "b", "data": {"x": 1}}
     assert decode(frame(data)) == [lease]
+
+
+# --- decoding with msgspec reads what the msgpack package reads ----------------------------
+
+
+def outcome(decoder: Any, data: bytes) -> Any:
+    """The messages ``decoder`` reads from ``data``, or the words it refuses them with."""
+    try:
+        return decoder(data)
+    except RemoteProtocolError as exc:
+        return ("refused", str(exc))
+
+
+def same_reading(data: bytes) -> None:
+    assert outcome(decode, data) == outcome(_decode_msgpack, data)
+
+
+#: Values msgpack can carry that no message field takes: extension types, timestamps, maps
+#: with non-str keys.
+_ODD = st.one_of(
+    st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=4)),
+    st.builds(msgpack.Timestamp, st.integers(0, 2**32 - 1), st.integers(0, 999_999_999)),
+    st.dictionaries(st.integers(-(2**63), 2**64 - 1) | st.binary(max_size=3), st.booleans(),
+                    min_size=1,
+                    max_size=2),
+)
+
+
+@st.composite
+def hot_maps(draw: st.DrawFn) -> dict[str, Any]:
+    """A hot message's map, then perhaps spoiled: a field dropped, changed or added."""
+    cls, fields = draw(hot_fields())
+    data = msgpack.unpackb(pack(cls(**fields)))
+    change = draw(st.sampled_from(["keep", "drop", "replace", "add"]))
+    names = sorted(data)
+    if change == "drop":
+        del data[draw(st.sampled_from(names))]
+    elif change == "replace":
+        data[draw(st.sampled_from(names))] = draw(_VALUES | _ODD)
+    elif change == "add":
+        data[draw(st.text(max_size=8))] = draw(_VALUES | _ODD)
+    return data
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(hot_maps() | _VALUES | _ODD, max_size=4))
+def test_frames_read_by_msgspec_read_as_the_msgpack_package_reads_them(items):
+    same_reading(msgpack.packb(items, use_bin_type=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_read_alike(data):
+    same_reading(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_a_real_frame_with_a_byte_changed_reads_alike(data):
+    real = encode(SAMPLES)
+    index = data.draw(st.integers(0, len(real) - 1))
+    same_reading(real[:index] + bytes([data.draw(st.integers(0, 255))]) + real[index + 1:])
+
+
+@pytest.mark.parametrize("depth", [10, 600, 1100, 5000, 100_000])
+def test_arrays_nested_deep_enough_to_trouble_a_parser_read_alike(depth):
+    for inner in (b"\xc0", b"\x81\xa4type\xa5drain"):
+        same_reading(b"\x91" + b"\x91" * depth + inner)
+        same_reading(b"\x92\x81\xa4type\xa5drain" + b"\x91" * depth + inner)
+
+
+def test_a_repeated_key_counts_once_its_last_value_as_in_the_msgpack_package():
+    # fixmap of 3: type=checkpoint_ack, upto=1, upto=2 (a map msgpack.packb cannot write)
+    data = b"\x91\x83\xa4type\xaecheckpoint_ack\xa4upto\x01\xa4upto\x02"
+    assert decode(data) == [m.CheckpointAck(upto=2)] == _decode_msgpack(data)
+    twice = b"\x91\x83\xa4type\xa5drain\xa4upto\x01\xa4type\xaecheckpoint_ack"
+    same_reading(twice)
+
+
+def test_a_str_subclass_is_packed_as_a_str():
+    class Name(str):
+        pass
+
+    (back,) = decode(encode([m.LeaseAccepted(run_id=Name("r1"), fence=1)]))
+    assert back == m.LeaseAccepted(run_id="r1", fence=1) and type(back.run_id) is str
