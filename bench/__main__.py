@@ -19,6 +19,8 @@
                  (SIGTERM), and how soon its runs complete through the others
     cpu          CPU ms the gateway and the worker spend per 1,000 runs of the 3-step
                  function (steady under load from other processes, unlike wall time)
+    frames       µs per message of the socket's hot messages: decode, encode, and the
+                 worker building a checkpoint (in this process)
     styles       steps/s of the 3-step function with async, def and lambda step callables
                  and as a def function, each against async in the same run
     chaos        fault loops (kill -9, SIGSTOP, PostgreSQL faults, ...) under load, with exact
@@ -41,6 +43,7 @@ from bench import (
     cron,
     dashboard,
     flow,
+    frames,
     http_api,
     intake,
     latency,
@@ -59,7 +62,8 @@ BENCHMARKS = {"throughput": throughput.main, "waits": waits.main, "sleeps": slee
               "scale": scale.main, "http": http_api.main, "takeover": takeover.main,
               "intake": intake.main, "cron": cron.main, "flow": flow.main, "cpu": cpu.main,
               "dashboard": dashboard.main, "state": state.main, "chaos": chaos.main,
-              "peers": peers.main, "latency": latency.main, "styles": styles.main}
+              "peers": peers.main, "latency": latency.main, "styles": styles.main,
+              "frames": frames.main}
 
 
 def main(argv: list[str]) -> int:
