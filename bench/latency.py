@@ -1,19 +1,25 @@
-"""``python -m bench latency``: event -> run completed latency, open-loop, at fractions of the
+"""``python -m bench latency``: event -> run completed latency, open loop, at fractions of the
 maximum throughput.
 
 One gateway (SQLite, or PostgreSQL with ``--db postgres``) and one worker running the 3-step
 function of ``bench/app.py``. Phases, one after the other on the same processes:
 
-* maximum throughput (unless ``--max STEPS_PER_S`` gives it): ``--max-events`` events posted
-  in batches of 500 as fast as they are accepted; durable steps/s until the last run ended;
+* the **batch maximum** (unless ``--max STEPS_PER_S`` gives the maximum): ``--max-events``
+  events posted in batches of 500 as fast as they are accepted, durable steps/s until the
+  last run ended (what ``bench throughput`` measures);
+* the **open-loop maximum** (``--of open``, the default): a short search (``--probes``
+  phases of ``--probe-duration`` s) for the highest rate, sent as the open-loop phases send
+  (a small batch every ``--tick``), at which the gateway keeps pace: 98% of a probe's runs
+  complete within 0.25 s of its last send (a backlog that grows fails it);
 * light load: one event every ``--light-gap`` seconds, ``--light`` of them;
-* one open-loop phase per ``--fractions`` entry: events at that fraction of the maximum, for
-  ``--duration`` seconds, sent every ``--tick`` seconds in small batches.
+* one open-loop phase per ``--fractions`` entry: events at that fraction of the maximum
+  (the open-loop one, or the batch one with ``--of batch``), for ``--duration`` seconds.
 
-Open loop, so no coordinated omission: every event's send time is fixed up front (event ``i``
-of a phase at ``start + i / rate``), sender threads post each tick's events whatever the
-gateway answers, and latency runs from that intended time, not from when a sender got round
-to it: a stalled sender or a slow answer counts against the gateway.
+Open loop, so no coordinated omission: events are sent by :mod:`bench.loadgen`, a process of
+its own, on a schedule fixed before the phase starts (batch ``k`` at ``start + k * tick``),
+each batch whatever the gateway has answered; latency runs from the batch's *scheduled*
+time, so a late sender counts against the gateway. The sender prints how late it was and
+the CPU it used, so a reader can see whether it kept up.
 
 Completion is read from the store afterwards (``runs.ended_at``: the gateway's wall clock
 when the batch that recorded the run's end began, so the final commit's fsync is not counted;
@@ -24,9 +30,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import http.client
 import json
-import queue
+import os
 import statistics
 import sys
 import tempfile
@@ -37,19 +42,24 @@ from pathlib import Path
 from typing import Any
 
 from bench.cluster import Cluster
+from bench.cpu import cpu_seconds
+from bench.loadgen import LoadGenerator, Plan, Report, intended
 from bench.throughput import (
     STEPS_PER_RUN,
     Database,
-    _latencies,
     _percentile,
-    _wait_completed,
     _wait_workers,
 )
+
+#: A probe of the open-loop search keeps pace when this share of its runs ...
+KEEP_PACE_SHARE = 0.98
+#: ... completes within this many seconds of its last scheduled send.
+KEEP_PACE_SLACK = 0.25
 
 
 @dataclass
 class Phase:
-    """One phase's figures (latencies in ms)."""
+    """One phase's figures (latencies in ms, CPU in shares of one core)."""
 
     name: str
     offered_steps_per_s: float
@@ -59,121 +69,38 @@ class Phase:
     p90: float
     p99: float
     max: float
-    late_sends_ms: float  # p99 of how late the senders posted behind the schedule
+    late_sends_ms: float  # p99 of how late the sender posted behind the schedule
     commits_per_run: float  # write batches the gateway committed, per run of the phase
     commit_ms: float  # mean time to commit one batch (fsync included)
-    hops: dict[str, float] = dataclasses.field(default_factory=dict)  # light load only
+    hops: dict[str, float] = dataclasses.field(default_factory=dict)  # median ms per hop
+    hops_p99: dict[str, float] = dataclasses.field(default_factory=dict)
+    late_sends_max_ms: float = 0.0
+    answer_p50_ms: float = 0.0  # POST sent -> its 200 (the events' commit included)
+    answer_p99_ms: float = 0.0
+    connections: int = 0  # the sender's keep-alive connections
+    in_flight_max: int = 0  # POSTs awaiting an answer at once
+    cpu: dict[str, float] = dataclasses.field(default_factory=dict)  # process: core share
+    kept_pace: bool = True  # KEEP_PACE_SHARE of the runs ended within KEEP_PACE_SLACK
 
     def line(self) -> str:
         return (f"  {self.name:<16} offered {self.offered_steps_per_s:>7,.0f} steps/s, "
                 f"achieved {self.achieved_steps_per_s:>7,.0f}: p50 {self.p50:.2f} ms, "
                 f"p90 {self.p90:.2f}, p99 {self.p99:.2f}, max {self.max:.2f} "
                 f"({self.runs} runs, {self.commits_per_run:.2f} commits/run of "
-                f"{self.commit_ms:.2f} ms; senders late p99 {self.late_sends_ms:.1f} ms)")
+                f"{self.commit_ms:.2f} ms)")
 
-
-class Sender:
-    """Posts batches of events on keep-alive connections, from a few threads.
-
-    The schedule is kept by :meth:`run`, not by the threads: a batch is queued at its tick
-    whether or not earlier POSTs have been answered (up to ``threads`` in flight).
-    """
-
-    def __init__(self, cluster: Cluster, threads: int = 4) -> None:
-        self.port = cluster.http_port
-        self.jobs: queue.Queue[tuple[list[float], bytes] | None] = queue.Queue()
-        self.sent: dict[str, float] = {}
-        self.late: list[float] = []
-        self.errors: list[str] = []
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._post, daemon=True)
-                         for _ in range(threads)]
-        for t in self._threads:
-            t.start()
-
-    def _post(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        while (job := self.jobs.get()) is not None:
-            intended, body = job
-            late = time.time() - intended[0]
-            for attempt in (1, 2):  # the server closes idle keep-alive connections: reopen
-                try:
-                    ids = self._request(conn, body)
-                    break
-                except (OSError, http.client.HTTPException) as exc:
-                    conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-                    if attempt == 2:
-                        with self._lock:
-                            self.errors.append(f"{type(exc).__name__}: {exc}")
-                        ids = None
-            if ids is None:
-                continue
-            with self._lock:
-                self.late.append(late)
-                for event_id, t in zip(ids, intended, strict=True):
-                    self.sent[event_id] = t
-        conn.close()
-
-    @staticmethod
-    def _request(conn: http.client.HTTPConnection, body: bytes) -> list[str]:
-        conn.request("POST", "/e/dev", body, {"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        raw = resp.read()
-        if resp.status != 200:
-            raise RuntimeError(f"POST /e: {resp.status} {raw[:200]!r}")
-        ids: list[str] = json.loads(raw)["ids"]
-        return ids
-
-    def run(self, rate: float, count: int, tick: float) -> tuple[float, dict[str, float]]:
-        """Send ``count`` events at ``rate`` per second; returns (start, {event id: intended})."""
-        start = time.time() + 0.05
-        intended = [start + i / rate for i in range(count)]
-        bodies = [json.dumps({"name": "bench/go", "data": {"i": i}}).encode()
-                  for i in range(count)]
-        self.sent, self.late, self.errors = {}, [], []
-        i = queued = 0
-        next_tick = start
-        while i < count:
-            delay = next_tick - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            now = time.time()
-            j = i
-            while j < count and intended[j] <= now:
-                j += 1
-            if j > i:
-                body = b"[" + b",".join(bodies[i:j]) + b"]"
-                self.jobs.put((intended[i:j], body))
-                queued += 1
-                i = j
-            next_tick += tick
-            if next_tick < now:  # we fell behind: send what is due at once, keep the grid
-                next_tick = now
-        self._drain(queued)
-        if self.errors:
-            raise RuntimeError(f"{len(self.errors)} POSTs failed, first: {self.errors[0]}")
-        return start, dict(self.sent)
-
-    def _drain(self, queued: int) -> None:
-        """Until every queued POST has been answered (or failed): none is left out."""
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            with self._lock:
-                if len(self.late) + len(self.errors) >= queued:
-                    return
-            time.sleep(0.01)
-        raise TimeoutError("POSTs still unanswered after 300 s")
-
-    def close(self) -> None:
-        for _ in self._threads:
-            self.jobs.put(None)
+    def sender_line(self) -> str:
+        cpu = ", ".join(f"{name} {share:.0%}" for name, share in self.cpu.items())
+        return (f"  {'':<16} sender late p99 {self.late_sends_ms:.2f} ms, max "
+                f"{self.late_sends_max_ms:.2f}; POST answered p50 {self.answer_p50_ms:.2f} / "
+                f"p99 {self.answer_p99_ms:.2f} ms; {self.connections} connections, "
+                f"{self.in_flight_max} in flight at most; CPU of a core: {cpu}")
 
 
 _HOPS_SQL = (
     "SELECT e.id, e.received_at, r.queued_at, MIN(s.started_at), MAX(s.ended_at), r.ended_at "
     "FROM events e JOIN run_events re ON re.event_seq = e.seq JOIN runs r ON r.id = re.run_id "
-    "JOIN steps s ON s.run_id = r.id WHERE r.status = 'Completed' "
+    "JOIN steps s ON s.run_id = r.id WHERE r.status = 'Completed' AND e.seq > {after} "
     "GROUP BY e.id, e.received_at, r.queued_at, r.ended_at"
 )
 
@@ -187,18 +114,20 @@ HOPS = (
 )
 
 
-def hops(db: Database, sent: dict[str, float]) -> dict[str, float]:
-    """Median ms of each of :data:`HOPS` over the runs of ``sent``."""
+def hops(db: Database, sent: dict[str, float], after: int = 0, q: float = 0.5
+         ) -> dict[str, float]:
+    """The ``q`` quantile (median by default) of each of :data:`HOPS`, in ms, over the runs
+    of ``sent`` (events stored after seq ``after``)."""
     spans: list[list[float]] = [[] for _ in HOPS]
-    for event_id, *times in db.rows(_HOPS_SQL):
+    for event_id, *times in db.rows(_HOPS_SQL.format(after=int(after))):
         t0 = sent.get(event_id)
         if t0 is None or None in times:
             continue
         points = [t0, *(float(t) for t in times)]
         for i in range(len(HOPS)):
             spans[i].append((points[i + 1] - points[i]) * 1000)
-    return {name: statistics.median(v) if v else float("nan") for name, v in zip(HOPS, spans,
-                                                                                    strict=True)}
+    return {name: _percentile(v, q) if v else float("nan")
+            for name, v in zip(HOPS, spans, strict=True)}
 
 
 def _commits(cluster: Cluster) -> tuple[float, float]:
@@ -215,31 +144,98 @@ def _completed_total(db: Database) -> int:
     return int(db.rows("SELECT COUNT(*) FROM runs WHERE status = 'Completed'")[0][0])
 
 
-def _phase(name: str, db: Database, cluster: Cluster, sender: Sender, *, rate: float,
-           count: int, tick: float, keep: dict[str, float] | None = None) -> Phase:
-    before = _completed_total(db)
-    batches, seconds = _commits(cluster)
-    start, sent = sender.run(rate, count, tick)
-    if keep is not None:
-        keep.update(sent)
-    _wait_completed(cluster, before + len(sent), timeout=300)
-    batches_after, seconds_after = _commits(cluster)
-    commits = max(batches_after - batches, 1.0)
-    _, ends = _latencies(db, sent)
-    ended = db.rows("SELECT MAX(ended_at) FROM runs")[0][0]
-    ms = [e * 1000 for e in ends]
-    return Phase(
-        name=name, offered_steps_per_s=rate * STEPS_PER_RUN,
-        achieved_steps_per_s=len(ends) * STEPS_PER_RUN / max(ended - start, 1e-9),
-        runs=len(ends), p50=statistics.median(ms), p90=_percentile(ms, 0.90),
-        p99=_percentile(ms, 0.99), max=max(ms),
-        late_sends_ms=_percentile(sender.late, 0.99) * 1000 if sender.late else 0.0,
-        commits_per_run=commits / max(len(ends), 1),
-        commit_ms=(seconds_after - seconds) / commits * 1000)
+def _last_seq(db: Database) -> int:
+    return int(db.rows("SELECT COALESCE(MAX(seq), 0) FROM events")[0][0])
 
 
-def _max_throughput(db: Database, cluster: Cluster, events: int, batch: int = 500) -> float:
-    """Durable steps/s with a backlog: events posted as fast as they are accepted."""
+def _ended(db: Database, sent: dict[str, float], after: int) -> dict[str, float]:
+    """When the run of each event of ``sent`` (stored after seq ``after``) ended."""
+    rows = db.rows("SELECT e.id, r.ended_at FROM events e JOIN run_events re "
+                   "ON re.event_seq = e.seq JOIN runs r ON r.id = re.run_id "
+                   f"WHERE r.status = 'Completed' AND e.seq > {int(after)}")
+    return {event_id: float(ended) for event_id, ended in rows if event_id in sent}
+
+
+def _wait_completed(db: Database, target: int, timeout: float) -> None:
+    """Until ``target`` runs completed, read from the store (the gateway is not asked)."""
+    deadline = time.monotonic() + timeout
+    last, last_change = -1, time.monotonic()
+    while (done := _completed_total(db)) < target:
+        if done != last:
+            last, last_change = done, time.monotonic()
+        if time.monotonic() > deadline or time.monotonic() - last_change > 30:
+            raise TimeoutError(f"only {done} of {target} runs completed")
+        time.sleep(0.1)
+
+
+@dataclass
+class Bench:
+    """The processes every phase runs on."""
+
+    db: Database
+    cluster: Cluster
+    sender: LoadGenerator
+    tick: float
+    phases: int = 0
+
+    def pids(self) -> dict[str, int]:
+        pids = {"sender": self.sender.process.pid or 0}
+        if self.cluster.gateway is not None:
+            pids["gateway"] = self.cluster.gateway.pid
+        for i, worker in enumerate(self.cluster.workers):
+            pids["worker" if i == 0 else f"worker{i}"] = worker.pid
+        return pids
+
+    def send(self, rate: float, count: int, tick: float) -> tuple[Plan, Report]:
+        self.phases += 1
+        plan = Plan(port=self.cluster.http_port, rate=rate, count=count, tick=tick,
+                    start=time.time() + 0.2, prefix=f"p{self.phases}")
+        report = self.sender.run(plan)
+        if report.errors:
+            raise RuntimeError(f"{len(report.errors)} POSTs failed, first: {report.errors[0]}")
+        return plan, report
+
+    def phase(self, name: str, *, rate: float, count: int, tick: float,
+              all_hops: bool = True) -> Phase:
+        before = _completed_total(self.db)
+        after = _last_seq(self.db)
+        batches, seconds = _commits(self.cluster)
+        pids = self.pids()
+        cpu_before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+        plan, report = self.send(rate, count, tick)
+        sent = intended(plan)
+        _wait_completed(self.db, before + len(sent), timeout=300)
+        cpu = {k: (cpu_seconds(pid) - cpu_before[k]) / max(report.send_wall_s, 1e-9)
+               for k, pid in pids.items()}
+        batches_after, seconds_after = _commits(self.cluster)
+        commits = max(batches_after - batches, 1.0)
+        ended_at = _ended(self.db, sent, after)
+        ms = [(ended_at[event_id] - t0) * 1000 for event_id, t0 in sent.items()
+              if event_id in ended_at]
+        ended = max(ended_at.values())
+        last_due = max(sent.values())
+        in_time = sum(1 for e in ended_at.values() if e <= last_due + KEEP_PACE_SLACK)
+        return Phase(
+            name=name, offered_steps_per_s=rate * STEPS_PER_RUN,
+            achieved_steps_per_s=len(ms) * STEPS_PER_RUN / max(ended - plan.start, 1e-9),
+            runs=len(ms), p50=statistics.median(ms), p90=_percentile(ms, 0.90),
+            p99=_percentile(ms, 0.99), max=max(ms),
+            late_sends_ms=_percentile(report.late, 0.99) * 1000,
+            late_sends_max_ms=max(report.late) * 1000,
+            answer_p50_ms=_percentile(report.answered, 0.5) * 1000,
+            answer_p99_ms=_percentile(report.answered, 0.99) * 1000,
+            connections=report.connections, in_flight_max=report.max_in_flight, cpu=cpu,
+            commits_per_run=commits / max(len(ms), 1),
+            commit_ms=(seconds_after - seconds) / commits * 1000,
+            hops=hops(self.db, sent, after) if all_hops else {},
+            hops_p99=hops(self.db, sent, after, 0.99) if all_hops else {},
+            kept_pace=in_time >= KEEP_PACE_SHARE * len(sent))
+
+
+def batch_maximum(bench: Bench, events: int, batch: int = 500) -> float:
+    """Durable steps/s with a backlog: events posted in batches of ``batch`` as fast as they
+    are accepted (as ``bench throughput`` does)."""
+    db, cluster = bench.db, bench.cluster
     before = _completed_total(db)
     chunks = [[{"name": "bench/go", "data": {"i": i}} for i in range(s, min(s + batch, events))]
               for s in range(0, events, batch)]
@@ -254,49 +250,93 @@ def _max_throughput(db: Database, cluster: Cluster, events: int, batch: int = 50
         t.start()
     for t in threads:
         t.join()
-    _wait_completed(cluster, before + events, timeout=600)
+    _wait_completed(db, before + events, timeout=600)
     last_end = float(db.rows("SELECT MAX(ended_at) FROM runs")[0][0])
     return events * STEPS_PER_RUN / (last_end - began)
 
 
+def open_loop_maximum(bench: Bench, ceiling: float, *, probes: int, duration: float,
+                      progress: bool = True) -> tuple[float, list[Phase]]:
+    """The highest steps/s, sent open loop a batch every tick, at which the gateway keeps
+    pace (:attr:`Phase.kept_pace`): a bisection of ``probes`` phases of ``duration`` s
+    between a tenth of ``ceiling`` and ``ceiling``. Returns (that rate, the probes)."""
+    low, high = 0.1 * ceiling, ceiling
+    rate = 0.5 * ceiling
+    found: list[Phase] = []
+    for _ in range(probes):
+        events = rate / STEPS_PER_RUN
+        probe = bench.phase(f"probe {rate:,.0f}", rate=events,
+                            count=max(1, int(events * duration)), tick=bench.tick,
+                            all_hops=False)
+        found.append(probe)
+        if progress:
+            print(f"{probe.line()} -> {'keeps pace' if probe.kept_pace else 'falls behind'}",
+                  flush=True)
+        if probe.kept_pace:
+            low = rate
+        else:
+            high = rate
+        rate = (low + high) / 2
+    return low, found
+
+
 def measure(*, db_kind: str = "sqlite", max_steps: float | None = None,
             max_events: int = 9000, fractions: tuple[float, ...] = (0.5, 0.8),
+            of: str = "open", probes: int = 5, probe_duration: float = 3.0,
             duration: float = 10.0, tick: float = 0.005, light: int = 300,
             light_gap: float = 0.01, concurrency: int = 1000, progress: bool = True
-            ) -> tuple[float, list[Phase]]:
-    """Run every phase; returns (maximum steps/s, phases)."""
+            ) -> dict[str, Any]:
+    """Run every phase; returns the figures (see :func:`main` for their printing)."""
+    figures: dict[str, Any] = {"db": db_kind, "tick": tick, "of": of,
+                               "load_average_before": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
         workdir = Path(tmp)
         db = Database(db_kind, workdir)
         cluster = Cluster(workdir / "gw", db=db.url, gateway_args=["--log-level", "warning"])
-        sender: Sender | None = None
+        sender: LoadGenerator | None = None
         try:
             cluster.start_gateway()
             cluster.start_worker("bench.app:app", args=(
                 "--concurrency", str(concurrency), "--log-level", "warning"))
             _wait_workers(cluster, 1)
-            sender = Sender(cluster)
+            sender = LoadGenerator()
+            bench = Bench(db, cluster, sender, tick)
             # Warm up (imports, first registrations, SQLite caches) before anything counts.
-            sender.run(200.0, 100, tick)
-            _wait_completed(cluster, 100, timeout=60)
+            bench.phase("warm-up", rate=200.0, count=100, tick=tick, all_hops=False)
+            batch_max = open_max = None
             if max_steps is None:
                 if progress:
-                    print(f"measuring the maximum ({max_events} events, backlog)...",
+                    print(f"measuring the batch maximum ({max_events} events, backlog)...",
                           flush=True)
-                max_steps = _max_throughput(db, cluster, max_events)
-            light_sent: dict[str, float] = {}
-            phases = [_phase("light", db, cluster, sender, rate=1 / light_gap, count=light,
-                             tick=light_gap, keep=light_sent)]
-            phases[0].hops = hops(db, light_sent)
+                batch_max = batch_maximum(bench, max_events)
+                if progress:
+                    print(f"  batch maximum {batch_max:,.0f} steps/s", flush=True)
+                if of == "open":
+                    if progress:
+                        print(f"searching the open-loop maximum ({probes} probes of "
+                              f"{probe_duration:g} s)...", flush=True)
+                    open_max, figures["probes"] = open_loop_maximum(
+                        bench, batch_max, probes=probes, duration=probe_duration,
+                        progress=progress)
+                    figures["probes"] = [asdict(p) for p in figures["probes"]]
+                    if progress:
+                        print(f"  open-loop maximum {open_max:,.0f} steps/s", flush=True)
+                max_steps = open_max if of == "open" else batch_max
+            assert max_steps is not None
+            figures.update(max_steps_per_s=max_steps, batch_max_steps_per_s=batch_max,
+                           open_max_steps_per_s=open_max)
+            phases = [bench.phase("light", rate=1 / light_gap, count=light, tick=light_gap)]
             if progress:
                 print(phases[-1].line(), flush=True)
             for fraction in fractions:
                 rate = fraction * max_steps / STEPS_PER_RUN
-                phases.append(_phase(f"{fraction:.0%} of max", db, cluster, sender,
-                                     rate=rate, count=max(1, int(rate * duration)), tick=tick))
+                phases.append(bench.phase(f"{fraction:.0%} of max", rate=rate,
+                                          count=max(1, int(rate * duration)), tick=tick))
                 if progress:
                     print(phases[-1].line(), flush=True)
-            return max_steps, phases
+            figures["phases"] = [asdict(ph) for ph in phases]
+            figures["load_average_after"] = os.getloadavg()
+            return figures
         finally:
             if sender is not None:
                 sender.close()
@@ -304,18 +344,53 @@ def measure(*, db_kind: str = "sqlite", max_steps: float | None = None,
             db.drop()
 
 
+def report(figures: dict[str, Any], given: bool) -> str:
+    """The figures as the bench prints them."""
+    batch, opened = figures["batch_max_steps_per_s"], figures["open_max_steps_per_s"]
+    if given:
+        source = "given"
+    elif figures["of"] == "open":
+        source = f"open-loop maximum; batch maximum {batch:,.0f}"
+    else:
+        source = "batch maximum"
+    load = "/".join(f"{x:.1f}" for x in (*figures["load_average_before"][:1],
+                                         *figures["load_average_after"][:1]))
+    lines = [f"event -> run completed, open loop, 1 gateway ({figures['db']}), 1 worker, "
+             f"3-step function; maximum {figures['max_steps_per_s']:,.0f} steps/s ({source}); "
+             f"batches every {figures['tick'] * 1000:g} ms; load average before/after {load}:"]
+    if opened is not None and batch:
+        lines.append(f"  (the open-loop maximum is {opened / batch:.0%} of the batch maximum)")
+    phases = [Phase(**ph) for ph in figures["phases"]]
+    for phase in phases:
+        lines += [phase.line(), phase.sender_line()]
+    lines.append("  median / p99 ms per hop (gateway and worker timestamps in the store):")
+    lines.append(f"    {'':<58} " + "".join(f"{ph.name:>18}" for ph in phases))
+    for name in HOPS:
+        lines.append(f"    {name:<58} " + "".join(
+            f"{ph.hops.get(name, float('nan')):>9.2f}/{ph.hops_p99.get(name, float('nan')):<8.1f}"
+            for ph in phases))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench latency", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     p.add_argument("--max", type=float, default=None, metavar="STEPS_PER_S",
-                   help="maximum durable steps/s (default: measured first)")
+                   help="the maximum durable steps/s the fractions are of (default: measured)")
+    p.add_argument("--of", choices=["open", "batch"], default="open",
+                   help="which measured maximum the fractions are of: the open-loop one "
+                        "(searched) or the batch one (default: open)")
     p.add_argument("--max-events", type=int, default=9000,
-                   help="events of the maximum-throughput phase")
+                   help="events of the batch-maximum phase")
+    p.add_argument("--probes", type=int, default=5, help="phases of the open-loop search")
+    p.add_argument("--probe-duration", type=float, default=3.0,
+                   help="seconds per probe of the open-loop search")
     p.add_argument("--fractions", default="0.5,0.8",
                    help="comma-separated fractions of the maximum, one phase each")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per open-loop phase")
-    p.add_argument("--tick", type=float, default=0.005, help="seconds between batches")
+    p.add_argument("--tick", type=float, default=0.005,
+                   help="seconds between batches (0: each event alone, at its own time)")
     p.add_argument("--light", type=int, default=300, help="events of the light-load phase")
     p.add_argument("--light-gap", type=float, default=0.01,
                    help="seconds between light-load events")
@@ -324,22 +399,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="also write the figures to PATH as JSON")
     args = p.parse_args(argv)
     fractions = tuple(float(f) for f in args.fractions.split(",") if f.strip())
-    max_steps, phases = measure(
+    figures = measure(
         db_kind=args.db, max_steps=args.max, max_events=args.max_events, fractions=fractions,
+        of=args.of, probes=args.probes, probe_duration=args.probe_duration,
         duration=args.duration, tick=args.tick, light=args.light, light_gap=args.light_gap,
         concurrency=args.concurrency)
-    print(f"event -> run completed, open loop, 1 gateway ({args.db}), 1 worker, "
-          f"3-step function; maximum {max_steps:,.0f} steps/s"
-          f"{' (given)' if args.max else ''}; batches every {args.tick * 1000:.0f} ms:")
-    for phase in phases:
-        print(phase.line())
-    print("  light load, median ms per hop (gateway and worker timestamps in the store):")
-    for name, value in phases[0].hops.items():
-        print(f"    {name:<58} {value:6.2f}")
+    print(report(figures, given=args.max is not None))
     if args.json is not None:
-        args.json.write_text(json.dumps({
-            "max_steps_per_s": max_steps, "db": args.db, "tick": args.tick,
-            "phases": [asdict(ph) for ph in phases]}, indent=2))
+        args.json.write_text(json.dumps(figures, indent=2))
     return 0
 
 
