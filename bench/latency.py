@@ -10,7 +10,8 @@ function of ``bench/app.py``. Phases, one after the other on the same processes:
 * the **open-loop maximum** (``--of open``, the default): a short search (``--probes``
   phases of ``--probe-duration`` s) for the highest rate, sent as the open-loop phases send
   (a small batch every ``--tick``), at which the gateway keeps pace: 98% of a probe's runs
-  complete within 0.25 s of its last send (a backlog that grows fails it);
+  complete within 0.25 s of its last send and its p99 is at most 500 ms (a backlog that
+  grows fails it);
 * light load: one event every ``--light-gap`` seconds, ``--light`` of them;
 * one open-loop phase per ``--fractions`` entry: events at that fraction of the maximum
   (the open-loop one, or the batch one with ``--of batch``), for ``--duration`` seconds.
@@ -53,8 +54,10 @@ from bench.throughput import (
 
 #: A probe of the open-loop search keeps pace when this share of its runs ...
 KEEP_PACE_SHARE = 0.98
-#: ... completes within this many seconds of its last scheduled send.
+#: ... completes within this many seconds of its last scheduled send (no backlog left) ...
 KEEP_PACE_SLACK = 0.25
+#: ... and its p99 latency is at most this many ms (no backlog on the way either).
+KEEP_PACE_P99_MS = 500.0
 
 
 @dataclass
@@ -80,14 +83,19 @@ class Phase:
     connections: int = 0  # the sender's keep-alive connections
     in_flight_max: int = 0  # POSTs awaiting an answer at once
     cpu: dict[str, float] = dataclasses.field(default_factory=dict)  # process: core share
-    kept_pace: bool = True  # KEEP_PACE_SHARE of the runs ended within KEEP_PACE_SLACK
+    kept_pace: bool = True  # see KEEP_PACE_SHARE
+    commit_p99_ms: float = 0.0  # the /metrics histogram bucket holding the 99th percentile
+    slow_commits: int = 0  # commits over 25 ms
+    commits_busy: float = 0.0  # share of the phase's time a commit was in flight
 
     def line(self) -> str:
         return (f"  {self.name:<16} offered {self.offered_steps_per_s:>7,.0f} steps/s, "
                 f"achieved {self.achieved_steps_per_s:>7,.0f}: p50 {self.p50:.2f} ms, "
                 f"p90 {self.p90:.2f}, p99 {self.p99:.2f}, max {self.max:.2f} "
                 f"({self.runs} runs, {self.commits_per_run:.2f} commits/run of "
-                f"{self.commit_ms:.2f} ms)")
+                f"{self.commit_ms:.2f} ms, p99 <= {self.commit_p99_ms:g} ms, "
+                f"{self.slow_commits} over 25 ms, committing {self.commits_busy:.0%} of the "
+                "time)")
 
     def sender_line(self) -> str:
         cpu = ", ".join(f"{name} {share:.0%}" for name, share in self.cpu.items())
@@ -98,19 +106,20 @@ class Phase:
 
 
 _HOPS_SQL = (
-    "SELECT e.id, e.received_at, r.queued_at, MIN(s.started_at), MAX(s.ended_at), r.ended_at "
+    "SELECT e.id, e.received_at, MIN(s.started_at), MAX(s.ended_at), r.ended_at "
     "FROM events e JOIN run_events re ON re.event_seq = e.seq JOIN runs r ON r.id = re.run_id "
     "JOIN steps s ON s.run_id = r.id WHERE r.status = 'Completed' AND e.seq > {after} "
-    "GROUP BY e.id, e.received_at, r.queued_at, r.ended_at"
+    "GROUP BY e.id, e.received_at, r.ended_at"
 )
 
 #: Where a run's time goes, from the timestamps the store keeps (gateway and worker clocks).
+#: An event's ``received_at`` is the start of the commit that stores it, so the first hop is
+#: the POST's way in *and* its wait for the commit in flight to end.
 HOPS = (
-    "sent -> event received (HTTP)",
-    "received -> commit began (engine loop)",
+    "sent -> its commit began (HTTP, commit in flight)",
     "commit began -> first step began (commit, lease, worker)",
     "first step began -> last step ended (worker)",
-    "last step ended -> end's commit began (frame, engine loop)",
+    "last step ended -> end's commit began (frame, commit in flight)",
 )
 
 
@@ -130,14 +139,38 @@ def hops(db: Database, sent: dict[str, float], after: int = 0, q: float = 0.5
             for name, v in zip(HOPS, spans, strict=True)}
 
 
-def _commits(cluster: Cluster) -> tuple[float, float]:
-    """(batches committed, seconds spent committing them) so far, from ``/metrics``."""
-    found = {"tether_batches_committed_total": 0.0, "tether_commit_seconds_sum": 0.0}
-    for line in cluster.get_text("/metrics").splitlines():
-        name, _, value = line.partition(" ")
-        if name in found:
-            found[name] = float(value)
-    return found["tether_batches_committed_total"], found["tether_commit_seconds_sum"]
+@dataclass(frozen=True)
+class Commits:
+    """The gateway's commit counters at one moment, from ``/metrics``."""
+
+    batches: float
+    seconds: float
+    buckets: dict[float, float]  # upper bound (s): commits that took at most that long
+
+    @classmethod
+    def read(cls, cluster: Cluster) -> Commits:
+        found = {"tether_batches_committed_total": 0.0, "tether_commit_seconds_sum": 0.0}
+        buckets: dict[float, float] = {}
+        for line in cluster.get_text("/metrics").splitlines():
+            name, _, value = line.rpartition(" ")
+            if name in found:
+                found[name] = float(value)
+            elif name.startswith('tether_commit_seconds_bucket{le="'):
+                buckets[float(name.split('"')[1])] = float(value)
+        return cls(found["tether_batches_committed_total"],
+                   found["tether_commit_seconds_sum"], buckets)
+
+    def since(self, before: Commits) -> tuple[float, float, float, float]:
+        """(commits, mean ms, p99 ms as its histogram bucket's bound, commits over 25 ms)."""
+        commits = max(self.batches - before.batches, 1.0)
+        mean = (self.seconds - before.seconds) / commits * 1000
+        p99 = float("inf")
+        for bound in sorted(self.buckets):
+            if self.buckets[bound] - before.buckets.get(bound, 0.0) >= 0.99 * commits:
+                p99 = bound * 1000
+                break
+        under = self.buckets.get(0.025, 0.0) - before.buckets.get(0.025, 0.0)
+        return commits, mean, p99, commits - under
 
 
 def _completed_total(db: Database) -> int:
@@ -199,7 +232,7 @@ class Bench:
               all_hops: bool = True) -> Phase:
         before = _completed_total(self.db)
         after = _last_seq(self.db)
-        batches, seconds = _commits(self.cluster)
+        commits_before = Commits.read(self.cluster)
         pids = self.pids()
         cpu_before = {k: cpu_seconds(pid) for k, pid in pids.items()}
         plan, report = self.send(rate, count, tick)
@@ -207,8 +240,7 @@ class Bench:
         _wait_completed(self.db, before + len(sent), timeout=300)
         cpu = {k: (cpu_seconds(pid) - cpu_before[k]) / max(report.send_wall_s, 1e-9)
                for k, pid in pids.items()}
-        batches_after, seconds_after = _commits(self.cluster)
-        commits = max(batches_after - batches, 1.0)
+        commits, commit_ms, commit_p99, slow = Commits.read(self.cluster).since(commits_before)
         ended_at = _ended(self.db, sent, after)
         ms = [(ended_at[event_id] - t0) * 1000 for event_id, t0 in sent.items()
               if event_id in ended_at]
@@ -226,10 +258,12 @@ class Bench:
             answer_p99_ms=_percentile(report.answered, 0.99) * 1000,
             connections=report.connections, in_flight_max=report.max_in_flight, cpu=cpu,
             commits_per_run=commits / max(len(ms), 1),
-            commit_ms=(seconds_after - seconds) / commits * 1000,
+            commit_ms=commit_ms, commit_p99_ms=commit_p99, slow_commits=int(slow),
+            commits_busy=commits * commit_ms / 1000 / max(ended - plan.start, 1e-9),
             hops=hops(self.db, sent, after) if all_hops else {},
             hops_p99=hops(self.db, sent, after, 0.99) if all_hops else {},
-            kept_pace=in_time >= KEEP_PACE_SHARE * len(sent))
+            kept_pace=(in_time >= KEEP_PACE_SHARE * len(sent)
+                       and _percentile(ms, 0.99) <= KEEP_PACE_P99_MS))
 
 
 def batch_maximum(bench: Bench, events: int, batch: int = 500) -> float:
@@ -282,10 +316,10 @@ def open_loop_maximum(bench: Bench, ceiling: float, *, probes: int, duration: fl
 
 def measure(*, db_kind: str = "sqlite", max_steps: float | None = None,
             max_events: int = 9000, fractions: tuple[float, ...] = (0.5, 0.8),
-            of: str = "open", probes: int = 5, probe_duration: float = 3.0,
+            of: str = "open", probes: int = 5, probe_duration: float = 4.0,
             duration: float = 10.0, tick: float = 0.005, light: int = 300,
-            light_gap: float = 0.01, concurrency: int = 1000, progress: bool = True
-            ) -> dict[str, Any]:
+            light_gap: float = 0.01, concurrency: int = 1000, sender_nice: int = -5,
+            progress: bool = True) -> dict[str, Any]:
     """Run every phase; returns the figures (see :func:`main` for their printing)."""
     figures: dict[str, Any] = {"db": db_kind, "tick": tick, "of": of,
                                "load_average_before": os.getloadavg()}
@@ -299,7 +333,8 @@ def measure(*, db_kind: str = "sqlite", max_steps: float | None = None,
             cluster.start_worker("bench.app:app", args=(
                 "--concurrency", str(concurrency), "--log-level", "warning"))
             _wait_workers(cluster, 1)
-            sender = LoadGenerator()
+            sender = LoadGenerator(nice=sender_nice)
+            figures["sender_nice"] = sender.niceness
             bench = Bench(db, cluster, sender, tick)
             # Warm up (imports, first registrations, SQLite caches) before anything counts.
             bench.phase("warm-up", rate=200.0, count=100, tick=tick, all_hops=False)
@@ -357,7 +392,8 @@ def report(figures: dict[str, Any], given: bool) -> str:
                                          *figures["load_average_after"][:1]))
     lines = [f"event -> run completed, open loop, 1 gateway ({figures['db']}), 1 worker, "
              f"3-step function; maximum {figures['max_steps_per_s']:,.0f} steps/s ({source}); "
-             f"batches every {figures['tick'] * 1000:g} ms; load average before/after {load}:"]
+             f"batches every {figures['tick'] * 1000:g} ms; sender at nice "
+             f"{figures['sender_nice']}; load average before/after {load}:"]
     if opened is not None and batch:
         lines.append(f"  (the open-loop maximum is {opened / batch:.0%} of the batch maximum)")
     phases = [Phase(**ph) for ph in figures["phases"]]
@@ -384,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-events", type=int, default=9000,
                    help="events of the batch-maximum phase")
     p.add_argument("--probes", type=int, default=5, help="phases of the open-loop search")
-    p.add_argument("--probe-duration", type=float, default=3.0,
+    p.add_argument("--probe-duration", type=float, default=4.0,
                    help="seconds per probe of the open-loop search")
     p.add_argument("--fractions", default="0.5,0.8",
                    help="comma-separated fractions of the maximum, one phase each")
@@ -395,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--light-gap", type=float, default=0.01,
                    help="seconds between light-load events")
     p.add_argument("--concurrency", type=int, default=1000, help="the worker's --concurrency")
+    p.add_argument("--sender-nice", type=int, default=-5,
+                   help="the sender process's niceness (negative needs root; 0: as others)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="also write the figures to PATH as JSON")
     args = p.parse_args(argv)
@@ -403,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         db_kind=args.db, max_steps=args.max, max_events=args.max_events, fractions=fractions,
         of=args.of, probes=args.probes, probe_duration=args.probe_duration,
         duration=args.duration, tick=args.tick, light=args.light, light_gap=args.light_gap,
-        concurrency=args.concurrency)
+        concurrency=args.concurrency, sender_nice=args.sender_nice)
     print(report(figures, given=args.max is not None))
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2))
