@@ -23,6 +23,7 @@ sender still counts against the gateway, never in its favour.
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -74,8 +75,9 @@ def schedule(plan: Plan) -> list[tuple[float, int, int]]:
     k = 0
     first = 0
     while first < plan.count:
-        # Events due by the end of this tick's interval go in this tick's batch.
-        upto = min(plan.count, int((k + 1) * plan.tick * plan.rate))
+        # Event i's own time is i / rate: those in this tick's interval go in its batch
+        # (rounded first, so that 9.000000001 events are 9).
+        upto = min(plan.count, math.ceil(round((k + 1) * plan.tick * plan.rate, 9)))
         if upto > first:
             out.append((plan.start + k * plan.tick, first, upto - first))
             first = upto
