@@ -83,6 +83,8 @@ class Phase:
     connections: int = 0  # the sender's keep-alive connections
     in_flight_max: int = 0  # POSTs awaiting an answer at once
     cpu: dict[str, float] = dataclasses.field(default_factory=dict)  # process: core share
+    #: process: time its threads were runnable but had no core, as a share of the phase
+    waited: dict[str, float] = dataclasses.field(default_factory=dict)
     kept_pace: bool = True  # see KEEP_PACE_SHARE
     commit_p99_ms: float = 0.0  # the /metrics histogram bucket holding the 99th percentile
     slow_commits: int = 0  # commits over 25 ms
@@ -98,11 +100,13 @@ class Phase:
                 "time)")
 
     def sender_line(self) -> str:
-        cpu = ", ".join(f"{name} {share:.0%}" for name, share in self.cpu.items())
+        cpu = ", ".join(f"{name} {share:.0%} (+{self.waited.get(name, 0.0):.0%} waiting)"
+                        for name, share in self.cpu.items())
         return (f"  {'':<16} sender late p99 {self.late_sends_ms:.2f} ms, max "
                 f"{self.late_sends_max_ms:.2f}; POST answered p50 {self.answer_p50_ms:.2f} / "
                 f"p99 {self.answer_p99_ms:.2f} ms; {self.connections} connections, "
-                f"{self.in_flight_max} in flight at most; CPU of a core: {cpu}")
+                f"{self.in_flight_max} in flight at most; CPU of a core (+ runnable without one): "
+                f"{cpu}")
 
 
 _HOPS_SQL = (
@@ -173,6 +177,18 @@ class Commits:
         return commits, mean, p99, commits - under
 
 
+def waiting_seconds(pid: int) -> float:
+    """Seconds the threads of a process have spent runnable but waiting for a core (the
+    second field of each thread's ``/proc/PID/task/TID/schedstat``); 0 once it is gone."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[1])
+        except (OSError, IndexError, ValueError):  # a thread that just ended
+            continue
+    return total / 1e9
+
+
 def _completed_total(db: Database) -> int:
     return int(db.rows("SELECT COUNT(*) FROM runs WHERE status = 'Completed'")[0][0])
 
@@ -235,11 +251,14 @@ class Bench:
         commits_before = Commits.read(self.cluster)
         pids = self.pids()
         cpu_before = {k: cpu_seconds(pid) for k, pid in pids.items()}
+        waits_before = {k: waiting_seconds(pid) for k, pid in pids.items()}
         plan, report = self.send(rate, count, tick)
         sent = intended(plan)
         _wait_completed(self.db, before + len(sent), timeout=300)
-        cpu = {k: (cpu_seconds(pid) - cpu_before[k]) / max(report.send_wall_s, 1e-9)
-               for k, pid in pids.items()}
+        elapsed = max(time.time() - plan.start, 1e-9)  # until the last run ended, about
+        cpu = {k: (cpu_seconds(pid) - cpu_before[k]) / elapsed for k, pid in pids.items()}
+        waited = {k: (waiting_seconds(pid) - waits_before[k]) / elapsed
+                  for k, pid in pids.items()}
         commits, commit_ms, commit_p99, slow = Commits.read(self.cluster).since(commits_before)
         ended_at = _ended(self.db, sent, after)
         ms = [(ended_at[event_id] - t0) * 1000 for event_id, t0 in sent.items()
@@ -257,6 +276,7 @@ class Bench:
             answer_p50_ms=_percentile(report.answered, 0.5) * 1000,
             answer_p99_ms=_percentile(report.answered, 0.99) * 1000,
             connections=report.connections, in_flight_max=report.max_in_flight, cpu=cpu,
+            waited=waited,
             commits_per_run=commits / max(len(ms), 1),
             commit_ms=commit_ms, commit_p99_ms=commit_p99, slow_commits=int(slow),
             commits_busy=commits * commit_ms / 1000 / max(ended - plan.start, 1e-9),
