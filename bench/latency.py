@@ -85,6 +85,7 @@ class Phase:
     cpu: dict[str, float] = dataclasses.field(default_factory=dict)  # process: core share
     #: process: time its threads were runnable but had no core, as a share of the phase
     waited: dict[str, float] = dataclasses.field(default_factory=dict)
+    gateway_threads: dict[str, float] = dataclasses.field(default_factory=dict)
     kept_pace: bool = True  # see KEEP_PACE_SHARE
     commit_p99_ms: float = 0.0  # the /metrics histogram bucket holding the 99th percentile
     slow_commits: int = 0  # commits over 25 ms
@@ -102,11 +103,13 @@ class Phase:
     def sender_line(self) -> str:
         cpu = ", ".join(f"{name} {share:.0%} (+{self.waited.get(name, 0.0):.0%} waiting)"
                         for name, share in self.cpu.items())
+        threads = ", ".join(f"{name} {share:.0%}" for name, share in
+                            self.gateway_threads.items())
         return (f"  {'':<16} sender late p99 {self.late_sends_ms:.2f} ms, max "
                 f"{self.late_sends_max_ms:.2f}; POST answered p50 {self.answer_p50_ms:.2f} / "
                 f"p99 {self.answer_p99_ms:.2f} ms; {self.connections} connections, "
                 f"{self.in_flight_max} in flight at most; CPU of a core (+ runnable without one): "
-                f"{cpu}")
+                f"{cpu}\n  {'':<16} gateway threads (share of the phase): {threads}")
 
 
 _HOPS_SQL = (
@@ -177,16 +180,35 @@ class Commits:
         return commits, mean, p99, commits - under
 
 
-def waiting_seconds(pid: int) -> float:
-    """Seconds the threads of a process have spent runnable but waiting for a core (the
-    second field of each thread's ``/proc/PID/task/TID/schedstat``); 0 once it is gone."""
-    total = 0
+def thread_times(pid: int) -> dict[int, tuple[float, float]]:
+    """Per thread of a process: (seconds on a core, seconds runnable but waiting for one),
+    from ``/proc/PID/task/TID/schedstat``; empty once it is gone."""
+    times: dict[int, tuple[float, float]] = {}
     for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
         try:
-            total += int(stat.read_text().split()[1])
-        except (OSError, IndexError, ValueError):  # a thread that just ended
+            on_cpu, waiting = stat.read_text().split()[:2]
+        except (OSError, ValueError):  # a thread that just ended
             continue
-    return total / 1e9
+        times[int(stat.parent.name)] = (int(on_cpu) / 1e9, int(waiting) / 1e9)
+    return times
+
+
+def waiting_seconds(pid: int) -> float:
+    """Seconds the threads of a process have spent runnable but waiting for a core."""
+    return sum(waiting for _, waiting in thread_times(pid).values())
+
+
+def gateway_threads(pid: int, before: dict[int, tuple[float, float]], seconds: float
+                    ) -> dict[str, float]:
+    """Shares of ``seconds`` the gateway's event-loop thread and its other threads (the
+    store's writer, mostly) spent on a core and waiting for one, since ``before``."""
+    out = {"loop cpu": 0.0, "loop waiting": 0.0, "others cpu": 0.0, "others waiting": 0.0}
+    for tid, (on_cpu, waiting) in thread_times(pid).items():
+        cpu0, wait0 = before.get(tid, (0.0, 0.0))
+        who = "loop" if tid == pid else "others"
+        out[f"{who} cpu"] += (on_cpu - cpu0) / seconds
+        out[f"{who} waiting"] += (waiting - wait0) / seconds
+    return out
 
 
 def _completed_total(db: Database) -> int:
@@ -252,6 +274,7 @@ class Bench:
         pids = self.pids()
         cpu_before = {k: cpu_seconds(pid) for k, pid in pids.items()}
         waits_before = {k: waiting_seconds(pid) for k, pid in pids.items()}
+        threads_before = thread_times(pids.get("gateway", 0))
         plan, report = self.send(rate, count, tick)
         sent = intended(plan)
         _wait_completed(self.db, before + len(sent), timeout=300)
@@ -259,6 +282,7 @@ class Bench:
         cpu = {k: (cpu_seconds(pid) - cpu_before[k]) / elapsed for k, pid in pids.items()}
         waited = {k: (waiting_seconds(pid) - waits_before[k]) / elapsed
                   for k, pid in pids.items()}
+        threads = gateway_threads(pids.get("gateway", 0), threads_before, elapsed)
         commits, commit_ms, commit_p99, slow = Commits.read(self.cluster).since(commits_before)
         ended_at = _ended(self.db, sent, after)
         ms = [(ended_at[event_id] - t0) * 1000 for event_id, t0 in sent.items()
@@ -276,7 +300,7 @@ class Bench:
             answer_p50_ms=_percentile(report.answered, 0.5) * 1000,
             answer_p99_ms=_percentile(report.answered, 0.99) * 1000,
             connections=report.connections, in_flight_max=report.max_in_flight, cpu=cpu,
-            waited=waited,
+            waited=waited, gateway_threads=threads,
             commits_per_run=commits / max(len(ms), 1),
             commit_ms=commit_ms, commit_p99_ms=commit_p99, slow_commits=int(slow),
             commits_busy=commits * commit_ms / 1000 / max(ended - plan.start, 1e-9),
