@@ -10,8 +10,8 @@ function of ``bench/app.py``. Phases, one after the other on the same processes:
 * the **open-loop maximum** (``--of open``, the default): a short search (``--probes``
   phases of ``--probe-duration`` s) for the highest rate, sent as the open-loop phases send
   (a small batch every ``--tick``), at which the gateway keeps pace: 98% of a probe's runs
-  complete within 0.25 s of its last send and its p99 is at most 500 ms (a backlog that
-  grows fails it);
+  complete within 0.25 s of its last send, its p99 is at most 500 ms and runs completed at
+  95% of the offered rate at least (a backlog that grows fails it);
 * light load: one event every ``--light-gap`` seconds, ``--light`` of them;
 * one open-loop phase per ``--fractions`` entry: events at that fraction of the maximum
   (the open-loop one, or the batch one with ``--of batch``), for ``--duration`` seconds.
@@ -56,8 +56,10 @@ from bench.throughput import (
 KEEP_PACE_SHARE = 0.98
 #: ... completes within this many seconds of its last scheduled send (no backlog left) ...
 KEEP_PACE_SLACK = 0.25
-#: ... and its p99 latency is at most this many ms (no backlog on the way either).
+#: ... and its p99 latency is at most this many ms (no backlog on the way either) ...
 KEEP_PACE_P99_MS = 500.0
+#: ... and it completed runs at this share of the offered rate at least.
+KEEP_PACE_ACHIEVED = 0.95
 
 
 @dataclass
@@ -290,9 +292,10 @@ class Bench:
         ended = max(ended_at.values())
         last_due = max(sent.values())
         in_time = sum(1 for e in ended_at.values() if e <= last_due + KEEP_PACE_SLACK)
+        achieved = len(ms) * STEPS_PER_RUN / max(ended - plan.start, 1e-9)
         return Phase(
             name=name, offered_steps_per_s=rate * STEPS_PER_RUN,
-            achieved_steps_per_s=len(ms) * STEPS_PER_RUN / max(ended - plan.start, 1e-9),
+            achieved_steps_per_s=achieved,
             runs=len(ms), p50=statistics.median(ms), p90=_percentile(ms, 0.90),
             p99=_percentile(ms, 0.99), max=max(ms),
             late_sends_ms=_percentile(report.late, 0.99) * 1000,
@@ -307,7 +310,8 @@ class Bench:
             hops=hops(self.db, sent, after) if all_hops else {},
             hops_p99=hops(self.db, sent, after, 0.99) if all_hops else {},
             kept_pace=(in_time >= KEEP_PACE_SHARE * len(sent)
-                       and _percentile(ms, 0.99) <= KEEP_PACE_P99_MS))
+                       and _percentile(ms, 0.99) <= KEEP_PACE_P99_MS
+                       and achieved >= KEEP_PACE_ACHIEVED * rate * STEPS_PER_RUN))
 
 
 def batch_maximum(bench: Bench, events: int, batch: int = 500) -> float:
