@@ -102,7 +102,8 @@ class Phase:
                 f"{self.slow_commits} over 25 ms, committing {self.commits_busy:.0%} of the "
                 "time)")
 
-    def sender_line(self) -> str:
+    def detail_lines(self) -> str:
+        """The sender's figures, each process's CPU, and the gateway's threads."""
         cpu = ", ".join(f"{name} {share:.0%} (+{self.waited.get(name, 0.0):.0%} waiting)"
                         for name, share in self.cpu.items())
         threads = ", ".join(f"{name} {share:.0%}" for name, share in
@@ -269,7 +270,7 @@ class Bench:
         return plan, report
 
     def phase(self, name: str, *, rate: float, count: int, tick: float,
-              all_hops: bool = True) -> Phase:
+              with_hops: bool = True) -> Phase:
         before = _completed_total(self.db)
         after = _last_seq(self.db)
         commits_before = Commits.read(self.cluster)
@@ -307,8 +308,8 @@ class Bench:
             commits_per_run=commits / max(len(ms), 1),
             commit_ms=commit_ms, commit_p99_ms=commit_p99, slow_commits=int(slow),
             commits_busy=commits * commit_ms / 1000 / max(ended - plan.start, 1e-9),
-            hops=hops(self.db, sent, after) if all_hops else {},
-            hops_p99=hops(self.db, sent, after, 0.99) if all_hops else {},
+            hops=hops(self.db, sent, after) if with_hops else {},
+            hops_p99=hops(self.db, sent, after, 0.99) if with_hops else {},
             kept_pace=(in_time >= KEEP_PACE_SHARE * len(sent)
                        and _percentile(ms, 0.99) <= KEEP_PACE_P99_MS
                        and achieved >= KEEP_PACE_ACHIEVED * rate * STEPS_PER_RUN))
@@ -349,7 +350,7 @@ def open_loop_maximum(bench: Bench, ceiling: float, *, probes: int, duration: fl
         events = rate / STEPS_PER_RUN
         probe = bench.phase(f"probe {rate:,.0f}", rate=events,
                             count=max(1, int(events * duration)), tick=bench.tick,
-                            all_hops=False)
+                            with_hops=False)
         found.append(probe)
         if progress:
             print(f"{probe.line()} -> {'keeps pace' if probe.kept_pace else 'falls behind'}",
@@ -385,7 +386,7 @@ def measure(*, db_kind: str = "sqlite", max_steps: float | None = None,
             figures["sender_nice"] = sender.niceness
             bench = Bench(db, cluster, sender, tick)
             # Warm up (imports, first registrations, SQLite caches) before anything counts.
-            bench.phase("warm-up", rate=200.0, count=100, tick=tick, all_hops=False)
+            bench.phase("warm-up", rate=200.0, count=100, tick=tick, with_hops=False)
             batch_max = open_max = None
             if max_steps is None:
                 if progress:
@@ -446,7 +447,7 @@ def report(figures: dict[str, Any], given: bool) -> str:
         lines.append(f"  (the open-loop maximum is {opened / batch:.0%} of the batch maximum)")
     phases = [Phase(**ph) for ph in figures["phases"]]
     for phase in phases:
-        lines += [phase.line(), phase.sender_line()]
+        lines += [phase.line(), phase.detail_lines()]
     lines.append("  median / p99 ms per hop (gateway and worker timestamps in the store):")
     lines.append(f"    {'':<58} " + "".join(f"{ph.name:>18}" for ph in phases))
     for name in HOPS:
