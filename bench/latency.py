@@ -399,10 +399,10 @@ def measure(*, db_kind: str = "sqlite", max_steps: float | None = None,
                     if progress:
                         print(f"searching the open-loop maximum ({probes} probes of "
                               f"{probe_duration:g} s)...", flush=True)
-                    open_max, figures["probes"] = open_loop_maximum(
+                    open_max, probed = open_loop_maximum(
                         bench, batch_max, probes=probes, duration=probe_duration,
                         progress=progress)
-                    figures["probes"] = [asdict(p) for p in figures["probes"]]
+                    figures["probes"] = [asdict(p) for p in probed]
                     if progress:
                         print(f"  open-loop maximum {open_max:,.0f} steps/s", flush=True)
                 max_steps = open_max if of == "open" else batch_max
@@ -428,7 +428,7 @@ def measure(*, db_kind: str = "sqlite", max_steps: float | None = None,
             db.drop()
 
 
-def report(figures: dict[str, Any], given: bool) -> str:
+def render(figures: dict[str, Any], given: bool) -> str:
     """The figures as the bench prints them."""
     batch, opened = figures["batch_max_steps_per_s"], figures["open_max_steps_per_s"]
     if given:
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         of=args.of, probes=args.probes, probe_duration=args.probe_duration,
         duration=args.duration, tick=args.tick, light=args.light, light_gap=args.light_gap,
         concurrency=args.concurrency, sender_nice=args.sender_nice)
-    print(report(figures, given=args.max is not None))
+    print(render(figures, given=args.max is not None))
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0
