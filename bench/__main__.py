@@ -1,8 +1,9 @@
 """``python -m bench [NAME] [options]``: print figures of the hot paths.
 
     throughput   events -> 3-step runs through a gateway and workers: steps/s, latencies
-    latency      event -> run completed p50/p90/p99, open loop (events on a fixed schedule)
-                 at 50% and 80% of the maximum throughput, and under light load
+    latency      event -> run completed p50/p90/p99, open loop (events on a fixed schedule,
+                 from a sender process of its own) at 50% and 80% of the maximum the
+                 gateway sustains that way (searched), and under light load
     waits        cost of matching one event against 10,000 runs waiting for events
     sleeps       10,000 concurrent 1 s sleeps: how late they wake (p50/p99)
     scale        throughput on SQLite, and on PostgreSQL with 1, 2 and 3 gateways
