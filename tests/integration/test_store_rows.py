@@ -16,7 +16,6 @@ import asyncpg
 from gateway.store.base import CheckpointWrite, SessionRelease, Store
 from protocol.messages import SleepRequested
 from tests.integration.test_store import (  # noqa: F401 (functions: the autouse fixture)
-    FN,
     T0,
     _seq,
     batch,
@@ -141,4 +140,3 @@ async def test_a_stale_end_in_the_batch_of_a_current_step_leaves_the_run_running
     run = await store.get_run(run_id)
     assert run is not None
     assert run.status == "Running" and [s.id for s in run.steps] == ["a"]
-    assert FN == run.function_id
