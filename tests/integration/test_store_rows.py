@@ -13,7 +13,9 @@ from typing import Any
 
 import asyncpg
 
+from gateway.store import migrations
 from gateway.store.base import CheckpointWrite, SessionRelease, Store
+from gateway.store.db import queries
 from protocol.messages import SleepRequested
 from tests.integration.test_store import (  # noqa: F401 (functions: the autouse fixture)
     T0,
@@ -140,3 +142,23 @@ async def test_a_stale_end_in_the_batch_of_a_current_step_leaves_the_run_running
     run = await store.get_run(run_id)
     assert run is not None
     assert run.status == "Running" and [s.id for s in run.steps] == ["a"]
+
+
+def test_the_ready_run_queries_search_the_guarded_ready_indexes(tmp_path):
+    """SQLite's partial indexes of ready runs test ``available_at IS NOT NULL`` first (cheap
+    writes of leased and ended runs, migration 0016): the queries that read them bound
+    ``available_at``, so the planner still picks them."""
+    path = tmp_path / "plans.db"
+    migrations.apply(f"sqlite:///{path}", "sqlite")
+    sql = queries("sqlite")
+    conn = sqlite3.connect(path)
+    try:
+        def plan(name: str, arguments: int) -> str:
+            rows = conn.execute(f"EXPLAIN QUERY PLAN {sql[name]}", [None] * arguments)
+            return " ".join(str(row[-1]) for row in rows)
+
+        assert "USING INDEX runs_ready " in plan("ready_runs", 3)
+        assert "USING INDEX runs_ready " in plan("next_ready", 2)
+        assert "USING INDEX runs_by_priority " in plan("ready_runs_by_priority", 3)
+    finally:
+        conn.close()

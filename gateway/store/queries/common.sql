@@ -207,8 +207,8 @@ WHERE id = $3;
 -- name: resume_lease
 -- A reconnecting worker's lease ($2 at fence $3), given to its new session $1 if nobody was
 -- leased the run since: requeued by a restart (resumable), or still leased to a session of
--- the worker's that is gone.
-UPDATE runs SET status = $4, session_id = $1, resumable = 0
+-- the worker's that is gone. available_at is cleared as by lease_run.
+UPDATE runs SET status = $4, session_id = $1, resumable = 0, available_at = NULL
 WHERE id = $2 AND fence = $3 AND (
     (status = 'Queued' AND resumable = 1 AND session_id IS NULL)
     OR (status = 'Running' AND session_id <> $1))
