@@ -80,7 +80,7 @@ class Bulk:
 BULK: dict[str, Bulk] = {
     "insert_event": Bulk(binary=(3,)), "insert_run": Bulk(), "insert_run_event": Bulk(),
     "upsert_step": Bulk(key=(0, 1), binary=(5,)), "run_progressed": Bulk(key=(1,)),
-    "add_steps": Bulk(key=(1,)), "end_run": Bulk(key=(4,), binary=(1,)),
+    "add_steps": Bulk(key=(1,)), "finish_run": Bulk(key=(4,), binary=(1,)),
     "delete_waits": Bulk(), "lease_run": Bulk(key=(2,)),
 }
 

@@ -320,10 +320,7 @@ class Transaction:
             async with self.db.savepoint():
                 await work
                 await self._flush_runs()
-                if self._endings:
-                    await self.db.executemany("end_run", self._endings)
-                    await self.db.executemany("delete_waits", [(e[4],) for e in self._endings])
-                    self._endings = []
+                await self._write_endings([])
         except store_errors:
             raise
         except Exception as exc:
@@ -898,11 +895,9 @@ class Transaction:
                 run.status = next_status(run.status, RunEvent.RELEASED)
                 await db.execute("requeue_run", now, None, None, msg.run_id, run.status)
                 self.touched.add(run.function_id)
+        endings = self._fold_progress(growth)
         await self._flush_steps(steps, growth)
-        if self._endings:
-            await db.executemany("end_run", self._endings)
-            await db.executemany("delete_waits", [(e[4],) for e in self._endings])
-            self._endings = []
+        await self._write_endings(endings)
         for run_id in suspended:
             await self._suspend(run_id)
 
@@ -916,6 +911,31 @@ class Transaction:
         if run.parent is not None:
             await self._answer_parent(*run.parent, status, output, error)
         await self._system_events(run_id, run.function_id, status, output, error)
+
+    def _fold_progress(self, growth: dict[str, int]) -> list[tuple[Any, ...]]:
+        """The progress of runs that end in this batch, taken out of ``growth`` and the step
+        counts: their end writes it (``finish_run``), so the row is written once, not twice.
+
+        Each row: (bytes of results recorded, steps counted, 1 if a step was recorded): what
+        ``run_progressed`` or ``add_steps`` would have added, in the order of the endings.
+        """
+        counted, folded = self._counted, []
+        for ending in self._endings:
+            run_id = ending[4]
+            size = growth.pop(run_id, None)
+            folded.append((size or 0, counted.pop(run_id, 0), 0 if size is None else 1))
+        return folded
+
+    async def _write_endings(self, progress: list[tuple[Any, ...]]) -> None:
+        """Write the ends :meth:`_finish` recorded, with the progress :meth:`_fold_progress`
+        took for them (none: ``progress`` is empty)."""
+        if not self._endings:
+            return
+        progress = progress or [(0, 0, 0)] * len(self._endings)
+        await self.db.executemany("finish_run", [
+            (*ending, *more) for ending, more in zip(self._endings, progress, strict=True)])
+        await self.db.executemany("delete_waits", [(e[4],) for e in self._endings])
+        self._endings = []
 
     async def _warnings(self, run_id: str, warnings: list[str]) -> None:
         """What the worker noticed about the run (rarely anything), kept on its record."""

@@ -118,6 +118,17 @@ UPDATE runs SET status = $1, output = $2, error = $3, ended_at = $4, session_id 
     available_at = NULL, deadline_at = NULL
 WHERE id = $5;
 
+-- name: finish_run
+-- end_run of a run that returned or failed, with its progress of the same batch folded in
+-- (what run_progressed and add_steps would have written: one write of the row, not two):
+-- $6 bytes of step results recorded, $7 steps counted, $8 = 1 if a step was recorded.
+UPDATE runs SET status = $1, output = $2, error = $3, ended_at = $4, session_id = NULL,
+    available_at = NULL, deadline_at = NULL, state_bytes = state_bytes + $6,
+    step_count = step_count + $7,
+    lease_losses = CASE WHEN $8 = 1 THEN 0 ELSE lease_losses END,
+    attempt = CASE WHEN $6 > 0 THEN 0 ELSE attempt END
+WHERE id = $5;
+
 -- name: live_children
 SELECT id FROM runs WHERE parent_run_id = $1
 AND status NOT IN ('Completed', 'Failed', 'Cancelled', 'Skipped');
@@ -187,15 +198,17 @@ WHERE id = $2 AND status IN ('Queued', 'Sleeping', 'Waiting') RETURNING function
 -- ================================== leases ==================================
 
 -- name: lease_run
+-- available_at is cleared (set again by whatever makes the run ready again): the partial
+-- indexes of ready runs then skip a leased run without evaluating their status list (0016).
 UPDATE runs SET status = $4, fence = fence + 1, session_id = $1,
-    started_at = COALESCE(started_at, $2), resumable = 0
+    started_at = COALESCE(started_at, $2), resumable = 0, available_at = NULL
 WHERE id = $3;
 
 -- name: resume_lease
 -- A reconnecting worker's lease ($2 at fence $3), given to its new session $1 if nobody was
 -- leased the run since: requeued by a restart (resumable), or still leased to a session of
--- the worker's that is gone.
-UPDATE runs SET status = $4, session_id = $1, resumable = 0
+-- the worker's that is gone. available_at is cleared as by lease_run.
+UPDATE runs SET status = $4, session_id = $1, resumable = 0, available_at = NULL
 WHERE id = $2 AND fence = $3 AND (
     (status = 'Queued' AND resumable = 1 AND session_id IS NULL)
     OR (status = 'Running' AND session_id <> $1))

@@ -335,10 +335,13 @@ WHERE runs.id = r->>1;
 UPDATE runs SET step_count = step_count + (r->>0)::int
 FROM jsonb_array_elements($1::jsonb) AS t(r) WHERE runs.id = r->>1;
 
--- name: bulk_end_run
--- end_run
+-- name: bulk_finish_run
+-- finish_run
 UPDATE runs SET status = r->>0, output = b, error = r->>1, ended_at = (r->>2)::float8,
-    session_id = NULL, available_at = NULL, deadline_at = NULL
+    session_id = NULL, available_at = NULL, deadline_at = NULL,
+    state_bytes = state_bytes + (r->>4)::bigint, step_count = step_count + (r->>5)::int,
+    lease_losses = CASE WHEN (r->>6)::int = 1 THEN 0 ELSE lease_losses END,
+    attempt = CASE WHEN (r->>4)::bigint > 0 THEN 0 ELSE attempt END
 FROM ROWS FROM (jsonb_array_elements($1::jsonb), unnest($2::bytea[])) AS t(r, b)
 WHERE runs.id = r->>3;
 
@@ -349,6 +352,6 @@ DELETE FROM waits WHERE run_id IN (SELECT r->>0 FROM jsonb_array_elements($1::js
 -- name: bulk_lease_run
 -- lease_run
 UPDATE runs SET status = r->>3, fence = fence + 1, session_id = r->>0,
-    started_at = COALESCE(started_at, (r->>1)::float8), resumable = 0
+    started_at = COALESCE(started_at, (r->>1)::float8), resumable = 0, available_at = NULL
 FROM jsonb_array_elements($1::jsonb) AS t(r)
 WHERE runs.id = r->>2;

@@ -1,0 +1,166 @@
+"""``python -m bench.rows``: CPU per run of the store's per-run writes, without a gateway.
+
+The statements the write transaction runs for each run of the 3-step function, with the
+store's own named queries, on a fresh migrated store: the run created (``insert_event``,
+``insert_run``, ``insert_run_event``), leased (``lease_run``), its three steps recorded
+(``upsert_step``) and its end (``finish_run``, ``delete_waits``), ``--batch`` runs per
+transaction as a gateway under load batches them. By default a run's steps and end come in
+one batch (its progress folded into its end); ``--apart`` gives each step its own batch, with
+``run_progressed``, as when steps take longer than a commit.
+
+SQLite: the thread CPU time of each statement, per run (the writer thread's share of the
+gateway's CPU). PostgreSQL (``--db postgres``, a throwaway database on
+``TETHER_BENCH_PG_URL``'s server): the backend's CPU per run, read from ``/proc`` (the server
+runs on this machine), and how many of the updates of ``runs`` were HOT; ``--fillfactor``
+sets the table's before the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from bench.cpu import cpu_seconds
+from gateway.store import migrations
+from gateway.store.db import queries
+from protocol.ids import new_id
+
+FUNCTION = "bench/three-steps"
+STEPS = ("one", "two", "three")
+Statement = tuple[str, list[tuple[Any, ...]]]
+
+
+def batches(runs: int, size: int, *, apart: bool,
+            folded: bool = True) -> Iterator[list[Statement]]:
+    """The transactions, each a list of (query name, rows), of ``runs`` runs ``size`` at a
+    time: created, leased, stepped and ended. ``folded`` False: the statements of a store
+    before ``finish_run`` (``run_progressed``, then ``end_run``), to compare with one."""
+    seq = 0
+    for first in range(0, runs, size):
+        count = min(size, runs - first)
+        now = time.time()
+        ids = [new_id(now) for _ in range(count)]
+        seqs = range(seq + 1, seq + count + 1)
+        seq += count
+        yield [("insert_event", [(s, f"ev-{s}", "bench/go", b'{"name":"bench/go","data":{}}',
+                                  now, None) for s in seqs]),
+               ("insert_run", [(run_id, FUNCTION, now, json.dumps([f"ev-{s}"]), now, None,
+                                None, None, None, None, None, None)
+                               for run_id, s in zip(ids, seqs, strict=True)]),
+               ("insert_run_event", [(run_id, 0, s) for run_id, s in zip(ids, seqs,
+                                                                           strict=True)])]
+        yield [("lease_run", [("session", now, run_id, "Running") for run_id in ids])]
+        if apart:
+            for step in STEPS:
+                yield [("upsert_step", [(run_id, step, "run", "Completed", 1, b"1", None, None,
+                                         now, now) for run_id in ids]),
+                       ("run_progressed", [(1, run_id, 1) for run_id in ids])]
+            progress = (0, 0, 0)
+        else:
+            yield [("upsert_step", [(run_id, step, "run", "Completed", 1, b"1", None, None, now,
+                                     now) for run_id in ids for step in STEPS])]
+            progress = (len(STEPS), len(STEPS), 1)
+        ending: list[Statement] = [("finish_run", [("Completed", b"6", None, now, run_id,
+                                                     *progress) for run_id in ids])]
+        if not folded:
+            ending = [("run_progressed", [(progress[0], run_id, progress[1]) for run_id in ids
+                                          ])] if not apart else []
+            ending.append(("end_run", [("Completed", b"6", None, now, run_id)
+                                       for run_id in ids]))
+        yield [*ending, ("delete_waits", [(run_id,) for run_id in ids])]
+
+
+def on_sqlite(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "rows.db")
+        migrations.apply(f"sqlite:///{path}", "sqlite")
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=OFF")  # the fsync is not the statements' CPU
+        conn.execute("PRAGMA cache_size=-65536")
+        sql = queries("sqlite")
+        spent: dict[str, float] = {}
+        for transaction in batches(args.runs, args.batch, apart=args.apart,
+                                   folded="finish_run" in sql):
+            conn.execute("BEGIN IMMEDIATE")
+            for name, rows in transaction:
+                start = time.thread_time()
+                conn.executemany(sql[name], rows)
+                spent[name] = spent.get(name, 0.0) + time.thread_time() - start
+            conn.execute("COMMIT")
+        conn.close()
+    print(f"SQLite, {args.runs} runs in batches of {args.batch}"
+          f"{', steps apart' if args.apart else ''}: writer CPU µs per run")
+    for name, seconds in spent.items():
+        print(f"  {name:18} {seconds * 1e6 / args.runs:6.1f}")
+    print(f"  {'total':18} {sum(spent.values()) * 1e6 / args.runs:6.1f}")
+
+
+async def on_postgres(args: argparse.Namespace) -> None:
+    import asyncpg
+
+    from gateway.store.postgres import PgDb
+
+    server = os.environ.get("TETHER_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"bench_rows_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(server)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"{server.rsplit('/', 1)[0]}/{name}"
+    try:
+        await asyncio.to_thread(migrations.apply, migrations.yoyo_url(url), "postgres")
+        conn = await asyncpg.connect(url)
+        if args.fillfactor is not None:
+            await conn.execute(f"ALTER TABLE runs SET (fillfactor = {int(args.fillfactor)})")
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        db, spent = PgDb(conn), 0.0
+        for transaction in batches(args.runs, args.batch, apart=args.apart,
+                                   folded="finish_run" in db.sql):
+            start = cpu_seconds(backend)
+            async with conn.transaction():
+                for query, rows in transaction:
+                    await db.executemany(query, rows)
+            spent += cpu_seconds(backend) - start
+        await asyncio.sleep(0.6)  # the backend reports its table statistics every 0.5 s
+        await conn.close()
+        stats = await asyncpg.connect(url)
+        updates, hot = await stats.fetchrow(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'runs'")
+        fillfactor = await stats.fetchval(
+            "SELECT reloptions FROM pg_class WHERE relname = 'runs'")
+        await stats.close()
+        print(f"PostgreSQL, {args.runs} runs in batches of {args.batch}"
+              f"{', steps apart' if args.apart else ''}, runs {fillfactor or 'fillfactor=100'}:"
+              f" backend CPU {spent * 1e6 / args.runs:.0f} µs per run, {updates} updates of"
+              f" runs, {hot} HOT")
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.rows", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--runs", type=int, default=6000)
+    parser.add_argument("--batch", type=int, default=500, help="runs per transaction")
+    parser.add_argument("--apart", action="store_true",
+                        help="each step in its own batch (run_progressed), then the end")
+    parser.add_argument("--fillfactor", type=int, default=None,
+                        help="postgres: set the runs table's fillfactor first")
+    args = parser.parse_args(argv)
+    if args.db == "sqlite":
+        on_sqlite(args)
+    else:
+        asyncio.run(on_postgres(args))
+
+
+if __name__ == "__main__":
+    main()
