@@ -408,10 +408,15 @@ INSERT INTO conc_cursors (function_id, cursor) VALUES ($1, $2)
 ON CONFLICT (function_id) DO UPDATE SET cursor = excluded.cursor;
 
 -- name: run_concurrency
+-- A run's queue, its key as shown, and the runs of the queue ready now that go before it:
+-- the runs already started go before those not yet started (gateway/scheduler/order.py).
 SELECT cqueue, conc_key, (SELECT COUNT(*) FROM runs o WHERE o.function_id = r.function_id
         AND o.cqueue = r.cqueue AND o.cqueue IS NOT NULL
         AND o.status IN ('Queued', 'Sleeping', 'Waiting') AND o.available_at <= $2
-        AND (o.available_at < r.available_at OR (o.available_at = r.available_at AND o.id < r.id)))
+        AND CASE WHEN (o.started_at IS NULL) = (r.started_at IS NULL)
+            THEN o.available_at < r.available_at
+                OR (o.available_at = r.available_at AND o.id < r.id)
+            ELSE o.started_at IS NOT NULL END)
 FROM runs r WHERE r.id = $1 AND r.cqueue IS NOT NULL;
 
 -- name: conc_key_counts
