@@ -205,9 +205,17 @@ RETURNING function_id;
 UPDATE runs SET deadline_at = $1 WHERE id = $2;
 
 -- name: next_ready
--- The earliest future time a run of a function becomes ready (one index seek).
-SELECT MIN(available_at) FROM runs
-WHERE function_id = $1 AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at > $2;
+-- The earliest future time a run of a function becomes ready (one index seek per kind of run
+-- in runs_ready: started before, not yet started).
+SELECT MIN(due) FROM (
+    SELECT (SELECT MIN(available_at) FROM runs WHERE function_id = $1
+            AND status IN ('Queued', 'Sleeping', 'Waiting')
+            AND (CASE WHEN started_at IS NULL THEN 1 ELSE 0 END) = 0 AND available_at > $2) AS due
+    UNION ALL
+    SELECT (SELECT MIN(available_at) FROM runs WHERE function_id = $1
+            AND status IN ('Queued', 'Sleeping', 'Waiting')
+            AND (CASE WHEN started_at IS NULL THEN 1 ELSE 0 END) = 1 AND available_at > $2)
+) AS kinds;
 
 -- name: next_deadline
 SELECT MIN(deadline_at) FROM runs WHERE deadline_at > $1;

@@ -55,20 +55,19 @@ WHERE status = 'Running';
 -- ================================== leases ==================================
 
 -- name: ready_resumed_runs
--- Ready runs of ?1 that were leased before (woken, retried, requeued), through runs_resumed,
--- in the order they came due: they are leased before any run not yet started
--- (gateway/scheduler/order.py).
-SELECT available_at, id, function_id, fence, attempt, started_at
-FROM runs INDEXED BY runs_resumed  -- pinned: it alone holds just the runs wanted here
+-- Ready runs of ?1 that were leased before (woken, retried, requeued), in the order they came
+-- due: they are leased before any run not yet started (gateway/scheduler/order.py). One seek in
+-- runs_ready, whose second key is this CASE, written as there.
+SELECT available_at, id, function_id, fence, attempt, started_at FROM runs
 WHERE function_id = ?1 AND status IN ('Queued', 'Sleeping', 'Waiting')
-AND started_at IS NOT NULL AND available_at <= ?2
+AND (CASE WHEN started_at IS NULL THEN 1 ELSE 0 END) = 0 AND available_at <= ?2
 ORDER BY available_at LIMIT ?3;
 
 -- name: ready_runs
 -- Ready runs of ?1 not yet started, in queue order (after ready_resumed_runs).
 SELECT available_at, id, function_id, fence, attempt, started_at FROM runs
-WHERE function_id = ?1 AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= ?2
-AND started_at IS NULL
+WHERE function_id = ?1 AND status IN ('Queued', 'Sleeping', 'Waiting')
+AND (CASE WHEN started_at IS NULL THEN 1 ELSE 0 END) = 1 AND available_at <= ?2
 ORDER BY available_at LIMIT ?3;
 
 -- name: settle_due_waits
