@@ -2,7 +2,8 @@
 
 When workers have fewer free slots than runs are ready, a run already started (woken from a
 sleep or a wait) is leased before runs queued earlier that have not started, whatever their
-priority; within a concurrency key the same holds, and keys stay served round-robin.
+priority; within a concurrency key the same holds, and keys stay served round-robin. The order
+is the store's: another gateway sharing PostgreSQL leases the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 from gateway.clock import FakeClock
 from gateway.runs import StepStatus
 from protocol import messages as m
-from protocol.manifest import Concurrency, Priority
+from protocol.manifest import AppManifest, Concurrency, Priority
+from tests.helpers.waiting import eventually
 from tests.integration.test_engine_steps import FakeWorker, World, fn, running_world
 from tests.integration.test_flow_throttle import START, advance
 
@@ -128,3 +130,30 @@ async def test_within_a_concurrency_key_a_resumed_run_goes_first(world):
     assert other.run_id not in (sleeper.run_id, busy.run_id)
     after = await order_of_leases(world, worker, busy, 2)
     assert after[0].run_id == sleeper.run_id
+
+
+async def test_another_gateway_on_postgres_leases_the_woken_run_first(gateway_factory, db_url):
+    """The order is the store's, not one engine's memory: a second gateway sharing PostgreSQL,
+    whose worker connects after the sleep came due, is leased the woken run first."""
+    if not db_url.startswith("postgres"):
+        pytest.skip("several gateways share PostgreSQL only")
+    clock = FakeClock(START)
+    gateways = [await gateway_factory(clock=clock), await gateway_factory(clock=clock)]
+    await gateways[0].engine.register_app(AppManifest(id="t", functions=[NAP]))
+
+    async def known() -> bool:
+        return "t/nap" in gateways[1].engine.functions
+
+    await eventually(known, what="the second gateway loads t/nap")
+    first, second = (World(gw.engine, clock, gw.engine.registry) for gw in gateways)
+    worker = first.worker("t/nap", capacity=1)
+    await first.send("go.nap", event_id="sleeper")
+    sleeper = await worker.lease()
+    await sleep_then_suspend(first, worker, sleeper, 5.0)
+    await first.send("go.nap", event_id="busy")
+    await worker.lease()                                     # the first gateway's one slot
+    for n in range(3):
+        await first.send("go.nap", event_id=f"new-{n}")      # queued before the sleep is due
+    clock.advance(6.0)
+    other = second.worker("t/nap", capacity=1)
+    assert event_of(await other.lease())["id"] == "sleeper"
