@@ -4,10 +4,11 @@
 -- they were ever leased (0: started before, woken from a sleep, a wait or an invoke, requeued
 -- for a retry or after a lost lease; 1: not yet started), then by ``available_at``: one seek
 -- reads either kind in order, and a run enters and leaves the index exactly as before, so the
--- ordinary path writes nothing more (a partial index of started runs cost every lease and
--- ending 3 µs to evaluate its condition). The expression must be written the same way in the
--- queries that use it. ``runs_cqueue_resumed`` holds the started ready runs of functions with
--- concurrency limits, by queue (its condition fails at ``cqueue`` for every other run);
+-- ordinary path writes nothing more (a partial index of started runs, which no ordinary run
+-- enters, still cost every lease and ending about 3 µs). The expression must be written the
+-- same way in the queries that use it. ``runs_cqueue_resumed`` holds the started ready runs of
+-- functions with concurrency limits, by queue (its condition starts with ``cqueue IS NOT
+-- NULL``: runs without limits pay nothing measurable);
 -- ``runs_cqueue`` stays as it was, since its skip-scan must not wade through a key's sleepers.
 
 DROP INDEX runs_ready;
