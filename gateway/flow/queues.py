@@ -18,6 +18,7 @@ from typing import Any
 
 from gateway.flow.concurrency import Limit, Queue, plan, queue_of, slot, slots_of
 from gateway.flow.keys import KeyFailure, key_for, make_key
+from gateway.scheduler import order
 from gateway.store.db import Db, Row
 from protocol.manifest import FunctionConfig
 
@@ -137,14 +138,25 @@ class Claimer:
         wanted: dict[str, int] = {}
         for key in chosen.keys:
             wanted[key] = wanted.get(key, 0) + 1
+        # Within each queue, its runs already started first (gateway.scheduler.order).
+        rows = await _heads(db, "conc_resumed_heads", function_id, now, wanted)
+        fresh = order.left_per_queue(wanted, rows, queue=lambda r: r[6])
         query = "conc_heads_by_priority" if config.priority is not None else "conc_heads"
-        by_count: dict[int, list[str]] = {}
-        for key, count in wanted.items():
-            by_count.setdefault(count, []).append(key)
-        rows = []
-        for count, keys in sorted(by_count.items()):
-            rows += await db.fetch(query, function_id, now, keys, count)
+        rows += await _heads(db, query, function_id, now, fresh)
         for key in chosen.keys:
             for s in set(slots_of(key)):
                 self.taken[s] = self.taken.get(s, 0) + 1
         return rows, exhausted and len(rows) < n
+
+
+async def _heads(db: Db, query: str, function_id: str, now: float,
+                 wanted: dict[str, int]) -> list[Row]:
+    """The first ``wanted[q]`` ready runs of each queue ``q`` that ``query`` reads: one query
+    per distinct count."""
+    by_count: dict[int, list[str]] = {}
+    for key, count in wanted.items():
+        by_count.setdefault(count, []).append(key)
+    rows: list[Row] = []
+    for count, keys in sorted(by_count.items()):
+        rows += await db.fetch(query, function_id, now, keys, count)
+    return rows

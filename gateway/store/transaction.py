@@ -46,6 +46,7 @@ from gateway.runs import (
     next_status,
     suspension,
 )
+from gateway.scheduler import order
 from gateway.scheduler.waits import MISSING, NO_INDEX, index_for, key_at
 from gateway.store.base import (
     DEDUP_WINDOW,
@@ -1262,19 +1263,22 @@ class Transaction:
                     rank.update((r[1], r[7]) for r in rows)
                 candidates.extend(tuple(r[:6]) for r in rows)
                 continue
-            if config is not None and config.priority is not None:
-                rows = await db.fetch("ready_runs_by_priority", fn, now, limit)
-                rank.update((r[1], r[6]) for r in rows)
-                rows = [tuple(r[:6]) for r in rows]
-            else:
-                rows = await db.fetch("ready_runs", fn, now, limit)
+            # Runs already started first, then runs not yet started (gateway.scheduler.order).
+            rows = list(await db.fetch("ready_resumed_runs", fn, now, limit))
+            fresh = limit - len(rows)
+            if fresh > 0 and config is not None and config.priority is not None:
+                ranked = await db.fetch("ready_runs_by_priority", fn, now, fresh)
+                rank.update((r[1], r[6]) for r in ranked)
+                rows += [tuple(r[:6]) for r in ranked]
+            elif fresh > 0:
+                rows += await db.fetch("ready_runs", fn, now, fresh)
             if len(rows) < limit:
                 result.drained_functions.add(fn)
             candidates.extend(rows)
         if not candidates:
             return
-        # Stable: a function's runs keep the order its query gave (priority, then arrival).
-        candidates.sort(key=lambda c: (rank.get(c[1], c[0]),) if rank else c)
+        # Stable: a function's runs keep the order its queries gave (priority, then arrival).
+        candidates.sort(key=lambda c: order.lease_key(c, rank.get(c[1])))
         by_id = {c[1]: c for c in candidates}
         assigned = dispatch.assign(workers, [(c[1], c[2]) for c in candidates])
         if len(assigned) < len(candidates):

@@ -146,7 +146,7 @@ async def test_a_stale_end_in_the_batch_of_a_current_step_leaves_the_run_running
 
 def test_the_ready_run_queries_search_the_guarded_ready_indexes(tmp_path):
     """SQLite's partial indexes of ready runs test ``available_at IS NOT NULL`` first (cheap
-    writes of leased and ended runs, migration 0016): the queries that read them bound
+    writes of leased and ended runs, migrations 0016 and 0017): the queries that read them bound
     ``available_at``, so the planner still picks them."""
     path = tmp_path / "plans.db"
     migrations.apply(f"sqlite:///{path}", "sqlite")
@@ -160,5 +160,7 @@ def test_the_ready_run_queries_search_the_guarded_ready_indexes(tmp_path):
         assert "USING INDEX runs_ready " in plan("ready_runs", 3)
         assert "USING INDEX runs_ready " in plan("next_ready", 2)
         assert "USING INDEX runs_by_priority " in plan("ready_runs_by_priority", 3)
+        assert "USING INDEX runs_ready " in plan("ready_resumed_runs", 3)
+        assert "USING INDEX runs_cqueue_resumed " in plan("conc_resumed_heads", 4)
     finally:
         conn.close()

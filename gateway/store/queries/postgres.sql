@@ -47,9 +47,20 @@ AND (warnings IS NOT NULL OR skipped IS NOT NULL OR hold_option IS NOT NULL);
 
 -- ================================== leases ==================================
 
--- name: ready_runs
+-- name: ready_resumed_runs
+-- Ready runs of $1 that were leased before (woken, retried, requeued), in the order they came
+-- due: they are leased before any run not yet started (gateway/scheduler/order.py). One seek in
+-- runs_ready, whose second key is this CASE, written as there.
 SELECT available_at, id, function_id, fence, attempt, started_at FROM runs
-WHERE function_id = $1 AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= $2
+WHERE function_id = $1 AND status IN ('Queued', 'Sleeping', 'Waiting')
+AND (CASE WHEN started_at IS NULL THEN 1 ELSE 0 END) = 0 AND available_at <= $2
+ORDER BY available_at LIMIT $3 FOR UPDATE SKIP LOCKED;
+
+-- name: ready_runs
+-- Ready runs of $1 not yet started, in queue order (after ready_resumed_runs).
+SELECT available_at, id, function_id, fence, attempt, started_at FROM runs
+WHERE function_id = $1 AND status IN ('Queued', 'Sleeping', 'Waiting')
+AND (CASE WHEN started_at IS NULL THEN 1 ELSE 0 END) = 1 AND available_at <= $2
 ORDER BY available_at LIMIT $3 FOR UPDATE SKIP LOCKED;
 
 -- name: settle_due_waits
@@ -105,6 +116,7 @@ DELETE FROM flow_keys WHERE (function_id, kind, key_hash) IN (
 SELECT available_at, id, function_id, fence, attempt, started_at, available_at - priority
 FROM runs
 WHERE function_id = $1 AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= $2
+AND started_at IS NULL
 ORDER BY available_at - priority, arrival LIMIT $3 FOR UPDATE SKIP LOCKED;
 
 -- ======================== flow control: concurrency =========================
@@ -136,6 +148,17 @@ SELECT k, (SELECT COUNT(*) FROM (SELECT 1 FROM runs WHERE function_id = $1 AND c
             AND available_at <= $3 LIMIT $5) c)
 FROM q WHERE k IS NOT NULL;
 
+-- name: conc_resumed_heads
+SELECT r.available_at, r.id, r.function_id, r.fence, r.attempt, r.started_at, r.cqueue,
+       r.available_at - r.priority
+FROM runs r WHERE r.id IN (
+    SELECT h.id FROM unnest($3::text[]) AS k(q) CROSS JOIN LATERAL (
+        SELECT id FROM runs WHERE function_id = $1 AND cqueue = k.q AND cqueue IS NOT NULL
+            AND status IN ('Queued', 'Sleeping', 'Waiting') AND started_at IS NOT NULL
+            AND available_at <= $2
+        ORDER BY available_at LIMIT $4) h)
+FOR UPDATE OF r SKIP LOCKED;
+
 -- name: conc_heads
 SELECT r.available_at, r.id, r.function_id, r.fence, r.attempt, r.started_at, r.cqueue,
        r.available_at - r.priority
@@ -143,6 +166,7 @@ FROM runs r WHERE r.id IN (
     SELECT h.id FROM unnest($3::text[]) AS k(q) CROSS JOIN LATERAL (
         SELECT id FROM runs WHERE function_id = $1 AND cqueue = k.q AND cqueue IS NOT NULL
             AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= $2
+            AND started_at IS NULL
         ORDER BY available_at LIMIT $4) h)
 FOR UPDATE OF r SKIP LOCKED;
 
@@ -153,6 +177,7 @@ FROM runs r WHERE r.id IN (
     SELECT h.id FROM unnest($3::text[]) AS k(q) CROSS JOIN LATERAL (
         SELECT id FROM runs WHERE function_id = $1 AND cqueue = k.q AND cqueue IS NOT NULL
             AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= $2
+            AND started_at IS NULL
         ORDER BY available_at - priority, arrival LIMIT $4) h)
 FOR UPDATE OF r SKIP LOCKED;
 

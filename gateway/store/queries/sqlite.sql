@@ -54,9 +54,20 @@ WHERE status = 'Running';
 
 -- ================================== leases ==================================
 
--- name: ready_runs
+-- name: ready_resumed_runs
+-- Ready runs of ?1 that were leased before (woken, retried, requeued), in the order they came
+-- due: they are leased before any run not yet started (gateway/scheduler/order.py). One seek in
+-- runs_ready, whose second key is this CASE, written as there.
 SELECT available_at, id, function_id, fence, attempt, started_at FROM runs
-WHERE function_id = ?1 AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= ?2
+WHERE function_id = ?1 AND status IN ('Queued', 'Sleeping', 'Waiting')
+AND (CASE WHEN started_at IS NULL THEN 1 ELSE 0 END) = 0 AND available_at <= ?2
+ORDER BY available_at LIMIT ?3;
+
+-- name: ready_runs
+-- Ready runs of ?1 not yet started, in queue order (after ready_resumed_runs).
+SELECT available_at, id, function_id, fence, attempt, started_at FROM runs
+WHERE function_id = ?1 AND status IN ('Queued', 'Sleeping', 'Waiting')
+AND (CASE WHEN started_at IS NULL THEN 1 ELSE 0 END) = 1 AND available_at <= ?2
 ORDER BY available_at LIMIT ?3;
 
 -- name: settle_due_waits
@@ -122,6 +133,7 @@ DELETE FROM flow_keys WHERE (function_id, kind, key_hash) IN (
 SELECT available_at, id, function_id, fence, attempt, started_at, available_at - priority
 FROM runs INDEXED BY runs_by_priority  -- without statistics SQLite would sort every ready run
 WHERE function_id = ?1 AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= ?2
+AND started_at IS NULL
 ORDER BY available_at - priority, arrival LIMIT ?3;
 
 -- ======================== flow control: concurrency =========================
@@ -154,13 +166,27 @@ SELECT k, (SELECT COUNT(*) FROM (SELECT 1 FROM runs WHERE function_id = ?1 AND c
             AND available_at <= ?3 LIMIT ?5))
 FROM q WHERE k IS NOT NULL;
 
+-- name: conc_resumed_heads
+-- The first ?4 ready runs leased before (runs_cqueue_resumed) of each queue in ?3 (a JSON
+-- list), in the order they came due: they go before the queue's runs not yet started.
+SELECT r.available_at, r.id, r.function_id, r.fence, r.attempt, r.started_at, r.cqueue,
+       r.available_at - r.priority
+FROM json_each(?3) AS k JOIN runs r ON r.id IN (
+    SELECT id FROM runs INDEXED BY runs_cqueue_resumed
+    WHERE function_id = ?1 AND cqueue = k.value AND cqueue IS NOT NULL
+        AND status IN ('Queued', 'Sleeping', 'Waiting') AND started_at IS NOT NULL
+        AND available_at <= ?2
+    ORDER BY available_at LIMIT ?4);
+
 -- name: conc_heads
--- The first ?4 ready runs of each queue in ?3 (a JSON list), in queue order (arrival).
+-- The first ?4 ready runs not yet started of each queue in ?3 (a JSON list), in queue order
+-- (arrival).
 SELECT r.available_at, r.id, r.function_id, r.fence, r.attempt, r.started_at, r.cqueue,
        r.available_at - r.priority
 FROM json_each(?3) AS k JOIN runs r ON r.id IN (
     SELECT id FROM runs WHERE function_id = ?1 AND cqueue = k.value AND cqueue IS NOT NULL
         AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= ?2
+        AND started_at IS NULL
     ORDER BY available_at LIMIT ?4);
 
 -- name: conc_heads_by_priority
@@ -170,6 +196,7 @@ SELECT r.available_at, r.id, r.function_id, r.fence, r.attempt, r.started_at, r.
 FROM json_each(?3) AS k JOIN runs r ON r.id IN (
     SELECT id FROM runs WHERE function_id = ?1 AND cqueue = k.value AND cqueue IS NOT NULL
         AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= ?2
+        AND started_at IS NULL
     ORDER BY available_at - priority, arrival LIMIT ?4);
 
 -- name: slots_running
