@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cluster import Cluster
+from bench.cpu import cpu_seconds
 from bench.throughput import (
     STEPS_PER_RUN,
     Database,
@@ -63,13 +64,18 @@ class Phase:
     commits_per_run: float  # write batches the gateway committed, per run of the phase
     commit_ms: float  # mean time to commit one batch (fsync included)
     hops: dict[str, float] = dataclasses.field(default_factory=dict)  # light load only
+    #: CPU ms per run of the gateway and of the worker over the phase (``/proc``)
+    gateway_cpu_ms: float = 0.0
+    worker_cpu_ms: float = 0.0
 
     def line(self) -> str:
         return (f"  {self.name:<16} offered {self.offered_steps_per_s:>7,.0f} steps/s, "
                 f"achieved {self.achieved_steps_per_s:>7,.0f}: p50 {self.p50:.2f} ms, "
                 f"p90 {self.p90:.2f}, p99 {self.p99:.2f}, max {self.max:.2f} "
                 f"({self.runs} runs, {self.commits_per_run:.2f} commits/run of "
-                f"{self.commit_ms:.2f} ms; senders late p99 {self.late_sends_ms:.1f} ms)")
+                f"{self.commit_ms:.2f} ms; senders late p99 {self.late_sends_ms:.1f} ms; "
+                f"CPU per run: gateway {self.gateway_cpu_ms:.2f} ms, worker "
+                f"{self.worker_cpu_ms:.2f} ms)")
 
 
 class Sender:
@@ -219,10 +225,13 @@ def _phase(name: str, db: Database, cluster: Cluster, sender: Sender, *, rate: f
            count: int, tick: float, keep: dict[str, float] | None = None) -> Phase:
     before = _completed_total(db)
     batches, seconds = _commits(cluster)
+    cpu = _cpu(cluster)
     start, sent = sender.run(rate, count, tick)
     if keep is not None:
         keep.update(sent)
     _wait_completed(cluster, before + len(sent), timeout=300)
+    gateway_cpu, worker_cpu = (after - before for after, before in zip(_cpu(cluster), cpu,
+                                                                        strict=True))
     batches_after, seconds_after = _commits(cluster)
     commits = max(batches_after - batches, 1.0)
     _, ends = _latencies(db, sent)
@@ -235,7 +244,16 @@ def _phase(name: str, db: Database, cluster: Cluster, sender: Sender, *, rate: f
         p99=_percentile(ms, 0.99), max=max(ms),
         late_sends_ms=_percentile(sender.late, 0.99) * 1000 if sender.late else 0.0,
         commits_per_run=commits / max(len(ends), 1),
-        commit_ms=(seconds_after - seconds) / commits * 1000)
+        commit_ms=(seconds_after - seconds) / commits * 1000,
+        gateway_cpu_ms=gateway_cpu * 1000 / max(len(ends), 1),
+        worker_cpu_ms=worker_cpu * 1000 / max(len(ends), 1))
+
+
+def _cpu(cluster: Cluster) -> tuple[float, float]:
+    """CPU seconds (user + system) the gateway and the workers have used so far."""
+    assert cluster.gateway is not None
+    return (cpu_seconds(cluster.gateway.pid),
+            sum(cpu_seconds(w.pid) for w in cluster.workers))
 
 
 def _max_throughput(db: Database, cluster: Cluster, events: int, batch: int = 500) -> float:

@@ -125,6 +125,9 @@ class Engine:
         self._wake = asyncio.Event()
         self._maybe_ready: set[str] = set()
         self._next_wakeup: float | None = None
+        # The earliest wake-up other gateways announced while a batch was committing: a batch
+        # that looks up the next due time must not forget it (its lookup may predate theirs).
+        self._heard_wakeup: float | None = None
         self._find_wakeup = True  # ask the store once at start
         self._ticks_due = False  # cron ticks are due beyond what the last batch fired
         self._reloading: asyncio.Future[None] | None = None
@@ -344,7 +347,8 @@ class Engine:
             self._maybe_ready.update(functions)
         wakeup = note.get("wakeup")
         if isinstance(wakeup, (int, float)):
-            self._next_wakeup = min(self._next_wakeup or wakeup, wakeup)
+            self._next_wakeup = _earliest(self._next_wakeup, wakeup)
+            self._heard_wakeup = _earliest(self._heard_wakeup, wakeup)
         for session_id, run_id, fence in note.get("revoke") or ():
             worker = self.registry.get(session_id)
             if worker is not None:
@@ -512,6 +516,10 @@ class Engine:
             # Due while the loop was busy (it only sleeps when idle): the timer fires here.
             self._timer_fired()
         batch.find_wakeup, self._find_wakeup = self._find_wakeup, False
+        # Deadlines and ticks are looked for only when one may be due: the next due time is
+        # the timer's (a batch that looks it up finds every one in the store).
+        batch.due = batch.find_wakeup or self._ticks_due
+        self._heard_wakeup = None
         batch.trace = self.tracing is not None
         slots = self.registry.free_slots()
         if slots:
@@ -666,9 +674,9 @@ class Engine:
             # something changes (a safety net; drained functions leave the set anyway).
             self._maybe_ready.clear()
         if batch.find_wakeup:
-            self._next_wakeup = result.next_wakeup
+            self._next_wakeup = _earliest(result.next_wakeup, self._heard_wakeup)
         elif result.next_wakeup is not None:
-            self._next_wakeup = min(self._next_wakeup or result.next_wakeup, result.next_wakeup)
+            self._next_wakeup = _earliest(self._next_wakeup, result.next_wakeup)
 
     def _fail(
         self,
@@ -705,6 +713,13 @@ class Engine:
         self._batch.releases.extend(batch.releases)
         self._batch.returns.extend(batch.returns)
         self._batch.forgiven.extend(batch.forgiven)
+
+
+def _earliest(known: float | None, other: float | None) -> float | None:
+    """The earlier of two wake-up times, either of which may be unknown (None)."""
+    if known is None:
+        return other
+    return known if other is None else min(known, other)
 
 
 def _refused_events(waiters: list[tuple[list[NewEvent], asyncio.Future[set[str]]]],
