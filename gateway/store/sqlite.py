@@ -147,23 +147,29 @@ class SQLiteDb:
     def _args(args: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple(json.dumps(a) if isinstance(a, (list, tuple, set)) else a for a in args)
 
+    # A query with no body (the locks one writer does not need) runs no statement.
+
     async def fetch(self, name: str, *args: Any) -> list[Row]:
-        return self.conn.execute(self.sql[name], self._args(args)).fetchall()
+        sql = self.sql[name]
+        return self.conn.execute(sql, self._args(args)).fetchall() if sql else []
 
     async def fetchone(self, name: str, *args: Any) -> Row | None:
-        row: Row | None = self.conn.execute(self.sql[name], self._args(args)).fetchone()
+        sql = self.sql[name]
+        row: Row | None = self.conn.execute(sql, self._args(args)).fetchone() if sql else None
         return row
 
     async def fetchval(self, name: str, *args: Any) -> Any:
-        row = self.conn.execute(self.sql[name], self._args(args)).fetchone()
+        row = await self.fetchone(name, *args)
         return None if row is None else row[0]
 
     async def execute(self, name: str, *args: Any) -> int:
-        return self.conn.execute(self.sql[name], self._args(args)).rowcount
+        sql = self.sql[name]
+        return self.conn.execute(sql, self._args(args)).rowcount if sql else 0
 
     async def executemany(self, name: str, rows: list[tuple[Any, ...]]) -> None:
-        if rows:  # nothing to write: no statement (the batch's phases often have none)
-            self.conn.executemany(self.sql[name], rows)
+        sql = self.sql[name]
+        if rows and sql:  # nothing to write: no statement (the batch's phases often have none)
+            self.conn.executemany(sql, rows)
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
