@@ -426,6 +426,7 @@ class Engine:
                 if self._closed:
                     self._idle.set()
                     return
+                await self._upkeep()  # before _idle: close() must not return meanwhile
                 self._idle.set()
                 await self._sleep()
                 self._idle.clear()
@@ -453,6 +454,14 @@ class Engine:
             self._deliver(batch, waiters, result)
             self._answer(commands, result)
             self._in_flight = [], []
+
+    async def _upkeep(self) -> None:
+        """Nothing to commit: the store's upkeep runs now rather than inside a commit (what
+        arrives meanwhile waits for it, as it would for a commit)."""
+        try:
+            await self.store.idle()
+        except Exception as exc:  # upkeep only: the next commits do it as they did before
+            log.warning("store_upkeep_failed", error=str(exc))
 
     def abandon(self, reason: str) -> None:
         """The loop died: answer everyone still waiting for a commit, so nobody hangs."""

@@ -412,6 +412,11 @@ class Store(Protocol):
         """Apply ``batch`` atomically and durably (see the module invariants)."""
         ...
 
+    async def idle(self) -> None:
+        """The engine has nothing to commit: upkeep that would otherwise fall inside a
+        commit may run now (SQLite: the WAL checkpoint)."""
+        ...
+
     async def register_app(self, app: AppManifest, *, now: float,
                            keep: Collection[str] = ()) -> list[FunctionRecord]:
         """Store an app's functions; functions the app no longer declares become inactive,
