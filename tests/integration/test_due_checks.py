@@ -163,3 +163,34 @@ async def test_a_due_deadline_locked_by_another_gateway_is_applied_once_released
             await holder.close()
         world.clock.advance(LOCKED_DEADLINE_RETRY)  # nothing tells it: it looks again
         await eventually(lambda: cancelled(world, run), what="the run cancelled after the lock")
+
+
+# --- the store's upkeep at rest ---------------------------------------------------------------
+
+
+class UpkeepFails:
+    """Wraps a store whose upkeep at rest (the engine idle) always raises."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.upkeeps = 0
+
+    async def idle(self) -> None:
+        self.upkeeps += 1
+        raise OSError("disk I/O error during a checkpoint")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+
+async def test_a_failing_upkeep_at_rest_stops_no_commit(store):
+    failing = UpkeepFails(store)
+    async with running_world(failing, FUNCTIONS) as world:  # type: ignore[arg-type]
+        worker = world.worker("t/plain")
+        for _ in range(3):
+            await world.send("go.plain")
+            lease = await worker.lease()
+            await world.checkpoint(worker, lease, m.RunCompleted, output=b"1")
+            assert await status(world, lease.run_id) == "Completed"
+            await world.settle()
+        assert failing.upkeeps >= 3
