@@ -1,4 +1,5 @@
-"""Deadlines and cron ticks are looked for only when one may be due, never late for it.
+"""Deadlines and cron ticks are looked for only when one may be due, never late for it; and
+what another gateway says is ready is not forgotten.
 
 A batch does not query for due deadlines and ticks unless the engine's timer says one may be
 due (or it has yet to learn the next due time: at start). These tests hold the engine to what
@@ -15,13 +16,14 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
+import orjson
 import pytest
 
 from gateway.app import open_store
 from gateway.clock import FakeClock
 from gateway.engine import Engine
 from gateway.registry import Registry
-from gateway.store.base import Store
+from gateway.store.base import NewEvent, Store, WriteBatch, WriteResult
 from gateway.store.transaction import LOCKED_DEADLINE_RETRY
 from protocol import messages as m
 from protocol.manifest import AppManifest, Timeouts
@@ -194,3 +196,44 @@ async def test_a_failing_upkeep_at_rest_stops_no_commit(store):
             assert await status(world, lease.run_id) == "Completed"
             await world.settle()
         assert failing.upkeeps >= 3
+
+
+# --- runs another gateway made ready while a claim was committing ------------------------------
+
+
+class HeldAfterCommit:
+    """Wraps a store: a claim-only batch commits, then its answer waits for ``release``."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.committed = asyncio.Event()
+        self.release = asyncio.Event()
+        self.armed = False
+
+    async def write(self, batch: WriteBatch) -> WriteResult:
+        result: WriteResult = await self._store.write(batch)
+        if self.armed and batch.claims and not batch.has_writes():
+            self.armed = False
+            self.committed.set()
+            await self.release.wait()
+        return result
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+
+async def test_runs_another_gateway_made_ready_during_a_fruitless_claim_are_leased(store):
+    held = HeldAfterCommit(store)
+    async with running_world(held, FUNCTIONS) as world:  # type: ignore[arg-type]
+        await world.settle()
+        held.armed = True
+        worker = world.worker("t/plain")  # a claim that finds nothing, and is held
+        await asyncio.wait_for(held.committed.wait(), BOUND)
+        # Meanwhile another gateway queues a run and says so (its NOTIFY).
+        body = {"name": "go.plain", "data": {}, "id": "elsewhere", "ts": 0, "user": None}
+        await store.write(WriteBatch(now=world.clock.now(), events=[NewEvent(
+            "elsewhere", "go.plain", orjson.dumps(body), body)], match=lambda n, e: ["t/plain"]))
+        world.engine.peer_note({"functions": ["t/plain"]})
+        held.release.set()  # the claim's empty answer arrives after the note
+        lease = await worker.lease()
+        assert lease.events == [orjson.dumps(body)]
