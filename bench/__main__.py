@@ -18,6 +18,8 @@
                  with 1,000,000 completed and 100,000 queued runs stored, against empty
     takeover     PostgreSQL, 3 gateways under load: a gateway killed (kill -9) or stopped
                  (SIGTERM), and how soon its runs complete through the others
+    commits      CPU and wall time of a light-load run's two commits through the engine,
+                 in-process (SQLite; no HTTP, no sockets): the fixed cost of a commit
     cpu          CPU ms the gateway and the worker spend per 1,000 runs of the 3-step
                  function (steady under load from other processes, unlike wall time)
     frames       µs per message of the socket's hot messages: decode, encode, and the
@@ -40,6 +42,7 @@ from __future__ import annotations
 import sys
 
 from bench import (
+    commits,
     cpu,
     cron,
     dashboard,
@@ -64,7 +67,7 @@ BENCHMARKS = {"throughput": throughput.main, "waits": waits.main, "sleeps": slee
               "intake": intake.main, "cron": cron.main, "flow": flow.main, "cpu": cpu.main,
               "dashboard": dashboard.main, "state": state.main, "chaos": chaos.main,
               "peers": peers.main, "latency": latency.main, "styles": styles.main,
-              "frames": frames.main}
+              "frames": frames.main, "commits": commits.main}
 
 
 def main(argv: list[str]) -> int:

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -124,7 +125,13 @@ class Engine:
         self._lost_sessions: dict[str, tuple[str, frozenset[str]]] = {}
         self._wake = asyncio.Event()
         self._maybe_ready: set[str] = set()
+        # Functions said to have runs ready (a worker joined, another gateway's note) since the
+        # batch in flight was taken: its result, read before, must not take them out again.
+        self._ready_since_take: set[str] = set()
         self._next_wakeup: float | None = None
+        # The earliest wake-up other gateways announced while a batch was committing: a batch
+        # that looks up the next due time must not forget it (its lookup may predate theirs).
+        self._heard_wakeup: float | None = None
         self._find_wakeup = True  # ask the store once at start
         self._ticks_due = False  # cron ticks are due beyond what the last batch fired
         self._reloading: asyncio.Future[None] | None = None
@@ -144,8 +151,13 @@ class Engine:
         requeued = await self.store.recover(now=self.clock.now(), grace=self.resume_grace)
         if requeued:
             log.info("leases_recovered", runs=requeued)
-        self._maybe_ready.update(self.functions)
+        self._may_be_ready(self.functions)
         self._wake.set()
+
+    def _may_be_ready(self, functions: Iterable[str]) -> None:
+        """These functions may have runs ready: the next batch with free slots looks."""
+        self._maybe_ready.update(functions)
+        self._ready_since_take.update(functions)
 
     def _index(self, record: FunctionRecord) -> None:
         self.functions[record.id] = record
@@ -334,17 +346,18 @@ class Engine:
 
     def worker_ready(self, worker: WorkerEntry) -> None:
         """A worker joined (or has room again): look for runs it can take."""
-        self._maybe_ready.update(worker.functions)
+        self._may_be_ready(worker.functions)
         self._wake.set()
 
     def peer_note(self, note: PeerNote) -> None:
         """Another gateway sharing the store committed something that concerns this one."""
         functions = note.get("functions")
         if functions:
-            self._maybe_ready.update(functions)
+            self._may_be_ready(functions)
         wakeup = note.get("wakeup")
         if isinstance(wakeup, (int, float)):
-            self._next_wakeup = min(self._next_wakeup or wakeup, wakeup)
+            self._next_wakeup = _earliest(self._next_wakeup, wakeup)
+            self._heard_wakeup = _earliest(self._heard_wakeup, wakeup)
         for session_id, run_id, fence in note.get("revoke") or ():
             worker = self.registry.get(session_id)
             if worker is not None:
@@ -362,7 +375,7 @@ class Engine:
             self._index(record)
         await self._keep_served(records)
         self._schedules_changed(records)
-        self._maybe_ready.update(r.id for r in records if r.active)
+        self._may_be_ready(r.id for r in records if r.active)
         self._wake.set()
 
     async def _keep_served(self, records: list[FunctionRecord]) -> None:
@@ -422,6 +435,7 @@ class Engine:
                 if self._closed:
                     self._idle.set()
                     return
+                await self._upkeep()  # before _idle: close() must not return meanwhile
                 self._idle.set()
                 await self._sleep()
                 self._idle.clear()
@@ -449,6 +463,14 @@ class Engine:
             self._deliver(batch, waiters, result)
             self._answer(commands, result)
             self._in_flight = [], []
+
+    async def _upkeep(self) -> None:
+        """Nothing to commit: the store's upkeep runs now rather than inside a commit (what
+        arrives meanwhile waits for it, as it would for a commit)."""
+        try:
+            await self.store.idle()
+        except Exception as exc:  # upkeep only: the next commits do it as they did before
+            log.warning("store_upkeep_failed", error=str(exc))
 
     def abandon(self, reason: str) -> None:
         """The loop died: answer everyone still waiting for a commit, so nobody hangs."""
@@ -512,6 +534,11 @@ class Engine:
             # Due while the loop was busy (it only sleeps when idle): the timer fires here.
             self._timer_fired()
         batch.find_wakeup, self._find_wakeup = self._find_wakeup, False
+        self._ready_since_take = set()
+        # Deadlines and ticks are looked for only when one may be due: the next due time is
+        # the timer's (a batch that looks it up finds every one in the store).
+        batch.due = batch.find_wakeup or self._ticks_due
+        self._heard_wakeup = None
         batch.trace = self.tracing is not None
         slots = self.registry.free_slots()
         if slots:
@@ -665,10 +692,13 @@ class Engine:
             # Workers had room, yet a claim-only round leased nothing: stop asking until
             # something changes (a safety net; drained functions leave the set anyway).
             self._maybe_ready.clear()
+        # What was said while the batch committed is newer than what its claim saw (another
+        # gateway's runs committed after this claim looked): keep it.
+        self._maybe_ready |= self._ready_since_take
         if batch.find_wakeup:
-            self._next_wakeup = result.next_wakeup
+            self._next_wakeup = _earliest(result.next_wakeup, self._heard_wakeup)
         elif result.next_wakeup is not None:
-            self._next_wakeup = min(self._next_wakeup or result.next_wakeup, result.next_wakeup)
+            self._next_wakeup = _earliest(self._next_wakeup, result.next_wakeup)
 
     def _fail(
         self,
@@ -705,6 +735,13 @@ class Engine:
         self._batch.releases.extend(batch.releases)
         self._batch.returns.extend(batch.returns)
         self._batch.forgiven.extend(batch.forgiven)
+
+
+def _earliest(known: float | None, other: float | None) -> float | None:
+    """The earlier of two wake-up times, either of which may be unknown (None)."""
+    if known is None:
+        return other
+    return known if other is None else min(known, other)
 
 
 def _refused_events(waiters: list[tuple[list[NewEvent], asyncio.Future[set[str]]]],

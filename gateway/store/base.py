@@ -187,6 +187,11 @@ class WriteBatch:
     find_wakeup: bool = False
     #: The gateway traces: each lease carries its run's trace parent (one query per claim).
     trace: bool = False
+    #: Deadlines or cron ticks may be due: the engine's timer fired (or it has yet to learn
+    #: the next due time, at start), or more ticks were due than the last batch fired. When
+    #: False, the batch skips looking for them (a query each, every commit): the engine knows
+    #: when the next one comes, from the times batches wrote and other gateways' notes.
+    due: bool = True
 
     def has_writes(self) -> bool:
         """Anything to apply besides looking for runs to lease?"""
@@ -405,6 +410,11 @@ class Store(Protocol):
 
     async def write(self, batch: WriteBatch) -> WriteResult:
         """Apply ``batch`` atomically and durably (see the module invariants)."""
+        ...
+
+    async def idle(self) -> None:
+        """The engine has nothing to commit: upkeep that would otherwise fall inside a
+        commit may run now (SQLite: the WAL checkpoint)."""
         ...
 
     async def register_app(self, app: AppManifest, *, now: float,

@@ -4,7 +4,9 @@ Queries live in ``queries/common.sql`` (what both backends run as written) and
 ``queries/<backend>.sql`` (what truly differs), as blocks headed ``-- name: <name>`` (the
 procrastinate way): the logic in :mod:`gateway.store.transaction` and
 :mod:`gateway.store.reads` is written once against names, and every backend answers the same
-names. A list argument is an ``IN (...)`` set: each backend passes it its own way.
+names. A list argument is an ``IN (...)`` set: each backend passes it its own way. A query
+whose body is empty (only comments) is one the backend has nothing to do for (SQLite's locks:
+one writer owns the file): no statement is run, and it returns no rows.
 """
 
 from __future__ import annotations

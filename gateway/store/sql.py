@@ -93,6 +93,9 @@ class SqlStore:
                         events=len(batch.events), checkpoints=len(batch.checkpoints))
         return await self._transaction(apply_isolated)
 
+    async def idle(self) -> None:
+        """Nothing to do by default (see :meth:`gateway.store.base.Store.idle`)."""
+
     async def _publish(self, db: Db, result: WriteResult | None, *, registered: bool) -> None:
         """Tell other gateways what this transaction changed (nothing to do for one gateway)."""
 

@@ -7,12 +7,14 @@ The phases, in order (each may add work for the later ones):
 2. **checkpoints**: fence check, then record steps, sleeps, waits (looking back for events
    that raced them), child runs, sent events, suspensions and run endings;
 3. **commands**: API cancellations and replays, leases handed back, workers gone;
-4. **deadlines**: cancel runs past ``timeouts.start`` / ``timeouts.finish``;
+4. **deadlines**: cancel runs past ``timeouts.start`` / ``timeouts.finish`` (only in a batch
+   the engine marks ``due``, or one that wrote a deadline already past: see
+   :meth:`Transaction._deadlines`);
 5. **waits**: offer every event stored in this batch (including system events born of run
    endings in this batch) to the waits on its name; a match resumes or cancels a run. A wait
    matches only events stored after its run's own events (``after_seq``), never its trigger;
 6. **ticks**: cron schedules that came due start their run (one per (function, tick), see
-   :meth:`Transaction._fire_schedules`);
+   :meth:`Transaction._fire_schedules`; only in a ``due`` batch);
 7. **claims**: lease ready runs to workers with free slots, first settling their due sleeps,
    wait timeouts and invoke timeouts.
 
@@ -88,6 +90,10 @@ MAX_EVENTS_PER_BATCH = 100_000
 
 #: Due cron schedules one batch fires at most (more: the next batch follows at once).
 SCHEDULES_PER_BATCH = 1000
+
+#: A due deadline another gateway holds locked (PostgreSQL's SKIP LOCKED passed it over) is
+#: looked at again this long after.
+LOCKED_DEADLINE_RETRY = 0.1
 
 #: Where the moves the store applies to runs in bulk lead (gateway.runs.TRANSITIONS): every
 #: status a run changes to in this module comes from the lifecycle table, here or through
@@ -172,6 +178,10 @@ class Transaction:
         # Trigger payloads of runs created in this batch: a lease of one needs no query.
         self._triggers: dict[str, bytes] = {}
         self._wakeups: list[float] = []
+        # A deadline written in this batch is already past: the deadline phase must run (or,
+        # once it has, the engine must come back at once).
+        self._deadline_past = False
+        self._deadlines_done = False
         self._endings: list[tuple[Any, ...]] = []
         self._last_seq = 0  # the highest event seq stored in this batch so far
         # Steps recorded per run in this batch, not yet added to its step_count.
@@ -262,7 +272,7 @@ class Transaction:
         for run_id in batch.forgiven:  # after the releases that counted the loss
             await self._isolated(store_errors, self.db.execute("forgive_lease_loss", run_id))
         for index, (run_id, started_at, function_id) in enumerate(
-                await self.db.fetch("due_deadlines", self.now)):
+                await self._due_deadlines()):
             error = await self._isolated(store_errors,
                                          self._deadline(run_id, started_at, function_id))
             if error is not None:
@@ -270,6 +280,7 @@ class Transaction:
                 await self._isolated(store_errors, self._end_plain(run_id, error_json(
                     "InternalError", f"the run's deadline could not be applied ({error}); "
                     "the run was failed")))
+        await self._deadlines_left()
         # Each event stored is offered to its waits alone; one that fails resolves nothing.
         stored, self.stored = self.stored, []
         for index, event in enumerate(stored):
@@ -418,6 +429,17 @@ class Transaction:
         if when is not None and when > self.now:
             self._wakeups.append(when)
 
+    def _deadline_at(self, when: float) -> None:
+        """A run's deadline was written: the engine wakes up for it. One already past is
+        applied by this batch's deadline phase, or by the next batch, at once, if the phase
+        has run (the engine checks deadlines only when something is due)."""
+        if when > self.now:
+            self._wakeups.append(when)
+        elif self._deadlines_done:
+            self._wakeups.append(self.now)
+        else:
+            self._deadline_past = True
+
     async def _find_wakeup(self) -> None:
         """Search the store for the next due time (after a timer fired; one seek each)."""
         for (function_id,) in await self.db.fetch("all_function_ids"):
@@ -558,7 +580,7 @@ class Transaction:
         deadline = None
         if config.timeouts is not None and config.timeouts.start is not None:
             deadline = start + float(config.timeouts.start)  # type: ignore[arg-type]
-            self._later(deadline)
+            self._deadline_at(deadline)
         self._new_runs.append((
             run_id, function_id, start, orjson.dumps([e[1] for e in events]).decode(), self.now,
             parent[0] if parent else None, parent[1] if parent else None, deadline,
@@ -627,7 +649,7 @@ class Transaction:
         deadline = None
         if config.timeouts is not None and config.timeouts.start is not None:
             deadline = start + float(config.timeouts.start)  # type: ignore[arg-type]
-            self._later(deadline)
+            self._deadline_at(deadline)
         await db.execute("grow_window_run", json.dumps(list(placed.events)), start, deadline,
                          seq, run_id)
         if placed.replace:  # a plain debounce keeps the last event only
@@ -683,6 +705,8 @@ class Transaction:
         skip it until this commits); the (function, tick) key in ``cron_ticks`` makes a tick
         start one run whatever races, so exactly one run per tick.
         """
+        if not self.batch.due:
+            return  # no tick is due: the engine knows the next one (schedules are its wake-ups)
         db, now = self.db, self.now
         rows = await db.fetch("due_schedules", now, SCHEDULES_PER_BATCH)
         fired: list[tuple[str, NewEvent]] = []
@@ -1171,8 +1195,25 @@ class Transaction:
         return count
 
     async def _deadlines(self) -> None:
-        for run_id, started_at, function_id in await self.db.fetch("due_deadlines", self.now):
+        for run_id, started_at, function_id in await self._due_deadlines():
             await self._deadline(run_id, started_at, function_id)
+        await self._deadlines_left()
+
+    async def _due_deadlines(self) -> list[Row]:
+        """The runs past a deadline, when any can be: the engine marks a batch ``due`` when
+        its timer fired (it knows the next deadline, set by itself or heard from the gateways
+        it shares the store with) or at start; a deadline this batch wrote already past
+        counts too. Otherwise none is due, and the query is not run."""
+        if not (self.batch.due or self._deadline_past):
+            return []
+        return await self.db.fetch("due_deadlines", self.now)
+
+    async def _deadlines_left(self) -> None:
+        """After the deadline phase: a due deadline still there was skipped, locked by another
+        gateway (PostgreSQL); look again shortly, as this one may not be told."""
+        if self.batch.due and await self.db.fetchval("due_deadline_left", self.now):
+            self._wakeups.append(self.now + LOCKED_DEADLINE_RETRY)
+        self._deadlines_done = True
 
     async def _release(self, session_id: str, reason: str, lost: bool) -> None:
         await self.release_runs(await self.db.fetch("session_runs", session_id), reason, lost)
@@ -1361,7 +1402,7 @@ class Transaction:
         deadline = None
         if timeouts.finish is not None:
             deadline = self.now + float(timeouts.finish)  # type: ignore[arg-type]
-            self._later(deadline)
+            self._deadline_at(deadline)
         await self.db.execute("set_deadline", deadline, run_id)
 
 

@@ -233,6 +233,10 @@ SELECT MIN(due) FROM (
 -- name: next_deadline
 SELECT MIN(deadline_at) FROM runs WHERE deadline_at > $1;
 
+-- name: due_deadline_left
+-- After the deadline phase: one still due was skipped (locked by another gateway's batch).
+SELECT 1 FROM runs WHERE deadline_at <= $1 LIMIT 1;
+
 -- name: all_function_ids
 SELECT id FROM functions;
 

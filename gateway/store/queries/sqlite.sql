@@ -15,10 +15,10 @@ SELECT (SELECT COALESCE(MAX(seq), 0) FROM events) + x FROM n;
 
 -- name: lock_event_names
 -- One writer owns a SQLite file: matching events and waits is serialized already.
-SELECT 1 WHERE ?1 IS NOT NULL;
+-- (no statement: SQLiteDb runs nothing for an empty query)
 
 -- name: lock_event_name_for_wait
-SELECT 1 WHERE ?1 IS NOT NULL;
+-- One writer owns a SQLite file: nothing to lock (no statement is run).
 
 -- =============================== checkpoints ================================
 
@@ -145,7 +145,7 @@ SELECT COUNT(*) FROM (SELECT 1 FROM runs WHERE function_id = ?1 AND cqueue = ?2
 
 -- name: lock_concurrency
 -- One writer owns a SQLite file: claims are serialised already.
-SELECT 1 WHERE ?1 IS NOT NULL;
+-- (no statement: SQLiteDb runs nothing for an empty query)
 
 -- name: conc_queues
 -- Up to ?4 queues of function ?1 after ?2, in key order, with a run ready at ?3, and how many
