@@ -217,19 +217,6 @@ RETURNING function_id;
 -- name: set_deadline
 UPDATE runs SET deadline_at = $1 WHERE id = $2;
 
--- name: next_ready
--- The earliest future time a run of a function becomes ready (one index seek per kind of run
--- in runs_ready: started before, not yet started).
-SELECT MIN(due) FROM (
-    SELECT (SELECT MIN(available_at) FROM runs WHERE function_id = $1
-            AND status IN ('Queued', 'Sleeping', 'Waiting')
-            AND (CASE WHEN started_at IS NULL THEN 1 ELSE 0 END) = 0 AND available_at > $2) AS due
-    UNION ALL
-    SELECT (SELECT MIN(available_at) FROM runs WHERE function_id = $1
-            AND status IN ('Queued', 'Sleeping', 'Waiting')
-            AND (CASE WHEN started_at IS NULL THEN 1 ELSE 0 END) = 1 AND available_at > $2)
-) AS kinds;
-
 -- name: next_deadline
 SELECT MIN(deadline_at) FROM runs WHERE deadline_at > $1;
 
@@ -431,18 +418,6 @@ SELECT cursor FROM conc_cursors WHERE function_id = $1;
 -- name: set_conc_cursor
 INSERT INTO conc_cursors (function_id, cursor) VALUES ($1, $2)
 ON CONFLICT (function_id) DO UPDATE SET cursor = excluded.cursor;
-
--- name: run_concurrency
--- A run's queue, its key as shown, and the runs of the queue ready now that go before it:
--- the runs already started go before those not yet started (gateway/scheduler/order.py).
-SELECT cqueue, conc_key, (SELECT COUNT(*) FROM runs o WHERE o.function_id = r.function_id
-        AND o.cqueue = r.cqueue AND o.cqueue IS NOT NULL
-        AND o.status IN ('Queued', 'Sleeping', 'Waiting') AND o.available_at <= $2
-        AND CASE WHEN (o.started_at IS NULL) = (r.started_at IS NULL)
-            THEN o.available_at < r.available_at
-                OR (o.available_at = r.available_at AND o.id < r.id)
-            ELSE o.started_at IS NOT NULL END)
-FROM runs r WHERE r.id = $1 AND r.cqueue IS NOT NULL;
 
 -- name: conc_key_counts
 SELECT cqueue, MAX(conc_key), SUM(CASE WHEN status = 'Running' THEN 0 ELSE 1 END),

@@ -63,6 +63,19 @@ WHERE function_id = $1 AND status IN ('Queued', 'Sleeping', 'Waiting')
 AND (CASE WHEN started_at IS NULL THEN 1 ELSE 0 END) = 1 AND available_at <= $2
 ORDER BY available_at LIMIT $3 FOR UPDATE SKIP LOCKED;
 
+-- name: next_ready
+-- The earliest future time a run of a function becomes ready (one index seek per kind of run
+-- in runs_ready: started before, not yet started).
+SELECT MIN(due) FROM (
+    SELECT (SELECT MIN(available_at) FROM runs WHERE function_id = $1
+            AND status IN ('Queued', 'Sleeping', 'Waiting')
+            AND (CASE WHEN started_at IS NULL THEN 1 ELSE 0 END) = 0 AND available_at > $2) AS due
+    UNION ALL
+    SELECT (SELECT MIN(available_at) FROM runs WHERE function_id = $1
+            AND status IN ('Queued', 'Sleeping', 'Waiting')
+            AND (CASE WHEN started_at IS NULL THEN 1 ELSE 0 END) = 1 AND available_at > $2)
+) AS kinds;
+
 -- name: settle_due_waits
 -- Waits of runs being leased whose timeout passed: the wait goes (its step resolves below).
 DELETE FROM waits WHERE (run_id, step_id) IN (
@@ -180,6 +193,18 @@ FROM runs r WHERE r.id IN (
             AND started_at IS NULL
         ORDER BY available_at - priority, arrival LIMIT $4) h)
 FOR UPDATE OF r SKIP LOCKED;
+
+-- name: run_concurrency
+-- A run's queue, its key as shown, and the runs of the queue ready now that go before it:
+-- the runs already started go before those not yet started (gateway/scheduler/order.py).
+SELECT cqueue, conc_key, (SELECT COUNT(*) FROM runs o WHERE o.function_id = r.function_id
+        AND o.cqueue = r.cqueue AND o.cqueue IS NOT NULL
+        AND o.status IN ('Queued', 'Sleeping', 'Waiting') AND o.available_at <= $2
+        AND CASE WHEN (o.started_at IS NULL) = (r.started_at IS NULL)
+            THEN o.available_at < r.available_at
+                OR (o.available_at = r.available_at AND o.id < r.id)
+            ELSE o.started_at IS NOT NULL END)
+FROM runs r WHERE r.id = $1 AND r.cqueue IS NOT NULL;
 
 -- name: slots_running
 SELECT slot, COUNT(*) FROM (

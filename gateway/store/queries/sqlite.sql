@@ -2,6 +2,12 @@
 -- arrives as a JSON array and is read with json_each. What is the same on both
 -- backends is in common.sql; every query here has a twin of the same name and meaning in
 -- postgres.sql.
+--
+-- The ready-run lists are written ``(status = 'Queued' OR status = 'Sleeping' OR status =
+-- 'Waiting')``, not as IN lists: the partial indexes of ready runs (runs_ready,
+-- runs_by_priority, runs_cqueue, runs_cqueue_resumed; migration 0018) are defined so, because
+-- SQLite builds a temporary b-tree for an IN list at every write of a run row, and it uses a
+-- partial index only for a query holding the identical expression.
 
 -- ============================= events and runs ==============================
 
@@ -59,16 +65,29 @@ WHERE status = 'Running';
 -- due: they are leased before any run not yet started (gateway/scheduler/order.py). One seek in
 -- runs_ready, whose second key is this CASE, written as there.
 SELECT available_at, id, function_id, fence, attempt, started_at FROM runs
-WHERE function_id = ?1 AND status IN ('Queued', 'Sleeping', 'Waiting')
+WHERE function_id = ?1 AND (status = 'Queued' OR status = 'Sleeping' OR status = 'Waiting')
 AND (CASE WHEN started_at IS NULL THEN 1 ELSE 0 END) = 0 AND available_at <= ?2
 ORDER BY available_at LIMIT ?3;
 
 -- name: ready_runs
 -- Ready runs of ?1 not yet started, in queue order (after ready_resumed_runs).
 SELECT available_at, id, function_id, fence, attempt, started_at FROM runs
-WHERE function_id = ?1 AND status IN ('Queued', 'Sleeping', 'Waiting')
+WHERE function_id = ?1 AND (status = 'Queued' OR status = 'Sleeping' OR status = 'Waiting')
 AND (CASE WHEN started_at IS NULL THEN 1 ELSE 0 END) = 1 AND available_at <= ?2
 ORDER BY available_at LIMIT ?3;
+
+-- name: next_ready
+-- The earliest future time a run of a function becomes ready (one index seek per kind of run
+-- in runs_ready: started before, not yet started).
+SELECT MIN(due) FROM (
+    SELECT (SELECT MIN(available_at) FROM runs WHERE function_id = ?1
+            AND (status = 'Queued' OR status = 'Sleeping' OR status = 'Waiting')
+            AND (CASE WHEN started_at IS NULL THEN 1 ELSE 0 END) = 0 AND available_at > ?2) AS due
+    UNION ALL
+    SELECT (SELECT MIN(available_at) FROM runs WHERE function_id = ?1
+            AND (status = 'Queued' OR status = 'Sleeping' OR status = 'Waiting')
+            AND (CASE WHEN started_at IS NULL THEN 1 ELSE 0 END) = 1 AND available_at > ?2)
+) AS kinds;
 
 -- name: settle_due_waits
 -- Waits of runs being leased whose timeout passed: the wait goes (its step resolves below).
@@ -132,8 +151,8 @@ DELETE FROM flow_keys WHERE (function_id, kind, key_hash) IN (
 -- ties by arrival.
 SELECT available_at, id, function_id, fence, attempt, started_at, available_at - priority
 FROM runs INDEXED BY runs_by_priority  -- without statistics SQLite would sort every ready run
-WHERE function_id = ?1 AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= ?2
-AND started_at IS NULL
+WHERE function_id = ?1 AND (status = 'Queued' OR status = 'Sleeping' OR status = 'Waiting')
+AND available_at <= ?2 AND started_at IS NULL
 ORDER BY available_at - priority, arrival LIMIT ?3;
 
 -- ======================== flow control: concurrency =========================
@@ -141,7 +160,8 @@ ORDER BY available_at - priority, arrival LIMIT ?3;
 -- name: conc_waiting
 -- Runs of a queue not started or not running (for max_queued), counted up to ?3.
 SELECT COUNT(*) FROM (SELECT 1 FROM runs WHERE function_id = ?1 AND cqueue = ?2
-    AND cqueue IS NOT NULL AND status IN ('Queued', 'Sleeping', 'Waiting') LIMIT ?3);
+    AND cqueue IS NOT NULL AND (status = 'Queued' OR status = 'Sleeping' OR status = 'Waiting')
+    LIMIT ?3);
 
 -- name: lock_concurrency
 -- One writer owns a SQLite file: claims are serialised already.
@@ -153,16 +173,19 @@ SELECT COUNT(*) FROM (SELECT 1 FROM runs WHERE function_id = ?1 AND cqueue = ?2
 -- the backlogs.
 WITH RECURSIVE q(k, n) AS (
     SELECT (SELECT MIN(cqueue) FROM runs WHERE function_id = ?1 AND cqueue > ?2
-            AND cqueue IS NOT NULL AND status IN ('Queued', 'Sleeping', 'Waiting')
+            AND cqueue IS NOT NULL
+            AND (status = 'Queued' OR status = 'Sleeping' OR status = 'Waiting')
             AND available_at <= ?3), 1
     UNION ALL
     SELECT (SELECT MIN(cqueue) FROM runs WHERE function_id = ?1 AND cqueue > q.k
-            AND cqueue IS NOT NULL AND status IN ('Queued', 'Sleeping', 'Waiting')
+            AND cqueue IS NOT NULL
+            AND (status = 'Queued' OR status = 'Sleeping' OR status = 'Waiting')
             AND available_at <= ?3), q.n + 1
     FROM q WHERE q.k IS NOT NULL AND q.n < ?4
 )
 SELECT k, (SELECT COUNT(*) FROM (SELECT 1 FROM runs WHERE function_id = ?1 AND cqueue = q.k
-            AND cqueue IS NOT NULL AND status IN ('Queued', 'Sleeping', 'Waiting')
+            AND cqueue IS NOT NULL
+            AND (status = 'Queued' OR status = 'Sleeping' OR status = 'Waiting')
             AND available_at <= ?3 LIMIT ?5))
 FROM q WHERE k IS NOT NULL;
 
@@ -174,7 +197,8 @@ SELECT r.available_at, r.id, r.function_id, r.fence, r.attempt, r.started_at, r.
 FROM json_each(?3) AS k JOIN runs r ON r.id IN (
     SELECT id FROM runs INDEXED BY runs_cqueue_resumed
     WHERE function_id = ?1 AND cqueue = k.value AND cqueue IS NOT NULL
-        AND status IN ('Queued', 'Sleeping', 'Waiting') AND started_at IS NOT NULL
+        AND (status = 'Queued' OR status = 'Sleeping' OR status = 'Waiting')
+        AND started_at IS NOT NULL
         AND available_at <= ?2
     ORDER BY available_at LIMIT ?4);
 
@@ -185,7 +209,7 @@ SELECT r.available_at, r.id, r.function_id, r.fence, r.attempt, r.started_at, r.
        r.available_at - r.priority
 FROM json_each(?3) AS k JOIN runs r ON r.id IN (
     SELECT id FROM runs WHERE function_id = ?1 AND cqueue = k.value AND cqueue IS NOT NULL
-        AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= ?2
+        AND (status = 'Queued' OR status = 'Sleeping' OR status = 'Waiting') AND available_at <= ?2
         AND started_at IS NULL
     ORDER BY available_at LIMIT ?4);
 
@@ -195,9 +219,22 @@ SELECT r.available_at, r.id, r.function_id, r.fence, r.attempt, r.started_at, r.
        r.available_at - r.priority
 FROM json_each(?3) AS k JOIN runs r ON r.id IN (
     SELECT id FROM runs WHERE function_id = ?1 AND cqueue = k.value AND cqueue IS NOT NULL
-        AND status IN ('Queued', 'Sleeping', 'Waiting') AND available_at <= ?2
+        AND (status = 'Queued' OR status = 'Sleeping' OR status = 'Waiting') AND available_at <= ?2
         AND started_at IS NULL
     ORDER BY available_at - priority, arrival LIMIT ?4);
+
+-- name: run_concurrency
+-- A run's queue, its key as shown, and the runs of the queue ready now that go before it:
+-- the runs already started go before those not yet started (gateway/scheduler/order.py).
+SELECT cqueue, conc_key, (SELECT COUNT(*) FROM runs o WHERE o.function_id = r.function_id
+        AND o.cqueue = r.cqueue AND o.cqueue IS NOT NULL
+        AND (o.status = 'Queued' OR o.status = 'Sleeping' OR o.status = 'Waiting')
+        AND o.available_at <= ?2
+        AND CASE WHEN (o.started_at IS NULL) = (r.started_at IS NULL)
+            THEN o.available_at < r.available_at
+                OR (o.available_at = r.available_at AND o.id < r.id)
+            ELSE o.started_at IS NOT NULL END)
+FROM runs r WHERE r.id = ?1 AND r.cqueue IS NOT NULL;
 
 -- name: slots_running
 -- Leased runs per slot, for the slots in ?1 (a run whose two slots are one counts once).
