@@ -104,10 +104,10 @@ async def connect(url: str) -> AsyncIterator[Db]:
     if backend == "postgres":
         import asyncpg
 
-        from gateway.store.postgres import PgDb
+        from gateway.store.postgres import SERVER_SETTINGS, PgDb
 
         await asyncio.to_thread(migrations.apply, migrations.yoyo_url(location), "postgres")
-        conn = await asyncpg.connect(location)
+        conn = await asyncpg.connect(location, server_settings=SERVER_SETTINGS)
         try:
             yield PgDb(conn)
         finally:

@@ -43,6 +43,14 @@ NOTIFY_LIMIT = 7900
 _RETRIES = 8
 _RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError,
               asyncpg.exceptions.SerializationError)
+#: Session settings of every connection the gateway opens. asyncpg prepares each statement
+#: once per connection; after five executions PostgreSQL may switch a prepared statement to a
+#: generic plan (one for any parameters), chosen from the statistics of that moment. A gateway
+#: starts on empty tables, so those plans were sequential scans, kept while the tables grew
+#: (and without autovacuum the statistics never catch up): commits grew from 43 to 389 ms as a
+#: database filled (docs/performance.md, "Status lists and PostgreSQL plans"). A custom plan
+#: per execution costs a little planning each time and always sees the parameters.
+SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 
 
 class DatabaseUnreachable(TetherError):
@@ -184,7 +192,8 @@ class PostgresStore(SqlStore):
         try:
             await asyncio.to_thread(migrations.apply, migrations.yoyo_url(self.url), "postgres")
             self._pool = await asyncpg.create_pool(self.url, min_size=2,
-                                                   max_size=self.pool_size, reset=_no_reset)
+                                                   max_size=self.pool_size, reset=_no_reset,
+                                                   server_settings=SERVER_SETTINGS)
         except (OSError, psycopg.OperationalError, asyncpg.PostgresError) as exc:
             raise unreachable(self.url, exc) from exc
 
@@ -256,7 +265,7 @@ class PostgresStore(SqlStore):
     async def subscribe(self, gateway_id: str, callback: Callable[[PeerNote], None]) -> None:
         self.gateway_id = gateway_id
         self._callback = callback
-        self._listener = await asyncpg.connect(self.url)
+        self._listener = await asyncpg.connect(self.url, server_settings=SERVER_SETTINGS)
         await self._listener.add_listener(CHANNEL, self._heard)
 
     async def _keep_listening(self) -> None:

@@ -1,0 +1,67 @@
+"""On PostgreSQL, every statement the gateway runs is planned for its parameters.
+
+asyncpg prepares each statement once per connection; after five executions PostgreSQL may
+switch it to a generic plan, chosen once from the statistics of that moment. A gateway starts
+on empty tables, so those plans were sequential scans that stayed as the tables grew (commits
+went from 43 to 389 ms as a database filled). The store's connections are opened with
+``plan_cache_mode = force_custom_plan`` (gateway/store/postgres.py): this runs a workload
+through the gateway and reads, on each of its connections, how every prepared statement was
+planned (``pg_prepared_statements``, PostgreSQL 14 and later).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from worker import App, TriggerEvent
+
+pytestmark = pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+
+#: Runs sent one at a time: many small transactions, so each statement runs well past the
+#: five executions after which PostgreSQL may switch it to a generic plan.
+RUNS = 40
+
+
+async def plans_of_every_connection(store: Any) -> list[tuple[str, int, int]]:
+    """(statement, generic plans, custom plans) of each statement with parameters prepared on
+    the store's pooled connections (one without has only the generic plan: nothing to choose);
+    every connection is held at once, so each is read exactly once."""
+    pool = store._pool  # the store's connections: a session's statements are its own
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        found: list[tuple[str, int, int]] = []
+        for conn in held:
+            found += [(row[0], row[1], row[2]) for row in await conn.fetch(
+                "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE cardinality(parameter_types) > 0")]
+        return found
+    finally:
+        for conn in held:
+            await pool.release(conn)
+
+
+async def test_no_statement_of_the_gateway_uses_a_generic_plan(harness):
+    app = App("plans")
+
+    async def step(name: str) -> str:
+        return name
+
+    @app.function(trigger=TriggerEvent("go"))
+    async def three(ctx):
+        a = await ctx.step.run("a", step, "a")
+        await ctx.step.sleep("nap", 0.01)
+        b = await ctx.step.run("b", step, "b")
+        return [a, b]
+
+    await harness.start_worker([app])
+    for i in range(RUNS):
+        (event_id,) = await harness.send({"name": "go", "data": {"i": i}})
+        run = await harness.wait_status((await harness.run_of(event_id))["id"], "Completed")
+        assert run["output"] == ["a", "b"]
+
+    plans = await plans_of_every_connection(harness.gateway.store)
+    assert max(custom for _, _, custom in plans) > 5, "the workload ran no statement often"
+    generic = [(" ".join(sql.split())[:80], n) for sql, n, _ in plans if n]
+    assert not generic, f"statements planned generically: {generic}"
