@@ -79,7 +79,8 @@ BULK_UPDATES = ["lease_run", "run_progressed", "add_steps", "finish_run"]
 async def test_the_bulk_updates_of_runs_search_its_primary_key(db_url, name):
     """A batch's update of runs finds its rows through runs_pkey, not by reading the table:
     joined only to the JSON rows (a count the planner guesses), PostgreSQL hashed them and
-    scanned every run, a cost that grew with the table (queries/postgres.sql, bulk writes)."""
+    scanned every run, on tables of up to some 100,000 runs (queries/postgres.sql, bulk
+    writes)."""
     store = open_store(db_url)
     await store.open()  # migrated
     await store.close()
