@@ -15,8 +15,8 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
-from protocol import messages as m
 from protocol import codec
+from protocol import messages as m
 from protocol.codec import decode, encode
 
 RUN_ID = "01JABCDEFGHJKMNPQRSTVWXYZ0"
