@@ -45,6 +45,7 @@ from gateway.store.base import (
     WriteBatch,
     WriteResult,
 )
+from protocol import hot
 from protocol import messages as m
 from protocol.errors import TetherError
 from protocol.manifest import AppManifest, FunctionConfig, check_function
@@ -58,7 +59,7 @@ log = structlog.get_logger("tether.engine")
 _CONFIG: TypeAdapter[FunctionConfig] = TypeAdapter(FunctionConfig)
 
 #: Checkpoints after which the worker no longer holds the run.
-_LEASE_ENDS = (m.RunCompleted, m.RunFailed, m.RunSuspended, m.LeaseReleased)
+_LEASE_ENDS = (hot.RunCompleted, m.RunCompleted, m.RunFailed, m.RunSuspended, m.LeaseReleased)
 
 
 class StoreUnavailable(TetherError):
@@ -268,7 +269,7 @@ class Engine:
         self._wake.set()
         return await future
 
-    def checkpoint(self, worker: WorkerEntry, message: m.Checkpoint) -> None:
+    def checkpoint(self, worker: WorkerEntry, message: hot.AnyCheckpoint) -> None:
         """Queue a checkpoint for the next commit; it is acknowledged once committed.
 
         Its payload is checked and encoded now, outside the transaction: a malformed one

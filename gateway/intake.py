@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.store.base import Limits, NewEvent
+from protocol import hot
 from protocol import messages as m
 from protocol.errors import InvalidInput
 from protocol.tracecontext import clean
@@ -39,15 +40,15 @@ class Checked:
 OK = Checked()
 
 
-def check_checkpoint(msg: m.Checkpoint, limits: Limits, event_limits: EventLimits,
+def check_checkpoint(msg: hot.AnyCheckpoint, limits: Limits, event_limits: EventLimits,
                      now: float) -> Checked:
     """Decide whether ``msg`` may enter a batch; a pure function of the message and limits."""
-    if isinstance(msg, m.StepCompleted):
+    if isinstance(msg, (hot.StepCompleted, m.StepCompleted)):
         # Size is the transaction's to judge (it fails the run for good); JSON is ours.
         if len(msg.output) <= limits.max_step_result:
             return _json_only(msg.output, f"step {msg.step_id!r} output")
         return OK
-    if isinstance(msg, m.RunCompleted):
+    if isinstance(msg, (hot.RunCompleted, m.RunCompleted)):
         if len(msg.output) > limits.max_step_result:
             return OK  # the transaction fails the run with LimitExceeded
         return _normalised(msg.output, "the run's output")

@@ -16,6 +16,13 @@ MAX_RUN_STATE = 32 * 1024 * 1024
 MAX_EVENT_SIZE = 512 * 1024
 MAX_REQUEST_SIZE = 3 * 1024 * 1024
 
+#: Largest sequence number, fence or attempt on the wire: fits any database integer column
+#: (and a float, exactly).
+MAX_COUNT = 2**53
+#: Warnings one ``RunCompleted`` or ``RunFailed`` may carry, and characters in each.
+MAX_RUN_WARNINGS = 10
+MAX_RUN_WARNING = 2000
+
 #: Heartbeat intervals a worker may miss before it loses its leases.
 MISSED_HEARTBEATS = 3
 

@@ -34,7 +34,13 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
-from protocol.limits import MAX_STEP_RESULT, MAX_STEPS
+from protocol.limits import (
+    MAX_COUNT,
+    MAX_RUN_WARNING,
+    MAX_RUN_WARNINGS,
+    MAX_STEP_RESULT,
+    MAX_STEPS,
+)
 from protocol.manifest import AppManifest
 from protocol.tracecontext import MAX_TRACEPARENT
 
@@ -53,7 +59,7 @@ MAX_PREAUTH_FRAME = 64 * 1024
 TraceParentHeader = Annotated[str, Field(max_length=MAX_TRACEPARENT)]
 
 #: Sequence numbers, fences and attempts: small enough for any database integer column.
-Count = Annotated[int, Field(ge=0, le=2**53)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 
 #: A name or id on the wire: no NUL character (see :mod:`protocol.names`). A pattern, not a
 #: Python validator: checked in pydantic's core, at no cost to the checkpoint path.
@@ -377,7 +383,7 @@ class RunSuspended(_Checkpoint):
 
 
 #: One line the worker noticed about the run (a replay that skipped recorded steps).
-RunWarning = Annotated[str, Field(max_length=2000)]
+RunWarning = Annotated[str, Field(max_length=MAX_RUN_WARNING)]
 
 
 class RunCompleted(_Checkpoint):
@@ -385,7 +391,7 @@ class RunCompleted(_Checkpoint):
 
     type: Literal["run_completed"] = "run_completed"
     output: bytes
-    warnings: list[RunWarning] = Field(default_factory=list, max_length=10)
+    warnings: list[RunWarning] = Field(default_factory=list, max_length=MAX_RUN_WARNINGS)
 
 
 class RunFailed(_Checkpoint):
@@ -396,7 +402,7 @@ class RunFailed(_Checkpoint):
     error: ErrorInfo
     final: bool
     retry_after: float | None = None
-    warnings: list[RunWarning] = Field(default_factory=list, max_length=10)
+    warnings: list[RunWarning] = Field(default_factory=list, max_length=MAX_RUN_WARNINGS)
 
 
 class LeaseReleased(_Checkpoint):
@@ -420,7 +426,7 @@ Checkpoint = (
 )
 
 #: The checkpoint classes, for ``isinstance`` checks at runtime.
-CHECKPOINT_TYPES: tuple[type[_Checkpoint], ...] = get_args(Checkpoint)
+CHECKPOINT_TYPES: tuple[type[Checkpoint], ...] = get_args(Checkpoint)
 
 GatewayMessage = (
     Challenge

@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 
 from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.hot import HotMessage
 from protocol.messages import CHECKPOINT_TYPES, Message
 
 
@@ -105,7 +106,7 @@ class Session:
         # Only the worker hears gateway messages that crossed its Drain on the wire.
         self._late = _IN_FLIGHT if role is Role.WORKER else {}
 
-    def receive(self, message: Message) -> None:
+    def receive(self, message: Message | HotMessage) -> None:
         """Check that the peer may send ``message`` now, and advance the state.
 
         Raises:
@@ -134,7 +135,7 @@ class Session:
     def _advance(
         self,
         table: dict[State, dict[str, State | None]],
-        message: Message,
+        message: Message | HotMessage,
         error: type[RemoteProtocolError] | type[LocalProtocolError],
         verb: str,
     ) -> State:

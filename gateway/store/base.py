@@ -26,9 +26,10 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from protocol.hot import AnyCheckpoint
 from protocol.limits import MAX_RUN_STATE, MAX_STEP_RESULT, MAX_STEPS
 from protocol.manifest import AppManifest
-from protocol.messages import Checkpoint, ErrorInfo, StepMemo
+from protocol.messages import ErrorInfo, StepMemo
 
 if TYPE_CHECKING:
     from gateway.store.eventlog import EventPage, EventRecord
@@ -79,7 +80,7 @@ class CheckpointWrite:
     """
 
     session_id: str
-    message: Checkpoint
+    message: AnyCheckpoint
     retry_at: float | None = None
     since: float = 0.0
     #: Decided when the message arrived (:mod:`gateway.intake`), outside the transaction:

@@ -27,8 +27,9 @@ from gateway.engine import Engine
 from gateway.leases import Unanswered
 from gateway.registry import Registry, WorkerEntry
 from gateway.transport.auth import Authenticator
+from protocol import hot
 from protocol import messages as m
-from protocol.codec import decode, frames
+from protocol.codec import decode, decode_from_worker, frames
 from protocol.errors import (
     AuthError,
     ExpressionError,
@@ -55,6 +56,12 @@ CLOSE_TRY_AGAIN_LATER = 1013
 #: key, and after.
 PREAUTH_QUEUE = 4
 MAX_QUEUE = 64
+
+#: What a worker's checkpoints are decoded into: the models, or the Structs of the hot ones.
+_CHECKPOINTS: tuple[type[hot.AnyCheckpoint], ...] = (*hot.CHECKPOINT_TYPES,
+                                                     *m.CHECKPOINT_TYPES)
+_HEARTBEATS = (hot.Heartbeat, m.Heartbeat)
+_ACCEPTANCES = (hot.LeaseAccepted, m.LeaseAccepted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,9 +262,9 @@ class WorkerConnection:
         due = 1  # a worker numbers its checkpoints 1, 2, 3... on each socket
         async for frame in self.ws:
             worker.last_seen = self.clock.monotonic()
-            for msg in decode(frame, max_size=limit):
+            for msg in decode_from_worker(frame, max_size=limit):
                 session.receive(msg)
-                if isinstance(msg, m.CHECKPOINT_TYPES):
+                if isinstance(msg, _CHECKPOINTS):
                     if msg.seq != due:
                         # Acks are cumulative: acking past a hole would tell the worker to
                         # forget a checkpoint never committed. A new socket resends them all.
@@ -268,9 +275,9 @@ class WorkerConnection:
                     if grants:
                         grants.answered(msg.run_id, msg.fence)
                     engine.checkpoint(worker, msg)
-                elif isinstance(msg, m.Heartbeat):
+                elif isinstance(msg, _HEARTBEATS):
                     self.outbox.send(m.HeartbeatAck())
-                elif isinstance(msg, m.LeaseAccepted):
+                elif isinstance(msg, _ACCEPTANCES):
                     grants.answered(msg.run_id, msg.fence)
                 elif isinstance(msg, m.LeaseRejected):
                     grants.answered(msg.run_id, msg.fence)
