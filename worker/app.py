@@ -7,6 +7,7 @@ fails at import time with a message that names the function, not at the first ev
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import os
@@ -79,9 +80,9 @@ class Function:
     handler: Handler
     is_async: bool
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
-        """The full id, ``"{app_id}/{fn_id}"``."""
+        """The full id, ``"{app_id}/{fn_id}"`` (asked several times per run: made once)."""
         return f"{self.app_id}/{self.config.id}"
 
     @property
