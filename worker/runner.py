@@ -136,6 +136,52 @@ def replay_warning(unreached: list[str], new: list[str]) -> str:
 class RunExecution:
     """Executes one lease. Created by the runtime; reports through ``emit``."""
 
+    # Slots: one is made per run, and its attributes are read at every step.
+    __slots__ = (
+        "_activity",
+        "_calls",
+        "_counts",
+        "_emit",
+        "_finished",
+        "_idle_waiter",
+        "_in_flight",
+        "_lease_fine",
+        "_lease_ok",
+        "_log",
+        "_naming",
+        "_new",
+        "_on_end",
+        "_parks",
+        "_reached",
+        "_recorded",
+        "_settling",
+        "_steps_requested",
+        "_task",
+        "attempt",
+        "attempts",
+        "deferred",
+        "draining",
+        "ended",
+        "events",
+        "fence",
+        "function",
+        "lease",
+        "limits",
+        "loop",
+        "lost",
+        "mailbox",
+        "memos",
+        "replaying",
+        "run_id",
+        "running",
+        "threads",
+        "threads_active",
+        "traceparent",
+        "tracing",
+        "warnings",
+    )
+
+
     def __init__(
         self,
         lease: m.LeaseGranted,
@@ -204,7 +250,7 @@ class RunExecution:
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._body(), name=f"tether-run-{self.run_id}")
+        self._task = self.loop.create_task(self._body(), name=f"tether-run-{self.run_id}")
 
     async def wait(self) -> None:
         """Until this execution is over (finished, suspended, handed back or dropped)."""
@@ -312,7 +358,8 @@ class RunExecution:
                     missed.__cause__ = exc
                 self._fail_run(missed or exc)
             return
-        await self._steps_settled()  # steps of other branches still running finish first
+        if self._in_flight:  # steps of other branches still running finish first
+            await self._steps_settled()
         if self.ended:
             return
         missed = self._never_awaited()
@@ -320,11 +367,11 @@ class RunExecution:
             self._fail_run(missed)
             return
         self._check_replay(completed=True)
+        what = f"function {self.function.id!r} output"
         try:
-            output = serde.dumps(result, what=f"function {self.function.id!r} output",
-                                 limit=self.limits.max_output)
-            self._end(m.RunCompleted, {"output": output, **self._warnings()},
-                      what=f"function {self.function.id!r} output")
+            output = serde.dumps(result, what=what, limit=self.limits.max_output)
+            self._end(m.RunCompleted, {"output": output, "warnings": self.warnings[:10]},
+                      what=what)
         except TetherError as exc:
             self._fail_run(exc)
 

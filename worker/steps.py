@@ -53,6 +53,8 @@ WAIT_VARIABLES = frozenset({"event", "async"})
 class _Plans:
     """What both flavours of the API compute before any waiting: pure bookkeeping."""
 
+    __slots__ = ("_exec",)
+
     def __init__(self, execution: RunExecution) -> None:
         self._exec = execution
 
@@ -180,6 +182,8 @@ def _tracked(
 
 class Step:
     """Durable steps for ``async def`` functions."""
+
+    __slots__ = ("_exec", "_plans")
 
     def __init__(self, execution: RunExecution) -> None:
         self._exec = execution
@@ -309,6 +313,8 @@ class Step:
 
 class SyncStep:
     """Durable steps for plain ``def`` functions: the same methods, blocking."""
+
+    __slots__ = ("_async", "_exec")
 
     def __init__(self, execution: RunExecution) -> None:
         self._exec = execution
