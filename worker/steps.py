@@ -130,6 +130,10 @@ class _Plans:
         return ids, payloads
 
 
+#: Result types that are never awaitable: ``inspect.isawaitable`` (an ABC check) is skipped.
+_PLAIN = frozenset({int, str, float, bool, bytes, dict, list, tuple, type(None)})
+
+
 def _is_async(fn: Callable[..., Any]) -> bool:
     """``inspect.iscoroutinefunction``, remembered: the same callables run step after step.
 
@@ -220,7 +224,7 @@ class Step:
             else:
                 context = contextvars.copy_context()
                 result = await run.threads.run(context.run, fn, *args, **kwargs)
-                if inspect.isawaitable(result):
+                if type(result) not in _PLAIN and inspect.isawaitable(result):
                     result = await result
         except (Abandoned, asyncio.CancelledError) as exc:
             failure = exc
@@ -340,7 +344,7 @@ class SyncStep:
         failure: BaseException | None = None
         try:
             result: Any = fn(*args, **kwargs)
-            if inspect.isawaitable(result):
+            if type(result) not in _PLAIN and inspect.isawaitable(result):
                 result = self._on_loop(_awaited(result))
         except Abandoned as exc:
             failure = exc
