@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from worker.runner import RunExecution
 
 
+_NO_VALUES: dict[str, Any] = {}
+
+
 class ReplayAwareLogger:
     """``ctx.logger``: a structlog logger bound to the run, silent while replaying.
 
@@ -24,9 +27,11 @@ class ReplayAwareLogger:
     time, so they are dropped until the run reaches a step it has not done before.
     """
 
+    __slots__ = ("_exec", "_log", "_values")
+
     def __init__(self, execution: RunExecution, values: dict[str, Any] | None = None) -> None:
         self._exec = execution
-        self._values = values or {}
+        self._values = values or _NO_VALUES  # never changed: bind() makes a new dict
         self._log: Any = None  # bound on first use: most runs never log
 
     def bind(self, **values: Any) -> ReplayAwareLogger:

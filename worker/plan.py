@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from protocol import messages as m
 
@@ -22,9 +23,8 @@ current_step: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class NewStep:
-    """A step to execute now, at ``attempt``."""
+class NewStep(NamedTuple):
+    """A step to execute now, at ``attempt`` (a tuple: one is made for every step)."""
 
     id: str
     attempt: int

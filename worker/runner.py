@@ -85,6 +85,11 @@ MAX_ERROR_MESSAGE = 64 * 1024
 
 
 
+#: :func:`fields_size` of a ``StepCompleted``'s own fields, empty (see ``step_output``).
+_STEP_COMPLETED_FIELDS = fields_size({"step_id": "", "attempt": 0, "output": b"",
+                                      "started_at": 0.0, "ended_at": 0.0})
+
+
 def error_info(exc: BaseException) -> m.ErrorInfo:
     name = exc.name if isinstance(exc, StepError) else type(exc).__name__
     # A StepError's message is the step's own; str() adds which step it came from.
@@ -131,6 +136,52 @@ def replay_warning(unreached: list[str], new: list[str]) -> str:
 class RunExecution:
     """Executes one lease. Created by the runtime; reports through ``emit``."""
 
+    # Slots: one is made per run, and its attributes are read at every step.
+    __slots__ = (
+        "_activity",
+        "_calls",
+        "_counts",
+        "_emit",
+        "_finished",
+        "_idle_waiter",
+        "_in_flight",
+        "_lease_fine",
+        "_lease_ok",
+        "_log",
+        "_naming",
+        "_new",
+        "_on_end",
+        "_parks",
+        "_reached",
+        "_recorded",
+        "_settling",
+        "_steps_requested",
+        "_task",
+        "attempt",
+        "attempts",
+        "deferred",
+        "draining",
+        "ended",
+        "events",
+        "fence",
+        "function",
+        "lease",
+        "limits",
+        "loop",
+        "lost",
+        "mailbox",
+        "memos",
+        "replaying",
+        "run_id",
+        "running",
+        "threads",
+        "threads_active",
+        "traceparent",
+        "tracing",
+        "warnings",
+    )
+
+
     def __init__(
         self,
         lease: m.LeaseGranted,
@@ -176,9 +227,9 @@ class RunExecution:
         self._activity = 0
         self._settling: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Both made only when someone waits (most runs never do): see _steps_settled, wait.
+        self._idle_waiter: asyncio.Future[None] | None = None
+        self._finished: asyncio.Future[None] | None = None
         self.loop = asyncio.get_running_loop()
         self.mailbox = threads.mailbox()  # how a ``def`` function's thread calls the loop
         self._log: Any = None
@@ -199,11 +250,23 @@ class RunExecution:
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._body(), name=f"tether-run-{self.run_id}")
+        self._task = self.loop.create_task(self._body(), name=f"tether-run-{self.run_id}")
 
     async def wait(self) -> None:
         """Until this execution is over (finished, suspended, handed back or dropped)."""
+        if self.ended:
+            return
+        if self._finished is None:
+            self._finished = self.loop.create_future()
         await asyncio.shield(self._finished)
+
+    async def _steps_settled(self) -> None:
+        """Until no step of this run is running (those of other branches finish first)."""
+        if self._in_flight:
+            waiter = self._idle_waiter
+            if waiter is None or waiter.done():
+                waiter = self._idle_waiter = self.loop.create_future()
+            await waiter
 
     def lose(self, reason: str) -> None:
         """The lease is gone: start nothing new; drop the run once its steps have settled."""
@@ -287,7 +350,7 @@ class RunExecution:
         except (Abandoned, asyncio.CancelledError):
             return
         except BaseException as exc:  # user code: every failure becomes a message
-            await self._idle.wait()
+            await self._steps_settled()
             if not self.ended:
                 self._check_replay(completed=False)
                 missed = self._never_awaited()
@@ -295,7 +358,8 @@ class RunExecution:
                     missed.__cause__ = exc
                 self._fail_run(missed or exc)
             return
-        await self._idle.wait()  # steps of other branches still running finish first
+        if self._in_flight:  # steps of other branches still running finish first
+            await self._steps_settled()
         if self.ended:
             return
         missed = self._never_awaited()
@@ -303,11 +367,11 @@ class RunExecution:
             self._fail_run(missed)
             return
         self._check_replay(completed=True)
+        what = f"function {self.function.id!r} output"
         try:
-            output = serde.dumps(result, what=f"function {self.function.id!r} output",
-                                 limit=self.limits.max_output)
-            self._end(m.RunCompleted, {"output": output, **self._warnings()},
-                      what=f"function {self.function.id!r} output")
+            output = serde.dumps(result, what=what, limit=self.limits.max_output)
+            self._end(m.RunCompleted, {"output": output, "warnings": self.warnings[:10]},
+                      what=what)
         except TetherError as exc:
             self._fail_run(exc)
 
@@ -341,8 +405,9 @@ class RunExecution:
         task = self._task
         if task is not None and not task.done() and asyncio.current_task() is not task:
             task.cancel()  # a branch blocked outside any step (which it should not be)
-        if not self._finished.done():
-            self._finished.set_result(None)
+        finished = self._finished
+        if finished is not None and not finished.done():
+            finished.set_result(None)
         self._on_end(self)
 
     # --- steps ---------------------------------------------------------------------------
@@ -441,7 +506,6 @@ class RunExecution:
         """The step's code starts running now (the run cannot suspend until it ends)."""
         self._in_flight += 1
         self.running.add(step.id)
-        self._idle.clear()
 
     def request(self, step: NewStep, kind: type[m._Checkpoint], fields: dict[str, Any]) -> None:
         """Ask the gateway for something durable (a sleep, a wait, a child run)."""
@@ -516,11 +580,16 @@ class RunExecution:
             TetherError: not JSON, over the result limit, or (FrameTooLarge) over the frame
                 limit once in its checkpoint.
         """
-        what = f"step {step.id!r} result"
-        output = serde.dumps(result, what=what, limit=self.limits.max_step_result)
-        self._check_frame(m.StepCompleted, {"step_id": step.id, "attempt": step.attempt,
-                                            "output": output, "started_at": 0.0,
-                                            "ended_at": 0.0}, what)
+        sid = step.id
+        output = serde.dumps(result, what=f"step {sid!r} result",
+                             limit=self.limits.max_step_result)
+        # _check_frame's bound, without building the fields (every step asks): a plain str
+        # id is at most 4 bytes a character and a header.
+        if (type(sid) is not str or _STEP_COMPLETED_FIELDS + len(output) + 4 * len(sid) + 16
+                + len(self.run_id) + 256 > self.limits.max_frame):
+            self._check_frame(m.StepCompleted, {"step_id": sid, "attempt": step.attempt,
+                                                "output": output, "started_at": 0.0,
+                                                "ended_at": 0.0}, f"step {sid!r} result")
         return output
 
     def step_completed(self, step: NewStep, started: float, ended: float, output: bytes
@@ -532,7 +601,9 @@ class RunExecution:
                 "step_id": step.id, "attempt": step.attempt, "output": output,
                 "started_at": started, "ended_at": ended,
             })
-            self.memos[step.id] = m.StepMemo(kind="run", output=output)
+            # Built as decoding it would be: the runner made both fields itself.
+            self.memos[step.id] = m.unvalidated(
+                m.StepMemo, {"kind": "run", "output": output, "error": None})
             self.attempt = 0  # a completed step gives the body a fresh retry budget
         finally:
             self._step_settled()
@@ -544,7 +615,11 @@ class RunExecution:
 
     def _step_settled(self) -> None:
         if self._in_flight == 0:
-            self._idle.set()
+            waiter = self._idle_waiter
+            if waiter is not None:
+                self._idle_waiter = None
+                if not waiter.done():
+                    waiter.set_result(None)
             self._poke()
 
     def _send(self, kind: type[m._Checkpoint], fields: dict[str, Any], what: str) -> None:

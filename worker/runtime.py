@@ -306,8 +306,7 @@ class Worker:
         execution = RunExecution(
             lease, function, emit=self._emitter(key), threads=self.threads,
             limits=self.limits, on_end=self._ended,
-            lease_ok=lambda: not self.link.presumed_deaf(),
-            lease_fine=lambda: not self.link.silent_too_long(),
+            lease_ok=self._lease_ok, lease_fine=self._lease_fine,
             tracing=None if self.tracing is None else self.tracing.run(
                 lease.run_id, lease.function_id, lease.traceparent),
         )
@@ -316,6 +315,14 @@ class Worker:
         self._idle.clear()
         self.link.send(_accepted(lease))
         execution.start()
+
+    def _lease_ok(self) -> bool:
+        """Whether a run may start a step (on the loop: drops a socket presumed deaf)."""
+        return not self.link.presumed_deaf()
+
+    def _lease_fine(self) -> bool:
+        """Whether a run may start a step, without acting on a doubt (any thread)."""
+        return not self.link.silent_too_long()
 
     def _emitter(self, key: Key) -> Any:
         run_id, fence = key

@@ -53,6 +53,8 @@ WAIT_VARIABLES = frozenset({"event", "async"})
 class _Plans:
     """What both flavours of the API compute before any waiting: pure bookkeeping."""
 
+    __slots__ = ("_exec",)
+
     def __init__(self, execution: RunExecution) -> None:
         self._exec = execution
 
@@ -128,6 +130,10 @@ class _Plans:
         return ids, payloads
 
 
+#: Result types that are never awaitable: ``inspect.isawaitable`` (an ABC check) is skipped.
+_PLAIN = frozenset({int, str, float, bool, bytes, dict, list, tuple, type(None)})
+
+
 def _is_async(fn: Callable[..., Any]) -> bool:
     """``inspect.iscoroutinefunction``, remembered: the same callables run step after step.
 
@@ -181,6 +187,8 @@ def _tracked(
 class Step:
     """Durable steps for ``async def`` functions."""
 
+    __slots__ = ("_exec", "_plans")
+
     def __init__(self, execution: RunExecution) -> None:
         self._exec = execution
         self._plans = _Plans(execution)
@@ -216,7 +224,7 @@ class Step:
             else:
                 context = contextvars.copy_context()
                 result = await run.threads.run(context.run, fn, *args, **kwargs)
-                if inspect.isawaitable(result):
+                if type(result) not in _PLAIN and inspect.isawaitable(result):
                     result = await result
         except (Abandoned, asyncio.CancelledError) as exc:
             failure = exc
@@ -310,6 +318,8 @@ class Step:
 class SyncStep:
     """Durable steps for plain ``def`` functions: the same methods, blocking."""
 
+    __slots__ = ("_async", "_exec")
+
     def __init__(self, execution: RunExecution) -> None:
         self._exec = execution
         self._async = Step(execution)
@@ -334,7 +344,7 @@ class SyncStep:
         failure: BaseException | None = None
         try:
             result: Any = fn(*args, **kwargs)
-            if inspect.isawaitable(result):
+            if type(result) not in _PLAIN and inspect.isawaitable(result):
                 result = self._on_loop(_awaited(result))
         except Abandoned as exc:
             failure = exc
