@@ -59,7 +59,7 @@ log = structlog.get_logger("tether.engine")
 _CONFIG: TypeAdapter[FunctionConfig] = TypeAdapter(FunctionConfig)
 
 #: Checkpoints after which the worker no longer holds the run.
-_LEASE_ENDS = (hot.RunCompleted, m.RunCompleted, m.RunFailed, m.RunSuspended, m.LeaseReleased)
+_LEASE_ENDS = (*hot.RUN_COMPLETED, m.RunFailed, m.RunSuspended, m.LeaseReleased)
 
 
 class StoreUnavailable(TetherError):
@@ -605,7 +605,13 @@ class Engine:
         for resume, function_id in zip(batch.resumes, result.resumed, strict=True):
             worker = self.registry.get(resume.session_id)
             if (resume.run_id, resume.fence) in handed_in:
-                continue  # given back and handed in again in one batch: nothing to hold
+                # Resumed and handed in (ended or given back) in one batch: nothing to hold,
+                # but it was taken over here all the same.
+                if function_id is not None:
+                    log.info("lease_resumed", run_id=resume.run_id, fence=resume.fence,
+                             function_id=function_id, session_id=resume.session_id,
+                             handed_in=True)
+                continue
             if function_id is not None and worker is not None and not worker.draining:
                 worker.in_flight[resume.run_id] = resume.fence
                 self._seen[resume.run_id] = batch.now

@@ -43,12 +43,12 @@ OK = Checked()
 def check_checkpoint(msg: hot.AnyCheckpoint, limits: Limits, event_limits: EventLimits,
                      now: float) -> Checked:
     """Decide whether ``msg`` may enter a batch; a pure function of the message and limits."""
-    if isinstance(msg, (hot.StepCompleted, m.StepCompleted)):
+    if isinstance(msg, hot.STEP_COMPLETED):
         # Size is the transaction's to judge (it fails the run for good); JSON is ours.
         if len(msg.output) <= limits.max_step_result:
             return _json_only(msg.output, f"step {msg.step_id!r} output")
         return OK
-    if isinstance(msg, (hot.RunCompleted, m.RunCompleted)):
+    if isinstance(msg, hot.RUN_COMPLETED):
         if len(msg.output) > limits.max_step_result:
             return OK  # the transaction fails the run with LimitExceeded
         return _normalised(msg.output, "the run's output")

@@ -98,5 +98,13 @@ HotMessage = StepCompleted | RunCompleted | LeaseAccepted | Heartbeat
 CHECKPOINT_TYPES: tuple[type[StepCompleted], type[RunCompleted]] = (StepCompleted, RunCompleted)
 
 #: A checkpoint as the gateway holds it: a model (built, or decoded from a cold frame) or a
-#: Struct. Consumers test both classes of a kind: ``isinstance(msg, (m.X, hot.X))``.
+#: Struct. Consumers test a kind with the pair below: ``isinstance(msg, hot.STEP_COMPLETED)``.
 AnyCheckpoint = m.Checkpoint | Checkpoint
+
+#: Each hot kind as either spelling, the Struct first (the common case under load).
+STEP_COMPLETED = (StepCompleted, m.StepCompleted)
+RUN_COMPLETED = (RunCompleted, m.RunCompleted)
+LEASE_ACCEPTED = (LeaseAccepted, m.LeaseAccepted)
+HEARTBEAT = (Heartbeat, m.Heartbeat)
+#: Every checkpoint, in either spelling.
+ANY_CHECKPOINT: tuple[type[AnyCheckpoint], ...] = (*CHECKPOINT_TYPES, *m.CHECKPOINT_TYPES)

@@ -841,7 +841,7 @@ class Transaction:
                                                      growth)
             if failure is None and isinstance(msg, _SIZED) and len(
                     msg.output) > limits.max_step_result:
-                what = (f"step {msg.step_id!r} returned" if isinstance(msg, _STEP_COMPLETED)
+                what = (f"step {msg.step_id!r} returned" if isinstance(msg, hot.STEP_COMPLETED)
                         else "the function returned")
                 failure = error_json(
                     "LimitExceeded",
@@ -853,7 +853,7 @@ class Transaction:
                 await self._flush_steps(steps, growth)
                 await self.end_run(msg.run_id, RunStatus.FAILED, error=failure)
                 run.status = RunStatus.FAILED
-            elif isinstance(msg, _STEP_COMPLETED):
+            elif isinstance(msg, hot.STEP_COMPLETED):
                 steps.append((msg.run_id, msg.step_id, "run", StepStatus.COMPLETED,
                               msg.attempt + 1, msg.output, None, None, msg.started_at,
                               msg.ended_at))
@@ -889,7 +889,7 @@ class Transaction:
                 await self._invoke_requested(msg, write.data or msg.data)
             elif isinstance(msg, m.EventsSent):
                 await self._events_sent(msg, write.events)
-            elif isinstance(msg, _RUN_COMPLETED):
+            elif isinstance(msg, hot.RUN_COMPLETED):
                 await self._warnings(msg.run_id, msg.warnings)
                 await self._finish(msg.run_id, run, RunStatus.COMPLETED,
                                    write.data or msg.output, None)
@@ -1406,14 +1406,11 @@ class Transaction:
         await self.db.execute("set_deadline", deadline, run_id)
 
 
-#: Kinds of checkpoint: the Struct of a hot one (protocol.hot) first, the model after.
-_STEP_COMPLETED = (hot.StepCompleted, m.StepCompleted)
-_RUN_COMPLETED = (hot.RunCompleted, m.RunCompleted)
 #: Checkpoints that record a step (and count against ``--max-steps``).
-_STEP_CHECKPOINTS = (*_STEP_COMPLETED, m.StepFailed, m.SleepRequested, m.WaitRequested,
+_STEP_CHECKPOINTS = (*hot.STEP_COMPLETED, m.StepFailed, m.SleepRequested, m.WaitRequested,
                      m.InvokeRequested, m.EventsSent)
 #: Checkpoints whose ``output`` counts against ``--max-step-result``.
-_SIZED = (*_STEP_COMPLETED, *_RUN_COMPLETED)
+_SIZED = (*hot.STEP_COMPLETED, *hot.RUN_COMPLETED)
 
 
 def _refusal(run: _Run | None, msg: hot.AnyCheckpoint) -> str | None:

@@ -57,11 +57,6 @@ CLOSE_TRY_AGAIN_LATER = 1013
 PREAUTH_QUEUE = 4
 MAX_QUEUE = 64
 
-#: What a worker's checkpoints are decoded into: the models, or the Structs of the hot ones.
-_CHECKPOINTS: tuple[type[hot.AnyCheckpoint], ...] = (*hot.CHECKPOINT_TYPES,
-                                                     *m.CHECKPOINT_TYPES)
-_HEARTBEATS = (hot.Heartbeat, m.Heartbeat)
-_ACCEPTANCES = (hot.LeaseAccepted, m.LeaseAccepted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +259,7 @@ class WorkerConnection:
             worker.last_seen = self.clock.monotonic()
             for msg in decode_from_worker(frame, max_size=limit):
                 session.receive(msg)
-                if isinstance(msg, _CHECKPOINTS):
+                if isinstance(msg, hot.ANY_CHECKPOINT):
                     if msg.seq != due:
                         # Acks are cumulative: acking past a hole would tell the worker to
                         # forget a checkpoint never committed. A new socket resends them all.
@@ -275,9 +270,9 @@ class WorkerConnection:
                     if grants:
                         grants.answered(msg.run_id, msg.fence)
                     engine.checkpoint(worker, msg)
-                elif isinstance(msg, _HEARTBEATS):
+                elif isinstance(msg, hot.HEARTBEAT):
                     self.outbox.send(m.HeartbeatAck())
-                elif isinstance(msg, _ACCEPTANCES):
+                elif isinstance(msg, hot.LEASE_ACCEPTED):
                     grants.answered(msg.run_id, msg.fence)
                 elif isinstance(msg, m.LeaseRejected):
                     grants.answered(msg.run_id, msg.fence)
