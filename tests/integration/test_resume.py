@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.clock import FakeClock
 from gateway.engine import Engine
@@ -73,6 +74,27 @@ async def test_a_restart_gives_a_surviving_worker_its_lease_back(gateway, db_url
     run = await world.run(lease.run_id)
     assert run["status"] == "Completed" and set(run["steps"]) == {"a", "b"}
     assert back.entry.in_flight == {}
+
+
+async def test_a_lease_resumed_and_ended_in_one_batch_is_logged_as_resumed(gateway):
+    """A worker that finished its run while it changed sockets offers the lease and hands in
+    its end together: the run completes, and the gateway says it took the lease over."""
+    world = gateway.world
+    worker = world.worker("t/work")
+    await world.send("go.work")
+    lease = await worker.lease()
+    world = await gateway.restart()
+    world.worker("t/none")  # session ids count from s0 again: not the old one's
+    back = world.worker("t/work")
+    with capture_logs() as logs:
+        world.engine.resume(back.entry, [m.Held(run_id=lease.run_id, fence=lease.fence)])
+        ack = await world.checkpoint(back, lease, m.RunCompleted, output=b"3")
+    assert isinstance(ack, m.CheckpointAck)
+    assert (await world.run(lease.run_id))["status"] == "Completed"
+    resumed = [e for e in logs if e["event"] == "lease_resumed"]
+    assert [(e["run_id"], e["fence"], e.get("handed_in")) for e in resumed] == [
+        (lease.run_id, lease.fence, True)]
+    assert back.entry.in_flight == {}  # ended: nothing held
 
 
 async def test_an_offer_for_a_run_leased_again_is_refused(gateway):
