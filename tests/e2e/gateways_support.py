@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from bench.cluster import Cluster, Process
+from bench.cluster import Cluster, Process, free_port
 from tests.e2e.harness import log_events
 from tests.helpers import postgres as pg
 from tests.helpers.waiting import bound, wait_until
@@ -169,7 +169,16 @@ class Fleet:
             cluster.start_gateway(wait=False)
         for cluster in self.clusters:
             try:
-                cluster.wait_healthy(timeout=bound(30))
+                try:
+                    cluster.wait_healthy(timeout=bound(30))
+                except RuntimeError as exc:
+                    # Its ports were free when picked, and taken since by another test's
+                    # process: nobody knows them yet, so it starts again on others.
+                    if "address already in use" not in str(exc):
+                        raise
+                    cluster.gateway = None
+                    cluster.http_port, cluster.connect_port = free_port(), free_port()
+                    cluster.start_gateway()
             except (RuntimeError, TimeoutError) as exc:
                 raise AssertionError(f"{exc}\n{self.logs()}") from None
 
