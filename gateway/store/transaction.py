@@ -864,12 +864,14 @@ class Transaction:
                 result.refused[index] = refusal
                 continue
             assert run is not None
+            # A run's end, as the socket decodes it, skips the tests against every step kind.
+            end = type(msg) is hot.RunCompleted
             failure = write.invalid
             if failure is not None:
                 # Malformed (see gateway.intake): the run fails for good, the worker is told.
                 result.refused[index] = f"invalid checkpoint: {failure}; the run failed"
                 failure = error_json("InvalidCheckpoint", f"the worker sent {failure}")
-            elif isinstance(msg, _STEP_CHECKPOINTS):
+            elif not end and isinstance(msg, _STEP_CHECKPOINTS):
                 if run.steps < max_steps:  # counted (a resend twice: see _count_step)
                     run.steps += 1
                     counted[msg.run_id] = counted.get(msg.run_id, 0) + 1
@@ -904,6 +906,10 @@ class Transaction:
                         f"the {limits.max_run_state / 2**20:.0f} MiB limit; keep large data "
                         "outside step results"))
                     run.status = RunStatus.FAILED
+            elif isinstance(msg, hot.RUN_COMPLETED):  # the kinds exclude each other: any order
+                await self._warnings(msg.run_id, msg.warnings)
+                await self._finish(msg.run_id, run, RunStatus.COMPLETED,
+                                   write.data or msg.output, None)
             elif isinstance(msg, m.StepFailed):
                 status = StepStatus.FAILED if msg.final else StepStatus.RETRYING
                 steps.append((msg.run_id, msg.step_id, "run", status, msg.attempt + 1, None,
@@ -926,10 +932,6 @@ class Transaction:
                 await self._invoke_requested(msg, write.data or msg.data)
             elif isinstance(msg, m.EventsSent):
                 await self._events_sent(msg, write.events)
-            elif isinstance(msg, hot.RUN_COMPLETED):
-                await self._warnings(msg.run_id, msg.warnings)
-                await self._finish(msg.run_id, run, RunStatus.COMPLETED,
-                                   write.data or msg.output, None)
             elif isinstance(msg, m.RunFailed):
                 await self._warnings(msg.run_id, msg.warnings)
                 if msg.final:
@@ -1448,7 +1450,7 @@ class Transaction:
 _STEP_CHECKPOINTS = (*hot.STEP_COMPLETED, m.StepFailed, m.SleepRequested, m.WaitRequested,
                      m.InvokeRequested, m.EventsSent)
 #: Checkpoints whose ``output`` counts against ``--max-step-result``.
-_SIZED = (*hot.STEP_COMPLETED, *hot.RUN_COMPLETED)
+_SIZED = (hot.StepCompleted, hot.RunCompleted, m.StepCompleted, m.RunCompleted)
 
 
 def _refusal(run: _Run | None, msg: hot.AnyCheckpoint) -> str | None:
