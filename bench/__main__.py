@@ -20,6 +20,8 @@
                  (SIGTERM), and how soon its runs complete through the others
     commits      CPU and wall time of a light-load run's two commits through the engine,
                  in-process (SQLite; no HTTP, no sockets): the fixed cost of a commit
+    engineload   CPU per run of the engine's loop thread and SQLite writer under load,
+                 in-process (no HTTP, no sockets): A/B figures with little noise
     cpu          CPU ms the gateway and the worker spend per 1,000 runs of the 3-step
                  function (steady under load from other processes, unlike wall time)
     frames       µs per message of the socket's hot messages: decode, encode, and the
@@ -46,6 +48,7 @@ from bench import (
     cpu,
     cron,
     dashboard,
+    engineload,
     flow,
     frames,
     http_api,
@@ -67,7 +70,8 @@ BENCHMARKS = {"throughput": throughput.main, "waits": waits.main, "sleeps": slee
               "intake": intake.main, "cron": cron.main, "flow": flow.main, "cpu": cpu.main,
               "dashboard": dashboard.main, "state": state.main, "chaos": chaos.main,
               "peers": peers.main, "latency": latency.main, "styles": styles.main,
-              "frames": frames.main, "commits": commits.main}
+              "frames": frames.main, "commits": commits.main,
+              "engineload": engineload.main}
 
 
 def main(argv: list[str]) -> int:

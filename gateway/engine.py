@@ -49,6 +49,7 @@ from protocol import hot
 from protocol import messages as m
 from protocol.errors import TetherError
 from protocol.manifest import AppManifest, FunctionConfig, check_function
+from protocol.messages import unvalidated
 
 if TYPE_CHECKING:  # gateway.http.events imports this module
     from gateway.http.events import EventLimits
@@ -282,15 +283,19 @@ class Engine:
         if checked.invalid is not None:
             log.warning("checkpoint_invalid", run_id=message.run_id, kind=message.type,
                         session_id=worker.session_id, reason=checked.invalid)
+        # Most checkpoints are a step's result, as the socket decodes it: it neither retries
+        # nor ends the lease, which saves it the tests against every other kind.
+        step = type(message) is hot.StepCompleted
         at: float | None = None
-        if isinstance(message, (m.StepFailed, m.RunFailed)):
+        if not step and isinstance(message, (m.StepFailed, m.RunFailed)):
             at = retry_at(message, now=now, base=self.retry_base, rng=self.rng)
-        since = self._seen.get(message.run_id, now)
-        if isinstance(message, _LEASE_ENDS):
-            worker.drop(message.run_id, message.fence)
-            self._seen.pop(message.run_id, None)
+        run_id, seen = message.run_id, self._seen
+        since = seen.get(run_id, now)
+        if not step and isinstance(message, _LEASE_ENDS):
+            worker.drop(run_id, message.fence)
+            seen.pop(run_id, None)
         else:
-            self._seen[message.run_id] = now
+            seen[run_id] = now
         self._batch.checkpoints.append(CheckpointWrite(
             worker.session_id, message, at, since, checked.invalid, checked.events,
             checked.data))
@@ -583,10 +588,12 @@ class Engine:
         result: WriteResult,
     ) -> None:
         acks: dict[str, int] = {}
+        refused = result.refused
         for index, write in enumerate(batch.checkpoints):
             msg = write.message
-            acks[write.session_id] = max(acks.get(write.session_id, 0), msg.seq)
-            reason = result.refused.get(index)
+            if msg.seq > acks.get(write.session_id, 0):
+                acks[write.session_id] = msg.seq
+            reason = refused.get(index) if refused else None
             if reason is not None:
                 log.warning("checkpoint_refused", run_id=msg.run_id, fence=msg.fence,
                             session_id=write.session_id, kind=msg.type, reason=reason)
@@ -601,7 +608,7 @@ class Engine:
                 worker.send(m.CheckpointAck(upto=upto))
 
         handed_in = {(w.message.run_id, w.message.fence) for w in batch.checkpoints
-                 if isinstance(w.message, _LEASE_ENDS)}
+                     if isinstance(w.message, _LEASE_ENDS)} if batch.resumes else set()
         for resume, function_id in zip(batch.resumes, result.resumed, strict=True):
             worker = self.registry.get(resume.session_id)
             if (resume.run_id, resume.fence) in handed_in:
@@ -647,13 +654,14 @@ class Engine:
             if self.tracing is not None:
                 traceparent = self.tracing.leased(lease, now=batch.now,
                                                   instance_id=worker.instance_id)
-            worker.send(
-                m.LeaseGranted(
-                    run_id=lease.run_id, fence=lease.fence, function_id=lease.function_id,
-                    events=lease.events, memos=lease.memos, attempts=lease.attempts,
-                    deferred=lease.deferred, attempt=lease.attempt, traceparent=traceparent,
-                )
-            )
+            # The store's own values (and a span made here): built without validation, as
+            # decoding this grant's wire map would build it.
+            worker.send(unvalidated(m.LeaseGranted, {
+                "type": "lease_granted", "run_id": lease.run_id, "fence": lease.fence,
+                "function_id": lease.function_id, "events": lease.events,
+                "memos": lease.memos, "attempts": lease.attempts,
+                "deferred": lease.deferred, "attempt": lease.attempt,
+                "traceparent": traceparent}))
         if orphaned:
             self._wake.set()
 

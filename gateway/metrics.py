@@ -274,29 +274,40 @@ class Metrics:
         if result.errors:
             self.items_failed.inc(len(result.errors))
         now = batch.now
+        # Counters are added to once per function (and status) and batch: a counter's inc
+        # takes a lock, and a batch under load holds hundreds of runs of one function.
+        created: dict[str, int] = {}
         for function_id in result.created_functions:
-            self._fn(function_id).created.inc()
+            created[function_id] = created.get(function_id, 0) + 1
+        for function_id, count in created.items():
+            self._fn(function_id).created.inc(count)
         if batch.checkpoints:
             self._checkpoints(batch, result)
+        leased: dict[str, int] = {}
         for lease in result.leases:
             fn = self._fn(lease.function_id)
-            fn.leases.inc()
+            leased[lease.function_id] = leased.get(lease.function_id, 0) + 1
             if lease.available_at is not None:
                 fn.queue_wait.observe(max(0.0, now - lease.available_at))
             if lease.first:
                 fn.first_step.observe(max(0.0, now - id_time(lease.run_id)))
+        for function_id, count in leased.items():
+            self._fn(function_id).leases.inc(count)
         if result.revoked:
             self.leases_revoked.inc(len(result.revoked))
+        finished: dict[Any, int] = {}
         for ended in result.ended:
             fn = self._fn(ended.function_id)
-            finished = fn.finished.get(ended.status)
-            if finished is None:
+            counter = fn.finished.get(ended.status)
+            if counter is None:
                 label = self.function_label(ended.function_id)
-                finished = fn.finished[ended.status] = self.runs_finished.labels(
+                counter = fn.finished[ended.status] = self.runs_finished.labels(
                     label, ended.status)
                 fn.duration[ended.status] = self.run_duration.labels(label, ended.status)
-            finished.inc()
+            finished[counter] = finished.get(counter, 0) + 1
             fn.duration[ended.status].observe(max(0.0, now - id_time(ended.run_id)))
+        for counter, count in finished.items():
+            counter.inc(count)
 
     def _checkpoints(self, batch: WriteBatch, result: WriteResult) -> None:
         counts: dict[str, int] = {}

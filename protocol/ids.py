@@ -10,8 +10,11 @@ import random
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _VALUES = {char: index for index, char in enumerate(_ALPHABET)}
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # index: 10 bits
-_SHIFTS = range(120, -1, -10)
+#: Crockford's characters as ``int(..., 32)``'s digits; any other ASCII one as a non-digit.
+_DIGITS = {code: "!" for code in range(128)} | {
+    ord(char): "0123456789ABCDEFGHIJKLMNOPQRSTUV"[index] for index, char in enumerate(_ALPHABET)}
 _random = random.Random()  # ids need uniqueness, not secrecy: no syscall per id
+_last = (-1, "")  # the last millisecond an id was made in, and its ten characters
 
 
 def new_id(now: float) -> str:
@@ -19,14 +22,41 @@ def new_id(now: float) -> str:
 
     ``now`` (epoch seconds) comes from the caller's clock: this module reads none.
     """
-    value = (int(now * 1000) << 80) | _random.getrandbits(80)
-    # 130 bits (2 leading zeros), ten bits (two characters) at a time, most significant first.
-    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
+    ms = int(now * 1000)
+    # 130 bits (2 leading zeros), ten bits (two characters) at a time, most significant
+    # first: the millisecond's ten characters (made once per millisecond: a gateway under
+    # load makes hundreds of ids in each), then the random bits' sixteen.
+    last = _last
+    if last[0] != ms:
+        last = _remember(ms)
+    bits = _random.getrandbits(80)
+    pairs = _PAIRS
+    return (last[1] + pairs[bits >> 70 & 1023] + pairs[bits >> 60 & 1023]
+            + pairs[bits >> 50 & 1023] + pairs[bits >> 40 & 1023] + pairs[bits >> 30 & 1023]
+            + pairs[bits >> 20 & 1023] + pairs[bits >> 10 & 1023] + pairs[bits & 1023])
+
+
+def _remember(ms: int) -> tuple[int, str]:
+    """The ten characters of millisecond ``ms``, kept for the next id (one tuple, replaced
+    whole: ids made on two threads read either the old one or the new one)."""
+    global _last
+    _last = (ms, "".join([_PAIRS[(ms >> shift) & 1023] for shift in (40, 30, 20, 10, 0)]))
+    return _last
 
 
 def id_time(value: str) -> float:
-    """The creation time (epoch seconds, to the millisecond) of an id from :func:`new_id`."""
+    """The creation time (epoch seconds, to the millisecond) of an id from :func:`new_id`.
+
+    Raises:
+        KeyError: ``value`` starts with a character that is not Crockford base32's.
+    """
+    head = value[:10]
+    if head.isascii():
+        try:
+            return int(head.translate(_DIGITS), 32) / 1000
+        except ValueError:
+            pass
     ms = 0
-    for char in value[:10]:
+    for char in head:
         ms = (ms << 5) | _VALUES[char]
     return ms / 1000

@@ -32,6 +32,10 @@ class Role(enum.Enum):
 
 
 class State(enum.Enum):
+    # Every message looks its state up (twice); Enum's own hash hashes the member's name
+    # in Python. Members are compared by identity, so their identity hashes them as well.
+    __hash__ = object.__hash__
+
     NEW = "new"
     CHALLENGED = "challenged"
     ANSWERED = "answered"

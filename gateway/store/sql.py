@@ -35,7 +35,7 @@ from gateway.store.base import (
     WriteResult,
 )
 from gateway.store.db import Db, Row
-from gateway.store.transaction import Transaction, error_from_json
+from gateway.store.transaction import Transaction, Triggers, error_from_json
 from gateway.transport.auth import StoredKey
 from protocol import cron
 from protocol.manifest import AppManifest, FunctionConfig, TriggerCron
@@ -57,6 +57,8 @@ class SqlStore:
         # running inside a transaction touches it (on SQLite that is the writer thread, so
         # the event loop never does).
         self._configs: dict[str, FunctionConfig | None] = {}
+        # Trigger payloads of runs created and not yet leased: the writer's too.
+        self._triggers = Triggers()
         self.gateway_id = ""
 
     async def _transaction(self, fn: Callable[[Db], Awaitable[T]]) -> T:
@@ -75,12 +77,13 @@ class SqlStore:
         """Apply the batch in one transaction; if an item raises, apply it again with each
         item in a savepoint, so only the item that fails is refused (``result.errors``)."""
         async def apply(db: Db) -> WriteResult:
-            result = await Transaction(db, batch, self._config).run()
+            result = await Transaction(db, batch, self._config, self._triggers).run()
             await self._publish(db, result, registered=False)
             return result
 
         async def apply_isolated(db: Db) -> WriteResult:
-            result = await Transaction(db, batch, self._config).run_isolated(self.store_errors)
+            result = await Transaction(db, batch, self._config,
+                                       self._triggers).run_isolated(self.store_errors)
             await self._publish(db, result, registered=False)
             return result
 

@@ -135,6 +135,41 @@ def event_json(name: str, event_id: str, ts: int, data: bytes, user: bytes = b"n
                      b"}"))
 
 
+class Triggers:
+    """Trigger payloads of runs created and not leased yet, by run id (single-event runs
+    outside debounce and batch windows: their events never change).
+
+    Under load a run is leased by a later batch than the one that created it; kept by the
+    store's writer across batches, its lease then reads no event back. Only the writer's
+    transactions use it. A run created by a batch that rolled back is never leased (its entry
+    ages out); one leased elsewhere (another gateway) too. Bounded by payload bytes: the
+    oldest go first, and a run whose payload went is read back as before.
+    """
+
+    __slots__ = ("_bytes", "_payloads", "max_bytes")
+
+    def __init__(self, max_bytes: int = 8 * 2**20) -> None:
+        self._payloads: dict[str, bytes] = {}
+        self._bytes = 0
+        self.max_bytes = max_bytes
+
+    def __contains__(self, run_id: str) -> bool:
+        return run_id in self._payloads
+
+    def add(self, run_id: str, payload: bytes) -> None:
+        payloads = self._payloads
+        self._bytes += len(payload) - len(payloads.pop(run_id, b""))
+        payloads[run_id] = payload
+        while self._bytes > self.max_bytes:
+            self._bytes -= len(payloads.pop(next(iter(payloads))))
+
+    def pop(self, run_id: str) -> bytes | None:
+        payload = self._payloads.pop(run_id, None)
+        if payload is not None:
+            self._bytes -= len(payload)
+        return payload
+
+
 @dataclass(slots=True)
 class _Run:
     """What the checkpoint phase needs to know of a run, kept current during the batch."""
@@ -160,7 +195,8 @@ class _Stored:
 class Transaction:
     """Applies one :class:`WriteBatch`; see the module docstring for the phases."""
 
-    def __init__(self, db: Db, batch: WriteBatch, config: ConfigLookup) -> None:
+    def __init__(self, db: Db, batch: WriteBatch, config: ConfigLookup,
+                 triggers: Triggers | None = None) -> None:
         self.db = db
         self.batch = batch
         self.now = batch.now
@@ -175,8 +211,9 @@ class Transaction:
         # and the runs that fail at once (a throttle key that gave no key).
         self._flow: list[tuple[Any, ...]] = []
         self._flow_failures: list[tuple[str, str]] = []
-        # Trigger payloads of runs created in this batch: a lease of one needs no query.
-        self._triggers: dict[str, bytes] = {}
+        # Trigger payloads of runs created lately (this batch, or earlier ones of the store's
+        # writer): a lease of one needs no query.
+        self._triggers = Triggers() if triggers is None else triggers
         self._wakeups: list[float] = []
         # A deadline written in this batch is already past: the deadline phase must run (or,
         # once it has, the engine must come back at once).
@@ -591,7 +628,7 @@ class Transaction:
         if window is None and len(events) == 1:
             # The lease needs no query; a window's events change until it starts, and a run
             # of several events (a replayed batch) gets them all: the lease reads those.
-            self._triggers[run_id] = trigger
+            self._triggers.add(run_id, trigger)
         for index, cancel in enumerate(config.cancel_on):
             expires = None if cancel.timeout is None else self.now + float(cancel.timeout)  # type: ignore[arg-type]
             await self._insert_wait(run_id, f"cancel:{index}", "cancel", cancel.event,
@@ -660,7 +697,7 @@ class Transaction:
                              function_id, placed.key.hash)
         else:
             await db.execute("close_window", function_id, placed.key.hash)
-        self._triggers.pop(run_id, None)
+        self._triggers.pop(run_id)
         if placed.replace and config.concurrency:
             # Its key follows the run's event, now this one ("debounce, then concurrency").
             slots = queues.place(function_id, config, trigger_data)
@@ -827,12 +864,14 @@ class Transaction:
                 result.refused[index] = refusal
                 continue
             assert run is not None
+            # A run's end, as the socket decodes it, skips the tests against every step kind.
+            end = type(msg) is hot.RunCompleted
             failure = write.invalid
             if failure is not None:
                 # Malformed (see gateway.intake): the run fails for good, the worker is told.
                 result.refused[index] = f"invalid checkpoint: {failure}; the run failed"
                 failure = error_json("InvalidCheckpoint", f"the worker sent {failure}")
-            elif isinstance(msg, _STEP_CHECKPOINTS):
+            elif not end and isinstance(msg, _STEP_CHECKPOINTS):
                 if run.steps < max_steps:  # counted (a resend twice: see _count_step)
                     run.steps += 1
                     counted[msg.run_id] = counted.get(msg.run_id, 0) + 1
@@ -867,6 +906,10 @@ class Transaction:
                         f"the {limits.max_run_state / 2**20:.0f} MiB limit; keep large data "
                         "outside step results"))
                     run.status = RunStatus.FAILED
+            elif isinstance(msg, hot.RUN_COMPLETED):  # the kinds exclude each other: any order
+                await self._warnings(msg.run_id, msg.warnings)
+                await self._finish(msg.run_id, run, RunStatus.COMPLETED,
+                                   write.data or msg.output, None)
             elif isinstance(msg, m.StepFailed):
                 status = StepStatus.FAILED if msg.final else StepStatus.RETRYING
                 steps.append((msg.run_id, msg.step_id, "run", status, msg.attempt + 1, None,
@@ -889,10 +932,6 @@ class Transaction:
                 await self._invoke_requested(msg, write.data or msg.data)
             elif isinstance(msg, m.EventsSent):
                 await self._events_sent(msg, write.events)
-            elif isinstance(msg, hot.RUN_COMPLETED):
-                await self._warnings(msg.run_id, msg.warnings)
-                await self._finish(msg.run_id, run, RunStatus.COMPLETED,
-                                   write.data or msg.output, None)
             elif isinstance(msg, m.RunFailed):
                 await self._warnings(msg.run_id, msg.warnings)
                 if msg.final:
@@ -1362,7 +1401,8 @@ class Transaction:
         if self.batch.trace:  # the gateway traces: each run's span continues its event's
             parents = {row[0]: row[1] for row in await db.fetch(
                 "trace_parents_of_runs", [a[0] for a in assigned])}
-        missing = [a[0] for a in assigned if a[0] not in self._triggers]
+        triggers = self._triggers
+        missing = [a[0] for a in assigned if a[0] not in triggers]
         payloads: dict[str, list[bytes]] = {}
         if missing:
             for run_id, payload in await db.fetch("event_payloads_of_runs", missing):
@@ -1372,7 +1412,7 @@ class Transaction:
                 attempt = 0
             if started_at is None:
                 await self._first_lease(run_id, function_id)
-            fresh = self._triggers.get(run_id)
+            fresh = triggers.pop(run_id)
             events = [fresh] if fresh is not None else payloads.get(run_id, [])
             memos: dict[str, m.StepMemo] = {}
             attempts: dict[str, int] = {}
@@ -1410,7 +1450,7 @@ class Transaction:
 _STEP_CHECKPOINTS = (*hot.STEP_COMPLETED, m.StepFailed, m.SleepRequested, m.WaitRequested,
                      m.InvokeRequested, m.EventsSent)
 #: Checkpoints whose ``output`` counts against ``--max-step-result``.
-_SIZED = (*hot.STEP_COMPLETED, *hot.RUN_COMPLETED)
+_SIZED = (hot.StepCompleted, hot.RunCompleted, m.StepCompleted, m.RunCompleted)
 
 
 def _refusal(run: _Run | None, msg: hot.AnyCheckpoint) -> str | None:

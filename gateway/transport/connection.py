@@ -259,7 +259,11 @@ class WorkerConnection:
             worker.last_seen = self.clock.monotonic()
             for msg in decode_from_worker(frame, max_size=limit):
                 session.receive(msg)
-                if isinstance(msg, hot.ANY_CHECKPOINT):
+                if isinstance(msg, hot.LeaseAccepted):
+                    # The answer to each grant, tested first: a Struct class is a cheap test,
+                    # the checkpoint kinds below are ten pydantic classes it would miss.
+                    grants.answered(msg.run_id, msg.fence)
+                elif isinstance(msg, hot.ANY_CHECKPOINT):
                     if msg.seq != due:
                         # Acks are cumulative: acking past a hole would tell the worker to
                         # forget a checkpoint never committed. A new socket resends them all.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from protocol import ids
 
 
@@ -29,3 +31,20 @@ def test_ids_sort_by_creation_time():
     times = [1_700_000_000.0 + i / 7 for i in range(100)]
     made = [ids.new_id(t) for t in times]
     assert sorted(made) == made
+
+
+def test_ids_made_in_one_millisecond_share_its_characters_and_differ_after(monkeypatch):
+    monkeypatch.setattr(ids, "_random", random.Random(7))
+    first, second = ids.new_id(1_700_000_000.0004), ids.new_id(1_700_000_000.0009)
+    later = ids.new_id(1_700_000_000.001)
+    assert first[:10] == second[:10] != later[:10] and first != second
+    assert [ids.id_time(i) for i in (first, second, later)] == [1_700_000_000.0] * 2 + [
+        1_700_000_000.001]
+
+
+def test_a_time_is_read_only_from_crockford_characters():
+    for bad in ("ILOU000000", "abc0000000", "0000 00000", "000_000000", "+000000000",
+                "\u0663" * 10):
+        with pytest.raises(KeyError):
+            ids.id_time(bad)
+    assert ids.id_time("") == 0.0 and ids.id_time("0000000001ZZZ") == 0.001
