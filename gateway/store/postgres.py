@@ -50,10 +50,7 @@ _RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError,
 #: (and without autovacuum the statistics never catch up): commits grew from 43 to 389 ms as a
 #: database filled (docs/performance.md, "Status lists and PostgreSQL plans"). A custom plan
 #: per execution costs a little planning each time and always sees the parameters.
-#: No JIT: the gateway's statements are short, and compiling one (when its estimated cost
-#: passes ``jit_above_cost``, as the dashboard's loose scans of runs do on a big table: see
-#: migration 0019) took 20-30 ms, ten times what it then ran for.
-SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan", "jit": "off"}
+SERVER_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 
 
 class DatabaseUnreachable(TetherError):

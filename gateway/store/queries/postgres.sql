@@ -251,15 +251,16 @@ CROSS JOIN LATERAL (SELECT traceparent FROM events WHERE seq = re.event_seq OFFS
 WHERE re.run_id = ANY(ARRAY(SELECT unnest($1::text[]))) AND re.position = 0;
 
 -- A run id is a ULID of its queue time, so a time range is an id range: these scans walk
--- runs_by_function_status (or the primary key) newest first and read no run outside the range.
+-- runs_by_function_status, runs_by_status (or the primary key) newest first and read no run
+-- outside the range.
 --
--- runs_by_function_status is the one index of runs by status (migration 0019): every lease and
--- every end changes a run's status, so each of those updates wrote an entry in every index of
--- runs, and runs_by_function and runs_by_status cost about 5 µs of backend CPU per run each.
--- What they served is read here from runs_by_function_status: by function, one seek per status
--- the function's runs have (the statuses found by a loose scan, ``st``: no list to keep in
--- step with gateway.runs); by status, one seek per function (``fn``, a loose scan of the
--- function ids), newest first, merged by id.
+-- There is no runs_by_function (migration 0019): every lease and every end changes a run's
+-- status, so each of those updates wrote an entry in every index of runs, about 5 µs of
+-- backend CPU per run for that one. A function's runs are read from runs_by_function_status,
+-- one seek per status its runs have (the statuses found by a loose scan, ``st``: no list to
+-- keep in step with gateway.runs, and at most one seek per status), newest first, merged by id.
+-- (runs_by_status stays: reading a status from runs_by_function_status would take a seek per
+-- function, 150-350 ms a page with 10,000 functions.)
 
 -- name: list_runs_by_function
 WITH RECURSIVE st(s) AS (
@@ -271,19 +272,6 @@ SELECT r.id, r.function_id, r.status, r.fence, r.attempt, r.event_ids, r.output,
        r.queued_at, r.started_at, r.ended_at, r.available_at, r.parent_run_id
 FROM st CROSS JOIN LATERAL (
     SELECT * FROM runs WHERE function_id = $3 AND status = st.s AND id < $1
-    ORDER BY id DESC LIMIT $2) r
-ORDER BY r.id DESC LIMIT $2;
-
--- name: list_runs_by_status
-WITH RECURSIVE fn(f) AS (
-    SELECT MIN(function_id) FROM runs
-    UNION ALL
-    SELECT (SELECT MIN(function_id) FROM runs WHERE function_id > fn.f)
-    FROM fn WHERE fn.f IS NOT NULL)
-SELECT r.id, r.function_id, r.status, r.fence, r.attempt, r.event_ids, r.output, r.error,
-       r.queued_at, r.started_at, r.ended_at, r.available_at, r.parent_run_id
-FROM fn CROSS JOIN LATERAL (
-    SELECT * FROM runs WHERE function_id = fn.f AND status = $3 AND id < $1
     ORDER BY id DESC LIMIT $2) r
 ORDER BY r.id DESC LIMIT $2;
 
@@ -303,16 +291,10 @@ FROM st CROSS JOIN LATERAL (
 ORDER BY r.id DESC LIMIT $4;
 
 -- name: scan_runs_by_status
-WITH RECURSIVE fn(f) AS (
-    SELECT MIN(function_id) FROM runs
-    UNION ALL
-    SELECT (SELECT MIN(function_id) FROM runs WHERE function_id > fn.f)
-    FROM fn WHERE fn.f IS NOT NULL)
 SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
               WHERE re.run_id = r.id AND re.position = 0)
-FROM fn CROSS JOIN LATERAL (
-    SELECT id FROM runs WHERE function_id = fn.f AND status = $1 AND id >= $2 AND id < $3
-    ORDER BY id DESC LIMIT $4) r
+FROM runs r
+WHERE r.status = $1 AND r.id >= $2 AND r.id < $3
 ORDER BY r.id DESC LIMIT $4;
 
 -- name: scan_runs_by_function_status
@@ -329,18 +311,11 @@ FROM runs WHERE id = ANY(ARRAY(SELECT unnest($1::text[]))) ORDER BY id DESC;
 
 -- name: live_counts
 -- The Functions page: live runs of every function (few, whatever the store's size) ...
-WITH RECURSIVE fn(f) AS (
-    SELECT MIN(function_id) FROM runs
-    UNION ALL
-    SELECT (SELECT MIN(function_id) FROM runs WHERE function_id > fn.f)
-    FROM fn WHERE fn.f IS NOT NULL)
-SELECT fn.f, c.status, c.n FROM fn CROSS JOIN LATERAL (
-    SELECT status, COUNT(*) AS n FROM runs WHERE function_id = fn.f
-    AND status IN ('Queued', 'Running', 'Sleeping', 'Waiting') GROUP BY status) c;
+SELECT function_id, status, COUNT(*) FROM runs
+WHERE status IN ('Queued', 'Running', 'Sleeping', 'Waiting') GROUP BY function_id, status;
 
 -- name: ended_counts_since
--- ... and the runs that ended among those queued since a time (an id: see scan_runs): the
--- runs of that range of runs_pkey, every function at once.
+-- ... and the runs that ended among those queued since a time (an id: see scan_runs).
 SELECT function_id, status, COUNT(*) FROM runs
 WHERE status IN ('Completed', 'Failed', 'Cancelled', 'Skipped') AND id >= $1
 GROUP BY function_id, status;

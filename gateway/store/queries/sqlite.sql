@@ -270,11 +270,6 @@ SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued
        started_at, ended_at, available_at, parent_run_id
 FROM runs WHERE function_id = ?3 AND id < ?1 ORDER BY id DESC LIMIT ?2;
 
--- name: list_runs_by_status
-SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued_at,
-       started_at, ended_at, available_at, parent_run_id
-FROM runs WHERE status = ?3 AND id < ?1 ORDER BY id DESC LIMIT ?2;
-
 -- A run id is a ULID of its queue time, so a time range is an id range: these scans walk
 -- runs_by_function (or the primary key) newest first and read no run outside the range.
 
