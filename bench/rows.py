@@ -11,7 +11,8 @@ one batch (its progress folded into its end); ``--apart`` gives each step its ow
 SQLite: the thread CPU time of each statement, per run (the writer thread's share of the
 gateway's CPU). PostgreSQL (``--db postgres``, a throwaway database on
 ``TETHER_BENCH_PG_URL``'s server): the backend's CPU per run, read from ``/proc`` (the server
-runs on this machine), and how many of the updates of ``runs`` were HOT; ``--fillfactor``
+runs on this machine), in total and per statement, and how many of the updates of ``runs``
+were HOT; ``--fillfactor``
 sets the table's before the runs.
 """
 
@@ -120,13 +121,15 @@ async def on_postgres(args: argparse.Namespace) -> None:
         if args.fillfactor is not None:
             await conn.execute(f"ALTER TABLE runs SET (fillfactor = {int(args.fillfactor)})")
         backend = await conn.fetchval("SELECT pg_backend_pid()")
-        db, spent = PgDb(conn), 0.0
+        db, spent, each = PgDb(conn), 0.0, {}
         for transaction in batches(args.runs, args.batch, apart=args.apart,
                                    folded="finish_run" in db.sql):
             start = cpu_seconds(backend)
             async with conn.transaction():
                 for query, rows in transaction:
+                    before = _run_ns(backend)
                     await db.executemany(query, rows)
+                    each[query] = each.get(query, 0) + _run_ns(backend) - before
             spent += cpu_seconds(backend) - start
         await asyncio.sleep(0.6)  # the backend reports its table statistics every 0.5 s
         await conn.close()
@@ -140,9 +143,18 @@ async def on_postgres(args: argparse.Namespace) -> None:
               f"{', steps apart' if args.apart else ''}, runs {fillfactor or 'fillfactor=100'}:"
               f" backend CPU {spent * 1e6 / args.runs:.0f} µs per run, {updates} updates of"
               f" runs, {hot} HOT")
+        for query, ns in each.items():
+            print(f"  {query:18} {ns / 1e3 / args.runs:6.1f}")
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+def _run_ns(pid: int) -> int:
+    """CPU time a process has run, in ns (``/proc/PID/schedstat``: finer than the clock
+    ticks of ``/proc/PID/stat``, so one statement's share can be read)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -98,3 +98,52 @@ async def test_the_bulk_updates_of_runs_search_its_primary_key(db_url, name):
         await conn.close()
     plan = " | ".join(row[0] for row in explained)
     assert "runs_pkey" in plan and "Seq Scan on runs" not in plan, plan
+
+
+#: The reads of a list of ids on the hot path (and the API's), with arguments for 500 ids.
+ROWS = 20000
+LIST_READS: dict[str, Any] = {
+    "recent_event_ids": lambda ids, events: (events, 0.0),
+    "checkpoint_runs": lambda ids, events: (ids,),
+    "runs_notes": lambda ids, events: (ids,),
+    "settle_due_waits": lambda ids, events: (ids, 1e12),
+    "settle_due_steps": lambda ids, events: (ids, 1e12, b"null", "x"),
+    "steps_of_runs": lambda ids, events: (ids,),
+    "event_payloads_of_runs": lambda ids, events: (ids,),
+    "runs_steps": lambda ids, events: (ids,),
+    "trace_parents_of_runs": lambda ids, events: (ids,),
+    "runs_by_ids": lambda ids, events: (ids,),
+    "event_run_ids": lambda ids, events: (list(range(5000, 5500)),),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LIST_READS))
+async def test_a_list_of_ids_is_read_through_an_index_without_statistics(db_url, name):
+    """Given a list of 500 ids and no statistics (autovacuum has not analyzed the tables yet,
+    or is off), PostgreSQL estimated that ``= ANY($1)`` matched the whole table and read it
+    all, in every batch (queries/postgres.sql, at the top)."""
+    store = open_store(db_url)
+    await store.open()  # migrated
+    await store.close()
+    conn = await asyncpg.connect(db_url, server_settings=SERVER_SETTINGS)
+    try:
+        for sql in (
+            "INSERT INTO events (seq, id, name, payload, received_at)"
+            " SELECT n, 'ev-' || n, 'go', '\\x7b7d'::bytea, n FROM generate_series(1, $1) n",
+            "INSERT INTO runs (id, function_id, status, event_ids, queued_at)"
+            " SELECT 'run_' || n, 'app/fn', 'Completed', '[]', n FROM generate_series(1, $1) n",
+            "INSERT INTO run_events (run_id, position, event_seq)"
+            " SELECT 'run_' || n, 0, n FROM generate_series(1, $1) n",
+            "INSERT INTO steps (run_id, step_id, kind, status, attempts)"
+            " SELECT 'run_' || n, s, 'run', 'Completed', 1 FROM generate_series(1, $1) n,"
+            " unnest(ARRAY['a', 'b', 'c']) s"):
+            await conn.execute(sql, ROWS)
+        ids = [f"run_{n}" for n in range(5000, 5500)]
+        events = [f"ev-{n}" for n in range(5000, 5500)]
+        sql = queries("postgres")[name]
+        explained = await conn.fetch(f"EXPLAIN {sql}", *LIST_READS[name](ids, events))
+    finally:
+        await conn.close()
+    plan = " | ".join(row[0] for row in explained)
+    scanned = [t for t in ("runs", "events", "run_events", "steps") if f"Seq Scan on {t} " in plan]
+    assert not scanned, plan

@@ -274,11 +274,6 @@ SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued
        started_at, ended_at, available_at, parent_run_id
 FROM runs WHERE id < $1 ORDER BY id DESC LIMIT $2;
 
--- name: list_runs_by_function
-SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued_at,
-       started_at, ended_at, available_at, parent_run_id
-FROM runs WHERE function_id = $3 AND id < $1 ORDER BY id DESC LIMIT $2;
-
 -- name: list_runs_by_status
 SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued_at,
        started_at, ended_at, available_at, parent_run_id

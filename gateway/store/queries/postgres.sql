@@ -2,11 +2,21 @@
 -- parameter arrives as an array. What is the same on both backends is in
 -- common.sql; every query here has a twin of the same name and meaning in sqlite.sql. Rows a transaction will change are locked as they are read (FOR UPDATE), and
 -- claims skip rows another gateway holds (SKIP LOCKED), so no run is leased twice.
+--
+-- A list of ids is read as ``= ANY(ARRAY(SELECT unnest($1::text[])))``, not ``= ANY($1)``:
+-- given the list itself, the planner multiplies its length by the selectivity of one id, and
+-- without statistics (a database filling up before autovacuum's ANALYZE, or autovacuum off)
+-- that is 0.5% of the table per id: a batch of 500 ids "matched" the whole table, read by a
+-- sequential scan (checkpoint_runs: 9 ms a batch at 50,000 runs, growing with the table).
+-- Behind ARRAY(SELECT ...) the list's length is unknown and the estimate small: an index
+-- search at any size (tests/integration/test_pg_plans.py). The events of a run's links are
+-- read per link, by a LATERAL subquery the planner may not flatten (OFFSET 0), for the same
+-- reason: joined, it hashed every event.
 
 -- ============================= events and runs ==============================
 
 -- name: recent_event_ids
-SELECT id FROM events WHERE id = ANY($1::text[]) AND received_at > $2;
+SELECT id FROM events WHERE id = ANY(ARRAY(SELECT unnest($1::text[]))) AND received_at > $2;
 
 -- name: reserve_event_seqs
 SELECT nextval('events_seq_seq') FROM generate_series(1, $1::int);
@@ -24,7 +34,7 @@ SELECT pg_advisory_xact_lock(hashtext($1));
 -- name: checkpoint_runs
 SELECT id, fence, status, function_id, state_bytes, parent_run_id, parent_step_id,
     step_count FROM runs
-WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE;
+WHERE id = ANY(ARRAY(SELECT unnest($1::text[]))) ORDER BY id FOR UPDATE;
 
 -- =========================== endings and commands ===========================
 
@@ -42,7 +52,8 @@ FOR UPDATE;
 -- name: runs_notes
 -- What the worker noticed (warnings), why flow control skipped a run or what holds it back,
 -- for a page of runs.
-SELECT id, warnings, skipped, hold_option, hold_key FROM runs WHERE id = ANY($1::text[])
+SELECT id, warnings, skipped, hold_option, hold_key FROM runs
+WHERE id = ANY(ARRAY(SELECT unnest($1::text[])))
 AND (warnings IS NOT NULL OR skipped IS NOT NULL OR hold_option IS NOT NULL);
 
 -- ================================== leases ==================================
@@ -80,7 +91,8 @@ SELECT MIN(due) FROM (
 -- Waits of runs being leased whose timeout passed: the wait goes (its step resolves below).
 DELETE FROM waits WHERE (run_id, step_id) IN (
     SELECT run_id, step_id FROM steps
-    WHERE run_id = ANY($1::text[]) AND status = 'Waiting' AND wake_at <= $2
+    WHERE run_id = ANY(ARRAY(SELECT unnest($1::text[]))) AND status = 'Waiting'
+    AND wake_at <= $2
 );
 
 -- name: settle_due_steps
@@ -90,17 +102,18 @@ UPDATE steps SET
     output = CASE status WHEN 'Invoking' THEN NULL ELSE $3::bytea END,
     error = CASE status WHEN 'Invoking' THEN $4::text ELSE NULL END,
     ended_at = $2, wake_at = NULL
-WHERE run_id = ANY($1::text[])
+WHERE run_id = ANY(ARRAY(SELECT unnest($1::text[])))
 AND status IN ('Sleeping', 'Waiting', 'Invoking') AND wake_at <= $2
 RETURNING run_id, status;
 
 -- name: steps_of_runs
 SELECT run_id, step_id, kind, status, output, error, attempts, wake_at FROM steps
-WHERE run_id = ANY($1::text[]);
+WHERE run_id = ANY(ARRAY(SELECT unnest($1::text[])));
 
 -- name: event_payloads_of_runs
-SELECT re.run_id, e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
-WHERE re.run_id = ANY($1::text[])
+SELECT re.run_id, e.payload FROM run_events re
+CROSS JOIN LATERAL (SELECT payload FROM events WHERE seq = re.event_seq OFFSET 0) e
+WHERE re.run_id = ANY(ARRAY(SELECT unnest($1::text[])))
 ORDER BY re.run_id, re.position;
 
 -- ================================== reads ===================================
@@ -108,7 +121,7 @@ ORDER BY re.run_id, re.position;
 -- name: runs_steps
 -- The steps of a page of runs, in one query (not one per run).
 SELECT run_id, step_id, kind, status, attempts, output, error, started_at, ended_at
-FROM steps WHERE run_id = ANY($1::text[])
+FROM steps WHERE run_id = ANY(ARRAY(SELECT unnest($1::text[])))
 ORDER BY run_id, started_at, step_id;
 
 -- ========================= flow control: admission ==========================
@@ -233,19 +246,48 @@ DELETE FROM flow_windows WHERE (function_id, key_hash) IN (
 
 -- name: trace_parents_of_runs
 -- The traceparent of each run's first event: the parent of the run's span (migration 0013).
-SELECT re.run_id, e.traceparent FROM run_events re JOIN events e ON e.seq = re.event_seq
-WHERE re.run_id = ANY($1::text[]) AND re.position = 0;
+SELECT re.run_id, e.traceparent FROM run_events re
+CROSS JOIN LATERAL (SELECT traceparent FROM events WHERE seq = re.event_seq OFFSET 0) e
+WHERE re.run_id = ANY(ARRAY(SELECT unnest($1::text[]))) AND re.position = 0;
 
 -- A run id is a ULID of its queue time, so a time range is an id range: these scans walk
--- runs_by_function (or the primary key) newest first and read no run outside the range.
+-- runs_by_function_status, runs_by_status (or the primary key) newest first and read no run
+-- outside the range.
+--
+-- There is no runs_by_function (migration 0019): every lease and every end changes a run's
+-- status, so each of those updates wrote an entry in every index of runs, about 5 µs of
+-- backend CPU per run for that one. A function's runs are read from runs_by_function_status,
+-- one seek per status its runs have (the statuses found by a loose scan, ``st``: no list to
+-- keep in step with gateway.runs, and at most one seek per status), newest first, merged by id.
+-- (runs_by_status stays: reading a status from runs_by_function_status would take a seek per
+-- function, 150-350 ms a page with 10,000 functions.)
+
+-- name: list_runs_by_function
+WITH RECURSIVE st(s) AS (
+    SELECT MIN(status) FROM runs WHERE function_id = $3
+    UNION ALL
+    SELECT (SELECT MIN(status) FROM runs WHERE function_id = $3 AND status > st.s)
+    FROM st WHERE st.s IS NOT NULL)
+SELECT r.id, r.function_id, r.status, r.fence, r.attempt, r.event_ids, r.output, r.error,
+       r.queued_at, r.started_at, r.ended_at, r.available_at, r.parent_run_id
+FROM st CROSS JOIN LATERAL (
+    SELECT * FROM runs WHERE function_id = $3 AND status = st.s AND id < $1
+    ORDER BY id DESC LIMIT $2) r
+ORDER BY r.id DESC LIMIT $2;
 
 -- ================= dashboard: selections, counts, timeline ==================
 
 -- name: scan_runs_by_function
+WITH RECURSIVE st(s) AS (
+    SELECT MIN(status) FROM runs WHERE function_id = $1
+    UNION ALL
+    SELECT (SELECT MIN(status) FROM runs WHERE function_id = $1 AND status > st.s)
+    FROM st WHERE st.s IS NOT NULL)
 SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
               WHERE re.run_id = r.id AND re.position = 0)
-FROM runs r
-WHERE r.function_id = $1 AND r.id >= $2 AND r.id < $3
+FROM st CROSS JOIN LATERAL (
+    SELECT id FROM runs WHERE function_id = $1 AND status = st.s AND id >= $2 AND id < $3
+    ORDER BY id DESC LIMIT $4) r
 ORDER BY r.id DESC LIMIT $4;
 
 -- name: scan_runs_by_status
@@ -265,7 +307,7 @@ ORDER BY r.id DESC LIMIT $5;
 -- name: runs_by_ids
 SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued_at,
        started_at, ended_at, available_at, parent_run_id
-FROM runs WHERE id = ANY($1::text[]) ORDER BY id DESC;
+FROM runs WHERE id = ANY(ARRAY(SELECT unnest($1::text[]))) ORDER BY id DESC;
 
 -- name: live_counts
 -- The Functions page: live runs of every function (few, whatever the store's size) ...
@@ -319,7 +361,8 @@ SELECT pg_notify('tether', $1);
 -- --- access keys (gateway/store/keys.py) ---------------------------------------------------
 
 -- name: event_run_ids
-SELECT event_seq, run_id FROM run_events WHERE event_seq = ANY($1::bigint[])
+SELECT event_seq, run_id FROM run_events
+WHERE event_seq = ANY(ARRAY(SELECT unnest($1::bigint[])))
 ORDER BY run_id;
 
 -- cron ticks and delayed runs

@@ -265,6 +265,11 @@ DELETE FROM flow_windows WHERE (function_id, key_hash) IN (
 SELECT re.run_id, e.traceparent FROM run_events re JOIN events e ON e.seq = re.event_seq
 WHERE re.run_id IN (SELECT value FROM json_each(?1)) AND re.position = 0;
 
+-- name: list_runs_by_function
+SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued_at,
+       started_at, ended_at, available_at, parent_run_id
+FROM runs WHERE function_id = ?3 AND id < ?1 ORDER BY id DESC LIMIT ?2;
+
 -- A run id is a ULID of its queue time, so a time range is an id range: these scans walk
 -- runs_by_function (or the primary key) newest first and read no run outside the range.
 
