@@ -5,11 +5,11 @@ socket and its heartbeats; a ``def`` step that blocks for ten seconds must cost 
 ten seconds and nothing else. (Running short callables inline was measured and rejected: no
 budget can tell in advance that the next call will not block.)
 
-Rule 2: few threads, grown on demand. A handful of threads serve short steps one after the
-other; when every thread is busy (steps that block), a job that waited ``grow_after`` gets a
-thread of its own, up to ``limit``. Threads idle for ``idle_exit`` go away, down to ``core``.
-A thread per job, as ``ThreadPoolExecutor`` grows under a burst of short steps, costs each
-step several times its own work in thread wake-ups and GIL hand-offs.
+Rule 2: few threads awake, more only for blocked ones. A burst of plain steps wakes one
+thread, which serves the queued jobs one after the other: a wake-up and a GIL hand-off per
+job would cost more than the steps' own work. A thread blocked in one job (it ran
+``grow_after`` without waiting for the GIL) gets two more threads woken while jobs wait, up
+to ``limit``. Threads idle for ``idle_exit`` go away, down to ``core``.
 
 Rule 3: results come back to the loop in batches: the first result of a batch wakes the loop
 (``call_soon_threadsafe``), the results that arrive before the loop gets to them ride along.
@@ -24,6 +24,7 @@ import collections
 import contextlib
 import functools
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -181,6 +182,9 @@ class StepThreads:
         self._awake = 0  # threads that will take queued jobs: not parked, not blocked
         self._growing: asyncio.TimerHandle | None = None
         self._checked: tuple[float, float] | None = None  # (clock, process CPU) at last check
+        #: A thread waits for the GIL about one switch interval at a time (the holder is then
+        #: made to hand it over): a job older than this is blocked, however busy the loop.
+        self._gil_wait = max(10 * grow_after, 4 * sys.getswitchinterval())
         self._mailbox: Mailbox | None = None
         self._closed = False
         self._started = 0
@@ -234,9 +238,10 @@ class StepThreads:
         threads for each, up to ``limit`` (and one if no thread is awake).
 
         A job counts as blocked when it ran ``grow_after`` and, since the last check, its
-        thread used little CPU while the rest of the process left the GIL free (a thread
-        waiting for the GIL behind the busy loop only looks blocked). Busy threads that keep
-        finishing jobs drain the queue themselves: more threads would only cost wake-ups.
+        thread used CPU or the rest of the process left the GIL free (a thread waiting for
+        the GIL behind the busy loop only looks blocked), or when it ran ``_gil_wait``.
+        Busy threads that keep finishing jobs drain the queue themselves: more threads would
+        only cost wake-ups.
         """
         now = self.clock()
         cpu = time.process_time()
@@ -261,7 +266,7 @@ class StepThreads:
                 span = now - checked[0]
                 own -= seen[1]
                 others = cpu - checked[1] - own
-                if own < span / 4 and others > span / 2:
+                if own < span / 4 and others > span / 2 and now - since < self._gil_wait:
                     continue  # idle while the process was busy: waiting for the GIL
                 slot.replaced = True
                 self._awake -= 1
