@@ -120,8 +120,11 @@ def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None
         future.set_exception(error)
 
 
-def _thread_cpu(ident: int) -> float:
-    """CPU seconds used by the thread ``ident`` (0.0 where the platform cannot tell)."""
+def cpu_seconds(ident: int | None) -> float:
+    """CPU seconds used by the thread ``ident``, or by the process (None); 0.0 for a thread
+    where the platform cannot tell."""
+    if ident is None:
+        return time.process_time()
     try:
         return time.clock_gettime(time.pthread_getcpuclockid(ident))
     except (AttributeError, OSError):  # no per-thread clocks here, or the thread is gone
@@ -161,11 +164,13 @@ class StepThreads:
             GIL counts as blocked; checked every half of it while jobs wait.
         idle_exit: seconds after which an idle thread beyond ``core`` exits.
         clock: monotonic seconds (injected by tests).
+        cpu: CPU seconds of a thread (its ident) or of the process (None) (injected by tests).
     """
 
     def __init__(self, *, core: int, limit: int, grow_after: float = 0.002,
                  idle_exit: float = 30.0, name: str = "tether-step",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 cpu: Callable[[int | None], float] = cpu_seconds) -> None:
         if core < 1 or limit < core:
             raise ValueError("StepThreads needs 1 <= core <= limit")
         self.core = core
@@ -174,6 +179,7 @@ class StepThreads:
         self.idle_exit = idle_exit
         self.name = name
         self.clock = clock
+        self.cpu = cpu
         self._jobs: collections.deque[_Job] = collections.deque()
         self._lock = threading.Lock()
         self.threads = 0  # started and not exited
@@ -244,7 +250,7 @@ class StepThreads:
         only cost wake-ups.
         """
         now = self.clock()
-        cpu = time.process_time()
+        cpu = self.cpu(None)
         woken: list[_Slot] = []
         with self._lock:
             self._growing = None
@@ -258,7 +264,7 @@ class StepThreads:
                 if since is None or slot.replaced:
                     slot.seen = None
                     continue
-                own = _thread_cpu(slot.ident)
+                own = self.cpu(slot.ident)
                 seen, slot.seen = slot.seen, (slot.jobs, own)
                 if (now - since < self.grow_after or checked is None or seen is None
                         or seen[0] != slot.jobs):
@@ -266,8 +272,11 @@ class StepThreads:
                 span = now - checked[0]
                 own -= seen[1]
                 others = cpu - checked[1] - own
-                if own < span / 4 and others > span / 2 and now - since < self._gil_wait:
-                    continue  # idle while the process was busy: waiting for the GIL
+                # Idle while the process was busy: waiting for the GIL (no time passed since
+                # the last check: nothing to tell, unless the age says enough).
+                waiting = span <= 0 or (own < span / 4 and others > span / 2)
+                if waiting and now - since < self._gil_wait:
+                    continue
                 slot.replaced = True
                 self._awake -= 1
                 blocked += 1

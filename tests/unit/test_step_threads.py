@@ -127,6 +127,36 @@ async def test_a_burst_of_blocking_jobs_gets_a_thread_for_each(clock: Clock, gat
         threads.shutdown()
 
 
+async def test_a_job_waiting_for_the_gil_behind_a_busy_process_is_not_blocked(
+        clock: Clock, gates) -> None:
+    """Its thread used no CPU while the process did: it waits for the GIL, up to 20 ms."""
+    busy = {"process": 0.0}
+
+    def cpu(ident: int | None) -> float:
+        return busy["process"] if ident is None else 0.0
+
+    threads = StepThreads(core=1, limit=4, grow_after=0.001, clock=clock, cpu=cpu)
+    try:
+        started, gate = blocker(gates)
+        first = threads.run(wait_blocked, started, gate)
+        await eventually(lambda: _true(started.is_set()), what="the first job to start")
+        second = threads.run(lambda: "second")
+        for _ in range(8):  # 16 ms, the process busy all along: waiting, not blocked
+            clock.now += 0.002
+            busy["process"] += 0.002
+            await asyncio.sleep(0.002)
+        assert threads.threads == 1 and not second.done()
+
+        clock.now += 1.0  # past a few switch intervals: blocked, however busy the process
+        busy["process"] += 1.0
+        assert await asyncio.wait_for(second, bound(10)) == "second"
+        assert threads.threads == 2
+        gate.set()
+        assert await asyncio.wait_for(first, bound(10)) == "released"
+    finally:
+        threads.shutdown()
+
+
 async def test_threads_beyond_core_exit_when_idle(clock: Clock, gates) -> None:
     threads = StepThreads(core=1, limit=4, grow_after=0.001, idle_exit=0.05, clock=clock)
     try:
