@@ -73,12 +73,13 @@ async def test_results_exceptions_and_context_come_back_to_the_loop() -> None:
         threads.shutdown()
 
 
-async def test_many_short_jobs_stay_on_the_core_threads(clock: Clock) -> None:
+async def test_a_burst_of_short_jobs_is_served_by_one_thread(clock: Clock) -> None:
     threads = StepThreads(core=2, limit=50, grow_after=0.001, clock=clock)
     try:
         results = await asyncio.gather(*(threads.run(lambda i=i: i * 2) for i in range(500)))
         assert results == [i * 2 for i in range(500)]
-        assert threads.threads == 2  # the clock never moved: no job counted as blocked
+        # One thread woken for the burst; the clock never moved: no job counted as blocked.
+        assert threads.threads == 1
     finally:
         threads.shutdown()
 
@@ -97,6 +98,59 @@ async def test_a_blocked_thread_is_replaced_once_it_ran_long(clock: Clock, gates
         clock.now += 1.0  # the first job has now run for a second: it counts as blocked
         assert await asyncio.wait_for(second, bound(10)) == "second"
         assert threads.threads == 2 and not first.done()
+        gate.set()
+        assert await asyncio.wait_for(first, bound(10)) == "released"
+    finally:
+        threads.shutdown()
+
+
+async def test_a_burst_of_blocking_jobs_gets_a_thread_for_each(clock: Clock, gates) -> None:
+    threads = StepThreads(core=1, limit=20, grow_after=0.001, clock=clock)
+    try:
+        blocked = [blocker(gates) for _ in range(8)]
+        jobs = [threads.run(wait_blocked, s, g) for s, g in blocked]
+        await eventually(lambda: _true(blocked[0][0].is_set()), what="the first job to start")
+        for _ in range(20):  # the clock is frozen: one thread, the others wait their turn
+            await asyncio.sleep(0.002)
+        assert threads.threads == 1 and not any(s.is_set() for s, _ in blocked[1:])
+
+        async def all_started() -> bool:
+            clock.now += 1.0  # every running job has now run long: blocked
+            return all(s.is_set() for s, _ in blocked)
+
+        await eventually(all_started, what="every blocked job to get a thread")
+        assert threads.threads == 8
+        for _, gate in blocked:
+            gate.set()
+        assert await asyncio.wait_for(asyncio.gather(*jobs), bound(10)) == ["released"] * 8
+    finally:
+        threads.shutdown()
+
+
+async def test_a_job_waiting_for_the_gil_behind_a_busy_process_is_not_blocked(
+        clock: Clock, gates) -> None:
+    """Its thread used no CPU while the process did: it waits for the GIL, up to 20 ms."""
+    busy = {"process": 0.0}
+
+    def cpu(ident: int | None) -> float:
+        return busy["process"] if ident is None else 0.0
+
+    threads = StepThreads(core=1, limit=4, grow_after=0.001, clock=clock, cpu=cpu)
+    try:
+        started, gate = blocker(gates)
+        first = threads.run(wait_blocked, started, gate)
+        await eventually(lambda: _true(started.is_set()), what="the first job to start")
+        second = threads.run(lambda: "second")
+        for _ in range(8):  # 16 ms, the process busy all along: waiting, not blocked
+            clock.now += 0.002
+            busy["process"] += 0.002
+            await asyncio.sleep(0.002)
+        assert threads.threads == 1 and not second.done()
+
+        clock.now += 1.0  # past a few switch intervals: blocked, however busy the process
+        busy["process"] += 1.0
+        assert await asyncio.wait_for(second, bound(10)) == "second"
+        assert threads.threads == 2
         gate.set()
         assert await asyncio.wait_for(first, bound(10)) == "released"
     finally:
