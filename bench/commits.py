@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,28 @@ from protocol.ids import new_id
 from protocol.manifest import AppManifest, FunctionConfig, TriggerEvent
 
 
-def _writer_clock() -> int:
+@contextlib.asynccontextmanager
+async def engine_over_sqlite() -> AsyncIterator[tuple[Engine, SystemClock]]:
+    """A running engine over a fresh SQLite store, with the benchmark's function
+    ``bench/three`` (triggered by ``bench/go``); stopped and closed on the way out."""
+    with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
+        store = SQLiteStore(Path(tmp) / "tether.db")
+        await store.open()
+        clock = SystemClock()
+        engine = Engine(store, Registry(), clock, retry_base=1.0)
+        await engine.load()
+        await engine.register_app(AppManifest(id="bench", version="1", functions=[
+            FunctionConfig(id="three", triggers=[TriggerEvent("bench/go")], retries=0)]))
+        task = asyncio.create_task(engine.run())
+        try:
+            yield engine, clock
+        finally:
+            await engine.close()
+            await task
+            await store.close()
+
+
+def writer_clock() -> int:
     """The CPU clock of the store's writer thread."""
     for thread in threading.enumerate():
         if thread.name.startswith("tether-db-writer") and thread.ident is not None:
@@ -49,14 +72,7 @@ def _writer_clock() -> int:
 
 async def measure(runs: int, gap: float, warmup: int) -> dict[str, float]:
     """Median and mean figures per run (µs)."""
-    with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
-        store = SQLiteStore(Path(tmp) / "tether.db")
-        await store.open()
-        clock = SystemClock()
-        engine = Engine(store, Registry(), clock, retry_base=1.0)
-        await engine.load()
-        await engine.register_app(AppManifest(id="bench", version="1", functions=[
-            FunctionConfig(id="three", triggers=[TriggerEvent("bench/go")], retries=0)]))
+    async with engine_over_sqlite() as (engine, clock):
         inbox: asyncio.Queue[m.Message] = asyncio.Queue()
         entry = WorkerEntry(
             session_id="s1", instance_id="w1", capacity=1000,
@@ -65,45 +81,39 @@ async def measure(runs: int, gap: float, warmup: int) -> dict[str, float]:
             last_seen=clock.monotonic())
         engine.registry.add(entry)
         engine.worker_ready(entry)
-        task = asyncio.create_task(engine.run())
-        writer = _writer_clock()
+        writer = writer_clock()
         seq = 0
         loop_cpu: list[float] = []
         writer_cpu: list[float] = []
         to_lease: list[float] = []
         to_ack: list[float] = []
-        try:
-            for index in range(warmup + runs):
-                await asyncio.sleep(gap)
-                cpu0, wcpu0 = time.thread_time(), time.clock_gettime(writer)
-                started = time.perf_counter()
-                event_id = new_id(clock.now())
-                body: dict[str, Any] = {"name": "bench/go", "data": {}, "id": event_id,
-                                        "ts": 0, "user": None}
-                await engine.ingest([NewEvent(event_id, "bench/go", orjson.dumps(body), body)])
-                lease = await _next(inbox, m.LeaseGranted)
-                leased = time.perf_counter()
-                now = clock.now()
-                for step, value in (("one", b"1"), ("two", b"2"), ("three", b"3")):
-                    seq += 1
-                    engine.checkpoint(entry, m.StepCompleted(
-                        seq=seq, run_id=lease.run_id, fence=lease.fence, step_id=step,
-                        attempt=0, output=value, started_at=now, ended_at=now))
+        for index in range(warmup + runs):
+            await asyncio.sleep(gap)
+            cpu0, wcpu0 = time.thread_time(), time.clock_gettime(writer)
+            started = time.perf_counter()
+            event_id = new_id(clock.now())
+            body: dict[str, Any] = {"name": "bench/go", "data": {}, "id": event_id,
+                                    "ts": 0, "user": None}
+            await engine.ingest([NewEvent(event_id, "bench/go", orjson.dumps(body), body)])
+            lease = await _next(inbox, m.LeaseGranted)
+            leased = time.perf_counter()
+            now = clock.now()
+            for step, value in (("one", b"1"), ("two", b"2"), ("three", b"3")):
                 seq += 1
-                engine.checkpoint(entry, m.RunCompleted(seq=seq, run_id=lease.run_id,
-                                                        fence=lease.fence, output=b"6"))
-                while (await _next(inbox, m.CheckpointAck)).upto < seq:
-                    pass
-                acked = time.perf_counter()
-                if index >= warmup:
-                    loop_cpu.append(time.thread_time() - cpu0)
-                    writer_cpu.append(time.clock_gettime(writer) - wcpu0)
-                    to_lease.append(leased - started)
-                    to_ack.append(acked - leased)
-        finally:
-            await engine.close()
-            await task
-            await store.close()
+                engine.checkpoint(entry, m.StepCompleted(
+                    seq=seq, run_id=lease.run_id, fence=lease.fence, step_id=step,
+                    attempt=0, output=value, started_at=now, ended_at=now))
+            seq += 1
+            engine.checkpoint(entry, m.RunCompleted(seq=seq, run_id=lease.run_id,
+                                                    fence=lease.fence, output=b"6"))
+            while (await _next(inbox, m.CheckpointAck)).upto < seq:
+                pass
+            acked = time.perf_counter()
+            if index >= warmup:
+                loop_cpu.append(time.thread_time() - cpu0)
+                writer_cpu.append(time.clock_gettime(writer) - wcpu0)
+                to_lease.append(leased - started)
+                to_ack.append(acked - leased)
     figures: dict[str, float] = {}
     for name, values in (("loop thread CPU", loop_cpu), ("writer thread CPU", writer_cpu),
                          ("event -> lease sent (wall)", to_lease),

@@ -20,33 +20,22 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
-import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
 
+from bench.commits import engine_over_sqlite, writer_clock
 from cmdline.logs import configure
 from cmdline.options import run_loop
 from gateway.clock import SystemClock
 from gateway.engine import Engine
-from gateway.registry import Registry, WorkerEntry
+from gateway.registry import WorkerEntry
 from gateway.store.base import NewEvent
-from gateway.store.sqlite import SQLiteStore
 from protocol import hot
 from protocol import messages as m
 from protocol.codec import frames
 from protocol.ids import new_id
-from protocol.manifest import AppManifest, FunctionConfig, TriggerEvent
-
-
-def _writer_clock() -> int:
-    for thread in threading.enumerate():
-        if thread.name.startswith("tether-db-writer") and thread.ident is not None:
-            return time.pthread_getcpuclockid(thread.ident)
-    raise RuntimeError("no SQLite writer thread")
 
 
 class _Driver:
@@ -135,18 +124,12 @@ async def measure(runs: int, rounds: int, batch: int, inflight: int, capacity: i
                   warmup: int) -> list[tuple[float, ...]]:
     """(loop thread, writer thread, process) CPU µs per run and runs per commit, per
     round."""
-    with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
-        store = SQLiteStore(Path(tmp) / "tether.db")
-        await store.open()
-        clock = SystemClock()
-        engine = Engine(store, Registry(), clock, retry_base=1.0)
-        await engine.load()
-        await engine.register_app(AppManifest(id="bench", version="1", functions=[
-            FunctionConfig(id="three", triggers=[TriggerEvent("bench/go")], retries=0)]))
+    async with engine_over_sqlite() as (engine, clock):
         driver = _Driver(engine, clock, capacity)
         engine.registry.add(driver.entry)
         engine.worker_ready(driver.entry)
         commits = [0]
+        store = engine.store
         write = store.write
 
         async def counted(batch: Any) -> Any:
@@ -154,25 +137,19 @@ async def measure(runs: int, rounds: int, batch: int, inflight: int, capacity: i
             return await write(batch)
 
         store.write = counted  # type: ignore[method-assign]
-        task = asyncio.create_task(engine.run())
-        writer = _writer_clock()
+        writer = writer_clock()
         figures = []
-        try:
-            if warmup:
-                await _round(engine, driver, clock, warmup, batch, inflight)
-            for _ in range(rounds):
-                cpu0, wcpu0, pcpu0 = (time.thread_time(), time.clock_gettime(writer),
-                                      time.process_time())
-                commits[0] = 0
-                await _round(engine, driver, clock, runs, batch, inflight)
-                figures.append(((time.thread_time() - cpu0) / runs * 1e6,
-                                (time.clock_gettime(writer) - wcpu0) / runs * 1e6,
-                                (time.process_time() - pcpu0) / runs * 1e6,
-                                runs / max(commits[0], 1)))
-        finally:
-            await engine.close()
-            await task
-            await store.close()
+        if warmup:
+            await _round(engine, driver, clock, warmup, batch, inflight)
+        for _ in range(rounds):
+            cpu0, wcpu0, pcpu0 = (time.thread_time(), time.clock_gettime(writer),
+                                  time.process_time())
+            commits[0] = 0
+            await _round(engine, driver, clock, runs, batch, inflight)
+            figures.append(((time.thread_time() - cpu0) / runs * 1e6,
+                            (time.clock_gettime(writer) - wcpu0) / runs * 1e6,
+                            (time.process_time() - pcpu0) / runs * 1e6,
+                            runs / max(commits[0], 1)))
     return figures
 
 
