@@ -258,12 +258,13 @@ class StepThreads:
                 self._checked = None
                 return
             checked, self._checked = self._checked, (now, cpu)
-            blocked = 0
+            blocked = busy = 0
             for slot in self._slots:
                 since = slot.since
                 if since is None or slot.replaced:
                     slot.seen = None
                     continue
+                busy += 1
                 own = self.cpu(slot.ident)
                 seen, slot.seen = slot.seen, (slot.jobs, own)
                 if (now - since < self.grow_after or checked is None or seen is None
@@ -280,9 +281,13 @@ class StepThreads:
                 slot.replaced = True
                 self._awake -= 1
                 blocked += 1
+                busy -= 1
             # Two for each blocked thread: when the steps block (calls over the network),
-            # the threads double at each check until every waiting job has one.
-            count = min(len(self._jobs), 2 * blocked)
+            # the threads double at each check until every waiting job has one. Jobs that
+            # awake threads between jobs (woken or started, not yet running) will take
+            # need none.
+            unserved = len(self._jobs) - (self._awake - busy)
+            count = min(max(unserved, 0), 2 * blocked)
             if not self._awake:
                 count = max(count, 1)
             added = 0
