@@ -131,7 +131,8 @@ class Cluster:
             except RuntimeError as exc:
                 # free_port() only found ports that were free a moment ago; another process
                 # may have taken one since. Before anyone knows the ports, take others.
-                if not (first and _tries > 1 and "address already in use" in str(exc)):
+                taken = "address already in use" in str(exc).lower()  # "[Errno 98] Address..."
+                if not (first and _tries > 1 and taken):
                     raise
                 self.gateway = None
                 self.http_port, self.connect_port = free_port(), free_port()

@@ -174,7 +174,7 @@ class Fleet:
                 except RuntimeError as exc:
                     # Its ports were free when picked, and taken since by another test's
                     # process: nobody knows them yet, so it starts again on others.
-                    if "address already in use" not in str(exc):
+                    if "address already in use" not in str(exc).lower():
                         raise
                     cluster.gateway = None
                     cluster.http_port, cluster.connect_port = free_port(), free_port()
