@@ -82,9 +82,6 @@ class FrameTooLarge(NonRetriableError):
 #: An error's message is cut to this many characters, so that a failure always fits a frame.
 MAX_ERROR_MESSAGE = 64 * 1024
 
-
-
-
 #: :func:`fields_size` of a ``StepCompleted``'s own fields, empty (see ``step_output``).
 _STEP_COMPLETED_FIELDS = fields_size({"step_id": "", "attempt": 0, "output": b"",
                                       "started_at": 0.0, "ended_at": 0.0})
@@ -180,7 +177,6 @@ class RunExecution:
         "tracing",
         "warnings",
     )
-
 
     def __init__(
         self,

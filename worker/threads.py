@@ -290,7 +290,6 @@ class StepThreads:
             count = min(max(unserved, 0), 2 * blocked)
             if not self._awake:
                 count = max(count, 1)
-            added = 0
             while count and self._parked:
                 woken.append(self._parked.pop())
                 count -= 1

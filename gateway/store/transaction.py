@@ -1449,7 +1449,8 @@ class Transaction:
 #: Checkpoints that record a step (and count against ``--max-steps``).
 _STEP_CHECKPOINTS = (*hot.STEP_COMPLETED, m.StepFailed, m.SleepRequested, m.WaitRequested,
                      m.InvokeRequested, m.EventsSent)
-#: Checkpoints whose ``output`` counts against ``--max-step-result``.
+#: Checkpoints whose ``output`` counts against ``--max-step-result`` (the Structs first: a
+#: miss against a pydantic class is the dearer test).
 _SIZED = (hot.StepCompleted, hot.RunCompleted, m.StepCompleted, m.RunCompleted)
 
 

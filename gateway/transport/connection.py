@@ -58,7 +58,6 @@ PREAUTH_QUEUE = 4
 MAX_QUEUE = 64
 
 
-
 @dataclass(frozen=True, slots=True)
 class ConnectionSettings:
     gateway_id: str
