@@ -596,7 +596,8 @@ class Engine:
             reason = refused.get(index) if refused else None
             if reason is not None:
                 log.warning("checkpoint_refused", run_id=msg.run_id, fence=msg.fence,
-                            session_id=write.session_id, kind=msg.type, reason=reason)
+                            session_id=write.session_id, kind=msg.type,
+                            step_id=getattr(msg, "step_id", None), reason=reason)
                 worker = self.registry.get(write.session_id)
                 if worker is not None:
                     worker.drop(msg.run_id, msg.fence)
