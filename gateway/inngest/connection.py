@@ -72,6 +72,9 @@ class InngestConnection:
         self.ws = ws
         self.bridge = bridge
         self.worker: WorkerEntry | None = None
+        # The SDK asked to say WORKER_READY itself (TypeScript does): no run is leased to it
+        # before, or it drops the request as "unexpected during setup".
+        self._awaiting_ready = False
         self.functions: dict[str, InngestFunction] = {}  # Tether function id -> function
         self.app_of: dict[str, str] = {}  # Tether function id -> Inngest app name
         self.last_heard = bridge.clock.monotonic()
@@ -167,8 +170,9 @@ class InngestConnection:
             session_id=session_id, instance_id=instance, capacity=min(capacity, 100_000),
             functions=frozenset(self.functions), apps={a.id: a.version for a in manifests},
             connected_at=clock.now(), send=self._from_engine, close=self._close_soon,
-            last_seen=clock.monotonic(),
+            last_seen=clock.monotonic(), draining=bool(data.worker_manual_readiness_ack),
         )
+        self._awaiting_ready = self.worker.draining
         self.ws.protocol.max_message_size = MAX_FRAME
         self.bridge.registry.add(self.worker)
         self.bridge.connections.add(self)
@@ -179,7 +183,8 @@ class InngestConnection:
         self.log.info("inngest_worker_connected", apps=sorted(a.id for a in manifests),
                       functions=len(self.functions), capacity=self.worker.capacity,
                       sdk=f"{data.sdk_language}/{data.sdk_version}")
-        self.bridge.engine.worker_ready(self.worker)
+        if not self._awaiting_ready:
+            self.bridge.engine.worker_ready(self.worker)
 
     async def _pump(self) -> None:
         async for raw in self.ws:
@@ -198,11 +203,15 @@ class InngestConnection:
             elif kind == Kind.WORKER_PAUSE:
                 if self.worker is not None:
                     self.worker.draining = True
+                self._awaiting_ready = False  # a READY after this does not undo the pause
                 self.log.info("inngest_worker_paused", in_flight=len(self._drivers))
             elif kind == Kind.WORKER_REQUEST_ACK:
                 self._heard_about(payload)
             elif kind == Kind.WORKER_READY:
-                pass
+                if self.worker is not None and self._awaiting_ready:
+                    self._awaiting_ready = False
+                    self.worker.draining = False
+                    self.bridge.engine.worker_ready(self.worker)
             else:
                 self.log.info("inngest_frame_ignored", kind=_name(kind))
 

@@ -54,7 +54,8 @@ class FakeSDK:
         start.ParseFromString(res.content)
         return start
 
-    async def connect(self, token: str | None = None, fns: bytes | None = None) -> Any:
+    async def connect(self, token: str | None = None, fns: bytes | None = None,
+                      manual_ready: bool = False) -> Any:
         start = await self.start()
         assert start.gateway_endpoint.endswith("/v0/connect")
         self.ws = await websockets.connect(start.gateway_endpoint,
@@ -66,7 +67,8 @@ class FakeSDK:
             auth_data=pb.AuthData(session_token=token or start.session_token,
                                   sync_token=start.sync_token),
             apps=[pb.AppConfiguration(app_name="fake", functions=fns or functions())],
-            sdk_language="test", sdk_version="0", max_worker_concurrency=4))
+            sdk_language="test", sdk_version="0", max_worker_concurrency=4,
+            worker_manual_readiness_ack=manual_ready))
         return await self.recv()
 
     async def send(self, kind: int, payload: Any = None) -> None:
@@ -167,6 +169,23 @@ async def test_a_run_through_requests_extensions_acks_and_the_flush_fallback(
 async def _final(http: httpx.AsyncClient, event_id: str) -> dict[str, Any] | None:
     run = await run_status(http, event_id)
     return run if run.get("status") in ("Completed", "Failed", "Cancelled") else None
+
+
+async def test_an_sdk_that_acks_its_readiness_gets_no_request_before_worker_ready(
+        inngest: tuple[Gateway, httpx.AsyncClient]) -> None:
+    """TypeScript sets worker_manual_readiness_ack and drops a request that arrives before
+    its WORKER_READY ("unexpected message type during setup"): the run waits for it."""
+    gw, http = inngest
+    sdk = FakeSDK(gw, http)
+    assert (await sdk.connect(manual_ready=True)).kind == KIND.GATEWAY_CONNECTION_READY
+    # A run is leased in the commit that creates it (answered after): not to this SDK yet.
+    event_id = await send(http, "fake/work")
+    assert (await run_status(http, event_id))["status"] == "Queued"
+    await sdk.send(KIND.WORKER_HEARTBEAT)
+    assert (await sdk.recv()).kind == KIND.GATEWAY_HEARTBEAT  # and no request before it
+    await sdk.send(KIND.WORKER_READY)
+    req = await sdk.request()
+    assert req.function_slug == "fake-work"
 
 
 async def test_a_cancelled_run_refuses_its_next_lease_extension(
