@@ -10,7 +10,8 @@ that stops beating are requeued by exactly one other) and informed through ``LIS
 (runs ready, wake-up times, leases to revoke, apps registered), so no gateway polls.
 
 A transaction that PostgreSQL aborts for a deadlock or a serialization failure is retried from
-the start; nothing of it was kept.
+the start; nothing of it was kept. So is a batch one of whose steps, written as new by a plain
+insert, was in the table already (:class:`StepRecorded`): again with every step upserted.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, TypeVar
 
 import asyncpg
@@ -86,19 +88,39 @@ class Bulk:
 
 #: Writes executemany() runs as one statement over the batch's rows.
 BULK: dict[str, Bulk] = {
-    "insert_event": Bulk(binary=(3,)), "insert_run": Bulk(), "insert_run_event": Bulk(),
+    "insert_event": Bulk(binary=(3,)), "insert_run": Bulk(), "insert_leased_run": Bulk(),
+    "insert_run_event": Bulk(), "insert_step": Bulk(key=(0, 1), binary=(5,)),
     "upsert_step": Bulk(key=(0, 1), binary=(5,)), "run_progressed": Bulk(key=(1,)),
     "add_steps": Bulk(key=(1,)), "finish_run": Bulk(key=(4,), binary=(1,)),
     "delete_waits": Bulk(), "lease_run": Bulk(key=(2,)),
 }
 
 
-class PgDb:
-    """:class:`~gateway.store.db.Db` over one asyncpg connection."""
+#: Transactions that upsert every step after one found a step it wrote as new already there:
+#: a reconnected worker resends its unacknowledged checkpoints in a burst.
+UPSERTS_AFTER_CONFLICT = 64
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+
+class StepRecorded(Exception):
+    """A step the transaction wrote as new (``insert_step``, a plain insert) was in the table
+    already: the transaction is rolled back and applied again with every step upserted."""
+
+
+@cache
+def _upserting() -> dict[str, str]:
+    """The queries, with ``insert_step`` answered by the upsert."""
+    sql = queries("postgres")
+    return {**sql, "insert_step": sql["upsert_step"],
+            "bulk_insert_step": sql["bulk_upsert_step"]}
+
+
+class PgDb:
+    """:class:`~gateway.store.db.Db` over one asyncpg connection. ``upsert_steps``: write
+    every step with the upsert, ``insert_step`` too (after a :class:`StepRecorded`)."""
+
+    def __init__(self, conn: asyncpg.Connection, *, upsert_steps: bool = False) -> None:
         self.conn = conn
-        self.sql = queries("postgres")
+        self.sql = _upserting() if upsert_steps else queries("postgres")
 
     async def fetch(self, name: str, *args: Any) -> list[Row]:
         return [tuple(r) for r in await self.conn.fetch(self.sql[name], *_args(args))]
@@ -121,12 +143,18 @@ class PgDb:
         if not rows:
             return
         bulk = BULK.get(name)
-        if bulk is not None and len(rows) > 1 and _distinct(rows, bulk.key):
-            await self.conn.execute(self.sql[f"bulk_{name}"], *_bulk_args(rows, bulk.binary))
-        elif len(rows) == 1:
-            await self.conn.execute(self.sql[name], *rows[0])
-        else:
-            await self.conn.executemany(self.sql[name], rows)
+        try:
+            if bulk is not None and len(rows) > 1 and _distinct(rows, bulk.key):
+                await self.conn.execute(self.sql[f"bulk_{name}"],
+                                        *_bulk_args(rows, bulk.binary))
+            elif len(rows) == 1:
+                await self.conn.execute(self.sql[name], *rows[0])
+            else:
+                await self.conn.executemany(self.sql[name], rows)
+        except asyncpg.UniqueViolationError as exc:
+            if name == "insert_step":
+                raise StepRecorded(str(exc)) from exc
+            raise
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
@@ -182,6 +210,7 @@ class PostgresStore(SqlStore):
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._callback: Callable[[PeerNote], None] | None = None
+        self._upserts_left = 0  # transactions that still upsert every step (StepRecorded)
 
     async def open(self) -> None:
         """Apply pending migrations and connect.
@@ -209,9 +238,18 @@ class PostgresStore(SqlStore):
         pool = self._pool
         assert pool is not None, "store is not open"
         for attempt in range(_RETRIES):
+            upsert = self._upserts_left > 0
+            if upsert:
+                self._upserts_left -= 1
             try:
                 async with pool.acquire() as conn, conn.transaction():
-                    return await fn(PgDb(conn))
+                    return await fn(PgDb(conn, upsert_steps=upsert))
+            except StepRecorded:
+                if upsert or attempt == _RETRIES - 1:  # upserting, it cannot be raised
+                    raise
+                self._upserts_left = UPSERTS_AFTER_CONFLICT
+                log.info("transaction_retried", reason="StepRecorded", attempt=attempt + 1)
+                continue
             except _RETRYABLE as exc:
                 if attempt == _RETRIES - 1:
                     raise

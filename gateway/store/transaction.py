@@ -207,6 +207,18 @@ class Transaction:
         self._listens: dict[str, bool] = {}
         self._new_runs: list[tuple[Any, ...]] = []
         self._new_links: list[tuple[str, int, int]] = []
+        # New runs that nothing but this batch's claim can touch before it commits, by
+        # function (see _unclaimed): written by the claim, already leased if it leases them
+        # (one write of the row, not an insert then an update), else queued.
+        self._defer = True
+        self._unwritten: dict[str, list[tuple[Any, ...]]] = {}
+        self._claimed: dict[str, tuple[Any, ...]] = {}  # taken from _unwritten by the claim
+        # Step rows this batch wrote or will write, and runs given back to a reconnected
+        # worker: a step outside both, at its first attempt, is written by a plain insert
+        # (see _checkpoints).
+        self._fresh_steps = True
+        self._step_keys: set[tuple[str, str]] = set()
+        self._resumed: set[str] = set()
         # (hold option, hold key, priority, arrival, run id) of new runs with flow control,
         # and the runs that fail at once (a throttle key that gave no key).
         self._flow: list[tuple[Any, ...]] = []
@@ -269,6 +281,10 @@ class Transaction:
         end the batch as before.
         """
         batch, result = self.batch, self.result
+        # Every row is written in the item that makes it, as it always was: nothing waits for
+        # the claim (outside every item's savepoint), and no step is written by a plain insert
+        # (a conflict here would fail its item instead of being retried).
+        self._defer = self._fresh_steps = False
         start = 0
         for group, size in enumerate(batch.event_groups or [1] * len(batch.events)):
             events = batch.events[start:start + size]
@@ -339,6 +355,7 @@ class Transaction:
         self.result.touched_functions = self.touched
         if batch.claims:
             await self._claim(self.touched | batch.claim_functions)
+        await self._write_unclaimed()
         if batch.find_wakeup:
             await self._find_wakeup()
         self.result.next_wakeup = min(self._wakeups, default=None)
@@ -390,6 +407,7 @@ class Transaction:
         del result.ended[ended:], result.revoked[revoked:]
         self.touched, result.refused, result.flow_skipped = touched, refused, skipped
         self._new_runs, self._new_links, self._endings = [], [], []
+        self._unwritten = {}
         self._flow, self._flow_failures = [], []
         self._queued = {}
         self._tats = {}
@@ -435,7 +453,10 @@ class Transaction:
         the run's function, or None (the worker is told to drop it)."""
         row = await self.db.fetchone("resume_lease", resume.session_id, resume.run_id,
                                      resume.fence, LEASED)
-        return None if row is None else str(row[0])
+        if row is None:
+            return None
+        self._resumed.add(resume.run_id)  # its resent checkpoints may follow in this batch
+        return str(row[0])
 
     async def _resume_into(self, resume: Resume, into: list[str | None]) -> None:
         into.append(await self._resume(resume))
@@ -618,12 +639,17 @@ class Transaction:
         if config.timeouts is not None and config.timeouts.start is not None:
             deadline = start + float(config.timeouts.start)  # type: ignore[arg-type]
             self._deadline_at(deadline)
-        self._new_runs.append((
+        row = (
             run_id, function_id, start, orjson.dumps([e[1] for e in events]).decode(), self.now,
             parent[0] if parent else None, parent[1] if parent else None, deadline,
             *(_NO_SLOTS if slots is None or slots.failure is not None
               else self._conc_row(run_id, slots)[:4]),
-        ))
+        )
+        if (self._defer and parent is None and not replay and start <= self.now
+                and _claim_only(config)):
+            self._unwritten.setdefault(function_id, []).append(row)
+        else:
+            self._new_runs.append(row)
         self._new_links.extend((run_id, i, seq) for i, (seq, _) in enumerate(events))
         if window is None and len(events) == 1:
             # The lease needs no query; a window's events change until it starts, and a run
@@ -811,9 +837,11 @@ class Transaction:
         """Write the runs created so far (batched: a request of 500 events is 2 statements)."""
         if self._new_runs:
             await self.db.executemany("insert_run", self._new_runs)
-            await self.db.executemany("insert_run_event", self._new_links)
-            self._new_runs, self._new_links = [], []
+            self._new_runs = []
             self._queued = {}  # the store counts them now (max_queued)
+        if self._new_links:  # those of runs the claim writes too (see _unclaimed)
+            await self.db.executemany("insert_run_event", self._new_links)
+            self._new_links = []
         await self._admissions.flush(self.db)
         if self._flow:
             await self.db.executemany("set_run_flow", self._flow)
@@ -1030,7 +1058,10 @@ class Transaction:
 
     async def _flush_steps(self, steps: list[tuple[Any, ...]], growth: dict[str, int]) -> None:
         if steps:
-            await self.db.executemany("upsert_step", steps)
+            if self._fresh_steps:
+                await self._write_steps(steps)
+            else:
+                await self.db.executemany("upsert_step", steps)
             steps.clear()
         counted = self._counted
         if growth:
@@ -1040,6 +1071,31 @@ class Transaction:
         if counted:
             await self.db.executemany("add_steps", [(n, r) for r, n in counted.items()])
             counted.clear()
+
+    async def _write_steps(self, steps: list[tuple[Any, ...]]) -> None:
+        """Write step rows (upsert_step's), each new one by a plain insert.
+
+        A step is taken for new at its first attempt (a retry's row exists), the first time
+        this batch writes it, unless its run was given back to a reconnected worker in this
+        batch (which resends what it sent before). The worker runs only the steps its lease
+        did not memoize, so what else is in the table already is a checkpoint sent again
+        (after a reconnect, its acknowledgement lost) or a worker that broke the protocol: the
+        insert then fails, and the store applies the batch again with every step upserted
+        (PostgreSQL: :class:`gateway.store.postgres.PgDb`; SQLite's insert_step is the upsert,
+        which costs it no more). A row is never lost nor written twice either way.
+        """
+        keys, resumed = self._step_keys, self._resumed
+        fresh: list[tuple[Any, ...]] = []
+        known: list[tuple[Any, ...]] = []
+        for row in steps:
+            key = (row[0], row[1])
+            if row[4] == 1 and key not in keys and row[0] not in resumed:
+                fresh.append(row)
+            else:
+                known.append(row)  # after its first write, which is in ``fresh`` or flushed
+            keys.add(key)
+        await self.db.executemany("insert_step", fresh)
+        await self.db.executemany("upsert_step", known)
 
     async def _suspend(self, run_id: str) -> None:
         """Every branch of the run waits: sleep until the earliest pending step is due."""
@@ -1352,6 +1408,7 @@ class Transaction:
                 rows += [tuple(r[:6]) for r in ranked]
             elif fresh > 0:
                 rows += await db.fetch("ready_runs", fn, now, fresh)
+                rows += self._unclaimed(fn, limit - len(rows))
             if len(rows) < limit:
                 result.drained_functions.add(fn)
             candidates.extend(rows)
@@ -1370,10 +1427,51 @@ class Transaction:
             # Nor is a function drained that still has runs ready (many functions with a
             # run each, more than the free slots: ten thousand cron ticks at once).
             result.drained_functions -= left
+        unwritten = self._claimed
+        if unwritten:
+            await self._insert_leased(assigned)
         await db.executemany("lease_run", [(session_id, now, run_id, LEASED)
-                                           for run_id, session_id in assigned])
+                                           for run_id, session_id in assigned
+                                           if run_id not in unwritten])
         await self._leases([(run_id, session_id, *by_id[run_id][2:], by_id[run_id][0])
                             for run_id, session_id in assigned])
+
+    def _unclaimed(self, function_id: str, wanted: int) -> list[tuple[Any, ...]]:
+        """Up to ``wanted`` runs of ``function_id`` created by this batch and not written yet,
+        as claim rows (fence 0, not started), in the order they were created.
+
+        They go after the runs the claim queries found: those were ready at ``now`` or
+        before, and these are ready from ``now``. What the claim does not lease is written
+        queued (:meth:`_write_unclaimed`).
+        """
+        rows = self._unwritten.get(function_id)
+        if not rows or wanted <= 0:
+            return []
+        taken, rows[:wanted] = rows[:wanted], []
+        for row in taken:
+            self._claimed[row[0]] = row
+        return [(row[2], row[0], function_id, 0, 0, None) for row in taken]
+
+    async def _insert_leased(self, assigned: list[tuple[str, str]]) -> None:
+        """Write the runs taken from :meth:`_unclaimed`: leased as ``lease_run`` would leave
+        them (fence 1, started now, no ``available_at``, the session's), or queued, as
+        ``insert_run`` writes them, when no worker got them."""
+        claimed, self._claimed = self._claimed, {}
+        leased = []
+        for run_id, session_id in assigned:
+            row = claimed.pop(run_id, None)
+            if row is not None:
+                leased.append((row[0], row[1], LEASED, row[3], row[4], row[7], session_id,
+                               self.now))
+        await self.db.executemany("insert_leased_run", leased)
+        await self.db.executemany("insert_run", list(claimed.values()))
+
+    async def _write_unclaimed(self) -> None:
+        """Write the runs the claim did not take (or all of them: no claim) queued."""
+        rows = [row for runs in self._unwritten.values() for row in runs]
+        rows += self._claimed.values()  # taken by a claim that leased nothing
+        self._unwritten, self._claimed = {}, {}
+        await self.db.executemany("insert_run", rows)
 
     async def _leases(self, assigned: list[tuple[Any, ...]]) -> None:
         """Build the leases of runs just taken, with a handful of set-based queries.
@@ -1444,6 +1542,23 @@ class Transaction:
             deadline = self.now + float(timeouts.finish)  # type: ignore[arg-type]
             self._deadline_at(deadline)
         await self.db.execute("set_deadline", deadline, run_id)
+
+
+def _claim_only(config: FunctionConfig) -> bool:
+    """Can nothing but the claim touch a run of this function, created ready now, before its
+    batch commits? Then its row waits for the claim (:meth:`Transaction._unclaimed`).
+
+    Not with flow control (concurrency and priority have claims of their own; throttle,
+    rate limit, idempotency, singleton, debounce and batch read or change runs as they
+    admit them), ``cancel_on`` (an event of the same batch may cancel the run) or
+    ``timeouts.start`` (the deadline phase reads due runs from the table). Invocations
+    (``live_children`` reads a parent's children) and replays are written as before by their
+    callers.
+    """
+    return not (config.concurrency or config.throttle is not None
+                or config.priority is not None or config.cancel_on
+                or admission.applies(config) or windows.applies(config)
+                or (config.timeouts is not None and config.timeouts.start is not None))
 
 
 #: Checkpoints that record a step (and count against ``--max-steps``).

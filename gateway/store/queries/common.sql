@@ -16,6 +16,15 @@ INSERT INTO runs (id, function_id, status, available_at, event_ids, queued_at, p
                   parent_step_id, deadline_at, slot1, slot2, cqueue, conc_key)
 VALUES ($1, $2, 'Queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12);
 
+-- name: insert_leased_run
+-- insert_run of a run its own batch leases (gateway/store/transaction.py, _unclaimed): the
+-- row insert_run then lease_run would leave (fence 1, started, no available_at), written
+-- once: no second version of the row, nor its index entries. Such a run has no parent, no
+-- concurrency slots and no flow-control columns.
+INSERT INTO runs (id, function_id, status, available_at, event_ids, queued_at, deadline_at,
+                  fence, session_id, started_at)
+VALUES ($1, $2, $3, NULL, $4, $5, $6, 1, $7, $8);
+
 -- name: insert_run_event
 INSERT INTO run_events (run_id, position, event_seq) VALUES ($1, $2, $3);
 

@@ -33,6 +33,19 @@ SELECT id, fence, status, function_id, state_bytes, parent_run_id, parent_step_i
     step_count FROM runs
 WHERE id IN (SELECT value FROM json_each(?1));
 
+-- name: insert_step
+-- A step the transaction takes for new: PostgreSQL writes it by a plain insert (cheaper than
+-- its upsert); here a plain insert costs what the upsert costs, so it stays upsert_step, and
+-- a step that was there after all is simply updated.
+INSERT INTO steps (run_id, step_id, kind, status, attempts, output, error, wake_at, started_at,
+                   ended_at, attempt_started_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9)
+ON CONFLICT (run_id, step_id) DO UPDATE SET
+    status = excluded.status, attempts = excluded.attempts, output = excluded.output,
+    error = excluded.error, wake_at = excluded.wake_at, ended_at = excluded.ended_at,
+    attempt_started_at = excluded.attempt_started_at
+WHERE steps.status NOT IN ('Completed', 'Failed');
+
 -- =========================== endings and commands ===========================
 
 -- name: run_for_end
