@@ -210,13 +210,13 @@ class Transaction:
         # New runs that nothing but this batch's claim can touch before it commits, by
         # function (see _unclaimed): written by the claim, already leased if it leases them
         # (one write of the row, not an insert then an update), else queued.
-        self._defer = True
+        self._defer = False  # run() only: its claim phase writes them
         self._unwritten: dict[str, list[tuple[Any, ...]]] = {}
         self._claimed: dict[str, tuple[Any, ...]] = {}  # taken from _unwritten by the claim
         # Step rows this batch wrote or will write, and runs given back to a reconnected
         # worker: a step outside both, at its first attempt, is written by a plain insert
-        # (see _checkpoints).
-        self._fresh_steps = True
+        # (see _write_steps).
+        self._fresh_steps = False  # run() only (see run_isolated)
         self._step_keys: set[tuple[str, str]] = set()
         self._resumed: set[str] = set()
         # (hold option, hold key, priority, arrival, run id) of new runs with flow control,
@@ -250,6 +250,7 @@ class Transaction:
 
     async def run(self) -> WriteResult:
         batch = self.batch
+        self._defer = self._fresh_steps = True
         if batch.events:
             await self.ingest(batch.events)
         for resume in batch.resumes:
@@ -281,10 +282,9 @@ class Transaction:
         end the batch as before.
         """
         batch, result = self.batch, self.result
-        # Every row is written in the item that makes it, as it always was: nothing waits for
-        # the claim (outside every item's savepoint), and no step is written by a plain insert
-        # (a conflict here would fail its item instead of being retried).
-        self._defer = self._fresh_steps = False
+        # Every row is written in the item that makes it: nothing waits for the claim (outside
+        # every item's savepoint), and no step is written by a plain insert (a conflict here
+        # would fail its item instead of being retried).
         start = 0
         for group, size in enumerate(batch.event_groups or [1] * len(batch.events)):
             events = batch.events[start:start + size]
@@ -1457,14 +1457,14 @@ class Transaction:
         them (fence 1, started now, no ``available_at``, the session's), or queued, as
         ``insert_run`` writes them, when no worker got them."""
         claimed, self._claimed = self._claimed, {}
-        leased = []
-        for run_id, session_id in assigned:
-            row = claimed.pop(run_id, None)
-            if row is not None:
-                leased.append((row[0], row[1], LEASED, row[3], row[4], row[7], session_id,
-                               self.now))
+        leased = [(row[0], row[1], LEASED, row[3], row[4], row[7], session_id, self.now)
+                  for row, session_id in ((claimed.get(run_id), session_id)
+                                          for run_id, session_id in assigned)
+                  if row is not None]
+        taken = {row[0] for row in leased}
         await self.db.executemany("insert_leased_run", leased)
-        await self.db.executemany("insert_run", list(claimed.values()))
+        await self.db.executemany("insert_run", [row for run_id, row in claimed.items()
+                                                 if run_id not in taken])
 
     async def _write_unclaimed(self) -> None:
         """Write the runs the claim did not take (or all of them: no claim) queued."""
