@@ -18,6 +18,12 @@ The phases, in order (each may add work for the later ones):
 7. **claims**: lease ready runs to workers with free slots, first settling their due sleeps,
    wait timeouts and invoke timeouts.
 
+Rows are written once where the batch can: a run created ready, that nothing but the claim
+can touch before the commit (no flow control, no ``cancel_on``, no start deadline, not invoked
+nor replayed), is written by the claim phase, already leased if it is leased
+(:meth:`Transaction._unclaimed`); a step at its first attempt is inserted, not upserted
+(:meth:`Transaction._write_steps`).
+
 An event whose ``ts`` lies in the future (a delayed event) creates its runs at once, queued
 with ``available_at`` = ``ts``: they start then, and can be cancelled until then.
 
