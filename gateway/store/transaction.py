@@ -413,7 +413,7 @@ class Transaction:
         del result.ended[ended:], result.revoked[revoked:]
         self.touched, result.refused, result.flow_skipped = touched, refused, skipped
         self._new_runs, self._new_links, self._endings = [], [], []
-        self._unwritten = {}
+        self._unwritten, self._claimed = {}, {}
         self._flow, self._flow_failures = [], []
         self._queued = {}
         self._tats = {}
