@@ -3,11 +3,11 @@
 A run row is written three times on the hot path (inserted Queued, leased Running, ended), and
 each write opens every index of ``runs`` and changes each one keyed on what it changes, so
 ``runs`` keeps few indexes (migration 0019: no ``runs_by_function``, no ``runs_by_session``;
-``runs_by_status`` holds the session). What each index is for is read here from the plans: each query's
-``EXPLAIN QUERY PLAN`` on a seeded store, without statistics (as the gateway leaves a store)
-and after ``ANALYZE``; no query walks the table, and each index of ``runs`` is needed by some
-query (dropped, a plan falls back to a walk). The rewritten readers give the rows a plain
-query of the same table gives.
+``runs_by_status`` holds the session). What each index is for is read here from the plans:
+each query's ``EXPLAIN QUERY PLAN`` on a seeded store, without statistics (as the gateway
+leaves a store) and after ``ANALYZE``. No query walks the table; each list, count and hot read
+searches its index (so dropping one it relies on fails); each index of ``runs`` is in some
+query's plan. The rewritten readers give the rows a plain query of the same table gives.
 """
 
 from __future__ import annotations
