@@ -56,7 +56,10 @@ FROM runs WHERE id = ?1;
 SELECT id, started_at, function_id FROM runs WHERE deadline_at <= ?1;
 
 -- name: session_runs
-SELECT id, function_id, lease_losses FROM runs WHERE session_id = ?1 AND status = 'Running';
+-- The runs leased now, in runs_by_status, whose entries hold the session (migration 0019: no
+-- index of sessions to write at every lease and end besides it).
+SELECT id, function_id, lease_losses FROM runs INDEXED BY runs_by_status
+WHERE status = 'Running' AND session_id = ?1;
 
 -- name: runs_notes
 -- What the worker noticed (warnings), why flow control skipped a run or what holds it back,
@@ -279,21 +282,45 @@ SELECT re.run_id, e.traceparent FROM run_events re JOIN events e ON e.seq = re.e
 WHERE re.run_id IN (SELECT value FROM json_each(?1)) AND re.position = 0;
 
 -- name: list_runs_by_function
+-- Through runs_by_function_status (runs_by_function went in migration 0019): the statuses the
+-- function's runs have (a skip-scan, one seek each), the newest ?2 ids below ?1 of each (one
+-- seek each), merged by id; then the rows of the page.
+WITH RECURSIVE s(status) AS (
+    SELECT (SELECT MIN(status) FROM runs WHERE function_id = ?3)
+    UNION ALL
+    SELECT (SELECT MIN(status) FROM runs WHERE function_id = ?3 AND status > s.status)
+    FROM s WHERE s.status IS NOT NULL
+)
 SELECT id, function_id, status, fence, attempt, event_ids, output, error, queued_at,
        started_at, ended_at, available_at, parent_run_id
-FROM runs WHERE function_id = ?3 AND id < ?1 ORDER BY id DESC LIMIT ?2;
+FROM runs WHERE id IN (
+    SELECT h.id FROM s JOIN runs h ON h.id IN (
+        SELECT id FROM runs WHERE function_id = ?3 AND status = s.status AND id < ?1
+        ORDER BY id DESC LIMIT ?2)
+    ORDER BY h.id DESC LIMIT ?2)
+ORDER BY id DESC;
 
--- A run id is a ULID of its queue time, so a time range is an id range: these scans walk
--- runs_by_function (or the primary key) newest first and read no run outside the range.
+-- A run id is a ULID of its queue time, so a time range is an id range: these scans walk an
+-- index by status (or the primary key) newest first and read no run outside the range.
 
 -- ================= dashboard: selections, counts, timeline ==================
 
 -- name: scan_runs_by_function
+-- As list_runs_by_function: each status of the function's runs in runs_by_function_status.
+WITH RECURSIVE s(status) AS (
+    SELECT (SELECT MIN(status) FROM runs WHERE function_id = ?1)
+    UNION ALL
+    SELECT (SELECT MIN(status) FROM runs WHERE function_id = ?1 AND status > s.status)
+    FROM s WHERE s.status IS NOT NULL
+)
 SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
               WHERE re.run_id = r.id AND re.position = 0)
-FROM runs r INDEXED BY runs_by_function
-WHERE r.function_id = ?1 AND r.id >= ?2 AND r.id < ?3
-ORDER BY r.id DESC LIMIT ?4;
+FROM runs r WHERE r.id IN (
+    SELECT h.id FROM s JOIN runs h ON h.id IN (
+        SELECT id FROM runs WHERE function_id = ?1 AND status = s.status
+        AND id >= ?2 AND id < ?3 ORDER BY id DESC LIMIT ?4)
+    ORDER BY h.id DESC LIMIT ?4)
+ORDER BY r.id DESC;
 
 -- name: scan_runs_by_status
 SELECT r.id, (SELECT e.payload FROM run_events re JOIN events e ON e.seq = re.event_seq
