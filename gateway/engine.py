@@ -62,9 +62,6 @@ _CONFIG: TypeAdapter[FunctionConfig] = TypeAdapter(FunctionConfig)
 #: Checkpoints after which the worker no longer holds the run.
 _LEASE_ENDS = (*hot.RUN_COMPLETED, m.RunFailed, m.RunSuspended, m.LeaseReleased)
 
-#: Events and checkpoints one commit takes at most; what is beyond waits for the next one.
-MAX_BATCH_ITEMS = 1000
-
 
 class StoreUnavailable(TetherError):
     """The store did not confirm a commit (it failed, or its answer was lost): send again."""
@@ -95,7 +92,6 @@ class Engine:
         limits: Limits | None = None,
         event_limits: EventLimits | None = None,
         resume_grace: float = 0.0,
-        max_batch: int | None = MAX_BATCH_ITEMS,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -111,10 +107,6 @@ class Engine:
         #: After a restart, how long the leases of the previous process wait for their
         #: workers to reconnect and resume them before anyone else may be leased them.
         self.resume_grace = resume_grace
-        #: Events and checkpoints one commit takes at most (None: all there are). A long
-        #: commit gathers a big batch, and a big batch makes a long commit: the bound keeps
-        #: that loop from running away, leaving the rest, in order, to the next commit.
-        self.max_batch = max_batch
         #: The last failure (a whole batch, or one item of one), for ``/health``.
         self.last_error: dict[str, Any] | None = None
         self.failing = False  # the last batch failed whole (the store is unavailable)
@@ -543,9 +535,6 @@ class Engine:
         batch, self._batch = self._batch, self._new_batch()
         waiters, self._event_waiters = self._event_waiters, []
         commands, self._command_waiters = self._command_waiters, []
-        if (self.max_batch is not None
-                and len(batch.events) + len(batch.checkpoints) > self.max_batch):
-            waiters = self._leave_rest(batch, waiters, self.max_batch)
         batch.now = self.clock.now()
         if self._next_wakeup is not None and self._next_wakeup <= batch.now:
             # Due while the loop was busy (it only sleeps when idle): the timer fires here.
@@ -562,36 +551,6 @@ class Engine:
             batch.claims = slots
             batch.claim_functions = set(self._maybe_ready)
         return batch, waiters, commands
-
-    def _leave_rest(self, batch: WriteBatch,
-                    waiters: list[tuple[list[NewEvent], asyncio.Future[set[str]]]],
-                    limit: int) -> list[tuple[list[NewEvent], asyncio.Future[set[str]]]]:
-        """Cut ``batch`` to about ``limit`` events and checkpoints; put the rest back, first in
-        the next batch, in the order they came. Returns the waiters of the events kept.
-
-        Each kind may take half the limit, and what the other leaves. Events go by request
-        (all of one request's events commit together, at least one request per batch);
-        checkpoints are cut to a prefix, so each socket's stay in order and acknowledgements
-        stay cumulative. A batch that resumes or releases sessions keeps all its checkpoints
-        (those are applied relative to them, within one transaction).
-        """
-        events, checkpoints = batch.events, batch.checkpoints
-        rest = self._batch
-        event_room = max(limit // 2, limit - len(checkpoints))
-        if len(events) > event_room:
-            groups = batch.event_groups or [1] * len(events)
-            kept, taken = 1, groups[0]
-            while kept < len(groups) and taken + groups[kept] <= event_room:
-                taken += groups[kept]
-                kept += 1
-            batch.events, rest.events = events[:taken], events[taken:]
-            batch.event_groups, rest.event_groups = groups[:kept], groups[kept:]
-            waiters, self._event_waiters = waiters[:kept], waiters[kept:]
-        checkpoint_room = max(limit // 2, limit - len(batch.events))
-        if len(checkpoints) > checkpoint_room and not (batch.resumes or batch.releases):
-            batch.checkpoints = checkpoints[:checkpoint_room]
-            rest.checkpoints = checkpoints[checkpoint_room:]
-        return waiters
 
     def _note_error(self, kind: str, error: object) -> None:
         self.last_error = {"kind": kind, "error": str(error), "at": self.clock.now()}
