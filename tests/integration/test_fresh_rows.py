@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import pytest
 from structlog.testing import capture_logs
 
 from gateway.store.base import CancelRequest, Lease, Resume, SessionRelease, Store
@@ -196,11 +195,8 @@ async def test_a_step_sent_again_is_kept_once_and_its_batch_applies(store, db_ur
 
 
 async def test_a_failed_attempt_sent_again_is_kept_once(store, db_url):
-    if db_url.startswith("sqlite"):
-        # On main too: SQLite's step_attempts trigger refuses the upsert that changes nothing
-        # (UNIQUE constraint failed: step_attempts), and the run fails (docs/performance.md,
-        # "Fresh rows written once").
-        pytest.skip("SQLite refuses a failed attempt sent again (a known issue)")
+    # SQLite's step_attempts triggers once refused it (UNIQUE constraint failed, the run
+    # failed): the upsert's conflict policy overrode their OR REPLACE (migration 0020).
     (run,) = await leased(store, 1)
     await checkpoint(store, T0 + 1, cp(step_failed(run, 1, "b"), retry_at=T0 + 9))
     before = await snapshot(db_url, run)
