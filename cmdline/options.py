@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import gc
 import os
+import sys
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
@@ -68,9 +69,15 @@ def settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
-def run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` on uvloop where it is installed (it is a dependency on POSIX)."""
+def run_loop(main: Coroutine[Any, Any, None], *, switch_interval: float | None = None) -> None:
+    """Run ``main`` on uvloop where it is installed (it is a dependency on POSIX).
+
+    ``switch_interval`` (seconds) replaces CPython's 5 ms: how long another thread may keep
+    the GIL before the event loop's thread, waiting for it, forces a hand-over.
+    """
     settle_heap()
+    if switch_interval is not None:
+        sys.setswitchinterval(switch_interval)
     try:
         import uvloop
     except ImportError:  # pragma: no cover

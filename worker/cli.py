@@ -125,6 +125,12 @@ def _load_file(path: str, spec: str) -> ModuleType:
     module_spec.loader.exec_module(module)
     return module
 
+#: The worker's GIL switch interval (CPython's default is 5 ms). Step threads, the watchdog and
+#: the tracer's exporter can keep the GIL that long from the loop that answers the gateway; at
+#: 1 ms, light-load event -> completed fell from p50 2.9-4.2 to 2.4-2.7 ms and p99 at 80% of the
+#: maximum from 18-74 to 15-27 ms, with no loss of throughput (docs/performance.md).
+SWITCH_INTERVAL = 0.001
+
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run the command line; return the process exit code."""
@@ -146,7 +152,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         tracer_provider=provider,
     )
     try:
-        run_loop(_serve(worker))
+        run_loop(_serve(worker), switch_interval=SWITCH_INTERVAL)
     except FatalGatewayError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
