@@ -24,6 +24,8 @@
                  in-process (no HTTP, no sockets): A/B figures with little noise
     cpu          CPU ms the gateway and the worker spend per 1,000 runs of the 3-step
                  function (steady under load from other processes, unlike wall time)
+    bare         the reference pipeline (websockets + msgpack + uvloop + SQLite group commit,
+                 nothing else): the floor the throughput figure is a ratio of
     frames       µs per message of the socket's hot messages: decode, encode, and the
                  worker building a checkpoint (in this process)
     styles       steps/s of the 3-step function with async, def and lambda step callables
@@ -44,6 +46,7 @@ from __future__ import annotations
 import sys
 
 from bench import (
+    bare,
     commits,
     cpu,
     cron,
@@ -71,7 +74,7 @@ BENCHMARKS = {"throughput": throughput.main, "waits": waits.main, "sleeps": slee
               "dashboard": dashboard.main, "state": state.main, "chaos": chaos.main,
               "peers": peers.main, "latency": latency.main, "styles": styles.main,
               "frames": frames.main, "commits": commits.main,
-              "engineload": engineload.main}
+              "engineload": engineload.main, "bare": bare.main}
 
 
 def main(argv: list[str]) -> int:

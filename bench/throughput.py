@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import bare
 from bench.cluster import Cluster
 from bench.cpu import cpu_seconds
 from bench.pgstats import PgFigures, PgWatch
@@ -307,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gap", type=float, default=0.01, help="seconds between light-load events")
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="also write the figures here (to compare runs)")
+    p.add_argument("--no-reference", dest="reference", action="store_false",
+                   help="skip the reference pipeline (bench bare) and the ratio to it")
     args = p.parse_args(argv)
     if args.gateways > 1 and args.db == "sqlite":
         p.error("several gateways need a shared database: add --db postgres")
@@ -324,8 +327,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  event -> run completed  {ms(f.load_end)}")
     print(f"  gateway CPU per 1,000   {f.gateway_cpu_ms:,.0f} ms")
     print(f"  gateway peak RSS        {f.peak_rss_mib:.0f} MiB", flush=True)
+    figures = summary(f, vars(args))
+    if args.reference:
+        # the same events through the floor of this machine (bench/bare.py), right after
+        reference = bare.measure(events=args.events, batch=args.batch, senders=args.senders,
+                                 concurrency=args.concurrency)
+        figures["reference_steps_per_s"] = reference
+        print(f"  reference pipeline      {reference:,.0f} steps/s (bench bare); this run "
+              f"is {f.steps_per_s / reference:.2f} of it", flush=True)
     if args.json is not None:
-        args.json.write_text(json.dumps(summary(f, vars(args)), indent=1))
+        args.json.write_text(json.dumps(figures, indent=1))
     return 0
 
 
