@@ -32,6 +32,7 @@ from protocol.codec import DEFAULT_MAX_FRAME, decode, encode, frames
 from protocol.errors import RemoteProtocolError, TetherError
 from protocol.messages import PROTOCOL_VERSION
 from protocol.session import Role, Session
+from worker.wire import Ack, Grant, decode_from_gateway
 
 log = structlog.get_logger("tether.worker")
 
@@ -132,7 +133,7 @@ class GatewayLink:
         *,
         hello: Callable[[], m.Hello],
         signing_key: str | None,
-        on_message: Callable[[m.Message], None],
+        on_message: Callable[[m.Message | Grant | Ack], None],
         on_ready: Callable[[m.Ready], None],
         on_disconnect: Callable[[str], None],
         outbox: Outbox,
@@ -259,8 +260,8 @@ class GatewayLink:
         try:
             async for frame in ws:
                 self._last_heard = self.monotonic()
-                for msg in decode(frame, max_size=MAX_FRAME_IN):
-                    session.receive(msg)
+                for msg in decode_from_gateway(frame, max_size=MAX_FRAME_IN):
+                    session.receive(msg)  # type: ignore[arg-type]  # it reads only .type
                     if isinstance(msg, m.GoAway):
                         log.info("gateway_going_away", reason=msg.reason)
                         await ws.close(1000, "gateway going away")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from worker.app import Event
-from worker.plan import current_attempt, current_step
+from worker.plan import current_step
 from worker.steps import Step, SyncStep
 
 if TYPE_CHECKING:
@@ -38,13 +38,12 @@ class ReplayAwareLogger:
         return ReplayAwareLogger(self._exec, {**self._values, **values})
 
     def _emit(self, level: str, event: str, **kw: Any) -> None:
-        attempt = current_attempt.get()
-        if self._exec.replaying and attempt is None:
-            return
         step = current_step.get()
+        if self._exec.replaying and step is None:
+            return
         if step is not None:  # inside a step: its id and attempt
-            kw.setdefault("step_id", step)
-            kw.setdefault("attempt", attempt)
+            kw.setdefault("step_id", step.id)
+            kw.setdefault("attempt", step.attempt)
         else:  # the function body: the run's attempt
             kw.setdefault("attempt", self._exec.attempt)
         if self._log is None:
@@ -92,5 +91,5 @@ class Context:
     @property
     def attempt(self) -> int:
         """0-based attempt of the step running now, or of the function body outside steps."""
-        step_attempt = current_attempt.get()
-        return self._exec.attempt if step_attempt is None else step_attempt
+        step = current_step.get()
+        return self._exec.attempt if step is None else step.attempt

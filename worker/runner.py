@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import structlog
 
 from protocol import messages as m
@@ -52,6 +53,7 @@ from worker.interrupts import Abandoned
 from worker.plan import PARK, NewStep, Park, Replay
 from worker.threads import StepThreads
 from worker.watchdog import ACTIVITY, Doing
+from worker.wire import AnyGrant
 
 if TYPE_CHECKING:
     from worker.tracing import RunTracing  # imports OpenTelemetry: only when tracing
@@ -60,6 +62,12 @@ log = structlog.get_logger("tether.worker")
 
 #: Loop iterations without step activity after which parked branches count as settled.
 _SETTLE_ROUNDS = 4
+
+_dumps = orjson.dumps
+_loads = orjson.loads
+
+#: No step ids (shared: most leases have no memos and no deferred step).
+_NONE: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +156,7 @@ class RunExecution:
         "_naming",
         "_new",
         "_on_end",
+        "_outputs",
         "_parks",
         "_reached",
         "_recorded",
@@ -180,7 +189,7 @@ class RunExecution:
 
     def __init__(
         self,
-        lease: m.LeaseGranted,
+        lease: AnyGrant,
         function: Function,
         *,
         emit: Callable[[type[m._Checkpoint], dict[str, Any]], None],
@@ -196,11 +205,13 @@ class RunExecution:
         self.fence = lease.fence
         self.function = function
         self.events = [Event.from_json(e) for e in lease.events]
-        self.memos: dict[str, m.StepMemo] = dict(lease.memos)
+        memos = lease.memos
+        self.memos: dict[str, m.StepMemo] = dict(memos)
         self.attempts = lease.attempts
-        self.deferred = frozenset(lease.deferred)
+        deferred = lease.deferred
+        self.deferred = frozenset(deferred) if deferred else _NONE
         self.attempt = lease.attempt
-        self.replaying = bool(self.memos)
+        self.replaying = bool(memos)
         self.lost = False
         self.draining = False
         self.ended = False
@@ -208,13 +219,19 @@ class RunExecution:
         self._on_end = on_end
         self._lease_ok = lease_ok  # on the loop: may drop the socket
         self._lease_fine = lease_fine  # anywhere: only looks (False: ask lease_ok on the loop)
-        self._naming = threading.Lock()
+        # Steps are named on the loop alone in an async function; a def function's threads
+        # (and parallel branches) name them too: only those need the lock.
+        self._naming = None if function.is_async else threading.Lock()
         self.threads = threads
         self.limits = limits
         self._counts: dict[str, int] = {}
-        self._recorded = frozenset(self.memos)  # steps done by earlier executions
-        self._reached: set[str] = set()  # of those, the ones this execution's code asked for
+        # Steps done by earlier executions, and of those the ones this execution's code
+        # asked for (a set only when there are some: most leases are of fresh runs).
+        self._recorded = frozenset(memos) if memos else _NONE
+        self._reached: set[str] | frozenset[str] = set() if memos else _NONE
         self._new: list[str] = []  # steps this execution started that no earlier one did
+        #: Results of the steps this execution completed (their memos, made if ever asked).
+        self._outputs: dict[str, bytes] = {}
         self._steps_requested = 0
         self._in_flight = 0
         self.running: set[str] = set()  # ids of the steps whose code runs now
@@ -419,6 +436,31 @@ class RunExecution:
             return named
         return self._decide(named)
 
+    def begin_run_step(self, step_id: str) -> NewStep | Replay | Park:
+        """:meth:`begin_step` for ``step.run`` on the loop, then :meth:`enter` when the step
+        runs now: one call per step (every step of an async function comes here).
+
+        Raises:
+            NonDeterminismError: the history recorded another kind of step under this id.
+        """
+        sid = self._name(step_id, "run")
+        if type(sid) is not str:
+            return sid  # type: ignore[return-value]  # a Replay
+        # _decide, then _new_step and enter, inline.
+        if not self.lost and not self._lease_ok():
+            self.lose("the gateway has been silent too long: the lease is presumed revoked")
+        if self.lost or self.draining or sid in self.deferred:
+            return PARK
+        self.replaying = False
+        new = self._new
+        if len(new) < 100:
+            new.append(sid)
+        attempts = self.attempts
+        plan = NewStep(sid, attempts.get(sid, 0) if attempts else 0)
+        self._in_flight += 1
+        self.running.add(sid)
+        return plan
+
     def begin_run_step_off_loop(self, step_id: str) -> NewStep | Replay | Park:
         """:meth:`begin_step` for ``step.run`` on a ``def`` function's thread, without waiting
         for the loop when nothing is unusual: a replay, or a new step while the lease is
@@ -449,12 +491,18 @@ class RunExecution:
         if "\x00" in step_id:  # protocol.names: no NUL in any id; retrying cannot help
             raise NonRetriableError(f"step id {step_id!r} contains a NUL character "
                                     "(\\u0000); step ids may not")
-        with self._naming:
+        naming = self._naming
+        if naming is None:  # only the loop names steps (an async function)
             count = self._counts.get(step_id, 0)
             self._counts[step_id] = count + 1
             self._activity += 1
-            self._steps_requested += 1
-            requested = self._steps_requested
+            self._steps_requested = requested = self._steps_requested + 1
+        else:
+            with naming:
+                count = self._counts.get(step_id, 0)
+                self._counts[step_id] = count + 1
+                self._activity += 1
+                self._steps_requested = requested = self._steps_requested + 1
         sid = step_id if count == 0 else f"{step_id}:{count}"
         if requested > self.limits.max_steps:
             raise NonRetriableError(
@@ -463,7 +511,12 @@ class RunExecution:
             )
         memo = self.memos.get(sid)
         if memo is None:
-            return sid
+            output = self._outputs.get(sid)
+            if output is None:
+                return sid
+            # A step this execution completed, asked for again under the same id (given
+            # by hand as one of the suffixed ids): its memo, as recorded.
+            memo = self.memos[sid] = m.StepMemo(kind="run", output=output)
         if memo.kind != kind:
             raise NonDeterminismError(
                 f"step {sid!r} was recorded as step.{memo.kind}() but this replay calls "
@@ -473,7 +526,7 @@ class RunExecution:
                 "uuid4, unordered sets); step ids must be the same on every replay"
             )
         if sid in self._recorded:
-            self._reached.add(sid)
+            self._reached.add(sid)  # type: ignore[union-attr]  # a set when any is recorded
         return Replay(sid, memo)
 
     def _decide(self, sid: str) -> NewStep | Park:
@@ -550,7 +603,7 @@ class RunExecution:
                 exc, final = err, True
             else:
                 self.step_completed(step, started, ended, output)
-                return serde.loads(output)
+                return _loads(output)
         self._step_ended(step)
         try:
             final = (final or isinstance(exc, NonRetriableError)
@@ -577,8 +630,13 @@ class RunExecution:
                 limit once in its checkpoint.
         """
         sid = step.id
-        output = serde.dumps(result, what=f"step {sid!r} result",
-                             limit=self.limits.max_step_result)
+        limit = self.limits.max_step_result
+        try:
+            output: bytes | None = _dumps(result, option=serde.OPTIONS)
+        except (TypeError, ValueError):
+            output = None
+        if output is None or len(output) > limit:  # refused: serde says why, in its words
+            output = serde.dumps(result, what=f"step {sid!r} result", limit=limit)
         # _check_frame's bound, without building the fields (every step asks): a plain str
         # id is at most 4 bytes a character and a header.
         if (type(sid) is not str or _STEP_COMPLETED_FIELDS + len(output) + 4 * len(sid) + 16
@@ -591,15 +649,16 @@ class RunExecution:
     def step_completed(self, step: NewStep, started: float, ended: float, output: bytes
                        ) -> None:
         """Checkpoint and memoize a step's result (``output``, from :meth:`step_output`)."""
-        self._step_ended(step)
+        sid = step.id
+        self._in_flight -= 1  # _step_ended, inline (every step comes here)
+        self.running.discard(sid)
+        self._activity += 1
         try:
             self._emit(m.StepCompleted, {
-                "step_id": step.id, "attempt": step.attempt, "output": output,
+                "step_id": sid, "attempt": step.attempt, "output": output,
                 "started_at": started, "ended_at": ended,
             })
-            # Built as decoding it would be: the runner made both fields itself.
-            self.memos[step.id] = m.unvalidated(
-                m.StepMemo, {"kind": "run", "output": output, "error": None})
+            self._outputs[sid] = output  # its memo, should the same id be asked for again
             self.attempt = 0  # a completed step gives the body a fresh retry budget
         finally:
             self._step_settled()

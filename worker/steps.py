@@ -36,7 +36,7 @@ from protocol.names import RESERVED_PREFIX, check_no_nul, is_reserved
 from worker import serde
 from worker.app import Event, Function
 from worker.interrupts import Abandoned
-from worker.plan import PARK, NewStep, Replay, current_attempt, current_step
+from worker.plan import PARK, NewStep, Replay, current_step
 from worker.threads import LoopGone
 from worker.watchdog import ACTIVITY, Doing
 
@@ -205,15 +205,13 @@ class Step:
             StepError: the step failed for good (retries exhausted, or NonRetriableError).
         """
         run = self._exec
-        plan = run.begin_step(step_id, "run")
-        if isinstance(plan, Replay):
-            return run.replay(plan)
-        if plan is PARK:
+        plan = run.begin_run_step(step_id)  # entered, if it runs now
+        if type(plan) is not NewStep:
+            if isinstance(plan, Replay):
+                return run.replay(plan)
             return await run.park()
-        assert isinstance(plan, NewStep)
-        run.enter(plan)
         started = time.time()
-        token, step_token = current_attempt.set(plan.attempt), current_step.set(plan.id)
+        token = current_step.set(plan)
         task, doing = ACTIVITY.enter(Doing(run.run_id, run.function.id, plan.id))
         # The attempt's span is current while fn runs (a thread's context is copied below).
         span = run.tracing.step(plan.id, plan.attempt) if run.tracing is not None else None
@@ -235,8 +233,7 @@ class Step:
         else:
             outcome = run.finish_step(plan, started, result, None)
         finally:
-            current_attempt.reset(token)
-            current_step.reset(step_token)
+            current_step.reset(token)
             ACTIVITY.leave(task, doing or Doing(run.run_id, run.function.id))
             if span is not None:
                 span.end(failure, abandoned=isinstance(
@@ -339,7 +336,7 @@ class SyncStep:
             return self._on_loop(run.park())  # type: ignore[no-any-return]
         assert isinstance(plan, NewStep)
         started = time.time()
-        token, step_token = current_attempt.set(plan.attempt), current_step.set(plan.id)
+        token = current_step.set(plan)
         span = run.tracing.step(plan.id, plan.attempt) if run.tracing is not None else None
         failure: BaseException | None = None
         try:
@@ -363,8 +360,7 @@ class SyncStep:
                 self._post(run.step_completed, plan, started, time.time(), output)
                 outcome = serde.loads(output)
         finally:
-            current_attempt.reset(token)
-            current_step.reset(step_token)
+            current_step.reset(token)
             if span is not None:
                 span.end(failure, abandoned=isinstance(failure, Abandoned))
         if outcome is PARK:
