@@ -71,6 +71,7 @@ class Outbox:
 
     def __init__(self) -> None:
         self.seq = 0
+        self._acked = 0  # every checkpoint numbered up to this one is acknowledged
         self.unacked: dict[int, m.Checkpoint] = {}
         self.queue: list[m.Message] = []
         self.ready = asyncio.Event()
@@ -93,17 +94,16 @@ class Outbox:
         self.ready.set()
 
     def ack(self, upto: int) -> None:
-        # Checkpoints are numbered as they are emitted (and renumbered in order), so the dict
-        # is in seq order and the acknowledged ones are its first entries: stop at the first
-        # one still waiting instead of reading every checkpoint in flight on each ack.
+        # Checkpoints are numbered 1, 2, 3... as they are emitted (a number whose message
+        # could not be built is skipped), so the acknowledged ones are those numbered after
+        # the last ack up to ``upto``: popped by number. Iterating the dict instead would
+        # pass, on every ack, each entry deleted since the dict last grew (thousands).
+        last = min(upto, self.seq)
         unacked = self.unacked
-        acked = []
-        for seq in unacked:
-            if seq > upto:
-                break
-            acked.append(seq)
-        for seq in acked:
-            del unacked[seq]
+        for seq in range(self._acked + 1, last + 1):
+            unacked.pop(seq, None)
+        if last > self._acked:
+            self._acked = last
         if not unacked:
             self.drained.set()
 
@@ -112,7 +112,7 @@ class Outbox:
         old = list(self.unacked.values())
         self.queue = []
         self.unacked = {}
-        self.seq = 0
+        self.seq = self._acked = 0
         for checkpoint in old:
             self.emit(checkpoint.model_copy(update={"seq": self.next_seq()}))
         if not old:

@@ -21,6 +21,7 @@ import asyncio
 import os
 import socket
 import sys
+from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -55,13 +56,15 @@ Key = tuple[str, int]  # (run id, fence)
 #: Threads kept for plain step callables (more are added while steps block).
 CORE_THREADS = 16
 
-#: Checkpoints built without pydantic's validation (type -> tag): every run sends them, and
-#: the runner makes every field of them itself (the step's id, which it checked, its attempt
-#: and output, the clock; the run's output and warnings). tests/unit/test_runner.py builds
-#: each one the runner emits with validation. The others carry values from user code (a
-#: sleep's duration, a retry delay, an error), checked by pydantic on their way out.
-_UNVALIDATED: dict[type[m._Checkpoint], str] = {
-    kind: kind.model_fields["type"].default for kind in (m.StepCompleted, m.RunCompleted)}
+#: Checkpoints built without pydantic's validation (type -> tag, and the names of the fields
+#: the runner gives, in the model's order): every run sends them, and the runner makes every
+#: field of them itself (the step's id, which it checked, its attempt and output, the clock;
+#: the run's output and warnings). tests/unit/test_runner.py builds each one the runner emits
+#: with validation. The others carry values from user code (a sleep's duration, a retry
+#: delay, an error), checked by pydantic on their way out.
+_UNVALIDATED: dict[type[m._Checkpoint], tuple[str, tuple[str, ...]]] = {
+    kind: (kind.model_fields["type"].default, tuple(kind.model_fields)[4:])
+    for kind in (m.StepCompleted, m.RunCompleted)}
 
 
 class Worker:
@@ -110,9 +113,10 @@ class Worker:
         #: Executions whose lease is still ours (what the gateway counts against capacity):
         #: a lease leaves it when lost, whoever noticed, or when its run ends here.
         self._holding: set[Key] = set()
-        #: Leases that ended here, newest last (bounded): a grant of one sent again is
-        #: answered, never run a second time.
-        self._finished: dict[Key, None] = {}
+        #: Leases that ended here (the last FINISHED_KEPT, oldest first in the deque): a grant
+        #: of one sent again is answered, never run a second time.
+        self._finished: set[Key] = set()
+        self._finished_order: deque[Key] = deque()
         self.draining = False
         self.outbox = Outbox()
         #: Threads for plain step callables and ``def`` functions: a few serve short steps;
@@ -335,13 +339,16 @@ class Worker:
         outbox = self.outbox
 
         def emit(kind: type[m._Checkpoint], fields: dict[str, Any]) -> None:
-            tag = _UNVALIDATED.get(kind)
-            if tag is None:
+            layout = _UNVALIDATED.get(kind)
+            if layout is None:
                 outbox.emit(kind(seq=outbox.next_seq(), run_id=run_id, fence=fence, **fields))  # type: ignore[arg-type]
-            else:
-                outbox.emit(_built(kind, {  # type: ignore[arg-type]
-                    "seq": outbox.next_seq(), "run_id": run_id, "fence": fence, "type": tag,
-                    **fields}))
+                return
+            tag, names = layout
+            values = {"seq": outbox.next_seq(), "run_id": run_id, "fence": fence, "type": tag,
+                      **fields}
+            # Every field, in the model's order (as the runner gives them): built as it is.
+            outbox.emit(_built(kind, values) if tuple(fields) == names  # type: ignore[arg-type]
+                        else m.unvalidated(kind, values))
 
         return emit
 
@@ -352,10 +359,13 @@ class Worker:
     def _ended(self, execution: RunExecution) -> None:
         key = (execution.run_id, execution.fence)
         self.executions.pop(key, None)
-        finished = self._finished
-        finished[key] = None
-        if len(finished) > FINISHED_KEPT:
-            del finished[next(iter(finished))]
+        # A set and a deque, not a dict whose first entry is deleted: finding a dict's first
+        # entry passes every entry deleted since it last grew (thousands, at every run's end).
+        order = self._finished_order
+        if len(order) >= FINISHED_KEPT:
+            self._finished.discard(order.popleft())
+        order.append(key)
+        self._finished.add(key)
         self._holding.discard(key)
         if not self.executions:
             self._idle.set()
@@ -373,9 +383,10 @@ _M = TypeVar("_M", bound=m._Message)
 
 
 def _built(cls: type[_M], values: dict[str, Any]) -> _M:
-    """``protocol.messages.unvalidated(cls, values)`` for the messages of :data:`_UNVALIDATED`
-    and ``LeaseAccepted``, whose every field the worker gives (tests/unit/test_runtime.py
-    compares them): without its checks of the names and their order, about half the cost."""
+    """``protocol.messages.unvalidated(cls, values)`` when ``values`` holds every field of
+    ``cls`` in the model's order (the worker's own checkpoints and lease answers; compared
+    with pydantic's in tests/unit/test_wire_shortcuts.py and test_worker_wire.py): without
+    its checks of the names and their order, about half the cost."""
     message = _new(cls)
     _set(message, "__dict__", values)
     _set(message, "__pydantic_fields_set__", set(values))

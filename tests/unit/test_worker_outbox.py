@@ -33,3 +33,20 @@ async def test_after_a_reconnect_the_unacknowledged_go_again_from_seq_1_in_order
     outbox.ack(2)
     assert [c.run_id for c in outbox.unacked.values()] == ["r4"]
     assert [c.seq for c in outbox.take() if isinstance(c, m.RunSuspended)] == [1, 2, 3]
+
+
+async def test_an_ack_passes_over_a_number_never_emitted_and_past_the_last():
+    outbox = Outbox()
+    _emit(outbox, "r1")
+    outbox.next_seq()  # 2: numbered, never emitted (its message could not be built)
+    _emit(outbox, "r3")
+    _emit(outbox, "r4")
+    outbox.ack(3)
+    assert list(outbox.unacked) == [4] and not outbox.drained.is_set()
+    outbox.ack(2**62)  # beyond anything sent: every one sent, at once
+    assert outbox.unacked == {} and outbox.drained.is_set()
+    _emit(outbox, "r5")
+    outbox.ack(4)  # an old ack again changes nothing
+    assert list(outbox.unacked) == [5]
+    outbox.ack(5)
+    assert outbox.unacked == {}

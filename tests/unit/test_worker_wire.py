@@ -206,6 +206,15 @@ def test_each_struct_has_its_models_fields_defaults_and_tag(struct):
             assert default == info.get_default(call_default_factory=True), name
 
 
+def _connected(worker: Worker) -> Worker:
+    """``worker`` as if its socket were ready (what it sends stays in its outbox)."""
+    session = Session(Role.WORKER)
+    session.state = State.READY
+    worker.link.session = session
+    worker.link.connected.set()
+    return worker
+
+
 async def test_a_decoded_grant_runs_and_is_answered_as_a_model_is():
     """A worker handed a grant read by msgspec starts its run, answers it with the
     LeaseAccepted pydantic builds, and checkpoints what the run's memos say."""
@@ -217,11 +226,7 @@ async def test_a_decoded_grant_runs_and_is_answered_as_a_model_is():
         two = await ctx.step.run("two", lambda: 2)
         return one + two
 
-    worker = Worker([app])
-    session = Session(Role.WORKER)
-    session.state = State.READY
-    worker.link.session = session
-    worker.link.connected.set()
+    worker = _connected(Worker([app]))
     lease = m.LeaseGranted(run_id="run-1", fence=3, function_id="shop/f",
                            events=[json.dumps({"name": "go", "data": {}}).encode()],
                            memos={"one": m.StepMemo(output=b"1")})
@@ -239,4 +244,41 @@ async def test_a_decoded_grant_runs_and_is_answered_as_a_model_is():
     assert type(ack) is Ack
     worker._on_message(ack)
     assert worker.outbox.unacked == {}
+    worker.threads.shutdown()
+
+
+async def test_the_last_leases_that_ended_are_remembered_and_the_older_forgotten(monkeypatch):
+    """A grant sent again for one of the last FINISHED_KEPT leases that ended here is answered
+    and not run; one older than those runs again (the gateway never resends those)."""
+    monkeypatch.setattr("worker.runtime.FINISHED_KEPT", 3)
+    app = App("shop")
+    bodies: list[str] = []
+
+    @app.function(id="f")
+    async def f(ctx: Any) -> Any:
+        bodies.append(ctx.run_id)
+
+    worker = _connected(Worker([app]))
+
+    def grant(run_id: str) -> Grant:
+        lease = m.LeaseGranted(run_id=run_id, fence=1, function_id="shop/f",
+                               events=[b'{"name":"go","data":{}}'])
+        [decoded] = decode_from_gateway(encode([lease]), max_size=MAX)
+        return decoded  # type: ignore[return-value]
+
+    async def lease(run_id: str) -> None:
+        worker._on_message(grant(run_id))
+        execution = worker.executions.get((run_id, 1))
+        if execution is not None:
+            await execution.wait()
+
+    for run_id in ("r1", "r2", "r3", "r4", "r5"):
+        await lease(run_id)
+    for run_id in ("r3", "r4", "r5"):  # remembered: answered, not run
+        await lease(run_id)
+    assert bodies == ["r1", "r2", "r3", "r4", "r5"]
+    await lease("r2")  # forgotten: runs again
+    assert bodies == ["r1", "r2", "r3", "r4", "r5", "r2"]
+    answers = [msg for msg in worker.outbox.take() if isinstance(msg, m.LeaseAccepted)]
+    assert [a.run_id for a in answers] == ["r1", "r2", "r3", "r4", "r5", "r3", "r4", "r5", "r2"]
     worker.threads.shutdown()
