@@ -138,6 +138,12 @@ def replay_warning(unreached: list[str], new: list[str]) -> str:
 
 
 
+def _not_started(coro: Coroutine[Any, Any, Any]) -> bool:
+    """``inspect.getcoroutinestate(coro) == "CORO_CREATED"``; a finished coroutine (every
+    awaited step call, by the run's end) has no frame, and is told at once."""
+    return coro.cr_frame is not None and inspect.getcoroutinestate(coro) == "CORO_CREATED"
+
+
 class RunExecution:
     """Executes one lease. Created by the runtime; reports through ``emit``."""
 
@@ -243,8 +249,8 @@ class RunExecution:
         # Both made only when someone waits (most runs never do): see _steps_settled, wait.
         self._idle_waiter: asyncio.Future[None] | None = None
         self._finished: asyncio.Future[None] | None = None
-        self.loop = asyncio.get_running_loop()
-        self.mailbox = threads.mailbox()  # how a ``def`` function's thread calls the loop
+        self.loop = loop = asyncio.get_running_loop()
+        self.mailbox = threads.mailbox(loop)  # how a ``def`` function's thread calls the loop
         self._log: Any = None
         self._calls: list[tuple[Coroutine[Any, Any, Any], str, str]] = []  # step calls made
         self.warnings: list[str] = []  # for the run's record (replay divergence)
@@ -302,14 +308,14 @@ class RunExecution:
         """A step method was called; it must be awaited before the run ends."""
         calls = self._calls
         if len(calls) >= 64:  # keep only the calls not started yet (usually none)
-            calls[:] = [c for c in calls if inspect.getcoroutinestate(c[0]) == "CORO_CREATED"]
+            calls[:] = [c for c in calls if _not_started(c[0])]
         calls.append((coro, method, step_id))
 
     def _never_awaited(self) -> NonRetriableError | None:
         """The error for step calls never awaited (they never ran), or None."""
         missed = []
         for coro, method, step_id in self._calls:
-            if inspect.getcoroutinestate(coro) == "CORO_CREATED":
+            if _not_started(coro):
                 missed.append((method, step_id))
                 coro.close()  # no "never awaited" RuntimeWarning at garbage collection
         self._calls.clear()
@@ -345,7 +351,7 @@ class RunExecution:
 
     async def _body(self) -> None:
         ctx = Context(self)
-        ACTIVITY.enter(Doing(self.run_id, self.function.id))
+        ACTIVITY.enter(Doing(self.run_id, self.function.id), self.loop)
         # The run's span is current in the body (this task's own context): user spans made
         # between steps, and app.send, continue the run's trace.
         if self.tracing is not None:
@@ -416,7 +422,7 @@ class RunExecution:
                 future.set_exception(Abandoned())
         self._parks.clear()
         task = self._task
-        if task is not None and not task.done() and asyncio.current_task() is not task:
+        if task is not None and not task.done() and asyncio.current_task(self.loop) is not task:
             task.cancel()  # a branch blocked outside any step (which it should not be)
         finished = self._finished
         if finished is not None and not finished.done():

@@ -212,7 +212,7 @@ class Step:
             return await run.park()
         started = time.time()
         token = current_step.set(plan)
-        task, doing = ACTIVITY.enter(Doing(run.run_id, run.function.id, plan.id))
+        task, doing = ACTIVITY.enter(Doing(run.run_id, run.function.id, plan.id), run.loop)
         # The attempt's span is current while fn runs (a thread's context is copied below).
         span = run.tracing.step(plan.id, plan.attempt) if run.tracing is not None else None
         failure: BaseException | None = None

@@ -196,9 +196,10 @@ class StepThreads:
         self._started = 0
         self._spawns: queue.SimpleQueue[bool] | None = None
 
-    def mailbox(self) -> Mailbox:
-        """The running loop's mailbox (call on the loop)."""
-        loop = asyncio.get_running_loop()
+    def mailbox(self, loop: asyncio.AbstractEventLoop | None = None) -> Mailbox:
+        """The running loop's mailbox (call on the loop; ``loop`` is it, when known)."""
+        if loop is None:
+            loop = asyncio.get_running_loop()
         mailbox = self._mailbox
         if mailbox is None or mailbox.loop is not loop:
             mailbox = self._mailbox = Mailbox(loop)
