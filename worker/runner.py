@@ -141,7 +141,8 @@ def replay_warning(unreached: list[str], new: list[str]) -> str:
 def _not_started(coro: Coroutine[Any, Any, Any]) -> bool:
     """``inspect.getcoroutinestate(coro) == "CORO_CREATED"``; a finished coroutine (every
     awaited step call, by the run's end) has no frame, and is told at once."""
-    return coro.cr_frame is not None and inspect.getcoroutinestate(coro) == "CORO_CREATED"
+    frame = getattr(coro, "cr_frame", True)  # a coroutine object; any other kind: ask inspect
+    return frame is not None and inspect.getcoroutinestate(coro) == "CORO_CREATED"
 
 
 class RunExecution:
