@@ -65,6 +65,9 @@ _SETTLE_ROUNDS = 4
 
 _dumps = orjson.dumps
 _loads = orjson.loads
+#: Builds a NamedTuple (a ``Doing``, a ``NewStep``) without its generated ``__new__``: half
+#: the cost, and a few are made for every step.
+_doing = tuple.__new__
 
 #: No step ids (shared: most leases have no memos and no deferred step).
 _NONE: frozenset[str] = frozenset()
@@ -90,6 +93,8 @@ class FrameTooLarge(NonRetriableError):
 #: An error's message is cut to this many characters, so that a failure always fits a frame.
 MAX_ERROR_MESSAGE = 64 * 1024
 
+#: :func:`fields_size` of a ``RunCompleted``'s own fields, empty (see ``_outcome``).
+_RUN_COMPLETED_FIELDS = fields_size({"output": b"", "warnings": []})
 #: :func:`fields_size` of a ``StepCompleted``'s own fields, empty (see ``step_output``).
 _STEP_COMPLETED_FIELDS = fields_size({"step_id": "", "attempt": 0, "output": b"",
                                       "started_at": 0.0, "ended_at": 0.0})
@@ -352,7 +357,16 @@ class RunExecution:
 
     async def _body(self) -> None:
         ctx = Context(self)
-        ACTIVITY.enter(Doing(self.run_id, self.function.id), self.loop)
+        # Forgotten by the body itself as it returns: no done callback to run for every run.
+        task, _ = ACTIVITY.enter(_doing(Doing, (self.run_id, self.function.id, None)), self.loop,
+                                 forget=False)
+        try:
+            await self._outcome(ctx)
+        finally:
+            ACTIVITY.forget(task)
+
+    async def _outcome(self, ctx: Context) -> None:
+        """Run the function body and report its outcome (the body of :meth:`_body`)."""
         # The run's span is current in the body (this task's own context): user spans made
         # between steps, and app.send, continue the run's trace.
         if self.tracing is not None:
@@ -386,11 +400,23 @@ class RunExecution:
         if missed is not None:
             self._fail_run(missed)
             return
-        self._check_replay(completed=True)
+        if self._recorded:
+            self._check_replay(completed=True)
+        limit = self.limits.max_output
+        try:
+            output: bytes | None = _dumps(result, option=serde.OPTIONS)
+        except (TypeError, ValueError):
+            output = None
+        warnings = self.warnings
+        if (output is not None and not warnings and len(output) + len(self.run_id)
+                + _RUN_COMPLETED_FIELDS + 256 <= min(limit, self.limits.max_frame)):
+            # _end's checks, without formatting what they would name (every run comes here)
+            self._end(m.RunCompleted, {"output": output, "warnings": []}, checked=True)
+            return
         what = f"function {self.function.id!r} output"
         try:
-            output = serde.dumps(result, what=what, limit=self.limits.max_output)
-            self._end(m.RunCompleted, {"output": output, "warnings": self.warnings[:10]},
+            output = serde.dumps(result, what=what, limit=limit)
+            self._end(m.RunCompleted, {"output": output, "warnings": warnings[:10]},
                       what=what)
         except TetherError as exc:
             self._fail_run(exc)
@@ -407,15 +433,20 @@ class RunExecution:
                                 "final": final, "retry_after": retry_delay(exc),
                                 **self._warnings()})
 
-    def _end(self, kind: type[m._Checkpoint], fields: dict[str, Any], what: str = "") -> None:
+    def _end(self, kind: type[m._Checkpoint], fields: dict[str, Any], what: str = "",
+             *, checked: bool = False) -> None:
         """Send the last message of this lease (unless it is lost) and let go of the run.
+
+        ``checked``: the caller knows the message fits a frame (see :meth:`_check_frame`).
 
         Raises:
             FrameTooLarge: the message could never be sent (the run is not over then).
         """
         if self.ended:
             return
-        if not self.lost:
+        if checked and not self.lost:
+            self._emit(kind, fields)
+        elif not self.lost:
             self._send(kind, fields, what or kind.__name__)
         self.ended = True
         for future in self._parks:
@@ -463,7 +494,7 @@ class RunExecution:
         if len(new) < 100:
             new.append(sid)
         attempts = self.attempts
-        plan = NewStep(sid, attempts.get(sid, 0) if attempts else 0)
+        plan = _doing(NewStep, (sid, attempts.get(sid, 0) if attempts else 0))
         self._in_flight += 1
         self.running.add(sid)
         return plan

@@ -49,18 +49,19 @@ class Activity:
     def __init__(self) -> None:
         self._by_task: dict[asyncio.Task[Any], Doing] = {}
 
-    def enter(self, doing: Doing, loop: asyncio.AbstractEventLoop | None = None
-              ) -> tuple[asyncio.Task[Any] | None, Doing | None]:
+    def enter(self, doing: Doing, loop: asyncio.AbstractEventLoop | None = None, *,
+              forget: bool = True) -> tuple[asyncio.Task[Any] | None, Doing | None]:
         """The current task now executes ``doing``; returns it and what it did before.
 
         ``loop``: the running loop, when the caller knows it (every step does): asking
-        asyncio for it costs a system call (``getpid``) on Python 3.11.
+        asyncio for it costs a system call (``getpid``) on Python 3.11. ``forget``: drop the
+        task's entry when it is done; False: the caller calls :meth:`forget` itself.
         """
         task = _current_task() if loop is None else asyncio.current_task(loop)
         if task is None:
             return None, None
         previous = self._by_task.get(task)
-        if previous is None:
+        if previous is None and forget:
             task.add_done_callback(self._forget)
         self._by_task[task] = doing
         return task, previous
@@ -73,8 +74,11 @@ class Activity:
     def of(self, task: asyncio.Task[Any] | None) -> Doing | None:
         return None if task is None else self._by_task.get(task)
 
-    def _forget(self, task: asyncio.Task[Any]) -> None:
-        self._by_task.pop(task, None)
+    def forget(self, task: asyncio.Task[Any] | None) -> None:
+        """``task`` is done (or about to be): drop its entry."""
+        self._by_task.pop(task, None)  # type: ignore[arg-type]
+
+    _forget = forget
 
 
 def _current_task() -> asyncio.Task[Any] | None:
