@@ -379,6 +379,7 @@ def _accepted(lease: AnyGrant) -> m.LeaseAccepted:
 
 _new = object.__new__
 _set = object.__setattr__
+_FIELDS_SET: dict[type[m._Message], set[str]] = {}
 _M = TypeVar("_M", bound=m._Message)
 
 
@@ -389,7 +390,12 @@ def _built(cls: type[_M], values: dict[str, Any]) -> _M:
     its checks of the names and their order, about half the cost."""
     message = _new(cls)
     _set(message, "__dict__", values)
-    _set(message, "__pydantic_fields_set__", set(values))
+    # One set per kind, shared: the messages are frozen, and pydantic copies the set before
+    # it changes one (model_copy).
+    fields_set = _FIELDS_SET.get(cls)
+    if fields_set is None:
+        fields_set = _FIELDS_SET[cls] = set(cls.model_fields)
+    _set(message, "__pydantic_fields_set__", fields_set)
     _set(message, "__pydantic_extra__", None)
     _set(message, "__pydantic_private__", None)
     return message

@@ -190,11 +190,15 @@ def _tracked(
 class Step:
     """Durable steps for ``async def`` functions."""
 
-    __slots__ = ("_exec", "_plans")
+    __slots__ = ("_exec",)
 
     def __init__(self, execution: RunExecution) -> None:
         self._exec = execution
-        self._plans = _Plans(execution)
+
+    @property
+    def _plans(self) -> _Plans:
+        """Made when asked (by the steps that need the gateway): most runs never do."""
+        return _Plans(self._exec)
 
     @_tracked
     async def run(self, step_id: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
