@@ -291,8 +291,8 @@ class Worker:
                 self._lose(revoked, f"lease revoked: {msg.reason}")
 
     def _on_lease(self, lease: AnyGrant) -> None:
-        if (lease.run_id, lease.fence) in self.executions or (
-                lease.run_id, lease.fence) in self._finished:
+        key = (lease.run_id, lease.fence)
+        if key in self.executions or key in self._finished:
             # The same lease twice: the gateway sends a grant again when it heard no answer
             # (the grant or our answer was lost on the way), or an intermediary repeated it.
             # One execution per lease, or two would race their checkpoints and the run could
@@ -312,7 +312,6 @@ class Worker:
             self.link.send(m.LeaseRejected(run_id=lease.run_id, fence=lease.fence,
                                            reason=reason or ""))
             return
-        key = (lease.run_id, lease.fence)
         execution = RunExecution(
             lease, function, emit=self._emitter(key), threads=self.threads,
             limits=self.limits, on_end=self._ended,
