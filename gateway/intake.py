@@ -46,7 +46,10 @@ def check_checkpoint(msg: hot.AnyCheckpoint, limits: Limits, event_limits: Event
     if isinstance(msg, hot.STEP_COMPLETED):
         # Size is the transaction's to judge (it fails the run for good); JSON is ours.
         if len(msg.output) <= limits.max_step_result:
-            return _json_only(msg.output, f"step {msg.step_id!r} output")
+            try:
+                orjson.loads(msg.output)
+            except orjson.JSONDecodeError as exc:  # worded only when it happens
+                return Checked(invalid=f"step {msg.step_id!r} output is not valid JSON: {exc}")
         return OK
     if isinstance(msg, hot.RUN_COMPLETED):
         if len(msg.output) > limits.max_step_result:
@@ -59,14 +62,6 @@ def check_checkpoint(msg: hot.AnyCheckpoint, limits: Limits, event_limits: Event
         return checked
     if isinstance(msg, m.EventsSent):
         return _events(msg, event_limits, now)
-    return OK
-
-
-def _json_only(raw: bytes, what: str) -> Checked:
-    try:
-        orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return Checked(invalid=f"{what} is not valid JSON: {exc}")
     return OK
 
 

@@ -14,6 +14,7 @@ time, so ending or first leasing a run costs no query.
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from bisect import bisect_left
@@ -310,13 +311,12 @@ class Metrics:
             counter.inc(count)
 
     def _checkpoints(self, batch: WriteBatch, result: WriteResult) -> None:
-        counts: dict[str, int] = {}
         refused = result.refused
-        for index, write in enumerate(batch.checkpoints):
-            if refused and index in refused:
-                continue
-            typ = write.message.type
-            counts[typ] = counts.get(typ, 0) + 1
+        if refused:
+            counts = collections.Counter([write.message.type for index, write
+                              in enumerate(batch.checkpoints) if index not in refused])
+        else:
+            counts = collections.Counter([write.message.type for write in batch.checkpoints])
         if refused:
             self.checkpoints_refused.inc(len(refused))
         for kind, count in counts.items():
