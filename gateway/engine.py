@@ -676,6 +676,7 @@ class Engine:
             self._wake.set()
 
         # Answer HTTP senders after the workers: what the loop runs first is the frames.
+        duplicates = result.duplicate_events
         for group, (events, future) in enumerate(waiters):
             if future.done():
                 continue
@@ -685,7 +686,7 @@ class Engine:
                     f"these events could not be stored ({error}); nothing of this request "
                     "was stored, and the gateway log has the details"))
             else:
-                future.set_result({e.id for e in events} & result.duplicate_events)
+                future.set_result({e.id for e in events} & duplicates if duplicates else set())
 
         for revoked in result.revoked:
             self._seen.pop(revoked.run_id, None)

@@ -277,10 +277,7 @@ class Metrics:
         now = batch.now
         # Counters are added to once per function (and status) and batch: a counter's inc
         # takes a lock, and a batch under load holds hundreds of runs of one function.
-        created: dict[str, int] = {}
-        for function_id in result.created_functions:
-            created[function_id] = created.get(function_id, 0) + 1
-        for function_id, count in created.items():
+        for function_id, count in collections.Counter(result.created_functions).items():
             self._fn(function_id).created.inc(count)
         if batch.checkpoints:
             self._checkpoints(batch, result)

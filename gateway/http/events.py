@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from gateway.engine import Engine
 from gateway.http.server import BODY_TIMEOUT
@@ -192,7 +192,10 @@ class EventRoutes:
         if events:
             await ingest_traced(self.engine, events, request.headers.get("traceparent"),
                                 route="/e/{event_key}")
-        return JSONResponse({"ids": [e.id for e in events], "status": 200})
+        # orjson writes the bytes JSONResponse's json.dumps would (compact, UTF-8), in a
+        # fraction of the time: a body of 500 ids was a tenth of the request's own work.
+        return Response(orjson.dumps({"ids": [e.id for e in events], "status": 200}),
+                        media_type="application/json")
 
 
 async def ingest_traced(engine: Engine, events: list[NewEvent], traceparent: str | None, *,
