@@ -48,8 +48,8 @@ class Unanswered:
 
     def __init__(self, after: float) -> None:
         self.after = after
-        #: Run id -> (grant, sent at). Read it, never change it: its truth is a cheap test
-        #: (the socket's pump asks it before each checkpoint's :meth:`answered`).
+        #: Run id -> (grant, sent at). Read it, never change it: the socket's pump looks a
+        #: checkpoint's run up in it before calling :meth:`answered` (a call per checkpoint).
         self.pending: dict[str, tuple[LeaseGranted, float]] = {}
 
     def __len__(self) -> int:

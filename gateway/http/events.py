@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from gateway.engine import Engine
 from gateway.http.server import BODY_TIMEOUT
+from gateway.intake import kept_json
 from gateway.store.base import NewEvent
 from gateway.transport.auth import Authenticator
 from protocol.durations import MAX_SLEEP, human
@@ -156,7 +157,7 @@ def _event(
                            f"{_kind(user)}")
     event = {"name": name, "data": data, "id": event_id, "ts": ts, "user": user}
     try:
-        payload = orjson.dumps(event)
+        payload = kept_json(event)
     except (TypeError, orjson.JSONEncodeError) as exc:  # e.g. a string with lone surrogates
         raise InvalidInput(f"{_where(index, single)}: cannot be stored as JSON text: "
                            f"{exc}") from exc

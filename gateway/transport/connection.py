@@ -278,7 +278,7 @@ class WorkerConnection:
                                 "checkpoints went missing; reconnect and resend the "
                                 "unacknowledged ones")
                         due += 1
-                        if waiting:
+                        if msg.run_id in waiting:  # rare: its grant was answered before
                             grants.answered(msg.run_id, msg.fence)
                         checkpoints.append(msg)
                         continue
