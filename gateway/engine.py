@@ -645,8 +645,9 @@ class Engine:
         orphaned: list[str] = []
         # Asked once per batch: a debug call per lease costs more than the rest of its loop.
         debug = bool(result.leases) and log.is_enabled_for(logging.DEBUG)
+        worker_of, seen, now, tracing = self.registry.get, self._seen, batch.now, self.tracing
         for lease in result.leases:
-            worker = self.registry.get(lease.session_id)
+            worker = worker_of(lease.session_id)
             if worker is None or worker.draining:
                 # The socket went away while we committed: give the run back at once.
                 orphaned.append(lease.run_id)
@@ -659,11 +660,10 @@ class Engine:
                 log.debug("lease_granted", run_id=lease.run_id, function_id=lease.function_id,
                           fence=lease.fence, attempt=lease.attempt,
                           session_id=worker.session_id, instance_id=worker.instance_id)
-            self._seen[lease.run_id] = batch.now
+            seen[lease.run_id] = now
             traceparent = None
-            if self.tracing is not None:
-                traceparent = self.tracing.leased(lease, now=batch.now,
-                                                  instance_id=worker.instance_id)
+            if tracing is not None:
+                traceparent = tracing.leased(lease, now=now, instance_id=worker.instance_id)
             # The store's own values (and a span made here): built without validation, as
             # decoding this grant's wire map would build it.
             worker.send(unvalidated(m.LeaseGranted, {

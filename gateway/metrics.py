@@ -281,21 +281,30 @@ class Metrics:
             self._fn(function_id).created.inc(count)
         if batch.checkpoints:
             self._checkpoints(batch, result)
+        # Each function's children, looked up once per batch (a method call per run cost
+        # more than the observation).
+        functions: dict[str, _Function] = {}
         leased: dict[str, int] = {}
         for lease in result.leases:
-            fn = self._fn(lease.function_id)
-            leased[lease.function_id] = leased.get(lease.function_id, 0) + 1
+            function_id = lease.function_id
+            fn = functions.get(function_id)
+            if fn is None:
+                fn = functions[function_id] = self._fn(function_id)
+            leased[function_id] = leased.get(function_id, 0) + 1
             if lease.available_at is not None:
                 fn.queue_wait.observe(max(0.0, now - lease.available_at))
             if lease.first:
                 fn.first_step.observe(max(0.0, now - id_time(lease.run_id)))
         for function_id, count in leased.items():
-            self._fn(function_id).leases.inc(count)
+            functions[function_id].leases.inc(count)
         if result.revoked:
             self.leases_revoked.inc(len(result.revoked))
         finished: dict[Any, int] = {}
         for ended in result.ended:
-            fn = self._fn(ended.function_id)
+            function_id = ended.function_id
+            fn = functions.get(function_id)
+            if fn is None:
+                fn = functions[function_id] = self._fn(function_id)
             counter = fn.finished.get(ended.status)
             if counter is None:
                 label = self.function_label(ended.function_id)

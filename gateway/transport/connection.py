@@ -80,17 +80,21 @@ class Outbox:
         self._max_frame = max_frame
         self._queue: list[m.Message] = []
         self._ready = asyncio.Event()
+        self._woken = False  # _ready is set: the next message need not set it again
         self._task = asyncio.create_task(self._write(), name="tether-outbox")
 
     def send(self, message: m.Message) -> None:
         self._queue.append(self._session.send(message))
-        self._ready.set()
+        if not self._woken:  # Event.set is a Python call: once per write, not per message
+            self._woken = True
+            self._ready.set()
 
     async def _write(self) -> None:
         try:
             while True:
                 await self._ready.wait()
                 self._ready.clear()
+                self._woken = False
                 batch, self._queue = self._queue, []
                 for frame in frames(batch, self._max_frame):
                     await self._ws.send(frame)
