@@ -19,7 +19,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -276,29 +276,40 @@ class Engine:
         Its payload is checked and encoded now, outside the transaction: a malformed one
         enters the batch marked invalid (its run fails, the worker is told), harming no one.
         """
+        self.checkpoints(worker, (message,))
+
+    def checkpoints(self, worker: WorkerEntry, messages: Sequence[hot.AnyCheckpoint]) -> None:
+        """:meth:`checkpoint` for each of ``messages`` in turn (what one frame brought): the
+        worker, the clock and the loop's wake-up are looked at once for all of them."""
         if self.registry.get(worker.session_id) is not worker:
             return  # its socket was dropped (a failed commit): the worker resends it later
         now = self.clock.now()
-        checked = check_checkpoint(message, self.limits, self.event_limits, now)
-        if checked.invalid is not None:
-            log.warning("checkpoint_invalid", run_id=message.run_id, kind=message.type,
-                        session_id=worker.session_id, reason=checked.invalid)
-        # Most checkpoints are a step's result, as the socket decodes it: it neither retries
-        # nor ends the lease, which saves it the tests against every other kind.
-        step = type(message) is hot.StepCompleted
-        at: float | None = None
-        if not step and isinstance(message, (m.StepFailed, m.RunFailed)):
-            at = retry_at(message, now=now, base=self.retry_base, rng=self.rng)
-        run_id, seen = message.run_id, self._seen
-        since = seen.get(run_id, now)
-        if not step and isinstance(message, _LEASE_ENDS):
-            worker.drop(run_id, message.fence)
-            seen.pop(run_id, None)
-        else:
-            seen[run_id] = now
-        self._batch.checkpoints.append(CheckpointWrite(
-            worker.session_id, message, at, since, checked.invalid, checked.events,
-            checked.data))
+        limits, event_limits, seen = self.limits, self.event_limits, self._seen
+        session_id, writes = worker.session_id, self._batch.checkpoints
+        for message in messages:
+            checked = check_checkpoint(message, limits, event_limits, now)
+            if checked.invalid is not None:
+                log.warning("checkpoint_invalid", run_id=message.run_id, kind=message.type,
+                            session_id=session_id, reason=checked.invalid)
+            run_id = message.run_id
+            since = seen.get(run_id, now)
+            if type(message) is hot.StepCompleted:
+                # Most checkpoints are a step's result, as the socket decodes it: it neither
+                # retries nor ends the lease, which saves it the tests against other kinds.
+                seen[run_id] = now
+                writes.append(CheckpointWrite(session_id, message, None, since,
+                                              checked.invalid, None, None))
+                continue
+            at: float | None = None
+            if isinstance(message, (m.StepFailed, m.RunFailed)):
+                at = retry_at(message, now=now, base=self.retry_base, rng=self.rng)
+            if isinstance(message, _LEASE_ENDS):
+                worker.drop(run_id, message.fence)
+                seen.pop(run_id, None)
+            else:
+                seen[run_id] = now
+            writes.append(CheckpointWrite(session_id, message, at, since, checked.invalid,
+                                          checked.events, checked.data))
         self._wake.set()
 
     async def cancel(self, request: CancelRequest) -> int:
@@ -587,22 +598,20 @@ class Engine:
         waiters: list[tuple[list[NewEvent], asyncio.Future[set[str]]]],
         result: WriteResult,
     ) -> None:
-        acks: dict[str, int] = {}
         refused = result.refused
-        for index, write in enumerate(batch.checkpoints):
+        # A socket's checkpoints are in the batch in the order of their numbers (its pump
+        # takes them so), so its last one is its highest: the cumulative ack.
+        acks = {write.session_id: write.message.seq for write in batch.checkpoints}
+        for index, reason in sorted(refused.items()) if refused else ():
+            write = batch.checkpoints[index]
             msg = write.message
-            if msg.seq > acks.get(write.session_id, 0):
-                acks[write.session_id] = msg.seq
-            reason = refused.get(index) if refused else None
-            if reason is not None:
-                log.warning("checkpoint_refused", run_id=msg.run_id, fence=msg.fence,
-                            session_id=write.session_id, kind=msg.type,
-                            step_id=getattr(msg, "step_id", None), reason=reason)
-                worker = self.registry.get(write.session_id)
-                if worker is not None:
-                    worker.drop(msg.run_id, msg.fence)
-                    worker.send(m.CheckpointRefused(seq=msg.seq, run_id=msg.run_id,
-                                                    reason=reason))
+            log.warning("checkpoint_refused", run_id=msg.run_id, fence=msg.fence,
+                        session_id=write.session_id, kind=msg.type,
+                        step_id=getattr(msg, "step_id", None), reason=reason)
+            worker = self.registry.get(write.session_id)
+            if worker is not None:
+                worker.drop(msg.run_id, msg.fence)
+                worker.send(m.CheckpointRefused(seq=msg.seq, run_id=msg.run_id, reason=reason))
         for session_id, upto in acks.items():
             worker = self.registry.get(session_id)
             if worker is not None:
@@ -636,8 +645,9 @@ class Engine:
         orphaned: list[str] = []
         # Asked once per batch: a debug call per lease costs more than the rest of its loop.
         debug = bool(result.leases) and log.is_enabled_for(logging.DEBUG)
+        worker_of, seen, now, tracing = self.registry.get, self._seen, batch.now, self.tracing
         for lease in result.leases:
-            worker = self.registry.get(lease.session_id)
+            worker = worker_of(lease.session_id)
             if worker is None or worker.draining:
                 # The socket went away while we committed: give the run back at once.
                 orphaned.append(lease.run_id)
@@ -650,11 +660,10 @@ class Engine:
                 log.debug("lease_granted", run_id=lease.run_id, function_id=lease.function_id,
                           fence=lease.fence, attempt=lease.attempt,
                           session_id=worker.session_id, instance_id=worker.instance_id)
-            self._seen[lease.run_id] = batch.now
+            seen[lease.run_id] = now
             traceparent = None
-            if self.tracing is not None:
-                traceparent = self.tracing.leased(lease, now=batch.now,
-                                                  instance_id=worker.instance_id)
+            if tracing is not None:
+                traceparent = tracing.leased(lease, now=now, instance_id=worker.instance_id)
             # The store's own values (and a span made here): built without validation, as
             # decoding this grant's wire map would build it.
             worker.send(unvalidated(m.LeaseGranted, {
@@ -667,6 +676,7 @@ class Engine:
             self._wake.set()
 
         # Answer HTTP senders after the workers: what the loop runs first is the frames.
+        duplicates = result.duplicate_events
         for group, (events, future) in enumerate(waiters):
             if future.done():
                 continue
@@ -676,7 +686,7 @@ class Engine:
                     f"these events could not be stored ({error}); nothing of this request "
                     "was stored, and the gateway log has the details"))
             else:
-                future.set_result({e.id for e in events} & result.duplicate_events)
+                future.set_result({e.id for e in events} & duplicates if duplicates else set())
 
         for revoked in result.revoked:
             self._seen.pop(revoked.run_id, None)

@@ -40,13 +40,31 @@ class Checked:
 OK = Checked()
 
 
+def kept_json(value: Any) -> bytes:
+    """``orjson.dumps(value)``, as a copy fit to be kept until a batch commits.
+
+    orjson writes into a buffer of at least a KiB, allocated outside Python's small-object
+    allocator, then shrinks it: hundreds of those kept alive at once (a request's events,
+    a batch's outputs) made each call cost 2 µs instead of 0.1 (glibc's heap splits and
+    merges around them). A copy of the exact size lives in the small-object allocator and
+    lets the buffer go at once: the same bytes, a tenth of the cost.
+
+    Raises:
+        orjson.JSONEncodeError: as ``orjson.dumps`` (a ``TypeError``).
+    """
+    return bytes(memoryview(orjson.dumps(value)))
+
+
 def check_checkpoint(msg: hot.AnyCheckpoint, limits: Limits, event_limits: EventLimits,
                      now: float) -> Checked:
     """Decide whether ``msg`` may enter a batch; a pure function of the message and limits."""
     if isinstance(msg, hot.STEP_COMPLETED):
         # Size is the transaction's to judge (it fails the run for good); JSON is ours.
         if len(msg.output) <= limits.max_step_result:
-            return _json_only(msg.output, f"step {msg.step_id!r} output")
+            try:
+                orjson.loads(msg.output)
+            except orjson.JSONDecodeError as exc:  # worded only when it happens
+                return Checked(invalid=f"step {msg.step_id!r} output is not valid JSON: {exc}")
         return OK
     if isinstance(msg, hot.RUN_COMPLETED):
         if len(msg.output) > limits.max_step_result:
@@ -62,14 +80,6 @@ def check_checkpoint(msg: hot.AnyCheckpoint, limits: Limits, event_limits: Event
     return OK
 
 
-def _json_only(raw: bytes, what: str) -> Checked:
-    try:
-        orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return Checked(invalid=f"{what} is not valid JSON: {exc}")
-    return OK
-
-
 def _normalised(raw: bytes, what: str) -> Checked:
     """Decode and encode again: valid JSON, nested no deeper than the encoder allows."""
     try:
@@ -77,7 +87,7 @@ def _normalised(raw: bytes, what: str) -> Checked:
     except orjson.JSONDecodeError as exc:
         return Checked(invalid=f"{what} is not valid JSON: {exc}")
     try:
-        return Checked(data=orjson.dumps(value))
+        return Checked(data=kept_json(value))
     except orjson.JSONEncodeError as exc:
         return Checked(invalid=f"{what} cannot be stored: {exc}")
 

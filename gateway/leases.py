@@ -44,32 +44,34 @@ class Unanswered:
     ``after`` seconds is sent again until the worker answers it or the lease ends.
     """
 
-    __slots__ = ("_sent", "after")
+    __slots__ = ("after", "pending")
 
     def __init__(self, after: float) -> None:
         self.after = after
-        self._sent: dict[str, tuple[LeaseGranted, float]] = {}  # run id -> (grant, sent at)
+        #: Run id -> (grant, sent at). Read it, never change it: the socket's pump looks a
+        #: checkpoint's run up in it before calling :meth:`answered` (a call per checkpoint).
+        self.pending: dict[str, tuple[LeaseGranted, float]] = {}
 
     def __len__(self) -> int:
-        return len(self._sent)
+        return len(self.pending)
 
     def sent(self, grant: LeaseGranted, now: float) -> None:
-        self._sent[grant.run_id] = (grant, now)
+        self.pending[grant.run_id] = (grant, now)
 
     def answered(self, run_id: str, fence: int) -> None:
         """The worker spoke of (run_id, fence): accepted, rejected or checkpointed it."""
-        held = self._sent.get(run_id)
+        held = self.pending.get(run_id)
         if held is not None and held[0].fence == fence:
-            del self._sent[run_id]
+            del self.pending[run_id]
 
     def due(self, held: dict[str, int], now: float) -> list[LeaseGranted]:
         """Grants to send again at monotonic ``now``; ``held`` maps run id -> fence of the
         leases the worker still holds (a grant whose lease ended is forgotten)."""
         again: list[LeaseGranted] = []
-        for run_id, (grant, at) in list(self._sent.items()):
+        for run_id, (grant, at) in list(self.pending.items()):
             if held.get(run_id) != grant.fence:
-                del self._sent[run_id]
+                del self.pending[run_id]
             elif now - at >= self.after:
-                self._sent[run_id] = (grant, now)
+                self.pending[run_id] = (grant, now)
                 again.append(grant)
         return again

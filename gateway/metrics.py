@@ -14,6 +14,7 @@ time, so ending or first leasing a run costs no query.
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from bisect import bisect_left
@@ -276,28 +277,34 @@ class Metrics:
         now = batch.now
         # Counters are added to once per function (and status) and batch: a counter's inc
         # takes a lock, and a batch under load holds hundreds of runs of one function.
-        created: dict[str, int] = {}
-        for function_id in result.created_functions:
-            created[function_id] = created.get(function_id, 0) + 1
-        for function_id, count in created.items():
+        for function_id, count in collections.Counter(result.created_functions).items():
             self._fn(function_id).created.inc(count)
         if batch.checkpoints:
             self._checkpoints(batch, result)
+        # Each function's children, looked up once per batch (a method call per run cost
+        # more than the observation).
+        functions: dict[str, _Function] = {}
         leased: dict[str, int] = {}
         for lease in result.leases:
-            fn = self._fn(lease.function_id)
-            leased[lease.function_id] = leased.get(lease.function_id, 0) + 1
+            function_id = lease.function_id
+            fn = functions.get(function_id)
+            if fn is None:
+                fn = functions[function_id] = self._fn(function_id)
+            leased[function_id] = leased.get(function_id, 0) + 1
             if lease.available_at is not None:
                 fn.queue_wait.observe(max(0.0, now - lease.available_at))
             if lease.first:
                 fn.first_step.observe(max(0.0, now - id_time(lease.run_id)))
         for function_id, count in leased.items():
-            self._fn(function_id).leases.inc(count)
+            functions[function_id].leases.inc(count)
         if result.revoked:
             self.leases_revoked.inc(len(result.revoked))
         finished: dict[Any, int] = {}
         for ended in result.ended:
-            fn = self._fn(ended.function_id)
+            function_id = ended.function_id
+            fn = functions.get(function_id)
+            if fn is None:
+                fn = functions[function_id] = self._fn(function_id)
             counter = fn.finished.get(ended.status)
             if counter is None:
                 label = self.function_label(ended.function_id)
@@ -310,13 +317,12 @@ class Metrics:
             counter.inc(count)
 
     def _checkpoints(self, batch: WriteBatch, result: WriteResult) -> None:
-        counts: dict[str, int] = {}
         refused = result.refused
-        for index, write in enumerate(batch.checkpoints):
-            if refused and index in refused:
-                continue
-            typ = write.message.type
-            counts[typ] = counts.get(typ, 0) + 1
+        if refused:
+            counts = collections.Counter([write.message.type for index, write
+                              in enumerate(batch.checkpoints) if index not in refused])
+        else:
+            counts = collections.Counter([write.message.type for write in batch.checkpoints])
         if refused:
             self.checkpoints_refused.inc(len(refused))
         for kind, count in counts.items():

@@ -79,11 +79,15 @@ def pack(message: Message) -> bytes:
     """One message's msgpack map: the bytes it takes in a frame."""
     values = message.__dict__
     nesting = _NESTING.get(type(message))
-    if nesting is not None and (not nesting or not any(values[name] for name in nesting)):
-        try:
-            return _encode(values)
-        except TypeError:  # a str or int subclass (a user's step id, say): msgspec refuses
-            pass
+    if nesting is not None:
+        for name in nesting:  # a loop, not any() over a generator: a third of the cost
+            if values[name]:
+                break
+        else:
+            try:
+                return _encode(values)
+            except TypeError:  # a str or int subclass (a user's step id, say): msgspec refuses
+                pass
     # The model's own serializer: the same map the frame's union adapter writes, without
     # looking the message's type up among every message type.
     return msgpack.packb(message.model_dump(), use_bin_type=True)  # type: ignore[no-any-return]

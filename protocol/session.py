@@ -99,16 +99,30 @@ _IN_FLIGHT: dict[State, dict[str, State | None]] = {State.DRAINING: {"lease_gran
 _NONE: dict[str, State | None] = {}
 
 
+def _moves(table: dict[State, dict[str, State | None]],
+           late: dict[State, dict[str, State | None]]) -> dict[State, dict[str, State | None]]:
+    """Per state, every message one end may take in it: the transitions of ``table``,
+    ``error`` (which closes the session in any state) and the ``late`` messages (taken, the
+    state kept). One dict lookup per message, instead of three tables read in turn."""
+    return {state: {**table.get(state, _NONE), "error": State.CLOSED, **late.get(state, _NONE)}
+            for state in State}
+
+
+#: Per role, what its end may receive and send in each state. Only the worker hears gateway
+#: messages that crossed its Drain on the wire.
+_RECEIVING = {Role.GATEWAY: _moves(_FROM_WORKER, {}),
+              Role.WORKER: _moves(_FROM_GATEWAY, _IN_FLIGHT)}
+_SENDING = {Role.GATEWAY: _moves(_FROM_GATEWAY, {}), Role.WORKER: _moves(_FROM_WORKER, {})}
+
+
 class Session:
     """One end of one socket. ``role`` is the end this object sits at."""
 
     def __init__(self, role: Role) -> None:
         self.role = role
         self.state = State.NEW
-        self._incoming = _FROM_WORKER if role is Role.GATEWAY else _FROM_GATEWAY
-        self._outgoing = _FROM_GATEWAY if role is Role.GATEWAY else _FROM_WORKER
-        # Only the worker hears gateway messages that crossed its Drain on the wire.
-        self._late = _IN_FLIGHT if role is Role.WORKER else {}
+        self._incoming = _RECEIVING[role]
+        self._outgoing = _SENDING[role]
 
     def receive(self, message: Message | HotMessage) -> None:
         """Check that the peer may send ``message`` now, and advance the state.
@@ -116,11 +130,13 @@ class Session:
         Raises:
             RemoteProtocolError: the message is out of place; close the socket.
         """
-        late = self._late.get(self.state, _NONE)
-        if message.type in late:
-            self.state = late[message.type] or self.state
-            return
-        self.state = self._advance(self._incoming, message, RemoteProtocolError, "received")
+        try:
+            following = self._incoming[self.state][message.type]
+        except KeyError:
+            raise RemoteProtocolError(
+                f"{message.type!r} received in state {self.state.value!r}") from None
+        if following is not None:
+            self.state = following
 
     def send(self, message: Message) -> Message:
         """Check that we may send ``message`` now, advance the state, and return it.
@@ -128,7 +144,13 @@ class Session:
         Raises:
             LocalProtocolError: we tried to send something out of place (a bug).
         """
-        self.state = self._advance(self._outgoing, message, LocalProtocolError, "sent")
+        try:
+            following = self._outgoing[self.state][message.type]
+        except KeyError:
+            raise LocalProtocolError(
+                f"{message.type!r} sent in state {self.state.value!r}") from None
+        if following is not None:
+            self.state = following
         return message
 
     @property
@@ -136,16 +158,3 @@ class Session:
         """True while the gateway may lease runs on this socket."""
         return self.state is State.READY
 
-    def _advance(
-        self,
-        table: dict[State, dict[str, State | None]],
-        message: Message | HotMessage,
-        error: type[RemoteProtocolError] | type[LocalProtocolError],
-        verb: str,
-    ) -> State:
-        if message.type == "error":
-            return State.CLOSED
-        allowed = table.get(self.state, _NONE)
-        if message.type not in allowed:
-            raise error(f"{message.type!r} {verb} in state {self.state.value!r}")
-        return allowed[message.type] or self.state

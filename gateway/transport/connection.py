@@ -80,17 +80,21 @@ class Outbox:
         self._max_frame = max_frame
         self._queue: list[m.Message] = []
         self._ready = asyncio.Event()
+        self._woken = False  # _ready is set: the next message need not set it again
         self._task = asyncio.create_task(self._write(), name="tether-outbox")
 
     def send(self, message: m.Message) -> None:
         self._queue.append(self._session.send(message))
-        self._ready.set()
+        if not self._woken:  # Event.set is a Python call: once per write, not per message
+            self._woken = True
+            self._ready.set()
 
     async def _write(self) -> None:
         try:
             while True:
                 await self._ready.wait()
                 self._ready.clear()
+                self._woken = False
                 batch, self._queue = self._queue, []
                 for frame in frames(batch, self._max_frame):
                     await self._ws.send(frame)
@@ -253,47 +257,63 @@ class WorkerConnection:
         assert worker is not None
         engine, session, limit = self.engine, self.session, self.settings.max_frame_in
         grants = self.grants
+        waiting = grants.pending
         due = 1  # a worker numbers its checkpoints 1, 2, 3... on each socket
         async for frame in self.ws:
             worker.last_seen = self.clock.monotonic()
-            for msg in decode_from_worker(frame, max_size=limit):
-                session.receive(msg)
-                if isinstance(msg, hot.LeaseAccepted):
-                    # The answer to each grant, tested first: a Struct class is a cheap test,
-                    # the checkpoint kinds below are ten pydantic classes it would miss.
-                    grants.answered(msg.run_id, msg.fence)
-                elif isinstance(msg, hot.ANY_CHECKPOINT):
-                    if msg.seq != due:
-                        # Acks are cumulative: acking past a hole would tell the worker to
-                        # forget a checkpoint never committed. A new socket resends them all.
-                        raise RemoteProtocolError(
-                            f"checkpoint {msg.seq} arrived where {due} was due: checkpoints "
-                            "went missing; reconnect and resend the unacknowledged ones")
-                    due += 1
-                    if grants:
+            # A frame's checkpoints go to the engine together, in order; whatever else the
+            # frame holds is handled after the checkpoints before it (and if the frame turns
+            # out bad midway, those before still go, as they would one by one).
+            checkpoints: list[hot.AnyCheckpoint] = []
+            try:
+                for msg in decode_from_worker(frame, max_size=limit):
+                    session.receive(msg)
+                    if isinstance(msg, hot.LeaseAccepted):
+                        # The answer to each grant, tested first: a Struct class is a cheap
+                        # test, the checkpoint kinds below are ten pydantic classes it misses.
                         grants.answered(msg.run_id, msg.fence)
-                    engine.checkpoint(worker, msg)
-                elif isinstance(msg, hot.HEARTBEAT):
-                    self.outbox.send(m.HeartbeatAck())
-                elif isinstance(msg, hot.LEASE_ACCEPTED):
-                    grants.answered(msg.run_id, msg.fence)
-                elif isinstance(msg, m.LeaseRejected):
-                    grants.answered(msg.run_id, msg.fence)
-                    self.log.info("lease_rejected", run_id=msg.run_id, reason=msg.reason)
-                    engine.lease_rejected(worker, msg.run_id, msg.fence, msg.reason)
-                elif isinstance(msg, m.LoopStalled):
-                    forgiven = engine.loop_stalled(worker, msg)
-                    self.log.warning("worker_loop_stalled", seconds=round(msg.seconds, 1),
-                                     run_id=msg.run_id, step_id=msg.step_id, forgiven=forgiven)
-                elif isinstance(msg, m.Drain):
-                    worker.draining = True
-                    self.log.info("worker_draining", in_flight=len(worker.in_flight))
-                elif isinstance(msg, m.Error):
-                    # The worker's last word (the session is closed now): drop it at once,
-                    # before the engine sends it anything more.
-                    self.log.warning("worker_error", code=msg.code, message=msg.message)
-                    self._disconnected(f"worker error: {msg.code}")
-                    return
+                        continue
+                    if isinstance(msg, hot.ANY_CHECKPOINT):
+                        if msg.seq != due:
+                            # Acks are cumulative: acking past a hole would tell the worker to
+                            # forget a checkpoint never committed. A new socket resends all.
+                            raise RemoteProtocolError(
+                                f"checkpoint {msg.seq} arrived where {due} was due: "
+                                "checkpoints went missing; reconnect and resend the "
+                                "unacknowledged ones")
+                        due += 1
+                        if msg.run_id in waiting:  # rare: its grant was answered before
+                            grants.answered(msg.run_id, msg.fence)
+                        checkpoints.append(msg)
+                        continue
+                    if checkpoints:
+                        engine.checkpoints(worker, checkpoints)
+                        checkpoints = []
+                    if isinstance(msg, hot.HEARTBEAT):
+                        self.outbox.send(m.HeartbeatAck())
+                    elif isinstance(msg, hot.LEASE_ACCEPTED):
+                        grants.answered(msg.run_id, msg.fence)
+                    elif isinstance(msg, m.LeaseRejected):
+                        grants.answered(msg.run_id, msg.fence)
+                        self.log.info("lease_rejected", run_id=msg.run_id, reason=msg.reason)
+                        engine.lease_rejected(worker, msg.run_id, msg.fence, msg.reason)
+                    elif isinstance(msg, m.LoopStalled):
+                        forgiven = engine.loop_stalled(worker, msg)
+                        self.log.warning("worker_loop_stalled", seconds=round(msg.seconds, 1),
+                                         run_id=msg.run_id, step_id=msg.step_id,
+                                         forgiven=forgiven)
+                    elif isinstance(msg, m.Drain):
+                        worker.draining = True
+                        self.log.info("worker_draining", in_flight=len(worker.in_flight))
+                    elif isinstance(msg, m.Error):
+                        # The worker's last word (the session is closed now): drop it at
+                        # once, before the engine sends it anything more.
+                        self.log.warning("worker_error", code=msg.code, message=msg.message)
+                        self._disconnected(f"worker error: {msg.code}")
+                        return
+            finally:
+                if checkpoints:
+                    engine.checkpoints(worker, checkpoints)
         self._disconnected(f"socket closed ({self.ws.close_code})")
 
     def _send(self, message: m.Message) -> None:

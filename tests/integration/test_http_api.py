@@ -526,3 +526,15 @@ async def test_an_api_key_opens_the_management_api_but_not_the_worker_socket(gat
     with pytest.raises(AuthError):
         gw.auth.check_worker(b"nonce", "w", proof.answer(OPS_KEY, b"nonce", "w"))
     gw.auth.check_worker(b"nonce", "w", proof.answer(KEY, b"nonce", "w"))
+
+
+async def test_accepted_ids_come_back_as_json_dumps_writes_them(http):
+    # The answer is written by orjson: the same bytes and type as Starlette's JSONResponse
+    # (json.dumps, ensure_ascii=False, compact), whatever characters the ids hold.
+    ids = ["plain", "ünïcödé ✓", "quote\" and \\ back", "tab\tnew\nline\x01\x1f\x7f",
+           "line\u2028sep\u2029", "emoji 🎉", "</script>"]
+    r = await http.post(f"/e/{EVENT_KEY}", json=[event(id=i) for i in ids])
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert r.content == json.dumps({"ids": ids, "status": 200}, ensure_ascii=False,
+                                   allow_nan=False, separators=(",", ":")).encode()

@@ -633,3 +633,52 @@ async def run_of_id(http: httpx.AsyncClient, run_id: str,
         return run if ready(run) else None
 
     return await eventually(check, timeout=5, what=f"run {run_id}")
+
+
+# --- a frame of many messages ------------------------------------------------------------------
+
+
+async def test_a_frame_s_checkpoints_and_other_messages_are_each_handled(gw, http):
+    # The gateway hands a frame's checkpoints to the engine together; a heartbeat among them
+    # is answered, and every checkpoint is committed and acknowledged in order.
+    worker = await RawWorker.ready_on(gw.connect_port)
+    await post_event(http)
+    lease = await worker.expect(m.LeaseGranted)
+    await worker.send(
+        m.LeaseAccepted(run_id=lease.run_id, fence=lease.fence),
+        worker.step_completed(lease.run_id, lease.fence, "a", b"1"),
+        m.Heartbeat(in_flight=1),
+        worker.step_completed(lease.run_id, lease.fence, "b", b"2"),
+        m.RunCompleted(seq=worker.next_seq(), run_id=lease.run_id, fence=lease.fence,
+                       output=b"3"),
+    )
+    await worker.expect(m.HeartbeatAck)
+
+    async def all_acked() -> bool:
+        while not any(a.upto == 3 for a in worker.of(m.CheckpointAck)):
+            await worker.expect(m.CheckpointAck)
+        return True
+
+    await eventually(all_acked, timeout=5, what="the frame's three checkpoints acknowledged")
+    run = await run_of_id(http, lease.run_id, lambda run: run["status"] == "Completed")
+    assert [s["id"] for s in run["steps"]] == ["a", "b"]
+    assert worker.of(m.CheckpointRefused) == []
+
+
+async def test_a_hole_in_a_frame_s_checkpoints_closes_the_socket_after_those_before_it(gw, http):
+    worker = await RawWorker.ready_on(gw.connect_port)
+    await post_event(http)
+    lease = await worker.expect(m.LeaseGranted)
+    worker.ws.transport.pause_reading()  # the close waits; the first checkpoint commits
+    first = worker.step_completed(lease.run_id, lease.fence, "a")
+    worker.next_seq()  # checkpoint 2 goes missing
+    await worker.send(first, worker.step_completed(lease.run_id, lease.fence, "b"))
+
+    run = await run_of_id(http, lease.run_id, lambda run: run["steps"])
+    assert [s["id"] for s in run["steps"]] == ["a"]
+    worker.ws.transport.resume_reading()
+    error = await worker.expect(m.Error)
+    code, _ = await worker.wait_closed()
+    assert error.code == "bad_frame" and code == 1002
+    assert "checkpoint 3 arrived where 2 was due" in error.message
+    await serves_a_good_worker(gw)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.http.events import MAX_NAME, EventLimits, parse_events
+from gateway.intake import kept_json
 from gateway.store.base import NewEvent
 from protocol.errors import InvalidInput, PayloadTooLarge
 
@@ -198,3 +200,37 @@ def test_deeply_nested_body_is_refused_not_crashed(body):
     error = refused(body, raw=True)
     assert type(error) is InvalidInput
     assert "depth limit exceeded" in str(error)
+
+
+@pytest.mark.parametrize(("body", "said"), [
+    ({"name": "a\u0000b"}, "event: 'name' contains a NUL character (\\u0000); names and ids "
+                           "may not"),
+    ([{"name": "a"}, {"name": "a", "id": "x\u0000"}], "event 1: 'id' contains a NUL character "
+                                                       "(\\u0000); names and ids may not"),
+])
+def test_a_nul_is_refused_in_the_words_of_the_name_rules(body, said):
+    assert str(refused(body)) == said
+
+
+def test_a_lone_surrogate_is_refused():
+    # json.dumps escapes it; orjson reads no lone surrogate, so nothing is stored.
+    message = str(refused([{"name": "a"}, {"name": "a", "data": {"x": "\ud800"}}]))
+    assert message.startswith("body is not valid JSON: no low surrogate in string")
+
+
+@pytest.mark.parametrize("value", [
+    {}, {"name": "a", "data": {"i": 1}, "id": "x", "ts": 0, "user": None},
+    {"x": "ünï 🎉 \u2028 \t \x01", "n": [1.5, -0.0, 2**63 - 1, None, True], "deep": [[[{}]]]},
+    {"big": "y" * 5000},
+])
+def test_kept_json_is_orjson_s_bytes(value):
+    kept = kept_json(value)
+    assert kept == orjson.dumps(value) and type(kept) is bytes
+
+
+@pytest.mark.parametrize("value", [{"x": "\ud800"}, {"x": 2**64}, {"x": object()}])
+def test_kept_json_refuses_what_orjson_refuses(value):
+    with pytest.raises(orjson.JSONEncodeError):
+        orjson.dumps(value)
+    with pytest.raises(orjson.JSONEncodeError):
+        kept_json(value)

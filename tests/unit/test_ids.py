@@ -48,3 +48,16 @@ def test_a_time_is_read_only_from_crockford_characters():
         with pytest.raises(KeyError):
             ids.id_time(bad)
     assert ids.id_time("") == 0.0 and ids.id_time("0000000001ZZZ") == 0.001
+
+
+def test_times_read_again_are_the_same_past_the_cache_bound():
+    rng = random.Random(3)
+    made = [ids.new_id(rng.uniform(0, 2**47 / 1000)) for _ in range(3 * ids._TIMES_KEPT)]
+    first = [ids.id_time(i) for i in made]
+    assert first == [ids.id_time(i) for i in made]  # read again: from the cache, or not
+    assert first == [_value(i[:10]) / 1000 for i in made]
+    assert len(ids._TIMES) <= ids._TIMES_KEPT
+    with pytest.raises(KeyError):  # a bad head is refused each time, never remembered
+        ids.id_time("ILOU000000")
+    with pytest.raises(KeyError):
+        ids.id_time("ILOU000000")
