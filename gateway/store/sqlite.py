@@ -141,6 +141,12 @@ def tighten(db: Path) -> None:
             os.chmod(f"{db}{suffix}", FILE_MODE)
 
 
+#: Named queries that write step rows (``upsert_step``'s columns: run id, step id, kind,
+#: status, attempts, ...). The other writes of ``steps`` (``insert_pending_step``,
+#: ``insert_done_step``) are of sleeps, waits, invokes and sent events: never an attempt to log.
+STEP_WRITES = frozenset({"insert_step", "upsert_step"})
+
+
 class SQLiteDb:
     """:class:`~gateway.store.db.Db` over one sqlite3 connection (calls block its thread)."""
 
@@ -169,12 +175,42 @@ class SQLiteDb:
 
     async def execute(self, name: str, *args: Any) -> int:
         sql = self.sql[name]
+        if name in STEP_WRITES:
+            return self._write_steps(sql, [args])
         return self.conn.execute(sql, self._args(args)).rowcount if sql else 0
 
     async def executemany(self, name: str, rows: list[tuple[Any, ...]]) -> None:
         sql = self.sql[name]
-        if rows and sql:  # nothing to write: no statement (the batch's phases often have none)
+        if not rows or not sql:  # nothing to write: no statement (phases often have none)
+            return
+        if name in STEP_WRITES:
+            self._write_steps(sql, rows)
+        else:
             self.conn.executemany(sql, rows)
+
+    def _write_steps(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
+        """Write step rows (``upsert_step``'s columns) and log their attempts, as PostgreSQL's
+        trigger on ``steps`` does (migration 0021: a trigger here ran for every row).
+
+        A first attempt that completed logs nothing, whether the write inserts or updates its
+        row: those (nearly every step) go in one ``executemany``. Any other row is written
+        alone, in its place in the order, and if it changed the row (an insert, or an update
+        the upsert's WHERE let through) the attempt is logged from the row as written, at
+        once: the next row may be the same step's next attempt. Returns the rows changed.
+        """
+        conn, changed, start = self.conn, 0, 0
+        for i, row in enumerate(rows):
+            if row[3] == "Completed" and row[4] == 1:  # status, attempts
+                continue
+            if start < i:
+                changed += max(conn.executemany(sql, rows[start:i]).rowcount, 0)
+            start = i + 1
+            if conn.execute(sql, row).rowcount > 0:
+                changed += 1
+                conn.execute(self.sql["log_step_attempt"], row[:2])
+        if start < len(rows):
+            changed += max(conn.executemany(sql, rows[start:]).rowcount, 0)
+        return changed
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:

@@ -46,6 +46,18 @@ ON CONFLICT (run_id, step_id) DO UPDATE SET
     attempt_started_at = excluded.attempt_started_at
 WHERE steps.status NOT IN ('Completed', 'Failed');
 
+-- name: log_step_attempt
+-- The attempt a step row now holds, logged as PostgreSQL's trigger on steps logs it (an
+-- attempt that failed or was retried: a first attempt that completed logs nothing). SQLiteDb
+-- runs it after a step write changed the row (migration 0021: no trigger runs for each row).
+INSERT INTO step_attempts
+SELECT run_id, step_id, attempts, status, attempt_started_at, ended_at, wake_at, error
+FROM steps WHERE run_id = ?1 AND step_id = ?2
+AND kind = 'run' AND (status <> 'Completed' OR attempts > 1)
+ON CONFLICT (run_id, step_id, attempt) DO UPDATE SET
+    status = excluded.status, started_at = excluded.started_at,
+    ended_at = excluded.ended_at, retry_at = excluded.retry_at, error = excluded.error;
+
 -- =========================== endings and commands ===========================
 
 -- name: run_for_end
