@@ -9,7 +9,8 @@ one batch (its progress folded into its end); ``--apart`` gives each step its ow
 ``run_progressed``, as when steps take longer than a commit.
 
 SQLite: the thread CPU time of each statement, per run (the writer thread's share of the
-gateway's CPU). PostgreSQL (``--db postgres``, a throwaway database on
+gateway's CPU), written as the store's writer writes them (``SQLiteDb``: a batch's leases by
+session, a step's attempts). PostgreSQL (``--db postgres``, a throwaway database on
 ``TETHER_BENCH_PG_URL``'s server): the backend's CPU per run, read from ``/proc`` (the server
 runs on this machine), in total and per statement, and how many of the updates of ``runs``
 were HOT; ``--fillfactor``
@@ -31,7 +32,7 @@ from typing import Any
 
 from bench.cpu import cpu_seconds
 from gateway.store import migrations
-from gateway.store.db import queries
+from gateway.store.sqlite import SQLiteDb
 from protocol.ids import new_id
 
 FUNCTION = "bench/three-steps"
@@ -79,6 +80,17 @@ def batches(runs: int, size: int, *, apart: bool,
         yield [*ending, ("delete_waits", [(run_id,) for run_id in ids])]
 
 
+def write(db: SQLiteDb, name: str, rows: list[tuple[Any, ...]]) -> None:
+    """``db.executemany(name, rows)``, as the store's writer thread runs it: the store's own
+    ways of writing (a step's attempts, a batch's leases by session), not bare statements."""
+    coro = db.executemany(name, rows)
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    raise RuntimeError("SQLiteDb.executemany suspended")
+
+
 def on_sqlite(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "rows.db")
@@ -87,14 +99,14 @@ def on_sqlite(args: argparse.Namespace) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=OFF")  # the fsync is not the statements' CPU
         conn.execute("PRAGMA cache_size=-65536")
-        sql = queries("sqlite")
+        db = SQLiteDb(conn)
         spent: dict[str, float] = {}
         for transaction in batches(args.runs, args.batch, apart=args.apart,
-                                   folded="finish_run" in sql):
+                                   folded="finish_run" in db.sql):
             conn.execute("BEGIN IMMEDIATE")
             for name, rows in transaction:
                 start = time.thread_time()
-                conn.executemany(sql[name], rows)
+                write(db, name, rows)
                 spent[name] = spent.get(name, 0.0) + time.thread_time() - start
             conn.execute("COMMIT")
         conn.close()

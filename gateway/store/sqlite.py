@@ -145,6 +145,12 @@ def tighten(db: Path) -> None:
 #: status, attempts, ...). The other writes of ``steps`` (``insert_pending_step``,
 #: ``insert_done_step``) are of sleeps, waits, invokes and sent events: never an attempt to log.
 STEP_WRITES = frozenset({"insert_step", "upsert_step"})
+#: Writes of many runs alike but for the run id (a batch's leases: one session, one time, one
+#: status): name -> (the query taking a JSON list of run ids in the id's place, the id's
+#: position). Each execution of a statement opens every index of ``runs`` and sets up its
+#: program: once per group, not once per run (lease_run: about 0.8 µs of the writer's CPU
+#: per run less).
+BY_GROUP = {"lease_run": ("lease_runs", 2)}
 
 
 class SQLiteDb:
@@ -185,8 +191,25 @@ class SQLiteDb:
             return
         if name in STEP_WRITES:
             self._write_steps(sql, rows)
+        elif name in BY_GROUP and len(rows) > 1:
+            self._by_group(name, sql, rows)
         else:
             self.conn.executemany(sql, rows)
+
+    def _by_group(self, name: str, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Run ``name`` once per group of rows alike but for their run id (see
+        :data:`BY_GROUP`), all of a group's ids in one JSON list; each row alone if a run
+        comes twice (a set-based statement would write it once)."""
+        group_sql, at = BY_GROUP[name]
+        groups: dict[tuple[Any, ...], list[str]] = {}
+        for row in rows:
+            groups.setdefault(row[:at] + row[at + 1:], []).append(row[at])
+        if sum(len(set(ids)) for ids in groups.values()) < len(rows):
+            self.conn.executemany(sql, rows)
+            return
+        group_sql = self.sql[group_sql]
+        for rest, ids in groups.items():
+            self.conn.execute(group_sql, (*rest[:at], json.dumps(ids), *rest[at:]))
 
     def _write_steps(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
         """Write step rows (``upsert_step``'s columns) and log their attempts, as PostgreSQL's
