@@ -189,10 +189,12 @@ DELETE FROM flow_keys WHERE (function_id, kind, key_hash) IN (
 
 -- name: ready_runs_by_priority
 -- As ready_runs, in priority order (runs_by_priority): as if queued ``priority`` s earlier,
--- ties by arrival.
+-- ties by arrival. Every run of a function with a priority has an arrival (migration 0022,
+-- fill_arrivals), and the index holds only those.
 SELECT available_at, id, function_id, fence, attempt, started_at, available_at - priority
 FROM runs INDEXED BY runs_by_priority  -- without statistics SQLite would sort every ready run
-WHERE function_id = ?1 AND (status = 'Queued' OR status = 'Sleeping' OR status = 'Waiting')
+WHERE function_id = ?1 AND arrival IS NOT NULL
+AND (status = 'Queued' OR status = 'Sleeping' OR status = 'Waiting')
 AND available_at <= ?2 AND started_at IS NULL
 ORDER BY available_at - priority, arrival LIMIT ?3;
 
