@@ -99,7 +99,8 @@ def on_sqlite(args: argparse.Namespace) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=OFF")  # the fsync is not the statements' CPU
         conn.execute("PRAGMA cache_size=-65536")
-        db = SQLiteDb(conn)
+        conn.execute("PRAGMA temp_store=MEMORY")
+        db = SQLiteDb(conn, staging=True)
         spent: dict[str, float] = {}
         for transaction in batches(args.runs, args.batch, apart=args.apart,
                                    folded="finish_run" in db.sql):

@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         for statement in _statements(variant):
             conn.execute(statement)
         conns.append(conn)
-        dbs.append(SQLiteDb(conn))
+        conn.execute("PRAGMA temp_store=MEMORY")
+        dbs.append(SQLiteDb(conn, staging=True))
     transactions = list(batches(args.before + args.runs, args.batch, apart=False))
     first = len(list(batches(args.before, args.batch, apart=False))) if args.before else 0
     spent: list[dict[str, float]] = [{} for _ in conns]

@@ -24,6 +24,7 @@ from yoyo import get_backend, read_migrations
 from gateway.runs import RunStatus
 from gateway.store import migrations
 from gateway.store.db import queries
+from gateway.store.sqlite import create_staging
 
 RUNS = 20_000
 FUNCTIONS = 10
@@ -88,6 +89,7 @@ def conn(request: pytest.FixtureRequest, seeded: Path,
     source.close()
     if request.param == "analyzed":
         copy.execute("ANALYZE")
+    create_staging(copy)  # the writer's staged writes read its temporary tables
     yield copy
     copy.close()
 

@@ -30,6 +30,38 @@ FROM json_each('[' || replace(hex(zeroblob(?1 - 1)), '00', '0,') || '0]') WHERE 
 -- name: lock_event_name_for_wait
 -- One writer owns a SQLite file: nothing to lock (no statement is run).
 
+-- ========================== staged writes (SQLiteDb) ==========================
+-- A batch's rows of a write go into a temporary table (``temp.staged_<name>``, columns c1,
+-- c2... as the query's parameters ?1, ?2...), then into the table in one statement: one run
+-- of the program, which opens each index of the table once, and for events updates
+-- sqlite_sequence (AUTOINCREMENT) once, not once a row (gateway/store/sqlite.py, STAGED).
+-- Each is the query of the same name without ``_staged``, row for row, in the rows' order.
+
+-- name: insert_event_staged
+INSERT INTO events (seq, id, name, payload, received_at, traceparent)
+SELECT c1, c2, c3, c4, c5, c6 FROM temp.staged_insert_event ORDER BY rowid;
+
+-- name: insert_run_staged
+INSERT INTO runs (id, function_id, status, available_at, event_ids, queued_at, parent_run_id,
+                  parent_step_id, deadline_at, slot1, slot2, cqueue, conc_key)
+SELECT c1, c2, 'Queued', c3, c4, c5, c6, c7, c8, c9, c10, c11, c12
+FROM temp.staged_insert_run ORDER BY rowid;
+
+-- name: insert_leased_run_staged
+INSERT INTO runs (id, function_id, status, available_at, event_ids, queued_at, deadline_at,
+                  fence, session_id, started_at)
+SELECT c1, c2, c3, NULL, c4, c5, c6, 1, c7, c8 FROM temp.staged_insert_leased_run
+ORDER BY rowid;
+
+-- name: finish_run_staged
+-- Each run once (SQLiteDb stages only then): an UPDATE ... FROM writes a row once.
+UPDATE runs SET status = f.c1, output = f.c2, error = f.c3, ended_at = f.c4, session_id = NULL,
+    available_at = NULL, deadline_at = NULL, state_bytes = state_bytes + f.c6,
+    step_count = step_count + f.c7,
+    lease_losses = CASE WHEN f.c8 = 1 THEN 0 ELSE lease_losses END,
+    attempt = CASE WHEN f.c6 > 0 THEN 0 ELSE attempt END
+FROM temp.staged_finish_run AS f WHERE runs.id = f.c5;
+
 -- =============================== checkpoints ================================
 
 -- name: checkpoint_runs
