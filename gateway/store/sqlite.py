@@ -26,7 +26,7 @@ from pathlib import Path
 from queue import SimpleQueue
 from typing import Any, TypeVar
 
-from gateway.runs import RunEvent, edge
+from gateway.runs import RunEvent, StepStatus, edge
 from gateway.store import migrations
 from gateway.store.db import Row, queries
 from gateway.store.sql import SqlStore
@@ -263,7 +263,7 @@ class SQLiteDb:
         """
         conn, changed, start = self.conn, 0, 0
         for i, row in enumerate(rows):
-            if row[3] == "Completed" and row[4] == 1:  # status, attempts
+            if row[3] == StepStatus.COMPLETED and row[4] == 1:  # status, attempts
                 continue
             if start < i:
                 changed += max(conn.executemany(sql, rows[start:i]).rowcount, 0)
