@@ -24,9 +24,9 @@ import sqlite3
 import tempfile
 import time
 
-from bench.rows import batches
+from bench.rows import batches, write
 from gateway.store import migrations
-from gateway.store.db import queries
+from gateway.store.sqlite import SQLiteDb
 
 #: The indexes of runs before migration 0019, from the current ones.
 BEFORE_0019 = [
@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="runs written first, not measured (bigger indexes)")
     parser.add_argument("--batch", type=int, default=500, help="runs per transaction")
     args = parser.parse_args(argv)
-    sql = queries("sqlite")
     folder = tempfile.mkdtemp(prefix="runindexes-")
     conns: list[sqlite3.Connection] = []
+    dbs: list[SQLiteDb] = []
     for i, variant in enumerate(args.variants):
         path = os.path.join(folder, f"{i}.db")
         migrations.apply(f"sqlite:///{path}", "sqlite")
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         for statement in _statements(variant):
             conn.execute(statement)
         conns.append(conn)
+        conn.execute("PRAGMA temp_store=MEMORY")
+        dbs.append(SQLiteDb(conn, staging=True))
     transactions = list(batches(args.before + args.runs, args.batch, apart=False))
     first = len(list(batches(args.before, args.batch, apart=False))) if args.before else 0
     spent: list[dict[str, float]] = [{} for _ in conns]
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
             conn.execute("BEGIN IMMEDIATE")
             for name, rows in transaction:
                 start = time.thread_time()
-                conn.executemany(sql[name], rows)
+                write(dbs[i], name, rows)
                 if number >= first:
                     spent[i][name] = spent[i].get(name, 0.0) + time.thread_time() - start
             conn.execute("COMMIT")

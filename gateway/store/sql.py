@@ -144,6 +144,8 @@ class SqlStore:
             for fn in app.functions:
                 config = _CONFIG.dump_python(fn, mode="json")
                 full_id = f"{app.id}/{fn.id}"
+                if fn.priority is not None:
+                    await _rank_queued(db, full_id)
                 await db.execute("upsert_function", full_id, app.id, json.dumps(config), now)
                 records.append(FunctionRecord(full_id, app.id, app.version, config, True, now))
             await _sync_schedules(db, app, keep, now)
@@ -399,6 +401,15 @@ class SqlStore:
                     for fid, expr, tz, at in await db.fetch("all_schedules")}
 
         return await self._read(read)
+
+
+async def _rank_queued(db: Db, function_id: str) -> None:
+    """A function registered with a priority it did not have: its runs queued meanwhile get
+    an arrival (``fill_arrivals``), as its runs created from now on do, so its claim
+    (``ready_runs_by_priority``) finds them. Read before the new config is written."""
+    stored = await db.fetchval("stored_function_config", function_id)
+    if stored is None or json.loads(stored).get("priority") is None:
+        await db.execute("fill_arrivals", function_id)
 
 
 async def _sync_schedules(db: Db, app: AppManifest, keep: Collection[str], now: float) -> None:

@@ -242,6 +242,38 @@ async def test_priority_is_clamped_and_a_failing_expression_gives_zero(gateway):
     assert (await world.run(ids["e5-go.ranked"]))["status"] == "Running"
 
 
+async def test_runs_queued_before_a_priority_was_set_keep_their_place(gateway):
+    # Queued while the function had no priority, they have no arrival: the registration that
+    # gives it one ranks them (SQLite's runs_by_priority holds only runs with an arrival).
+    world = gateway.world
+    plain = FunctionConfig(id="later", triggers=[TriggerEvent("go.later")])
+    await world.engine.register_app(app(SPREAD, PER_TENANT, BURSTY, RANKED, plain))
+    worker = world.worker("t/later", capacity=1)
+    await world.send("go.later", {})
+    running = await worker.lease()
+    await advance(world, 10)
+    await world.send("go.later", {})           # waiting since START + 10, no priority yet
+    await world.send("go.later", {})           # the same, after it
+    ranked = FunctionConfig(id="later", triggers=[TriggerEvent("go.later")],
+                            priority=Priority("event.data.p"))
+    await world.engine.register_app(AppManifest(
+        id="t", version="2", functions=[SPREAD, PER_TENANT, BURSTY, RANKED, ranked]))
+    await advance(world, 10)
+    await world.send("go.later", {"p": 0})     # as if queued at START + 20
+    await world.send("go.later", {"p": 60})    # as if queued at START - 40
+    await world.send("go.later", {"p": 15})    # as if queued at START + 5
+    ids = {r.event_ids[0]: r.id for r in await runs(gateway.store, "t/later")}
+    assert len(ids) == 6
+    order = []
+    lease = running
+    for _ in range(5):
+        await world.checkpoint(worker, lease, m.RunCompleted, output=b"null")
+        lease = await worker.lease()
+        order.append(lease.run_id)
+    events = sorted(ids, key=lambda e: int(e.split("-")[0][1:]))
+    assert order == [ids[events[i]] for i in (4, 5, 1, 2, 3)]
+
+
 async def test_two_gateways_on_postgres_share_a_throttle_key(gateway_factory, db_url):
     """Events of one key sent to two gateways at once get distinct slots, 5 s apart."""
     if not db_url.startswith("postgres"):

@@ -22,7 +22,7 @@ from gateway.store.db import queries
 #: The partial indexes of ready runs, and the guard each tests before the status chain.
 READY_INDEXES = {
     "runs_ready": "available_at IS NOT NULL",
-    "runs_by_priority": "available_at IS NOT NULL",
+    "runs_by_priority": "arrival IS NOT NULL AND available_at IS NOT NULL",
     "runs_cqueue": "cqueue IS NOT NULL",
     "runs_cqueue_resumed": "cqueue IS NOT NULL AND available_at IS NOT NULL",
 }

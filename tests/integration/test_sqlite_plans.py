@@ -24,6 +24,7 @@ from yoyo import get_backend, read_migrations
 from gateway.runs import RunStatus
 from gateway.store import migrations
 from gateway.store.db import queries
+from gateway.store.sqlite import create_staging
 
 RUNS = 20_000
 FUNCTIONS = 10
@@ -88,6 +89,7 @@ def conn(request: pytest.FixtureRequest, seeded: Path,
     source.close()
     if request.param == "analyzed":
         copy.execute("ANALYZE")
+    create_staging(copy)  # the writer's staged writes read its temporary tables
     yield copy
     copy.close()
 
@@ -314,5 +316,46 @@ def test_the_migration_applies_to_a_store_with_runs(tmp_path):
         got = [row[0] for row in conn.execute(q["list_runs_by_function"],
                                               ["Z" * 27, 100, "app/f2"])]
         assert got == _plain(conn, "function_id = ?", ["app/f2"], 100)
+    finally:
+        conn.close()
+
+
+def test_the_migrations_of_issue_12_s_writer_apply_to_a_store_with_runs(tmp_path):
+    """A store at 0020 (runs in every status; a function with a priority whose queued runs
+    have no arrival, as when queued before it had one) migrates: the step_attempts triggers
+    go, and runs_by_priority holds that function's ready runs not yet started, ranked."""
+    path = tmp_path / "old.db"
+    backend = get_backend(f"sqlite:///{path}")
+    every = read_migrations(str(Path(migrations.__file__).parent / "sqlite"))
+    with backend.lock():
+        backend.apply_migrations(backend.to_apply(type(every)(
+            [m for m in every if m.id < "0021"])))
+    conn = sqlite3.connect(path)
+    seed(conn, 3000)
+    conn.execute("INSERT INTO functions (id, app_id, config, active, updated_at)"
+                 " VALUES ('app/f1', 'app', '{\"priority\": {\"run\": \"1\"}}', 1, 0)")
+    conn.execute("INSERT INTO run_events SELECT id, 0, rowid FROM runs")
+    conn.execute("UPDATE runs SET arrival = NULL WHERE function_id IN ('app/f1', 'app/f2')")
+    conn.commit()
+    conn.close()
+
+    applied = migrations.apply(f"sqlite:///{path}", "sqlite")
+    assert {"0021.step-attempts-by-the-writer", "0022.priority-index-of-ranked-runs"} <= set(
+        applied)
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger'"
+                            " AND tbl_name = 'steps'").fetchone() == (0,)
+        q = queries("sqlite")
+        got = [row[1] for row in conn.execute(q["ready_runs_by_priority"],
+                                              ["app/f1", 10_000.0, 1000])]
+        assert got == [row[0] for row in conn.execute(
+            "SELECT id FROM runs NOT INDEXED WHERE function_id = 'app/f1'"
+            " AND status IN ('Queued', 'Sleeping', 'Waiting') AND started_at IS NULL"
+            " AND available_at <= 10000.0 ORDER BY available_at - priority, rowid")]
+        assert got  # the seeded backlog of app/f1, ranked
+        assert conn.execute("SELECT COUNT(*) FROM runs WHERE function_id = 'app/f2'"
+                            " AND arrival IS NOT NULL").fetchone() == (0,)  # no priority
     finally:
         conn.close()

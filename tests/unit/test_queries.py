@@ -18,8 +18,12 @@ from gateway.store.db import _named, queries
 from gateway.store.postgres import BULK
 
 FOLDER = Path(__file__).resolve().parents[2] / "gateway" / "store" / "queries"
-#: Queries only SQLite has: one gateway owns the file, so a start requeues every lease.
-SQLITE_ONLY = {"recover_leases"}
+#: Queries only SQLite has: one gateway owns the file, so a start requeues every lease; the
+#: writer logs a step's attempts where PostgreSQL has a trigger (migration 0021); a batch's
+#: leases of one session are one statement (SQLiteDb's BY_GROUP; PostgreSQL's bulk_lease_run),
+#: and the writes it stages are read from its temporary tables (STAGED; PostgreSQL's bulk_*).
+SQLITE_ONLY = {"recover_leases", "log_step_attempt", "lease_runs", "insert_event_staged",
+               "insert_run_staged", "insert_leased_run_staged", "finish_run_staged"}
 #: Queries only PostgreSQL has: gateways sharing a database keep each other alive.
 POSTGRES_ONLY = {"dead_gateways", "delete_gateway", "gateway_beat", "gateway_runs",
                  "gateway_workers", "notify", "peer_workers"}

@@ -258,6 +258,20 @@ ON CONFLICT (id) DO UPDATE SET config = excluded.config, active = 1,
 -- name: function_config
 SELECT config FROM functions WHERE id = $1 AND active = 1;
 
+-- name: stored_function_config
+-- The function's config as registered last, active or not (NULL: never registered).
+SELECT config FROM functions WHERE id = $1;
+
+-- name: fill_arrivals
+-- Runs of $1 not started, ready or waiting to be, without an arrival (queued while the
+-- function had no priority): given the seq of their last event, as set_run_flow would have.
+-- The function now has a priority, and its runs are claimed in runs_by_priority's order, an
+-- index that on SQLite holds only runs with an arrival (migration 0022).
+UPDATE runs SET arrival = (SELECT COALESCE(MAX(event_seq), 0) FROM run_events
+                           WHERE run_id = runs.id)
+WHERE function_id = $1 AND arrival IS NULL AND started_at IS NULL
+AND status IN ('Queued', 'Sleeping', 'Waiting');
+
 -- ================================== reads ===================================
 
 -- name: all_functions

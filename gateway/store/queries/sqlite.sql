@@ -12,12 +12,16 @@
 -- ============================= events and runs ==============================
 
 -- name: recent_event_ids
-SELECT id FROM events WHERE id IN (SELECT value FROM json_each(?1)) AND received_at > ?2;
+-- A join, not ``id IN (SELECT ...)``: no temporary b-tree of the list is built first (an id
+-- listed twice comes back twice; the caller makes a set).
+SELECT e.id FROM json_each(?1) AS k JOIN events e ON e.id = k.value AND e.received_at > ?2;
 
 -- name: reserve_event_seqs
--- One writer owns a SQLite file, so the next seqs are simply past the largest.
-WITH RECURSIVE n(x) AS (SELECT 1 WHERE ?1 > 0 UNION ALL SELECT x + 1 FROM n WHERE x < ?1)
-SELECT (SELECT COALESCE(MAX(seq), 0) FROM events) + x FROM n;
+-- One writer owns a SQLite file, so the next seqs are simply past the largest. The ?1 rows
+-- come from json_each over '[0,0,...]' (a zeroblob's hex, each '00' made '0,'): half the CPU
+-- of a recursive CTE's rows.
+SELECT (SELECT COALESCE(MAX(seq), 0) FROM events) + key + 1
+FROM json_each('[' || replace(hex(zeroblob(?1 - 1)), '00', '0,') || '0]') WHERE ?1 > 0;
 
 -- name: lock_event_names
 -- One writer owns a SQLite file: matching events and waits is serialized already.
@@ -26,12 +30,45 @@ SELECT (SELECT COALESCE(MAX(seq), 0) FROM events) + x FROM n;
 -- name: lock_event_name_for_wait
 -- One writer owns a SQLite file: nothing to lock (no statement is run).
 
+-- ========================== staged writes (SQLiteDb) ==========================
+-- A batch's rows of a write go into a temporary table (``temp.staged_<name>``, columns c1,
+-- c2... as the query's parameters ?1, ?2...), then into the table in one statement: one run
+-- of the program, which opens each index of the table once, and for events updates
+-- sqlite_sequence (AUTOINCREMENT) once, not once a row (gateway/store/sqlite.py, STAGED).
+-- Each is the query of the same name without ``_staged``, row for row, in the rows' order.
+
+-- name: insert_event_staged
+INSERT INTO events (seq, id, name, payload, received_at, traceparent)
+SELECT c1, c2, c3, c4, c5, c6 FROM temp.staged_insert_event ORDER BY rowid;
+
+-- name: insert_run_staged
+INSERT INTO runs (id, function_id, status, available_at, event_ids, queued_at, parent_run_id,
+                  parent_step_id, deadline_at, slot1, slot2, cqueue, conc_key)
+SELECT c1, c2, 'Queued', c3, c4, c5, c6, c7, c8, c9, c10, c11, c12
+FROM temp.staged_insert_run ORDER BY rowid;
+
+-- name: insert_leased_run_staged
+INSERT INTO runs (id, function_id, status, available_at, event_ids, queued_at, deadline_at,
+                  fence, session_id, started_at)
+SELECT c1, c2, c3, NULL, c4, c5, c6, 1, c7, c8 FROM temp.staged_insert_leased_run
+ORDER BY rowid;
+
+-- name: finish_run_staged
+-- Each run once (SQLiteDb stages only then): an UPDATE ... FROM writes a row once.
+UPDATE runs SET status = f.c1, output = f.c2, error = f.c3, ended_at = f.c4, session_id = NULL,
+    available_at = NULL, deadline_at = NULL, state_bytes = state_bytes + f.c6,
+    step_count = step_count + f.c7,
+    lease_losses = CASE WHEN f.c8 = 1 THEN 0 ELSE lease_losses END,
+    attempt = CASE WHEN f.c6 > 0 THEN 0 ELSE attempt END
+FROM temp.staged_finish_run AS f WHERE runs.id = f.c5;
+
 -- =============================== checkpoints ================================
 
 -- name: checkpoint_runs
-SELECT id, fence, status, function_id, state_bytes, parent_run_id, parent_step_id,
-    step_count FROM runs
-WHERE id IN (SELECT value FROM json_each(?1));
+-- The list holds each run once (a join: no temporary b-tree of the list, as IN would build).
+SELECT r.id, r.fence, r.status, r.function_id, r.state_bytes, r.parent_run_id,
+    r.parent_step_id, r.step_count
+FROM json_each(?1) AS k JOIN runs r ON r.id = k.value;
 
 -- name: insert_step
 -- A step the transaction takes for new: PostgreSQL writes it by a plain insert (cheaper than
@@ -45,6 +82,18 @@ ON CONFLICT (run_id, step_id) DO UPDATE SET
     error = excluded.error, wake_at = excluded.wake_at, ended_at = excluded.ended_at,
     attempt_started_at = excluded.attempt_started_at
 WHERE steps.status NOT IN ('Completed', 'Failed');
+
+-- name: log_step_attempt
+-- The attempt a step row now holds, logged as PostgreSQL's trigger on steps logs it (an
+-- attempt that failed or was retried: a first attempt that completed logs nothing). SQLiteDb
+-- runs it after a step write changed the row (migration 0021: no trigger runs for each row).
+INSERT INTO step_attempts
+SELECT run_id, step_id, attempts, status, attempt_started_at, ended_at, wake_at, error
+FROM steps WHERE run_id = ?1 AND step_id = ?2
+AND kind = 'run' AND (status <> 'Completed' OR attempts > 1)
+ON CONFLICT (run_id, step_id, attempt) DO UPDATE SET
+    status = excluded.status, started_at = excluded.started_at,
+    ended_at = excluded.ended_at, retry_at = excluded.retry_at, error = excluded.error;
 
 -- =========================== endings and commands ===========================
 
@@ -75,6 +124,14 @@ UPDATE runs SET status = ?2, session_id = NULL, available_at = ?1, resumable = 1
 WHERE status = 'Running';
 
 -- ================================== leases ==================================
+
+-- name: lease_runs
+-- lease_run of every run in ?3 (a JSON list, each run once) for session ?1 at ?2: SQLiteDb
+-- runs a batch's leases as one statement per session (one run of the program opens each index
+-- of runs once, not once a run).
+UPDATE runs SET status = ?4, fence = fence + 1, session_id = ?1,
+    started_at = COALESCE(started_at, ?2), resumable = 0, available_at = NULL
+WHERE id IN (SELECT value FROM json_each(?3));
 
 -- name: ready_resumed_runs
 -- Ready runs of ?1 that were leased before (woken, retried, requeued), in the order they came
@@ -164,10 +221,12 @@ DELETE FROM flow_keys WHERE (function_id, kind, key_hash) IN (
 
 -- name: ready_runs_by_priority
 -- As ready_runs, in priority order (runs_by_priority): as if queued ``priority`` s earlier,
--- ties by arrival.
+-- ties by arrival. Every run of a function with a priority has an arrival (migration 0022,
+-- fill_arrivals), and the index holds only those.
 SELECT available_at, id, function_id, fence, attempt, started_at, available_at - priority
 FROM runs INDEXED BY runs_by_priority  -- without statistics SQLite would sort every ready run
-WHERE function_id = ?1 AND (status = 'Queued' OR status = 'Sleeping' OR status = 'Waiting')
+WHERE function_id = ?1 AND arrival IS NOT NULL
+AND (status = 'Queued' OR status = 'Sleeping' OR status = 'Waiting')
 AND available_at <= ?2 AND started_at IS NULL
 ORDER BY available_at - priority, arrival LIMIT ?3;
 
