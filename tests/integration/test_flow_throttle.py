@@ -84,6 +84,18 @@ async def starts(world: World, worker: FakeWorker, until: float, step: float = 0
 
 # --- throttle ------------------------------------------------------------------------------
 
+
+async def completed_in_turn(world: World, worker: FakeWorker, running: m.LeaseGranted,
+                            count: int) -> list[str]:
+    """Complete ``running`` and then each next lease, ``count`` times: the runs leased, in order."""
+    order = []
+    lease = running
+    for _ in range(count):
+        await world.checkpoint(worker, lease, m.RunCompleted, output=b"null")
+        lease = await worker.lease()
+        order.append(lease.run_id)
+    return order
+
 async def test_throttle_spreads_starts_per_gcra(gateway):
     world = gateway.world
     for _ in range(4):
@@ -211,12 +223,7 @@ async def test_priority_reorders_waiting_runs_and_never_preempts(gateway):
     await advance(world, 1)
     assert worker.leases() == []               # the running run keeps its slot
     ids = {r.event_ids[0]: r.id for r in await runs(gateway.store, "t/ranked")}
-    order = []
-    lease = running
-    for _ in range(3):
-        await world.checkpoint(worker, lease, m.RunCompleted, output=b"null")
-        lease = await worker.lease()
-        order.append(lease.run_id)
+    order = await completed_in_turn(world, worker, running, 3)
     assert order == [ids["e3-go.ranked"], ids["e4-go.ranked"], ids["e2-go.ranked"]]
 
 
@@ -232,12 +239,7 @@ async def test_priority_is_clamped_and_a_failing_expression_gives_zero(gateway):
     await world.send("go.ranked", {"p": -(10 ** 9)})  # -600: as if at START + 1300
     await world.send("go.ranked", {"p": 0})           # as if at START + 700, after the 4th
     ids = {r.event_ids[0]: r.id for r in await runs(gateway.store, "t/ranked")}
-    order = []
-    lease = running
-    for _ in range(5):
-        await world.checkpoint(worker, lease, m.RunCompleted, output=b"null")
-        lease = await worker.lease()
-        order.append(lease.run_id)
+    order = await completed_in_turn(world, worker, running, 5)
     assert order == [ids[f"e{i}-go.ranked"] for i in (2, 3, 4, 6, 5)]
     assert (await world.run(ids["e5-go.ranked"]))["status"] == "Running"
 
@@ -264,12 +266,7 @@ async def test_runs_queued_before_a_priority_was_set_keep_their_place(gateway):
     await world.send("go.later", {"p": 15})    # as if queued at START + 5
     ids = {r.event_ids[0]: r.id for r in await runs(gateway.store, "t/later")}
     assert len(ids) == 6
-    order = []
-    lease = running
-    for _ in range(5):
-        await world.checkpoint(worker, lease, m.RunCompleted, output=b"null")
-        lease = await worker.lease()
-        order.append(lease.run_id)
+    order = await completed_in_turn(world, worker, running, 5)
     events = sorted(ids, key=lambda e: int(e.split("-")[0][1:]))
     assert order == [ids[events[i]] for i in (4, 5, 1, 2, 3)]
 

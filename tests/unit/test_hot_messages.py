@@ -72,6 +72,27 @@ def reading(decoder: Any, data: bytes) -> Any:
         return ("refused", str(exc))
 
 
+def spoil(draw: st.DrawFn, data: dict[Any, Any], edges: st.SearchStrategy[Any]
+          ) -> dict[Any, Any]:
+    """``data`` (a message's map) with up to two changes: a field set to one of ``edges`` or
+    to an odd value, a field dropped, one added, or its type replaced."""
+    for _ in range(draw(st.integers(0, 2))):
+        change = draw(st.sampled_from(["edge", "edge", "drop", "add", "odd", "type"]))
+        names = sorted(data)
+        if change == "edge":
+            data[draw(st.sampled_from(names))] = draw(edges)
+        elif change == "drop":
+            data.pop(draw(st.sampled_from(names)))
+        elif change == "add":
+            data[draw(st.text(max_size=8))] = draw(edges | _VALUES)
+        elif change == "odd":
+            data[draw(st.sampled_from(names))] = draw(_ODD)
+        else:
+            data["type"] = draw(st.sampled_from(sorted(m.MESSAGE_TYPES)) | st.text(max_size=5)
+                                | edges)
+    return data
+
+
 @st.composite
 def worker_maps(draw: st.DrawFn) -> dict[Any, Any]:
     """A hot worker message's map, perhaps spoiled at a constraint or beyond recognition."""
@@ -81,21 +102,7 @@ def worker_maps(draw: st.DrawFn) -> dict[Any, Any]:
         fields = {name: draw(values) for name, values in HOT[cls].items()
                   if cls.model_fields[name].is_required()}
     data: dict[Any, Any] = msgpack.unpackb(encode([cls(**fields)]))[0]
-    for _ in range(draw(st.integers(0, 2))):
-        change = draw(st.sampled_from(["edge", "edge", "drop", "add", "odd", "type"]))
-        names = sorted(data)
-        if change == "edge":
-            data[draw(st.sampled_from(names))] = draw(EDGES)
-        elif change == "drop":
-            data.pop(draw(st.sampled_from(names)))
-        elif change == "add":
-            data[draw(st.text(max_size=8))] = draw(EDGES | _VALUES)
-        elif change == "odd":
-            data[draw(st.sampled_from(names))] = draw(_ODD)
-        else:
-            data["type"] = draw(st.sampled_from(sorted(m.MESSAGE_TYPES)) | st.text(max_size=5)
-                                | EDGES)
-    return data
+    return spoil(draw, data, EDGES)
 
 
 @settings(max_examples=1000, deadline=None)

@@ -24,6 +24,7 @@ from protocol.limits import MAX_COUNT
 from protocol.session import Role, Session, State
 from protocol.tracecontext import MAX_TRACEPARENT
 from tests.unit.test_codec import _VALUES, SAMPLES
+from tests.unit.test_hot_messages import spoil
 from tests.unit.test_wire_shortcuts import _ODD, HOT
 from worker.app import App
 from worker.runtime import Worker
@@ -83,21 +84,7 @@ def gateway_maps(draw: st.DrawFn) -> dict[Any, Any]:
     fields = {name: draw(values) for name, values in HOT[cls].items()
               if cls.model_fields[name].is_required() or draw(st.booleans())}
     data: dict[Any, Any] = msgpack.unpackb(encode([cls(**fields)]))[0]
-    for _ in range(draw(st.integers(0, 2))):
-        change = draw(st.sampled_from(["edge", "edge", "drop", "add", "odd", "type"]))
-        names = sorted(data)
-        if change == "edge":
-            data[draw(st.sampled_from(names))] = draw(EDGES)
-        elif change == "drop":
-            data.pop(draw(st.sampled_from(names)))
-        elif change == "add":
-            data[draw(st.text(max_size=8))] = draw(EDGES | _VALUES)
-        elif change == "odd":
-            data[draw(st.sampled_from(names))] = draw(_ODD)
-        else:
-            data["type"] = draw(st.sampled_from(sorted(m.MESSAGE_TYPES)) | st.text(max_size=5)
-                                | EDGES)
-    return data
+    return spoil(draw, data, EDGES)
 
 
 @settings(max_examples=1000, deadline=None)
