@@ -91,6 +91,10 @@ def test_cancel_through_one_gateway_revokes_the_lease_held_through_another(
     (event_id,) = front.send({"name": "ops.gated", "data": {"gate": "go"}})
     run_id = _run_of(fleet, FRONT, event_id)
     fleet.wait(lambda: fleet.executions().get((run_id, "b")), "step b to be running")
+    # a's checkpoint is streamed as b starts, not before it: cancel once it is stored, so the
+    # run ends with a recorded and b in flight (a checkpoint after the cancel is refused).
+    fleet.wait(lambda: [s["id"] for s in back.get(f"/v1/runs/{run_id}")["steps"]] == ["a"],
+               "step a's checkpoint to be stored")
 
     status, body = front.request("POST", f"/v1/runs/{run_id}/cancel")
     fleet.check(status == 200 and body["cancelled"] is True, f"cancel: {status} {body}")
