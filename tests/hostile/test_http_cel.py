@@ -109,7 +109,10 @@ def test_an_expensive_bulk_cancel_filter_never_freezes_the_gateway(gw):
 
     def cancel() -> None:
         r = post(gw, f"/v1/functions/{FUNCTION}/cancel", json.dumps(
-            {"if": "event.data.xs.filter(event, event > 0).size() > 0"}).encode())
+            # Four passes over the list (each binding ``event``, the one name a filter may
+            # use): ~30 s on the fastest machine seen, where one pass (7.6 s) beat the budget.
+            {"if": "event.data.xs.map(event, event * 2).map(event, event + 1)"
+                   ".map(event, event - 1).filter(event, event > 0).size() > 0"}).encode())
         answers.append(("cancel", r.status_code))
 
     thread = threading.Thread(target=cancel)
