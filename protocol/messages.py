@@ -458,8 +458,9 @@ MESSAGE_TYPES: frozenset[str] = frozenset(
 
 _M = TypeVar("_M", bound=BaseModel)
 _set = object.__setattr__
-#: Message class -> its field names in order, and the defaults of the optional ones.
-_LAYOUTS: dict[type[BaseModel], tuple[tuple[str, ...], dict[str, FieldInfo]]] = {}
+#: Message class -> its field names in order, the defaults of the optional ones, and the set
+#: of every name (the fields set of a message built with all of them).
+_LAYOUTS: dict[type[BaseModel], tuple[tuple[str, ...], dict[str, FieldInfo], set[str]]] = {}
 
 
 def unvalidated(cls: type[_M], values: dict[str, Any]) -> _M:
@@ -478,10 +479,15 @@ def unvalidated(cls: type[_M], values: dict[str, Any]) -> _M:
     layout = _LAYOUTS.get(cls)
     if layout is None:
         layout = _LAYOUTS[cls] = (tuple(cls.model_fields), {
-            name: info for name, info in cls.model_fields.items() if not info.is_required()})
-    names, optional = layout
-    given = set(values)
-    if tuple(values) != names:
+            name: info for name, info in cls.model_fields.items() if not info.is_required()},
+            set(cls.model_fields))
+    names, optional, every = layout
+    if tuple(values) == names:
+        # Every field given: one set per kind, shared (the messages are frozen, and pydantic
+        # copies the set before it changes one, in ``model_copy``).
+        given = every
+    else:
+        given = set(values)
         if not given <= set(names):
             raise TypeError(f"{cls.__name__} has no field {sorted(given - set(names))}")
         ordered = {}

@@ -23,7 +23,7 @@ import socket
 import sys
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
 
@@ -56,15 +56,14 @@ Key = tuple[str, int]  # (run id, fence)
 #: Threads kept for plain step callables (more are added while steps block).
 CORE_THREADS = 16
 
-#: Checkpoints built without pydantic's validation (type -> tag, and the names of the fields
-#: the runner gives, in the model's order): every run sends them, and the runner makes every
-#: field of them itself (the step's id, which it checked, its attempt and output, the clock;
-#: the run's output and warnings). tests/unit/test_runner.py builds each one the runner emits
-#: with validation. The others carry values from user code (a sleep's duration, a retry
-#: delay, an error), checked by pydantic on their way out.
-_UNVALIDATED: dict[type[m._Checkpoint], tuple[str, tuple[str, ...]]] = {
-    kind: (kind.model_fields["type"].default, tuple(kind.model_fields)[4:])
-    for kind in (m.StepCompleted, m.RunCompleted)}
+#: Checkpoints built without pydantic's validation (type -> tag): every run sends them, and
+#: the runner makes every field of them itself (the step's id, which it checked, its attempt
+#: and output, the clock; the run's output and warnings), in the model's order.
+#: tests/unit/test_runner.py builds each one the runner emits with validation. The others
+#: carry values from user code (a sleep's duration, a retry delay, an error), checked by
+#: pydantic on their way out.
+_UNVALIDATED: dict[type[m._Checkpoint], str] = {
+    kind: kind.model_fields["type"].default for kind in (m.StepCompleted, m.RunCompleted)}
 
 
 class Worker:
@@ -270,14 +269,9 @@ class Worker:
     # --- messages ------------------------------------------------------------------------
 
     def _on_message(self, msg: m.Message | Grant | Ack) -> None:
-        kind = type(msg)
-        if kind is Grant or kind is m.LeaseGranted:
-            self._on_lease(msg)  # type: ignore[arg-type]
-        elif kind is Ack or kind is m.CheckpointAck:
-            self.outbox.ack(msg.upto)  # type: ignore[union-attr]
-        elif isinstance(msg, m.LeaseGranted):
+        if type(msg) is Grant or isinstance(msg, m.LeaseGranted):
             self._on_lease(msg)
-        elif isinstance(msg, m.CheckpointAck):
+        elif type(msg) is Ack or isinstance(msg, m.CheckpointAck):
             self.outbox.ack(msg.upto)
         elif isinstance(msg, m.CheckpointRefused):
             checkpoint = self.outbox.unacked.get(msg.seq)
@@ -338,16 +332,13 @@ class Worker:
         outbox = self.outbox
 
         def emit(kind: type[m._Checkpoint], fields: dict[str, Any]) -> None:
-            layout = _UNVALIDATED.get(kind)
-            if layout is None:
+            tag = _UNVALIDATED.get(kind)
+            if tag is None:
                 outbox.emit(kind(seq=outbox.next_seq(), run_id=run_id, fence=fence, **fields))  # type: ignore[arg-type]
                 return
-            tag, names = layout
-            values = {"seq": outbox.next_seq(), "run_id": run_id, "fence": fence, "type": tag,
-                      **fields}
-            # Every field, in the model's order (as the runner gives them): built as it is.
-            outbox.emit(_built(kind, values) if tuple(fields) == names  # type: ignore[arg-type]
-                        else m.unvalidated(kind, values))
+            outbox.emit(m.unvalidated(kind, {  # type: ignore[arg-type]
+                "seq": outbox.next_seq(), "run_id": run_id, "fence": fence, "type": tag,
+                **fields}))
 
         return emit
 
@@ -372,32 +363,8 @@ class Worker:
 
 def _accepted(lease: AnyGrant) -> m.LeaseAccepted:
     """The answer to a lease (its run id and fence were validated when it arrived)."""
-    return _built(m.LeaseAccepted, {"type": "lease_accepted", "run_id": lease.run_id,
-                                    "fence": lease.fence})
-
-
-_new = object.__new__
-_set = object.__setattr__
-_FIELDS_SET: dict[type[m._Message], set[str]] = {}
-_M = TypeVar("_M", bound=m._Message)
-
-
-def _built(cls: type[_M], values: dict[str, Any]) -> _M:
-    """``protocol.messages.unvalidated(cls, values)`` when ``values`` holds every field of
-    ``cls`` in the model's order (the worker's own checkpoints and lease answers; compared
-    with pydantic's in tests/unit/test_wire_shortcuts.py and test_worker_wire.py): without
-    its checks of the names and their order, about half the cost."""
-    message = _new(cls)
-    _set(message, "__dict__", values)
-    # One set per kind, shared: the messages are frozen, and pydantic copies the set before
-    # it changes one (model_copy).
-    fields_set = _FIELDS_SET.get(cls)
-    if fields_set is None:
-        fields_set = _FIELDS_SET[cls] = set(cls.model_fields)
-    _set(message, "__pydantic_fields_set__", fields_set)
-    _set(message, "__pydantic_extra__", None)
-    _set(message, "__pydantic_private__", None)
-    return message
+    return m.unvalidated(m.LeaseAccepted, {"type": "lease_accepted", "run_id": lease.run_id,
+                                           "fence": lease.fence})
 
 
 def exit_abandoned() -> NoReturn:

@@ -98,75 +98,64 @@ def parse_events(
             f"{len(items)} events in one request, over the {limits.max_events} limit; "
             "split them into several requests"
         )
-    single = not isinstance(raw, list)
-    return [_event(item, index, single, limits, now, allow_reserved)
-            for index, item in enumerate(items)]
-
-
-def _where(index: int, single: bool) -> str:
-    """How an error names the event: worded only when there is an error to word."""
-    return "event" if single else f"event {index}"
+    out = []
+    for index, item in enumerate(items):
+        try:
+            out.append(_event(item, limits, now, allow_reserved))
+        except InvalidInput as exc:  # named here, where the event's place is known
+            where = "event" if not isinstance(raw, list) else f"event {index}"
+            raise type(exc)(f"{where}: {exc.message}") from exc
+    return out
 
 
 def _event(
-    item: Any, index: int, single: bool, limits: EventLimits, now: float, allow_reserved: bool
+    item: Any, limits: EventLimits, now: float, allow_reserved: bool
 ) -> tuple[NewEvent, dict[str, Any]]:
+    """One event checked and encoded; its errors do not say which event (the caller does)."""
     if not isinstance(item, dict):
-        raise InvalidInput(f"{_where(index, single)}: expected a JSON object, got {_kind(item)}")
+        raise InvalidInput(f"expected a JSON object, got {_kind(item)}")
     name = item.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise InvalidInput(f"{_where(index, single)}: 'name' is required and must be a "
-                           "non-empty string")
+        raise InvalidInput("'name' is required and must be a non-empty string")
     if len(name) > MAX_NAME:
-        raise InvalidInput(f"{_where(index, single)}: 'name' is longer than {MAX_NAME} "
-                           "characters")
-    if "\x00" in name:
-        check_no_nul(name, f"{_where(index, single)}: 'name'")
+        raise InvalidInput(f"'name' is longer than {MAX_NAME} characters")
+    check_no_nul(name, "'name'")
     if is_reserved(name) and not allow_reserved:
-        raise InvalidInput(f"{_where(index, single)}: names starting with "
-                           f"{RESERVED_PREFIX!r} (in any letter case) are reserved for the "
-                           "gateway's system events")
+        raise InvalidInput(f"names starting with {RESERVED_PREFIX!r} (in any letter case) are "
+                           "reserved for the gateway's system events")
     data = item.get("data")
     if data is None:
         data = {}
     elif not isinstance(data, dict):
-        raise InvalidInput(f"{_where(index, single)}: 'data' must be a JSON object, got "
-                           f"{_kind(data)}")
+        raise InvalidInput(f"'data' must be a JSON object, got {_kind(data)}")
     event_id = item.get("id")
     if event_id is None or event_id == "":
         event_id = new_id(now)
     elif not isinstance(event_id, str) or len(event_id) > MAX_ID:
-        raise InvalidInput(f"{_where(index, single)}: 'id' must be a string of at most "
-                           f"{MAX_ID} characters")
-    elif "\x00" in event_id:
-        check_no_nul(event_id, f"{_where(index, single)}: 'id'")
+        raise InvalidInput(f"'id' must be a string of at most {MAX_ID} characters")
+    else:
+        check_no_nul(event_id, "'id'")
     ts = item.get("ts")
     if ts is None:
         ts = int(now * 1000)
     elif isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
-        raise InvalidInput(f"{_where(index, single)}: 'ts' must be a non-negative integer "
-                           "(milliseconds)")
+        raise InvalidInput("'ts' must be a non-negative integer (milliseconds)")
     elif ts > (now + MAX_DELAY) * 1000:
         raise InvalidInput(
-            f"{_where(index, single)}: 'ts' {ts} lies {human(ts / 1000 - now)} in the future, "
-            f"beyond the {human(MAX_DELAY)} a delayed event may wait; check that 'ts' is in "
-            "milliseconds since the epoch")
+            f"'ts' {ts} lies {human(ts / 1000 - now)} in the future, beyond the "
+            f"{human(MAX_DELAY)} a delayed event may wait; check that 'ts' is in milliseconds "
+            "since the epoch")
     user = item.get("user")
     if user is not None and not isinstance(user, dict):
-        raise InvalidInput(f"{_where(index, single)}: 'user' must be a JSON object, got "
-                           f"{_kind(user)}")
+        raise InvalidInput(f"'user' must be a JSON object, got {_kind(user)}")
     event = {"name": name, "data": data, "id": event_id, "ts": ts, "user": user}
     try:
         payload = kept_json(event)
     except (TypeError, orjson.JSONEncodeError) as exc:  # e.g. a string with lone surrogates
-        raise InvalidInput(f"{_where(index, single)}: cannot be stored as JSON text: "
-                           f"{exc}") from exc
+        raise InvalidInput(f"cannot be stored as JSON text: {exc}") from exc
     if len(payload) > limits.max_event:
-        raise PayloadTooLarge(
-            f"{_where(index, single)}: " + _too_large(
-                "event", len(payload), limits.max_event,
-                "split the event or store large data elsewhere")
-        )
+        raise PayloadTooLarge(_too_large("event", len(payload), limits.max_event,
+                                         "split the event or store large data elsewhere"))
     return NewEvent(event_id, name, payload, event), event
 
 
