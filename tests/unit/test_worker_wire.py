@@ -269,3 +269,16 @@ async def test_the_last_leases_that_ended_are_remembered_and_the_older_forgotten
     answers = [msg for msg in worker.outbox.take() if isinstance(msg, m.LeaseAccepted)]
     assert [a.run_id for a in answers] == ["r1", "r2", "r3", "r4", "r5", "r3", "r4", "r5", "r2"]
     worker.threads.shutdown()
+
+
+@pytest.mark.parametrize("depth", [100, 10_000, 200_000])
+def test_a_grant_nested_deep_is_refused_in_the_same_words(depth):
+    # A memo's value nested ``depth`` arrays deep (msgpack's fixarray of one, 0x91), built
+    # as bytes: no encoder would write it, a hostile gateway or intermediary could.
+    frame = msgpack.packb([{**msgpack.unpackb(encode(BASES[:1]))[0], "memos": {"s": None}}],
+                          use_bin_type=True)
+    at = frame.rindex(b"\xc0")
+    deep = frame[:at] + b"\x91" * depth + b"\xc0" + frame[at + 1:]
+    refused = reading(decode_from_gateway, deep, max_size=len(deep))
+    assert refused == reading(decode, deep, max_size=len(deep))
+    assert refused[0] == "refused"
